@@ -1,0 +1,3 @@
+"""ddcli: dataset distillation from the command line."""
+
+__version__ = "0.1.0"

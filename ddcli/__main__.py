@@ -1,0 +1,3 @@
+from ddcli.cli import main
+
+main()

@@ -1,0 +1,281 @@
+"""The ddcli bundle: one versioned ``.safetensors`` file per distilled dataset.
+
+Tensors: ``images`` (N, C, H, W) float32 or float16 in pixel scale (0..1 for real images;
+synthetic images may leave that range and are never clamped), ``labels`` int64 (N,), optional
+``soft_labels`` float32 (N, K) probabilities, and method-specific tensors under ``extra.``.
+
+Metadata (string -> string, JSON where structured): see ``docs/bundle-format.md``.
+Reading checks format, version, shapes, label range, class count and the checksum, and migrates
+older format versions through :data:`MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ddcli import __version__
+from ddcli.errors import BundleError, InputError
+from ddcli.io import atomic_path, check_writable
+
+FORMAT = "ddcli.bundle"
+FORMAT_VERSION = 1
+EXTRA_PREFIX = "extra."
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_JSON_KEYS = ("config", "dataset", "provenance")
+
+
+@dataclass
+class Bundle:
+    """A distilled dataset and everything needed to trust and reuse it."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    soft_labels: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    method: str = ""
+    config: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)
+    seed: int | None = None
+    created: str = ""
+    torch_version: str = ""
+    device: str = ""
+    provenance: list = field(default_factory=list)
+    ddcli_version: str = __version__
+    checksum: str = ""
+    checksum_ok: bool | None = None
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.dataset.get("classes", []))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def images_per_class(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+    @property
+    def ipc(self) -> int | None:
+        """Images per class if every class has the same number, else None."""
+        counts = set(self.images_per_class)
+        return counts.pop() if len(counts) == 1 else None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"images": self.images, "labels": self.labels}
+        if self.soft_labels is not None:
+            out["soft_labels"] = self.soft_labels
+        for k, v in self.extras.items():
+            out[EXTRA_PREFIX + k] = v
+        return out
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "ddcli.format": FORMAT,
+            "ddcli.format_version": str(FORMAT_VERSION),
+            "ddcli.version": self.ddcli_version,
+            "method": self.method,
+            "config": json.dumps(self.config, sort_keys=True),
+            "dataset": json.dumps(self.dataset, sort_keys=True),
+            "seed": "" if self.seed is None else str(self.seed),
+            "created": self.created,
+            "torch": self.torch_version,
+            "device": self.device,
+            "provenance": json.dumps(self.provenance),
+            "checksum": self.checksum,
+        }
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def compute_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(json.dumps(list(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_consistency(b: Bundle, where: str) -> None:
+    n = b.images.shape[0] if b.images.ndim == 4 else -1
+    if b.images.ndim != 4:
+        raise BundleError(f"{where}: images must be (N, C, H, W), got {tuple(b.images.shape)}")
+    if b.labels.dtype != torch.int64 or b.labels.shape != (n,):
+        raise BundleError(f"{where}: labels must be int64 ({n},), got {tuple(b.labels.shape)}")
+    k = b.num_classes
+    if k < 2:
+        raise BundleError(f"{where}: the dataset metadata must list at least two classes")
+    if n and (int(b.labels.min()) < 0 or int(b.labels.max()) >= k):
+        raise BundleError(f"{where}: a label lies outside the {k} classes")
+    if b.soft_labels is not None and tuple(b.soft_labels.shape) != (n, k):
+        raise BundleError(
+            f"{where}: soft_labels must be ({n}, {k}), got {tuple(b.soft_labels.shape)}"
+        )
+    counts = b.dataset.get("class_counts")
+    if counts is not None and len(counts) != k:
+        raise BundleError(f"{where}: class_counts has {len(counts)} entries for {k} classes")
+    c = b.dataset.get("channels")
+    if c is not None and b.images.shape[1] != c:
+        raise BundleError(f"{where}: images have {b.images.shape[1]} channels, metadata says {c}")
+
+
+def save_bundle(
+    bundle: Bundle, path: str | Path, *, force: bool = False, dtype: str = "float32"
+) -> str:
+    """Write ``bundle`` atomically; return its checksum. Refuses to overwrite without force."""
+    path = Path(path)
+    check_writable(path, force)
+    if dtype not in STORAGE_DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype}")
+    bundle.images = bundle.images.detach().cpu().to(STORAGE_DTYPES[dtype]).contiguous()
+    bundle.labels = bundle.labels.detach().cpu().to(torch.int64).contiguous()
+    if bundle.soft_labels is not None:
+        bundle.soft_labels = bundle.soft_labels.detach().cpu().float().contiguous()
+    bundle.extras = {k: v.detach().cpu().contiguous() for k, v in bundle.extras.items()}
+    if not bundle.created:
+        bundle.created = utc_now()
+    if not bundle.torch_version:
+        bundle.torch_version = torch.__version__
+    _check_consistency(bundle, str(path))
+    tensors = bundle.tensors()
+    bundle.checksum = compute_checksum(tensors)
+    bundle.checksum_ok = True
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=bundle.metadata())
+    return bundle.checksum
+
+
+# --------------------------------------------------------------------------------------------
+# reading and migration
+
+
+def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.exists():
+        raise BundleError(f"bundle not found: {path}")
+    if path.is_dir():
+        raise BundleError(f"{path} is a folder, not a bundle file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise BundleError(f"{path} is not a ddcli bundle (not a safetensors file)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100_000_000):
+            raise BundleError(f"{path} is not a ddcli bundle (not a safetensors file)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise BundleError(f"{path} is not a ddcli bundle (not a safetensors file)") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise BundleError(f"{path} is truncated ({size} bytes, header needs {8 + n + end})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise BundleError(f"{path} cannot be read as safetensors: {e}") from None
+    return tensors, meta
+
+
+def _migrate_v0(tensors: dict, meta: dict) -> tuple[dict, dict]:
+    """v0 (the draft layout of methods.md §7) -> v1.
+
+    v0 stored ``labels_hard`` / ``labels_soft`` and one JSON string under ``metadata`` holding
+    method, config, dataset, seed and created; it had no checksum.
+    """
+    tensors = dict(tensors)
+    if "labels_hard" in tensors:
+        tensors["labels"] = tensors.pop("labels_hard").to(torch.int64)
+    if "labels_soft" in tensors:
+        tensors["soft_labels"] = tensors.pop("labels_soft").float()
+    old = json.loads(meta.get("metadata", "{}"))
+    new = {
+        "ddcli.format": FORMAT,
+        "ddcli.format_version": "1",
+        "ddcli.version": meta.get("ddcli.version", "0"),
+        "method": old.get("method", ""),
+        "config": json.dumps(old.get("config", {})),
+        "dataset": json.dumps(old.get("dataset", {})),
+        "seed": str(old.get("seed", "")),
+        "created": old.get("created", ""),
+        "torch": old.get("torch", ""),
+        "device": old.get("device", ""),
+        "provenance": json.dumps(old.get("provenance", []) + [{"command": "migrate v0->v1"}]),
+        "checksum": compute_checksum(tensors),
+    }
+    return tensors, new
+
+
+#: format version -> function migrating a (tensors, metadata) pair one version up.
+MIGRATIONS: dict[int, Callable[[dict, dict], tuple[dict, dict]]] = {0: _migrate_v0}
+
+
+def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Read and check a bundle. With ``verify`` a checksum mismatch is an error; without it,
+    ``Bundle.checksum_ok`` tells the result."""
+    path = Path(path)
+    tensors, meta = _read_raw(path)
+    if meta.get("ddcli.format") != FORMAT:
+        raise BundleError(f"{path} is not a ddcli bundle (no ddcli.format metadata)")
+    try:
+        version = int(meta.get("ddcli.format_version", ""))
+    except ValueError:
+        raise BundleError(f"{path}: bad ddcli.format_version") from None
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{path} has bundle format {version}, newer than this ddcli ({__version__}) reads "
+            f"(format {FORMAT_VERSION}); upgrade ddcli"
+        )
+    while version < FORMAT_VERSION:
+        if version not in MIGRATIONS:
+            raise BundleError(f"{path}: no migration from bundle format {version}")
+        tensors, meta = MIGRATIONS[version](tensors, meta)
+        version += 1
+    for name in ("images", "labels"):
+        if name not in tensors:
+            raise BundleError(f"{path} lacks the {name!r} tensor")
+    try:
+        parsed = {k: json.loads(meta.get(k) or ("[]" if k == "provenance" else "{}"))
+                  for k in _JSON_KEYS}
+    except ValueError:
+        raise BundleError(f"{path}: metadata is not valid JSON") from None
+    b = Bundle(
+        images=tensors["images"],
+        labels=tensors["labels"],
+        soft_labels=tensors.get("soft_labels"),
+        extras={k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)},
+        method=meta.get("method", ""),
+        config=parsed["config"],
+        dataset=parsed["dataset"],
+        seed=int(meta["seed"]) if meta.get("seed") else None,
+        created=meta.get("created", ""),
+        torch_version=meta.get("torch", ""),
+        device=meta.get("device", ""),
+        provenance=parsed["provenance"],
+        ddcli_version=meta.get("ddcli.version", ""),
+        checksum=meta.get("checksum", ""),
+    )
+    b.checksum_ok = compute_checksum(tensors) == b.checksum
+    if verify and not b.checksum_ok:
+        raise BundleError(f"{path}: checksum mismatch (the file was modified or damaged)")
+    _check_consistency(b, str(path))
+    return b

@@ -1,0 +1,258 @@
+"""What every command shares: option aliases, consoles, progress, config files, devices, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 vendors its own click
+    from typer import _click as click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    import click
+
+from ddcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DDCliError, InputError
+
+NOT_IMPLEMENTED = "not implemented yet: see the roadmap in README"
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def error_line(message: str) -> None:
+    """Print one error line on stderr (no markup interpretation, no wrapping)."""
+    msg = " ".join(str(message).split())
+    sys.stderr.write(f"error: {msg}\n")
+    sys.stderr.flush()
+
+
+class DDCliGroup(TyperGroup):
+    """The root group: turns every failure into one line on stderr and a documented exit code."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(
+                args=args,
+                prog_name=prog_name or "ddcli",
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+            code = rv if isinstance(rv, int) else 0
+        except typer.Exit as e:
+            code = e.exit_code
+        except typer.Abort:
+            error_line("interrupted")
+            code = EXIT_INTERRUPTED
+        except click.exceptions.ClickException as e:
+            hint = ""
+            if isinstance(e, click.exceptions.UsageError) and e.ctx is not None:
+                hint = f" (see '{e.ctx.command_path} --help')"
+            error_line(e.format_message() + hint)
+            code = e.exit_code if not isinstance(e, click.exceptions.UsageError) else EXIT_BAD_INPUT
+        except DDCliError as e:
+            error_line(str(e))
+            code = e.exit_code
+        except KeyboardInterrupt:
+            error_line("interrupted")
+            code = EXIT_INTERRUPTED
+        except Exception as e:  # a bug: still one line, traceback on request
+            if os.environ.get("DDCLI_DEBUG"):
+                traceback.print_exc()
+            error_line(
+                f"internal error: {type(e).__name__}: {e} (set DDCLI_DEBUG=1 for a traceback)"
+            )
+            code = EXIT_FAILED
+        sys.exit(code)
+
+
+# --------------------------------------------------------------------------------------------
+# --config FILE.toml
+
+
+def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | None):
+    """Load a TOML file into the command's defaults: command-line flags still win.
+
+    Keys are option names (``batch-real`` or ``batch_real``) at the top level or under a table
+    named after the command (``[distill]``), which wins over the top level.
+    """
+    if value is None:
+        return None
+    path = Path(value)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise click.exceptions.BadParameter(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise click.exceptions.BadParameter(f"cannot read {path}: {e}") from None
+    merged = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    section = data.get(ctx.info_name)
+    if isinstance(section, dict):
+        merged.update(section)
+    known = {p.name for p in ctx.command.params if p.name not in ("config",)}
+    defaults: dict[str, Any] = {}
+    for key, v in merged.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise click.exceptions.BadParameter(f"unknown option {key!r} in {path}")
+        defaults[name] = v
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML file supplying any option of this command (flags given here win).",
+        is_eager=True,
+        callback=_config_callback,
+        show_default=False,
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in the output).")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto: cuda when available).")
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+
+
+# --------------------------------------------------------------------------------------------
+# devices, caches, output
+
+
+def resolve_device(spec: str) -> str:
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return "cpu"
+    if spec == "cuda" or spec.startswith("cuda:"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        idx = 0 if spec == "cuda" else spec.split(":", 1)[1]
+        try:
+            idx = int(idx)
+        except ValueError:
+            raise InputError(f"bad device {spec!r}: use cpu, cuda or cuda:N") from None
+        if idx >= n:
+            raise InputError(f"device {spec} is not available (this machine has {n} CUDA devices)")
+        return spec
+    raise InputError(f"bad device {spec!r}: use auto, cpu, cuda or cuda:N")
+
+
+def cache_dir() -> Path:
+    """Where teachers, experts and priors are cached: $DDCLI_CACHE or ~/.cache/ddcli."""
+    return Path(os.environ.get("DDCLI_CACHE") or Path.home() / ".cache" / "ddcli")
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+class Reporter:
+    """Messages and progress on stderr, silenced by --quiet."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.console = stderr_console()
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            self.console.print(msg)
+
+    def warn(self, msg: str) -> None:
+        # warnings show even with --quiet: they change how a result should be read
+        self.console.print(f"[yellow]warning:[/] {msg}")
+
+    @contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Any]:
+        """Yield ``update(completed, **fields)``; draws a rich bar unless quiet."""
+        if self.quiet:
+            yield lambda *a, **k: None
+            return
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        with bar:
+            task = bar.add_task(description, total=total, status="")
+
+            def update(completed: int, total: int | None = None, status: str = "") -> None:
+                kw = {"total": total} if total is not None else {}
+                bar.update(task, completed=completed, status=status, **kw)
+
+            yield update
+
+
+# --------------------------------------------------------------------------------------------
+# data options shared by distill and evaluate
+
+TrainFilesOpt = Annotated[
+    str | None, typer.Option("--train-files", help="Glob choosing the training shards.")
+]
+ImageSizeOpt = Annotated[
+    str | None, typer.Option("--image-size", help="Resize images to N or HxW (default: the "
+                                                  "most common size).")
+]
+ChannelsOpt = Annotated[
+    int | None, typer.Option("--channels", help="1 or 3 (default: the majority mode).")
+]
+SkipBadOpt = Annotated[
+    bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning count.")
+]
+MaxPerClassOpt = Annotated[
+    int | None, typer.Option("--max-per-class", help="Keep at most N images per class (seeded).")
+]
+ImbalanceOpt = Annotated[
+    float | None,
+    typer.Option("--imbalance-factor", help="Build the long-tailed subset with this factor: "
+                                            "n_c = floor(n_min * IF^(-c/(C-1))).")
+]
+
+
+def load_cli_dataset(rep: Reporter, path: Path, split: str, **kw):
+    """Load a dataset with a progress bar for image folders; errors become one line."""
+    from ddcli.data import load_dataset, parse_image_size
+
+    if "image_size" in kw and not isinstance(kw["image_size"], tuple):
+        kw["image_size"] = parse_image_size(kw["image_size"])
+    with rep.progress(f"reading {path.name or path}", None) as update:
+        return load_dataset(
+            path, split, progress=lambda done, total: update(done, total=total), warn=rep.warn,
+            **kw
+        )

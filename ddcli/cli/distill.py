@@ -1,0 +1,177 @@
+"""``ddcli distill [DATA]``: run a distillation method and write a bundle."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from ddcli.bundle import Bundle, save_bundle
+from ddcli.cli.common import (
+    ChannelsOpt,
+    ConfigOpt,
+    DeviceOpt,
+    ForceOpt,
+    ImageSizeOpt,
+    ImbalanceOpt,
+    JsonOpt,
+    MaxPerClassOpt,
+    OutOpt,
+    QuietOpt,
+    Reporter,
+    SeedOpt,
+    SkipBadOpt,
+    TrainFilesOpt,
+    load_cli_dataset,
+    print_json,
+    resolve_device,
+)
+from ddcli.data import sample_dir
+from ddcli.io import check_writable
+from ddcli.methods import create_method, list_methods
+from ddcli.methods.base import checkpoint_path_for, run_method
+
+
+def device_label(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return "cpu"
+
+
+def command_line() -> str:
+    return "ddcli " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def distill(
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Dataset folder or .npz shard; omit it for the built-in "
+                            "Fashion-MNIST sample (with a CPU preset).", show_default=False),
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", "-m", help=f"One of: {', '.join(list_methods())}.")
+    ] = "dm",
+    ipc: Annotated[
+        int | None, typer.Option("--ipc", help="Images per class (default: 10).")
+    ] = None,
+    iterations: Annotated[
+        int | None,
+        typer.Option("--iterations", help="Iterations (default: 20000; sample: 200)."),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Learning rate on pixels (default: 1).")
+    ] = None,
+    batch_real: Annotated[
+        int | None,
+        typer.Option("--batch-real",
+                     help="Real images per class per iteration (default: 256; sample: 64)."),
+    ] = None,
+    init: Annotated[
+        str | None, typer.Option("--init", help="real | noise (default: real).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Feature-extractor model (default: convnet).")
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option("--width", help="Feature-extractor width (default: 128).")
+    ] = None,
+    amp: Annotated[str | None, typer.Option("--amp", help="off | bf16 (default: off).")] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option("--channels-last/--no-channels-last",
+                                  help="Channels-last memory format (default: off).")
+    ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", help="Save a checkpoint next to the output "
+                                                     "every N iterations (0: never).")
+    ] = 1000,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the checkpoint next to the output.")
+    ] = False,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Storage dtype of the images: float32 | float16.")
+    ] = "float32",
+    train_files: TrainFilesOpt = None,
+    image_size: ImageSizeOpt = None,
+    channels: ChannelsOpt = None,
+    skip_bad: SkipBadOpt = False,
+    max_per_class: MaxPerClassOpt = None,
+    imbalance_factor: ImbalanceOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Distill a dataset into a few synthetic images per class and write a bundle.
+
+    Example: [bold]ddcli distill data/cifar10 --train-files 'train_[123].npz' --ipc 10
+    -o cifar10-dm-ipc10.safetensors[/]
+    """
+    rep = Reporter(quiet or json_out)
+    dev = resolve_device(device)
+    overrides = {
+        k: v
+        for k, v in dict(ipc=ipc, iterations=iterations, lr=lr, batch_real=batch_real, init=init,
+                         model=model, width=width, amp=amp, channels_last=channels_last).items()
+        if v is not None
+    }
+    builtin = data is None
+    preset = "sample-cpu" if builtin else None
+    algo = create_method(method, preset=preset, **overrides)  # bad options fail before reading
+
+    path = sample_dir() if builtin else data
+    ds = load_cli_dataset(
+        rep, path, "train", files=train_files, image_size=image_size, channels=channels,
+        skip_bad=skip_bad, max_per_class=max_per_class, imbalance_factor=imbalance_factor,
+    )
+    if builtin:
+        ds.subset["builtin_sample"] = True
+    cfg = algo.config
+    if out is None:
+        out = Path(f"{ds.name}-{algo.name}-ipc{getattr(cfg, 'ipc', 0)}.safetensors")
+    if not resume:
+        check_writable(out, force)
+    elif out.exists() and not force:
+        check_writable(out, force)
+    ckpt = checkpoint_path_for(out)
+    info = ds.info()
+    rep.info(
+        f"{algo.name} on {ds.name}: {len(ds)} images, {ds.num_classes} classes, "
+        f"{ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}, device {dev}"
+        + (f", preset {preset}" if preset else "")
+    )
+    with rep.progress(f"distilling ({algo.name})", algo.iterations) as update:
+        syn, stats = run_method(
+            algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+            resume=resume, progress=update, warn=rep.warn,
+        )
+    bundle = Bundle(
+        images=syn.images,
+        labels=syn.labels,
+        extras=syn.extras,
+        method=algo.name,
+        config={**cfg.to_dict(), "preset": preset},
+        dataset=info,
+        seed=seed,
+        device=device_label(dev),
+        provenance=[{"command": command_line(), "step": "distill", "method": algo.name,
+                     "config": cfg.to_dict(), "stats": stats, "parent_checksum": None}],
+    )
+    checksum = save_bundle(bundle, out, force=force or resume, dtype=dtype)
+    if ckpt.exists():
+        ckpt.unlink()
+    rep.info(
+        f"wrote {out}: {syn.images.shape[0]} images, IPC {getattr(cfg, 'ipc', '?')}, "
+        f"{stats['wall_time_s']:.1f} s ({stats['iterations_per_s'] or 0:.1f} it/s)"
+    )
+    if json_out:
+        print_json({"bundle": str(out), "checksum": checksum, "method": algo.name,
+                    "config": cfg.to_dict(), "seed": seed, "device": bundle.device,
+                    "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
+                    "stats": stats})

@@ -1,0 +1,177 @@
+"""``ddcli evaluate BUNDLE``: train fresh models on a bundle under a named protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.table import Table
+
+from ddcli import __version__
+from ddcli.bundle import load_bundle
+from ddcli.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    QuietOpt,
+    Reporter,
+    SeedOpt,
+    load_cli_dataset,
+    print_json,
+    resolve_device,
+    stdout_console,
+)
+from ddcli.cli.distill import device_label
+from ddcli.data import sample_dir
+from ddcli.errors import InputError
+from ddcli.evaluation import check_classes, evaluate_images, random_real_subset
+from ddcli.io import atomic_write_bytes, check_writable
+from ddcli.protocols import get_protocol, list_protocols
+
+
+def _render(report: dict) -> None:
+    con = stdout_console()
+    p = report["protocol"]
+    con.print(f"[bold]protocol[/] {p['name']}: {p['reference'] or ''}")
+    con.print("  " + json.dumps({k: v for k, v in p.items() if k not in ("name", "reference")}))
+    t = Table(title=f"test accuracy (%) on {report['test']['num_images']} test images, "
+                    f"{report['num_models']} models", title_justify="left")
+    t.add_column("set")
+    t.add_column("images", justify="right")
+    t.add_column("accuracy", justify="right")
+    t.add_column("per model", justify="left")
+    t.add_column("train s/model", justify="right")
+    rows = [("bundle", report["result"])]
+    if report.get("baseline"):
+        rows.append((f"random real (IPC {report['baseline']['ipc']})", report["baseline"]))
+    for name, r in rows:
+        t.add_row(name, str(r["num_train_images"]),
+                  f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}",
+                  " ".join(f"{a:.2f}" for a in r["accuracy_per_model"]),
+                  f"{r['train_time_per_model_s']:.2f}")
+    con.print(t)
+    if report.get("improvement_points") is not None:
+        d = report["improvement_points"]
+        con.print(f"improvement over random real: [bold]{d:+.2f}[/] points")
+    classes = report["classes"]
+    pc = report["result"]["per_class_accuracy"]
+    con.print("per class: " + ", ".join(f"{c} {a:.1f}" for c, a in zip(classes, pc, strict=True)))
+
+
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file.", show_default=False)],
+    test: Annotated[
+        Path | None,
+        typer.Option("--test", help="Test data (folder or shards); default for bundles of the "
+                                    "built-in sample: its test split."),
+    ] = None,
+    test_files: Annotated[
+        str | None, typer.Option("--test-files", help="Glob choosing the test shards.")
+    ] = None,
+    protocol: Annotated[
+        str, typer.Option("--protocol", "-p", help=f"One of: {', '.join(list_protocols())}.")
+    ] = "dm",
+    models: Annotated[int, typer.Option("--models", help="Fresh models to train.")] = 5,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Override the protocol's epochs (recorded).")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="random: also evaluate random real images "
+                                                    "of the same IPC from --real.")
+    ] = None,
+    real: Annotated[
+        Path | None, typer.Option("--real", help="Real data for --baseline random.")
+    ] = None,
+    real_files: Annotated[
+        str | None, typer.Option("--real-files", help="Glob choosing the real shards.")
+    ] = None,
+    out: OutOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Train fresh models on a bundle under a named protocol and report test accuracy.
+
+    Example: [bold]ddcli evaluate cifar10-dm-ipc10.safetensors --test data/cifar10
+    --test-files train_4.npz --baseline random --real data/cifar10 --real-files 'train_[123].npz'[/]
+    """
+    rep = Reporter(quiet or json_out)
+    dev = torch.device(resolve_device(device))
+    if models < 1:
+        raise InputError(f"--models must be >= 1, got {models}")
+    if baseline not in (None, "random"):
+        raise InputError(f"--baseline must be 'random', got {baseline!r}")
+    proto = get_protocol(protocol, epochs=epochs)
+    if out is not None:
+        check_writable(out, force)
+    b = load_bundle(bundle)
+    ds_info = b.dataset
+    builtin = bool(ds_info.get("subset", {}).get("builtin_sample"))
+    if test is None:
+        if not builtin:
+            raise InputError("--test is required (the test data to measure accuracy on)")
+        test = sample_dir()
+    if baseline == "random" and real is None:
+        if not builtin:
+            raise InputError("--baseline random needs --real DATA (the real training data)")
+        real = sample_dir()
+    size = tuple(ds_info.get("image_size") or b.images.shape[2:])
+    chans = int(ds_info.get("channels") or b.images.shape[1])
+    test_ds = load_cli_dataset(rep, test, "test", files=test_files, image_size=size,
+                               channels=chans)
+    check_classes(b, test_ds)
+    if test_ds.fingerprint == ds_info.get("fingerprint"):
+        rep.warn("the test data is the data the bundle was distilled from")
+    mean, std = ds_info["mean"], ds_info["std"]
+    ipc = b.ipc
+    rep.info(f"protocol {proto.name}: {json.dumps(proto.to_dict())}")
+
+    def run(images, labels, label):
+        with rep.progress(f"training {models} models ({label})", proto.epochs) as update:
+            return evaluate_images(images, labels, mean=mean, std=std, test=test_ds,
+                                   protocol=proto, num_models=models, seed=seed, device=dev,
+                                   progress=update)
+
+    result = run(b.images.float(), b.labels, "bundle")
+    report = {
+        "bundle": str(bundle),
+        "bundle_checksum": b.checksum,
+        "method": b.method,
+        "ipc": ipc,
+        "classes": b.classes,
+        "protocol": proto.to_dict(),
+        "num_models": models,
+        "seed": seed,
+        "device": device_label(str(dev)),
+        "torch": torch.__version__,
+        "ddcli_version": __version__,
+        "test": {"source": test_ds.source, "fingerprint": test_ds.fingerprint,
+                 "num_images": len(test_ds)},
+        "result": result,
+    }
+    if baseline == "random":
+        if ipc is None:
+            raise InputError("--baseline random needs a bundle with the same IPC in every class")
+        real_ds = load_cli_dataset(rep, real, "train", files=real_files, image_size=size,
+                                   channels=chans)
+        check_classes(b, real_ds, "real")
+        sub = random_real_subset(real_ds, ipc, seed)
+        base = run(sub.images.float() / 255.0, sub.labels, "random real")
+        base.update(ipc=ipc, source=real_ds.source, selection_seed=seed)
+        report["baseline"] = base
+        report["improvement_points"] = round(result["accuracy_mean"] - base["accuracy_mean"], 2)
+    if out is not None:
+        atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
+        rep.info(f"wrote report {out}")
+    if json_out:
+        print_json(report)
+    else:
+        _render(report)

@@ -1,0 +1,170 @@
+"""``ddcli inspect BUNDLE``: what a bundle holds, whether it is intact, and what it looks like."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ddcli.bundle import Bundle, load_bundle
+from ddcli.cli.common import JsonOpt, QuietOpt, Reporter, print_json, stdout_console
+from ddcli.errors import EXIT_FAILED
+from ddcli.viz import export_image_folder, save_grid, terminal_preview
+
+
+def soft_label_stats(b: Bundle) -> dict | None:
+    if b.soft_labels is None:
+        return None
+    p = b.soft_labels.float().clamp_min(1e-12)
+    entropy = -(p * p.log()).sum(1)
+    agree = (b.soft_labels.argmax(1) == b.labels).float().mean()
+    return {
+        "mean_entropy_nats": round(float(entropy.mean()), 4),
+        "max_entropy_nats": round(math.log(b.num_classes), 4),
+        "top1_agreement_with_labels": round(float(agree), 4),
+    }
+
+
+def summary(b: Bundle, path: Path) -> dict:
+    d = b.dataset
+    return {
+        "path": str(path),
+        "format_version": b.format_version,
+        "ddcli_version": b.ddcli_version,
+        "method": b.method,
+        "config": b.config,
+        "seed": b.seed,
+        "created": b.created,
+        "torch": b.torch_version,
+        "device": b.device,
+        "num_images": int(b.images.shape[0]),
+        "ipc": b.ipc,
+        "images_per_class": b.images_per_class,
+        "image_shape": list(b.images.shape[1:]),
+        "dtype": str(b.images.dtype).replace("torch.", ""),
+        "pixel_range": [round(float(b.images.min()), 4), round(float(b.images.max()), 4)],
+        "dataset": {
+            "name": d.get("name"),
+            "fingerprint": d.get("fingerprint"),
+            "classes": d.get("classes"),
+            "class_counts": d.get("class_counts"),
+            "image_size": d.get("image_size"),
+            "channels": d.get("channels"),
+            "mean": d.get("mean"),
+            "std": d.get("std"),
+            "subset": d.get("subset", {}),
+        },
+        "soft_labels": soft_label_stats(b),
+        "extras": {k: list(v.shape) for k, v in b.extras.items()},
+        "provenance": b.provenance,
+        "checksum": b.checksum,
+        "checksum_ok": b.checksum_ok,
+    }
+
+
+def _render(s: dict) -> None:
+    con = stdout_console()
+    ok = "[green]ok[/]" if s["checksum_ok"] else "[bold red]MISMATCH[/]"
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    ds = s["dataset"]
+    rows = [
+        ("bundle", s["path"]),
+        ("method", s["method"] or "-"),
+        ("images", f"{s['num_images']} × {tuple(s['image_shape'])} {s['dtype']}, "
+                   f"IPC {s['ipc'] if s['ipc'] is not None else 'varies'}"),
+        ("pixel range", f"{s['pixel_range'][0]} .. {s['pixel_range'][1]}"),
+        ("dataset", f"{ds['name']}  fingerprint {str(ds['fingerprint'])[:16]}…"),
+        ("normalisation", f"mean {ds['mean']} std {ds['std']}"),
+        ("seed", str(s["seed"])),
+        ("created", f"{s['created']} with ddcli {s['ddcli_version']}, torch {s['torch']} "
+                    f"on {s['device'] or '?'}"),
+        ("format", f"ddcli.bundle v{s['format_version']}"),
+        ("checksum", f"{s['checksum'][:16]}… {ok}"),
+    ]
+    if ds.get("subset"):
+        rows.append(("subset", json.dumps(ds["subset"])))
+    if s["soft_labels"]:
+        sl = s["soft_labels"]
+        rows.append(("soft labels", f"mean entropy {sl['mean_entropy_nats']} nats "
+                                    f"(max {sl['max_entropy_nats']}), top-1 agreement "
+                                    f"{sl['top1_agreement_with_labels']:.1%}"))
+    else:
+        rows.append(("soft labels", "none"))
+    if s["extras"]:
+        rows.append(("extras", ", ".join(f"{k} {v}" for k, v in s["extras"].items())))
+    for r in rows:
+        t.add_row(*r)
+    con.print(t)
+    if s["config"]:
+        con.print("[bold]config[/]  " + json.dumps(s["config"], sort_keys=True))
+    ct = Table(title="classes", title_justify="left")
+    ct.add_column("#", justify="right")
+    ct.add_column("class")
+    ct.add_column("real images", justify="right")
+    ct.add_column("synthetic", justify="right")
+    counts = ds.get("class_counts") or [None] * len(ds["classes"] or [])
+    for k, name in enumerate(ds["classes"] or []):
+        ct.add_row(str(k), name, str(counts[k] if counts[k] is not None else "-"),
+                   str(s["images_per_class"][k]))
+    con.print(ct)
+    if s["provenance"]:
+        con.print("[bold]provenance[/]")
+        for i, step in enumerate(s["provenance"]):
+            con.print(f"  {i + 1}. {step.get('command', '?')}"
+                      + (f"  (parent {step['parent_checksum'][:12]}…)"
+                         if step.get("parent_checksum") else ""))
+
+
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file (.safetensors).", show_default=False)],
+    grid: Annotated[
+        Path | None, typer.Option("--grid", help="Write an image grid PNG, one row per class.")
+    ] = None,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Draw a small grid in the terminal (true colour).")
+    ] = False,
+    export: Annotated[
+        Path | None,
+        typer.Option("--export", help="Write the images as an ImageFolder of PNGs into DIR."),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Exit 1 if the checksum does not match.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --grid / --export.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Show what a bundle holds, check it, and export pictures of it.
+
+    Example: [bold]ddcli inspect fmnist-dm.safetensors --preview --grid grid.png[/]
+    """
+    rep = Reporter(quiet or json_out)
+    b = load_bundle(bundle, verify=False)
+    s = summary(b, bundle)
+    if not b.checksum_ok:
+        rep.warn(f"{bundle}: checksum mismatch (the file was modified or damaged)")
+    if grid is not None:
+        save_grid(b.images, b.labels, b.num_classes, grid, force=force)
+        rep.info(f"wrote grid {grid}")
+        s["grid"] = str(grid)
+    if export is not None:
+        names = export_image_folder(b.images, b.labels, b.classes, export, force=force)
+        rep.info(f"exported {b.images.shape[0]} PNGs into {export} ({len(names)} class folders)")
+        s["export"] = str(export)
+    if json_out:
+        print_json(s)
+    else:
+        _render(s)
+        if preview:
+            stdout_console().print(
+                terminal_preview(b.images.float(), b.labels, b.classes), soft_wrap=True
+            )
+    if verify and not b.checksum_ok:
+        raise typer.Exit(EXIT_FAILED)
+

@@ -1,0 +1,495 @@
+"""Reading labelled image datasets: ImageFolder trees and npz array shards.
+
+Two layouts are understood:
+
+* **Layout A** (torchvision ``ImageFolder``): ``DATA/<class>/<image>``, classes are the sorted
+  folder names. If ``DATA/train`` (and ``DATA/test`` or ``DATA/val``) exist they are the splits.
+* **Layout B** (array shards, the format of the project's shared datasets): ``*.npz`` files with
+  ``images`` (uint8, NHWC or NHW) and ``labels`` (int) plus ``classes.json``. Shards named
+  ``train*.npz`` / ``test*.npz`` are the splits; globs passed as ``train_files`` / ``test_files``
+  choose others.
+
+Every reader returns a :class:`Dataset` holding uint8 NCHW pixels and int64 labels on the CPU.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddcli.errors import DataError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+SPLIT_DIRS = {"train": ("train",), "test": ("test", "val")}
+LT_SEED = 0  # the fixed seed of long-tailed / capped subsets (recorded in the dataset info)
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Dataset:
+    """A labelled image set: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    name: str = "dataset"
+    source: str = ""
+    subset: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError("images must be uint8 (N, C, H, W)")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must be (N,) and match images")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    @property
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.images, self.labels, self.classes)
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the pixels in 0..1 scale (the normalisation)."""
+        x = self.images
+        mean, sq = [], []
+        # chunked to bound memory on large sets
+        for c in range(x.shape[1]):
+            s = 0.0
+            s2 = 0.0
+            for start in range(0, x.shape[0], 8192):
+                v = x[start : start + 8192, c].to(torch.float64) / 255.0
+                s += float(v.sum())
+                s2 += float((v * v).sum())
+            n = x.shape[0] * x.shape[2] * x.shape[3]
+            mean.append(s / n)
+            sq.append(s2 / n)
+        std = [math.sqrt(max(b - a * a, 1e-12)) for a, b in zip(mean, sq, strict=True)]
+        return [round(m, 6) for m in mean], [round(s, 6) for s in std]
+
+    def select(self, index: torch.Tensor, **subset_info) -> Dataset:
+        index = torch.as_tensor(index, dtype=torch.long)
+        sub = dict(self.subset)
+        sub.update(subset_info)
+        return Dataset(
+            self.images[index], self.labels[index], list(self.classes), self.name, self.source, sub
+        )
+
+    def info(self) -> dict:
+        """What a bundle records about the data it was distilled from."""
+        mean, std = self.mean_std()
+        return {
+            "name": self.name,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "classes": list(self.classes),
+            "class_counts": self.class_counts,
+            "num_images": len(self),
+            "image_size": list(self.image_size),
+            "channels": self.channels,
+            "mean": mean,
+            "std": std,
+            "subset": dict(self.subset),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# fingerprint and subsets
+
+
+def fingerprint(images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> str:
+    """sha256 over class names, image shape, and (label, pixels) pairs in a canonical order.
+
+    The canonical order sorts the images by label, then by the sha256 of their pixels, so the
+    same images read from files in another order give the same fingerprint.
+    """
+    arr = images.contiguous().numpy()
+    lab = labels.tolist()
+    digests = [hashlib.sha256(arr[i].tobytes()).digest() for i in range(arr.shape[0])]
+    order = sorted(range(len(lab)), key=lambda i: (lab[i], digests[i]))
+    h = hashlib.sha256()
+    h.update(json.dumps(list(classes)).encode())
+    h.update(json.dumps(list(arr.shape[1:])).encode())
+    for i in order:
+        h.update(int(lab[i]).to_bytes(8, "little"))
+        h.update(digests[i])
+    return h.hexdigest()
+
+
+def long_tailed_counts(class_counts: list[int], imbalance_factor: float) -> list[int]:
+    """n_c = floor(n_max * IF^(-c/(C-1))) with n_max the smallest class count."""
+    n_max = min(class_counts)
+    c_total = len(class_counts)
+    return [
+        int(math.floor(n_max * imbalance_factor ** (-c / (c_total - 1)) + 1e-9))
+        for c in range(c_total)
+    ]
+
+
+def _take_per_class(ds: Dataset, counts: list[int], seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for c, n in enumerate(counts):
+        idx = torch.nonzero(ds.labels == c).flatten()
+        perm = torch.randperm(idx.numel(), generator=gen)[:n]
+        keep.append(idx[perm])
+    return torch.sort(torch.cat(keep)).values
+
+
+def make_long_tailed(ds: Dataset, imbalance_factor: float, seed: int = LT_SEED) -> Dataset:
+    """A deterministic long-tailed subset (exponential profile, class 0 the head)."""
+    if imbalance_factor < 1:
+        raise DataError(f"--imbalance-factor must be >= 1, got {imbalance_factor}")
+    counts = long_tailed_counts(ds.class_counts, imbalance_factor)
+    if min(counts) < 1:
+        raise DataError(
+            f"--imbalance-factor {imbalance_factor} leaves a class with no image "
+            f"(smallest class has {min(ds.class_counts)} images)"
+        )
+    return ds.select(
+        _take_per_class(ds, counts, seed), imbalance_factor=imbalance_factor, subset_seed=seed
+    )
+
+
+def cap_per_class(ds: Dataset, max_per_class: int, seed: int = LT_SEED) -> Dataset:
+    if max_per_class < 1:
+        raise DataError(f"--max-per-class must be >= 1, got {max_per_class}")
+    counts = [min(n, max_per_class) for n in ds.class_counts]
+    return ds.select(
+        _take_per_class(ds, counts, seed), max_per_class=max_per_class, subset_seed=seed
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# pixel conversions
+
+
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 NCHW to 1 or 3 channels (ITU-R 601-2 luma for RGB -> gray)."""
+    c = images.shape[1]
+    if c == channels:
+        return images
+    if c == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if c == 3 and channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise DataError(f"cannot convert {c}-channel images to {channels} channels")
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 NCHW resized with antialiased bilinear interpolation."""
+    if tuple(images.shape[2:]) == tuple(size):
+        return images
+    out = []
+    for start in range(0, images.shape[0], 4096):
+        x = images[start : start + 4096].float()
+        x = torch.nn.functional.interpolate(
+            x, size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def parse_image_size(value: str | int | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        size = (value, value)
+    else:
+        try:
+            parts = [int(p) for p in str(value).lower().split("x")]
+        except ValueError:
+            raise DataError(f"--image-size must be N or HxW, got {value!r}") from None
+        if len(parts) not in (1, 2):
+            raise DataError(f"--image-size must be N or HxW, got {value!r}")
+        size = (parts[0], parts[-1])
+    if min(size) < 4:
+        raise DataError(f"--image-size too small: {value}")
+    return size
+
+
+# --------------------------------------------------------------------------------------------
+# layout B: npz shards
+
+
+def _read_classes(folder: Path) -> list[str]:
+    path = folder / "classes.json"
+    if not path.exists():
+        raise DataError(f"missing {path}: npz shards need a classes.json with the class names")
+    try:
+        classes = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{path} must hold a JSON list of class names")
+    return classes
+
+
+def _load_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "images" not in z or "labels" not in z:
+                raise DataError(f"shard {path} lacks 'images' or 'labels'")
+            images, labels = z["images"], z["labels"]
+    except DataError:
+        raise
+    except Exception as e:  # zipfile / numpy errors on corrupt files
+        raise DataError(f"cannot read shard {path}: {e}") from None
+    if images.dtype != np.uint8:
+        raise DataError(f"shard {path}: images must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise DataError(f"shard {path}: images must be NHWC with 1, 3 or 4 channels")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"shard {path}: {labels.shape[0]} labels for {images.shape[0]} images")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"shard {path}: labels must be integers")
+    return images[..., :3] if images.shape[-1] == 4 else images, labels.astype(np.int64)
+
+
+def _shard_files(folder: Path, split: str, pattern: str | None) -> list[Path]:
+    if pattern:
+        files = sorted(Path(p) for p in glob.glob(str(folder / pattern)))
+        if not files:
+            raise DataError(f"no shard in {folder} matches {pattern!r}")
+        return files
+    all_npz = sorted(folder.glob("*.npz"))
+    train = [p for p in all_npz if p.name.startswith("train")]
+    test = [p for p in all_npz if p.name.startswith("test") or p.name.startswith("val")]
+    chosen = train if split == "train" else test
+    if chosen:
+        return chosen
+    if not train and not test:
+        return all_npz  # an unsplit folder of shards is one set
+    other = "--train-files" if split == "train" else "--test-files"
+    raise DataError(f"{folder} has no {split} shards; choose them with {other}")
+
+
+def _read_shards(files: list[Path], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    shape0 = None
+    for f in files:
+        x, y = _load_shard(f)
+        if shape0 is None:
+            shape0 = (x.shape[1:], files[0])
+        elif x.shape[1:] != shape0[0]:
+            raise DataError(
+                f"inconsistent shards: {f} holds {x.shape[1:]} images, {shape0[1]} holds "
+                f"{shape0[0]}"
+            )
+        if y.size and (y.min() < 0 or y.max() >= len(classes)):
+            raise DataError(f"shard {f}: label {int(y.max())} outside the {len(classes)} classes")
+        images.append(x)
+        labels.append(y)
+    x = torch.from_numpy(np.concatenate(images)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(np.concatenate(labels))
+
+
+# --------------------------------------------------------------------------------------------
+# layout A: image folders
+
+
+def _is_hidden(p: Path) -> bool:
+    return p.name.startswith(".")
+
+
+def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+    if not class_dirs:
+        raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
+    if len(class_dirs) == 1:
+        raise DataError(f"{root} has a single class ({class_dirs[0].name}); at least two needed")
+    items: list[tuple[Path, int]] = []
+    non_images: list[Path] = []
+    for label, d in enumerate(class_dirs):
+        files = sorted(
+            p
+            for p in d.rglob("*")
+            if p.is_file() and not any(_is_hidden(q) for q in p.relative_to(d).parts[:-1])
+            and not _is_hidden(p)
+        )
+        imgs = [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
+        non_images += [p for p in files if p.suffix.lower() not in IMG_EXTENSIONS]
+        if not imgs:
+            raise DataError(f"class folder {d} has no images")
+        items += [(p, label) for p in imgs]
+    return [d.name for d in class_dirs], items, non_images
+
+
+def _decode(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        mode = "L" if im.mode in GRAY_MODES else "RGB"
+        arr = np.asarray(im.convert(mode))
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _read_image_folder(
+    root: Path,
+    image_size: tuple[int, int] | None,
+    channels: int | None,
+    skip_bad: bool,
+    progress: ProgressFn | None,
+    warn: Callable[[str], None],
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    classes, items, non_images = _scan_image_folder(root)
+    if non_images and not skip_bad:
+        raise DataError(f"not an image file: {non_images[0]} (pass --skip-bad to skip such files)")
+    arrays: list[np.ndarray | None] = [None] * len(items)
+    errors: list[tuple[Path, str]] = []
+
+    def work(i: int) -> None:
+        try:
+            arrays[i] = _decode(items[i][0])
+        except Exception as e:  # PIL raises many kinds on bad files
+            errors.append((items[i][0], f"{type(e).__name__}: {e}"))
+
+    workers = min(16, (os.cpu_count() or 2) * 2)
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(work, range(len(items))):
+            done += 1
+            if progress and (done % 256 == 0 or done == len(items)):
+                progress(done, len(items))
+    if errors and not skip_bad:
+        path, why = sorted(errors)[0]
+        raise DataError(f"cannot read image {path}: {why} (pass --skip-bad to skip it)")
+    skipped = len(errors) + len(non_images)
+    if skipped:
+        warn(f"skipped {skipped} unreadable or non-image file(s) in {root}")
+    keep = [i for i, a in enumerate(arrays) if a is not None]
+    for label in range(len(classes)):
+        if not any(items[i][1] == label for i in keep):
+            raise DataError(f"class folder {root / classes[label]} has no readable images")
+    if image_size is None:
+        image_size = Counter(arrays[i].shape[:2] for i in keep).most_common(1)[0][0]
+    if channels is None:
+        n_gray = sum(arrays[i].shape[2] == 1 for i in keep)
+        channels = 1 if n_gray * 2 > len(keep) else 3
+    out = torch.empty((len(keep), channels, *image_size), dtype=torch.uint8)
+    for j, i in enumerate(keep):
+        t = torch.from_numpy(np.array(arrays[i], copy=True)).permute(2, 0, 1)[None]
+        out[j] = resize_images(to_channels(t, channels), tuple(image_size))[0]
+        arrays[i] = None
+    labels = torch.tensor([items[i][1] for i in keep], dtype=torch.int64)
+    return classes, out, labels
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def load_dataset(
+    path: str | Path,
+    split: str = "train",
+    *,
+    files: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    skip_bad: bool = False,
+    max_per_class: int | None = None,
+    imbalance_factor: float | None = None,
+    progress: ProgressFn | None = None,
+    warn: Callable[[str], None] = lambda msg: None,
+) -> Dataset:
+    """Read the ``split`` ("train" or "test") of a dataset folder, shard or image folder.
+
+    Args:
+        path: a folder (layout A or B) or one ``.npz`` shard.
+        split: which split to read when the folder holds several.
+        files: a glob (relative to ``path``) choosing the shards of this split.
+        image_size: resize every image to this (H, W); default: the most common size.
+        channels: 1 or 3; default: the majority mode of the images.
+        skip_bad: skip unreadable images with a warning instead of failing.
+        max_per_class: keep at most this many images per class (seeded, fixed).
+        imbalance_factor: build the long-tailed subset with this factor (seeded, fixed).
+    """
+    if split not in SPLIT_DIRS:
+        raise ValueError(f"unknown split {split!r}")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"dataset not found: {root}")
+    if channels is not None and channels not in (1, 3):
+        raise DataError(f"--channels must be 1 or 3, got {channels}")
+
+    if root.is_file():
+        if root.suffix != ".npz":
+            raise DataError(f"{root} is neither a folder nor an .npz shard")
+        classes = _read_classes(root.parent)
+        images, labels = _read_shards([root], classes)
+        name, source = root.parent.name, str(root)
+    elif files or any(root.glob("*.npz")):
+        classes = _read_classes(root)
+        shard_files = _shard_files(root, split, files)
+        images, labels = _read_shards(shard_files, classes)
+        name = root.name
+        source = f"{root} [{', '.join(p.name for p in shard_files)}]"
+    else:
+        split_root = root
+        for d in SPLIT_DIRS[split]:
+            if (root / d).is_dir():
+                split_root = root / d
+                break
+        else:
+            has_splits = any((root / d).is_dir() for ds in SPLIT_DIRS.values() for d in ds)
+            if has_splits:
+                raise DataError(f"{root} has split folders but no {split} split")
+        classes, images, labels = _read_image_folder(
+            split_root, image_size, channels, skip_bad, progress, warn
+        )
+        name, source = root.name, str(split_root)
+
+    if len(classes) < 2:
+        raise DataError(f"{root}: at least two classes are needed, found {len(classes)}")
+    if channels is not None:
+        images = to_channels(images, channels)
+    if image_size is not None:
+        images = resize_images(images, tuple(image_size))
+    ds = Dataset(images, labels, classes, name=name, source=source)
+    empty = [classes[c] for c, n in enumerate(ds.class_counts) if n == 0]
+    if empty and split == "train":
+        raise DataError(f"{root}: class {empty[0]!r} has no images")
+    if max_per_class is not None:
+        ds = cap_per_class(ds, max_per_class)
+    if imbalance_factor is not None:
+        ds = make_long_tailed(ds, imbalance_factor)
+    return ds
+
+
+def sample_dir() -> Path:
+    """The built-in Fashion-MNIST sample shipped inside the package."""
+    return Path(__file__).parent / "sample" / "fashion_mnist"

@@ -1,0 +1,305 @@
+"""What every distillation method shares: captured configs, the on-device real-image pool, and
+the run harness (seeding, progress, checkpoints, resume, Ctrl-C)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ddcli.data import Dataset
+from ddcli.errors import InputError, Interrupted
+from ddcli.io import atomic_path
+
+# --------------------------------------------------------------------------------------------
+# configs (diffusers' register_to_config idea: every knob captured and stored in the bundle)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of method configs: frozen, JSON round-trip, named presets."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def build(cls, preset: str | None = None, **overrides: Any) -> MethodConfig:
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in cls.presets:
+                raise InputError(f"unknown preset {preset!r}")
+            values.update(cls.presets[preset])
+        unknown = [k for k in overrides if k not in cls.fields()]
+        if unknown:
+            opt = "--" + unknown[0].replace("_", "-")
+            raise InputError(f"option {opt} does not apply to this method")
+        values.update(overrides)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.fields()})
+
+    def validate(self) -> None:
+        """Raise InputError on a bad value (subclasses extend)."""
+
+
+# --------------------------------------------------------------------------------------------
+# real images resident on the device, sampled per class without a host round trip
+
+
+class ClassPool:
+    """The real images on the device, sorted by class, sampled for all classes at once."""
+
+    def __init__(self, data: Dataset, device: torch.device, mean: list[float], std: list[float]):
+        order = torch.argsort(data.labels, stable=True)
+        self.images = data.images[order].to(device)  # uint8, kept small on the device
+        counts = torch.bincount(data.labels, minlength=data.num_classes)
+        self.counts = counts.to(device)
+        self.offsets = (torch.cumsum(counts, 0) - counts).to(device)
+        self.n_max = int(counts.max())
+        self.num_classes = data.num_classes
+        self.device = device
+        c = data.channels
+        self.mean = torch.tensor(mean, device=device).view(1, c, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, c, 1, 1)
+
+    def normalize(self, u8: torch.Tensor) -> torch.Tensor:
+        return (u8.float() / 255.0 - self.mean) / self.std
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+    def sample_index(self, per_class: int, generator: torch.Generator) -> torch.Tensor:
+        """(C, per_class) indices: without replacement within each class; a class with fewer
+        images than ``per_class`` repeats its images (every image at least once)."""
+        c = self.num_classes
+        keys = torch.rand((c, self.n_max), generator=generator, device=self.device)
+        pos = torch.arange(self.n_max, device=self.device).view(1, -1)
+        keys = torch.where(pos < self.counts.view(-1, 1), keys, 2.0)
+        k = min(per_class, self.n_max)
+        perm = keys.argsort(dim=1)[:, :k]
+        if per_class > k:  # more wanted than the largest class holds: cycle
+            perm = perm.repeat(1, -(-per_class // k))[:, :per_class]
+        perm = perm % self.counts.view(-1, 1)
+        return self.offsets.view(-1, 1) + perm
+
+    def sample(self, per_class: int, generator: torch.Generator) -> torch.Tensor:
+        """Normalised real images, (C * per_class, ch, H, W), grouped by class."""
+        idx = self.sample_index(per_class, generator).flatten()
+        return self.normalize(self.images[idx])
+
+    def init_images(self, ipc: int, generator: torch.Generator, noise: float = 0.1) -> torch.Tensor:
+        """Random real images per class (normalised). Where a class has fewer than ``ipc``
+        images the repeats get Gaussian noise (std ``noise`` in normalised units) so they do
+        not stay identical under Siamese augmentation."""
+        idx = self.sample_index(ipc, generator)  # (C, ipc)
+        x = self.normalize(self.images[idx.flatten()])
+        slot = torch.arange(ipc, device=self.device).view(1, -1)
+        repeat = (slot >= self.counts.view(-1, 1)).flatten().view(-1, 1, 1, 1)
+        jitter = torch.randn(x.shape, generator=generator, device=self.device) * noise
+        return torch.where(repeat, x + jitter, x)
+
+
+# --------------------------------------------------------------------------------------------
+# the method interface
+
+
+@dataclass
+class SyntheticSet:
+    images: torch.Tensor  # pixel scale (N, C, H, W), never clamped
+    labels: torch.Tensor
+    extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
+class Method:
+    """A distillation method: ``setup`` once, ``step`` per iteration, ``result`` at the end.
+
+    ``state()`` returns every tensor needed to resume (besides the generator, which the harness
+    saves); ``load_state`` puts them back.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]]
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+
+    @property
+    def iterations(self) -> int:
+        return int(getattr(self.config, "iterations", 0))
+
+    def setup(self, data: Dataset, device: torch.device, generator: torch.Generator,
+              mean: list[float], std: list[float]) -> None:
+        raise NotImplementedError
+
+    def step(self, it: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def result(self) -> SyntheticSet:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# the harness
+
+
+def checkpoint_path_for(out: Path) -> Path:
+    return out.with_name(out.name + ".ckpt.safetensors")
+
+
+def _run_key(method: Method, data: Dataset, seed: int, device: torch.device) -> dict[str, str]:
+    return {
+        "method": method.name,
+        "config": json.dumps(method.config.to_dict(), sort_keys=True),
+        "fingerprint": data.fingerprint,
+        "seed": str(seed),
+        "device_type": device.type,
+    }
+
+
+def _save_checkpoint(path: Path, method: Method, gen: torch.Generator, it: int, key: dict) -> None:
+    tensors = {k: v.detach().contiguous() for k, v in method.state().items()}
+    tensors = {k: v.cpu() for k, v in tensors.items()}
+    tensors["_generator"] = gen.get_state()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={**key, "iteration": str(it)})
+
+
+def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict) -> int:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise InputError(f"cannot read checkpoint {path}: {e}") from None
+    for k, v in key.items():
+        if meta.get(k) != v:
+            raise InputError(
+                f"checkpoint {path} belongs to another run ({k} differs); delete it or drop "
+                "--resume"
+            )
+    gen.set_state(tensors.pop("_generator"))
+    method.load_state({k: v.to(method_device(method)) for k, v in tensors.items()})
+    return int(meta["iteration"])
+
+
+def method_device(method: Method) -> torch.device:
+    return getattr(method, "device", torch.device("cpu"))
+
+
+ProgressFn = Callable[..., None]
+
+
+def run_method(
+    method: Method,
+    data: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    log_every: int = 50,
+    warn: Callable[[str], None] = lambda m: None,
+) -> tuple[SyntheticSet, dict[str, Any]]:
+    """Run ``method`` on ``data``; return the synthetic set and run statistics.
+
+    All randomness comes from one ``torch.Generator`` on ``device`` seeded with ``seed``; its
+    state is checkpointed with the method's state, so a resumed run equals an uninterrupted
+    one. Ctrl-C (SIGINT) finishes the current iteration, saves a checkpoint and raises
+    :class:`Interrupted`.
+    """
+    device = torch.device(device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    mean, std = data.mean_std()
+    method.device = device
+    method.setup(data, device, gen, mean, std)
+    key = _run_key(method, data, seed, device)
+    start = 0
+    if resume and checkpoint is not None:
+        if checkpoint.exists():
+            start = _load_checkpoint(checkpoint, method, gen, key)
+        else:
+            warn(f"no checkpoint at {checkpoint}; starting from iteration 0")
+
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):  # finish the iteration, then save and stop
+        stop["flag"] = True
+
+    old_handler = None
+    try:
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread
+        old_handler = None
+
+    total = method.iterations
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    it = start
+    try:
+        loss = None
+        while it < total:
+            loss = method.step(it)
+            it += 1
+            if it % log_every == 0 or it == total:
+                value = float(loss)  # the only host sync, every log_every iterations
+                losses.append(value)
+                if progress:
+                    progress(it, status=f"loss {value:.4g}")
+            if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 \
+                    and it < total:
+                _save_checkpoint(checkpoint, method, gen, it, key)
+            if stop["flag"]:
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, method, gen, it, key)
+                    raise Interrupted(
+                        f"interrupted at iteration {it}/{total}; checkpoint saved to {checkpoint}"
+                        "; rerun with --resume to continue"
+                    )
+                raise Interrupted(f"interrupted at iteration {it}/{total}")
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t0
+    stats = {
+        "iterations": total,
+        "resumed_from": start,
+        "wall_time_s": round(wall, 3),
+        "iterations_per_s": round((total - start) / wall, 3)
+        if wall > 0 and total > start else None,
+        "final_loss": losses[-1] if losses else None,
+        "peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        if device.type == "cuda" else None,
+    }
+    return method.result(), stats

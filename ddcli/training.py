@@ -1,0 +1,171 @@
+"""Training N fresh models on one small image set at once, and testing them.
+
+Models without batch norm are trained together: their parameters are stacked and one
+``torch.func.vmap``-ed forward pass runs all N (each with its own batches and augmentation),
+which the backend turns into batched / grouped kernels. Models with batch norm (whose running
+statistics cannot be updated under vmap) are trained one after another with the same code.
+
+The N models are independent: each has its own seed for its weights, its own data order and its
+own augmentation draws; SGD with momentum and weight decay acts elementwise, so one optimiser
+over the stacked parameters equals N optimisers.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state
+
+from ddcli import augment
+from ddcli.models import create_model
+from ddcli.protocols import Protocol
+
+
+def _has_batchnorm(m: nn.Module) -> bool:
+    return any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in m.modules())
+
+
+class Ensemble:
+    """N models behind one interface: ``forward(x (N, b, ...)) -> (N, b, K)``."""
+
+    def __init__(self, models: list[nn.Module], device: torch.device):
+        self.n = len(models)
+        self.vmapped = not _has_batchnorm(models[0])
+        if self.vmapped:
+            params, buffers = stack_module_state([m.to(device) for m in models])
+            self.params, self.buffers = params, buffers
+            base = copy.deepcopy(models[0]).to("meta")
+
+            def f(p, b, x):
+                return functional_call(base, (p, b), (x,))
+
+            self._train_fwd = torch.vmap(f)
+            self._eval_fwd = torch.vmap(f, in_dims=(0, 0, None))
+        else:
+            self.models = [m.to(device) for m in models]
+
+    def parameters(self) -> list[torch.Tensor]:
+        if self.vmapped:
+            return list(self.params.values())
+        return [p for m in self.models for p in m.parameters()]
+
+    def train(self, mode: bool = True) -> None:
+        if not self.vmapped:
+            for m in self.models:
+                m.train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vmapped:
+            return self._train_fwd(self.params, self.buffers, x)
+        return torch.stack([m(x[i]) for i, m in enumerate(self.models)])
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every model on the same images: (N, n, K)."""
+        if self.vmapped:
+            return self._eval_fwd(self.params, self.buffers, x)
+        return torch.stack([m(x) for m in self.models])
+
+
+def build_ensemble(
+    protocol: Protocol,
+    num_classes: int,
+    channels: int,
+    image_size: tuple[int, int],
+    seeds: list[int],
+    device: torch.device,
+) -> Ensemble:
+    models = []
+    for s in seeds:
+        m = create_model(protocol.model, num_classes, channels, image_size)
+        m.reset_parameters(torch.Generator().manual_seed(int(s)))  # same init on any device
+        models.append(m)
+    return Ensemble(models, device)
+
+
+@dataclass
+class TrainResult:
+    ensemble: Ensemble
+    train_time_s: float
+    steps: int
+
+
+def train_ensemble(
+    ens: Ensemble,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    protocol: Protocol,
+    generator: torch.Generator,
+    progress: Callable[..., None] | None = None,
+) -> TrainResult:
+    """Train every model of ``ens`` on (images, targets) under ``protocol``.
+
+    ``images`` are normalised (n, C, H, W) on the device; ``targets`` are class indices (n,).
+    """
+    device = images.device
+    n_models, n = ens.n, images.shape[0]
+    bs = min(protocol.batch_size, n)
+    opt = torch.optim.SGD(ens.parameters(), lr=protocol.lr, momentum=protocol.momentum,
+                          weight_decay=protocol.weight_decay)
+    milestones = set(protocol.milestone_epochs())
+    model_of = torch.arange(n_models, device=device)
+    ens.train(True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    steps = 0
+    for epoch in range(protocol.epochs):
+        if epoch in milestones:
+            for g in opt.param_groups:
+                g["lr"] *= protocol.lr_gamma
+        perm = torch.rand((n_models, n), generator=generator, device=device).argsort(dim=1)
+        for start in range(0, n, bs):
+            idx = perm[:, start : start + bs]  # (N, b): each model its own batch
+            b = idx.shape[1]
+            x = images[idx.flatten()]
+            if protocol.dsa_strategy:
+                groups = model_of.repeat_interleave(b)  # one family per model's batch
+                x = augment.augment(x, generator, protocol.dsa_strategy, family_groups=groups)
+            logits = ens.forward(x.view(n_models, b, *x.shape[1:]))
+            y = targets[idx.flatten()]
+            loss = F.cross_entropy(logits.flatten(0, 1), y, reduction="none")
+            loss = loss.view(n_models, b).mean(dim=1).sum()  # each model its own mean loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+        if progress:
+            progress(epoch + 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    ens.train(False)
+    return TrainResult(ens, time.perf_counter() - t0, steps)
+
+
+@torch.no_grad()
+def predict(ens: Ensemble, images: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """Predicted classes (N, n) of every model; ``images`` normalised on the device."""
+    preds = [ens.predict(images[s : s + chunk]).argmax(-1) for s in range(0, len(images), chunk)]
+    return torch.cat(preds, dim=1)
+
+
+def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """Per-model accuracy, mean ± std (population std, as the reference's numpy), per-class."""
+    correct = (preds == labels.view(1, -1)).float()  # (N, n)
+    per_model = correct.mean(dim=1)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).float()
+    per_class = torch.zeros((preds.shape[0], num_classes), device=preds.device)
+    per_class.index_add_(1, labels, correct)
+    per_class = per_class / counts
+    return {
+        "accuracy_per_model": [round(float(a) * 100, 2) for a in per_model],
+        "accuracy_mean": round(float(per_model.mean()) * 100, 2),
+        "accuracy_std": round(float(per_model.std(unbiased=False)) * 100, 2),
+        "per_class_accuracy": [round(float(a) * 100, 2) for a in per_class.mean(0)],
+    }

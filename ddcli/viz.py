@@ -1,0 +1,108 @@
+"""Looking at bundles: image grids (PNG), terminal previews, ImageFolder export."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from rich.text import Text
+
+from ddcli.io import atomic_dir, atomic_path, check_writable
+
+
+def _display(images: torch.Tensor) -> torch.Tensor:
+    """Pixel-scale images for display: clamped to 0..1 (the bundle itself is never clamped)."""
+    return images.detach().float().clamp(0, 1)
+
+
+def class_rows(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, per_class: int | None = None
+) -> tuple[torch.Tensor, int]:
+    """Arrange images one row per class (rows padded with blanks); return (tiles, ncols)."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    ncols = int(counts.max()) if per_class is None else min(per_class, int(counts.max()))
+    ncols = max(ncols, 1)
+    c, h, w = images.shape[1:]
+    tiles = torch.zeros((num_classes * ncols, c, h, w), dtype=images.dtype)
+    for k in range(num_classes):
+        idx = torch.nonzero(labels == k).flatten()[:ncols]
+        tiles[k * ncols : k * ncols + idx.numel()] = images[idx]
+    return tiles, ncols
+
+
+def save_grid(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, path: Path, force: bool = False
+) -> None:
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    check_writable(path, force)
+    tiles, ncols = class_rows(_display(images), labels, num_classes)
+    with atomic_path(path) as tmp:
+        save_image(tiles, str(tmp), nrow=ncols, padding=2, pad_value=1.0, format="png")
+
+
+def terminal_preview(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    per_class: int = 8,
+    cell: int = 16,
+) -> Text:
+    """A true-colour picture of the grid made of Unicode upper-half blocks (2 pixels a cell)."""
+    tiles, ncols = class_rows(_display(images), labels, len(classes), per_class)
+    x = torch.nn.functional.interpolate(tiles, size=(cell, cell), mode="area")
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    x = (x * 255).round().to(torch.uint8)
+    out = Text()
+    width = max(len(c) for c in classes)
+    for k, name in enumerate(classes):
+        row = torch.cat(list(x[k * ncols : (k + 1) * ncols]), dim=2)  # (3, cell, ncols*cell)
+        for y in range(0, cell, 2):
+            label = name[:width].ljust(width) if y == 0 else " " * width
+            out.append(label + " ")
+            for col in range(row.shape[2]):
+                top = row[:, y, col].tolist()
+                bot = row[:, y + 1, col].tolist() if y + 1 < cell else top
+                out.append("▀", style=f"rgb({top[0]},{top[1]},{top[2]}) on "
+                                      f"rgb({bot[0]},{bot[1]},{bot[2]})")
+            out.append("\n")
+    return out
+
+
+def safe_name(name: str) -> str:
+    """A class name usable as a folder name (``T-shirt/top`` -> ``T-shirt_top``)."""
+    s = re.sub(r"[^\w.\- ]+", "_", name).strip(" .")
+    return s or "class"
+
+
+def export_image_folder(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    out_dir: Path,
+    force: bool = False,
+) -> list[str]:
+    """Write DIR/<class>/<index>.png (pixels clamped to 0..1 and rounded to 8 bits).
+
+    Folder names are the class names made safe for a file system, prefixed with the class index
+    so that sorted order is the bundle's class order; returns the folder names.
+    """
+    from PIL import Image
+
+    width = len(str(len(classes) - 1))
+    names = [f"{k:0{width}d}_{safe_name(c)}" for k, c in enumerate(classes)]
+    pix = (_display(images) * 255).round().to(torch.uint8)
+    with atomic_dir(Path(out_dir), force) as tmp:
+        for folder in names:
+            (tmp / folder).mkdir()
+        counters = [0] * len(classes)
+        for i in range(pix.shape[0]):
+            k = int(labels[i])
+            arr = pix[i].permute(1, 2, 0).numpy()
+            img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+            img.save(tmp / names[k] / f"{counters[k]:05d}.png")
+            counters[k] += 1
+    return names

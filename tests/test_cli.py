@@ -1,0 +1,164 @@
+"""Every command and every error path: exit code, one line on stderr, nothing half-written."""
+
+import json
+
+import pytest
+import torch
+from conftest import assert_one_line_error
+from test_bundle import make_bundle
+
+from ddcli import __version__
+from ddcli.bundle import save_bundle
+
+
+@pytest.fixture
+def bundle_file(tmp_path):
+    path = tmp_path / "b.safetensors"
+    save_bundle(make_bundle(), path)
+    return path
+
+
+def test_version_and_help(cli):
+    r = cli("--version")
+    assert r.code == 0 and r.stdout.strip() == f"ddcli {__version__}"
+    for cmd in ("distill", "relabel", "evaluate", "inspect"):
+        r = cli(cmd, "--help")
+        assert r.code == 0 and "Example" in r.stdout, r
+
+
+def test_python_dash_m_entry_point():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ddcli", "--version"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"ddcli {__version__}"
+
+
+def test_relabel_is_not_implemented_and_says_so(cli, bundle_file):
+    r = cli("relabel", bundle_file)
+    assert_one_line_error(r, 2, "not implemented yet: see the roadmap in README")
+
+
+def test_usage_errors_are_one_line_exit_2(cli, bundle_file):
+    assert_one_line_error(cli("frobnicate"), 2, "No such command")
+    assert_one_line_error(cli("inspect"), 2, "Missing argument")
+    assert_one_line_error(cli("evaluate", bundle_file, "--models", "x"), 2, "--models")
+    assert_one_line_error(cli("inspect", bundle_file, "--nope"), 2, "--nope")
+
+
+def test_inspect_summary_and_json(cli, bundle_file):
+    r = cli("inspect", bundle_file)
+    assert r.code == 0, r
+    for word in ("dm", "tiny", "IPC 2", "ok", "provenance", "soft labels"):
+        assert word in r.stdout
+    r = cli("inspect", bundle_file, "--json")
+    assert r.code == 0, r
+    s = r.json()
+    assert s["ipc"] == 2 and s["checksum_ok"] is True and s["method"] == "dm"
+    assert s["dataset"]["class_counts"] == [5, 5, 5]
+    sl = s["soft_labels"]
+    assert 0 <= sl["mean_entropy_nats"] <= sl["max_entropy_nats"]
+    assert 0 <= sl["top1_agreement_with_labels"] <= 1
+
+
+def test_inspect_grid_preview_export(cli, bundle_file, tmp_path):
+    from PIL import Image
+
+    grid = tmp_path / "grid.png"
+    r = cli("inspect", bundle_file, "--grid", grid, "--preview", "--export", tmp_path / "exp")
+    assert r.code == 0, r
+    w, h = Image.open(grid).size
+    assert (w, h) == (2 + 2 * (8 + 2), 2 + 3 * (8 + 2))  # 2 per row, one row per class
+    assert "▀" in r.stdout
+    folders = sorted(p.name for p in (tmp_path / "exp").iterdir())
+    assert folders == ["0_a", "1_b", "2_c"]
+    assert len(list((tmp_path / "exp" / "0_a").glob("*.png"))) == 2
+    r = cli("inspect", bundle_file, "--grid", grid)
+    assert_one_line_error(r, 2, "already exists", "--force")
+    assert cli("inspect", bundle_file, "--grid", grid, "--force").code == 0
+
+
+def test_inspect_exported_folder_reads_back_as_a_dataset(cli, bundle_file, tmp_path):
+    from ddcli.data import load_dataset
+
+    assert cli("inspect", bundle_file, "--export", tmp_path / "exp").code == 0
+    ds = load_dataset(tmp_path / "exp")
+    assert ds.class_counts == [2, 2, 2] and ds.images.shape[1:] == (3, 8, 8)
+
+
+def test_inspect_verify_and_tampering(cli, bundle_file):
+    assert cli("inspect", bundle_file, "--verify").code == 0
+    raw = bytearray(bundle_file.read_bytes())
+    raw[-3] ^= 0xFF
+    bundle_file.write_bytes(bytes(raw))
+    r = cli("inspect", bundle_file, "--verify")
+    assert r.code == 1 and "checksum mismatch" in r.stderr and "MISMATCH" in r.stdout
+    assert cli("inspect", bundle_file).code == 0  # shows it, with the warning
+    r = cli("evaluate", bundle_file, "--test", bundle_file.parent)
+    assert_one_line_error(r, 2, "checksum mismatch")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "not a ddcli bundle"),
+    (b"garbage" * 20, "not a ddcli bundle"),
+])
+def test_inspect_bad_files(cli, tmp_path, content, fragment):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(content)
+    assert_one_line_error(cli("inspect", p), 2, fragment)
+    assert_one_line_error(cli("inspect", tmp_path / "missing.safetensors"), 2, "not found")
+
+
+def test_bad_device_is_one_line(cli, shards, tmp_path):
+    r = cli("distill", shards, "--device", "tpu", "-o", tmp_path / "x.safetensors")
+    assert_one_line_error(r, 2, "bad device")
+    if not torch.cuda.is_available():
+        r = cli("distill", shards, "--device", "cuda:0", "-o", tmp_path / "x.safetensors")
+        assert_one_line_error(r, 2, "not available")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_distill_data_errors_leave_no_output(cli, tmp_path, image_folder):
+    out = tmp_path / "o.safetensors"
+    assert_one_line_error(cli("distill", tmp_path / "nowhere", "-o", out), 2, "not found")
+    (image_folder / "cat" / "bad.png").write_bytes(b"nope")
+    assert_one_line_error(cli("distill", image_folder, "-o", out), 2, "bad.png")
+    assert_one_line_error(cli("distill", image_folder, "--ipc", "0", "-o", out), 2, "--ipc")
+    assert_one_line_error(cli("distill", image_folder, "--method", "magic", "-o", out), 2,
+                          "unknown method")
+    assert not out.exists()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_config_file_supplies_options_and_flags_win(cli, shards, tmp_path):
+    cfg = tmp_path / "recipe.toml"
+    cfg.write_text('ipc = 3\n[distill]\niterations = 2\nbatch-real = 4\nwidth = 8\n'
+                   'checkpoint_every = 0\n')
+    out = tmp_path / "o.safetensors"
+    r = cli("distill", shards, "--config", cfg, "--ipc", "2", "-o", out, "--json",
+            "--device", "cpu")
+    assert r.code == 0, r
+    conf = r.json()["config"]
+    assert conf["ipc"] == 2 and conf["iterations"] == 2 and conf["batch_real"] == 4
+    cfg.write_text("colour = 'red'\n")
+    assert_one_line_error(cli("distill", shards, "--config", cfg), 2, "unknown option 'colour'")
+    assert_one_line_error(cli("distill", shards, "--config", tmp_path / "none.toml"), 2,
+                          "not found")
+    cfg.write_text("ipc = [\n")
+    assert_one_line_error(cli("distill", shards, "--config", cfg), 2, "cannot read")
+
+
+def test_json_goes_to_stdout_and_messages_to_stderr(cli, shards, tmp_path):
+    out = tmp_path / "o.safetensors"
+    r = cli("distill", shards, "--ipc", "1", "--iterations", "2", "--batch-real", "4",
+            "--width", "8", "-o", out, "--json", "--device", "cpu")
+    assert r.code == 0, r
+    data = json.loads(r.stdout)
+    assert data["bundle"] == str(out) and data["stats"]["iterations"] == 2
+    r = cli("distill", shards, "--ipc", "1", "--iterations", "2", "--batch-real", "4",
+            "--width", "8", "-o", out, "--device", "cpu")
+    assert_one_line_error(r, 2, "already exists")
+    r = cli("distill", shards, "--ipc", "1", "--iterations", "2", "--batch-real", "4",
+            "--width", "8", "-o", out, "--device", "cpu", "--force", "--quiet")
+    assert r.code == 0 and r.stdout == "" and r.stderr == "", r

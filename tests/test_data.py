@@ -1,0 +1,151 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, write_image_folder, write_shards
+
+from ddcli.data import (
+    cap_per_class,
+    fingerprint,
+    load_dataset,
+    long_tailed_counts,
+    make_long_tailed,
+    sample_dir,
+)
+from ddcli.errors import DataError
+
+
+def test_shards_splits_and_globs(shards):
+    train = load_dataset(shards, "train")
+    test = load_dataset(shards, "test")
+    assert len(train) == 36 and len(test) == 18
+    assert train.classes == CLASSES and train.images.shape[1:] == (3, 8, 8)
+    assert train.class_counts == [12, 12, 12]
+    only1 = load_dataset(shards, "train", files="train_1.npz")
+    assert len(only1) == 18
+    one_file = load_dataset(shards / "test.npz")
+    assert len(one_file) == 18
+
+
+def test_shard_test_split_missing_is_refused(tmp_path):
+    folder = write_shards(tmp_path / "s")
+    (folder / "test.npz").unlink()
+    with pytest.raises(DataError, match="no test shards"):
+        load_dataset(folder, "test")
+
+
+def test_inconsistent_and_corrupt_shards(tmp_path):
+    folder = write_shards(tmp_path / "s")
+    np.savez(folder / "train_3.npz", images=np.zeros((2, 4, 4, 3), np.uint8),
+             labels=np.zeros(2, np.int64))
+    with pytest.raises(DataError, match="inconsistent shards"):
+        load_dataset(folder, "train")
+    (folder / "train_3.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="cannot read shard .*train_3.npz"):
+        load_dataset(folder, "train")
+    (folder / "train_3.npz").unlink()
+    (folder / "classes.json").write_text(json.dumps(["a", "b"]))
+    with pytest.raises(DataError, match="outside the 2 classes"):
+        load_dataset(folder, "train")
+
+
+def test_image_folder_reads_classes_in_sorted_order(image_folder):
+    ds = load_dataset(image_folder)
+    assert ds.classes == sorted(CLASSES)
+    assert ds.class_counts == [4, 4, 4] and ds.images.shape == (12, 3, 8, 8)
+
+
+def test_image_folder_train_split_dirs(tmp_path):
+    write_image_folder(tmp_path / "d" / "train")
+    write_image_folder(tmp_path / "d" / "val", n=2)
+    assert len(load_dataset(tmp_path / "d", "train")) == 12
+    assert len(load_dataset(tmp_path / "d", "test")) == 6
+
+
+def test_mixed_sizes_and_modes_resolve_to_majority(tmp_path):
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "d", n=3, size=8, mode="L")
+    Image.new("RGB", (12, 10), (255, 0, 0)).save(root / "cat" / "odd.png")
+    Image.new("RGBA", (8, 8), (0, 255, 0, 128)).save(root / "dog" / "alpha.png")
+    ds = load_dataset(root)
+    assert ds.channels == 1 and ds.image_size == (8, 8)  # 9 gray 8x8 vs 2 colour
+    rgb = load_dataset(root, channels=3, image_size=(16, 16))
+    assert rgb.images.shape == (11, 3, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda r: (r / "cat" / "broken.png").write_bytes(b"\x89PNG garbage"), "cannot read image"),
+        (lambda r: (r / "cat" / "notes.txt").write_text("hi"), "not an image file"),
+    ],
+)
+def test_bad_files_are_named_or_skipped(image_folder, make_bad, message):
+    make_bad(image_folder)
+    with pytest.raises(DataError, match=message) as e:
+        load_dataset(image_folder)
+    assert str(image_folder / "cat") in str(e.value)
+    warnings = []
+    ds = load_dataset(image_folder, skip_bad=True, warn=warnings.append)
+    assert len(ds) == 12 and "skipped 1" in warnings[0]
+
+
+def test_folder_errors(tmp_path, image_folder):
+    with pytest.raises(DataError, match="dataset not found"):
+        load_dataset(tmp_path / "nope")
+    (image_folder / "empty").mkdir()
+    with pytest.raises(DataError, match="empty has no images"):
+        load_dataset(image_folder)
+    single = tmp_path / "single"
+    write_image_folder(single)
+    for d in ("dog", "frog"):
+        for f in (single / d).iterdir():
+            f.unlink()
+        (single / d).rmdir()
+    with pytest.raises(DataError, match="single class"):
+        load_dataset(single)
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DataError, match="no class folders"):
+        load_dataset(tmp_path / "flat")
+
+
+def test_fingerprint_is_order_independent_and_content_sensitive(image_folder, shards):
+    a = load_dataset(shards, "train")
+    perm = torch.randperm(len(a))
+    assert fingerprint(a.images[perm], a.labels[perm], a.classes) == a.fingerprint
+    changed = a.images.clone()
+    changed[0, 0, 0, 0] ^= 1
+    assert fingerprint(changed, a.labels, a.classes) != a.fingerprint
+    assert fingerprint(a.images, a.labels, ["x", "y", "z"]) != a.fingerprint
+    assert load_dataset(shards, "train").fingerprint == a.fingerprint
+
+
+def test_long_tailed_counts_follow_the_formula():
+    assert long_tailed_counts([5000] * 10, 100) == [5000, 2997, 1796, 1077, 645, 387, 232, 139,
+                                                     83, 50]
+    assert long_tailed_counts([5000] * 10, 10)[-1] == 500
+    assert long_tailed_counts([5000] * 10, 200)[-1] == 25
+    assert long_tailed_counts([30, 25, 40], 5) == [25, 11, 5]  # n_max = the smallest count
+
+
+def test_long_tailed_subset_is_exact_and_seeded(shards):
+    ds = load_dataset(shards, "train")
+    lt = make_long_tailed(ds, 4)
+    assert lt.class_counts == [12, 6, 3]
+    again = load_dataset(shards, "train", imbalance_factor=4)
+    assert torch.equal(lt.images, again.images) and lt.subset["imbalance_factor"] == 4
+    other = make_long_tailed(ds, 4, seed=1)
+    assert not torch.equal(other.images, lt.images)
+    with pytest.raises(DataError):
+        make_long_tailed(ds, 0.5)
+    capped = cap_per_class(ds, 5)
+    assert capped.class_counts == [5, 5, 5]
+
+
+def test_builtin_sample_is_there():
+    ds = load_dataset(sample_dir(), "train")
+    assert ds.class_counts == [300] * 10 and ds.image_size == (28, 28) and ds.channels == 1
+    assert load_dataset(sample_dir(), "test").class_counts == [100] * 10
+    assert (sample_dir() / "LICENSE").read_text().count("MIT") >= 1
