@@ -1,0 +1,143 @@
+import signal
+
+import pytest
+import torch
+from conftest import tiny_dataset
+
+from ddcli import augment
+from ddcli.errors import Interrupted
+from ddcli.losses import dm_loss
+from ddcli.methods import create_method, list_methods
+from ddcli.methods.base import ClassPool, run_method
+
+TINY = dict(ipc=2, iterations=6, batch_real=4, width=8)
+
+
+def test_registry():
+    assert "dm" in list_methods()
+
+
+def test_batched_step_equals_the_per_class_reference():
+    """One forward pass over all classes == the reference's loop over classes (instance norm)."""
+    ds = tiny_dataset(n=6)
+    m = create_method("dm", **TINY)
+    gen = torch.Generator().manual_seed(0)
+    mean, std = ds.mean_std()
+    m.setup(ds, torch.device("cpu"), gen, mean, std)
+    net, c, b = m.net, 3, 4
+    net.reset_parameters(torch.Generator().manual_seed(1))
+    real = m.pool.sample(b, torch.Generator().manual_seed(2))
+    params = augment.sample_params(c, torch.Generator().manual_seed(3))
+    syn = m.syn.detach().clone().requires_grad_(True)
+
+    batched = dm_loss(net.embed(augment.apply(real, params, m.real_rows)).view(c, b, -1),
+                      net.embed(augment.apply(syn, params, m.syn_labels)).view(c, 2, -1))
+    g_batched, = torch.autograd.grad(batched, syn)
+
+    syn2 = m.syn.detach().clone().requires_grad_(True)
+    ref = 0
+    for k in range(c):
+        pk = params.take(torch.tensor([k]))
+        r = net.embed(augment.apply(real[k * b:(k + 1) * b], pk, torch.zeros(b, dtype=torch.long)))
+        s = net.embed(augment.apply(syn2[k * 2:(k + 1) * 2], pk, torch.zeros(2, dtype=torch.long)))
+        ref = ref + ((r.mean(0) - s.mean(0)) ** 2).sum()
+    g_ref, = torch.autograd.grad(ref, syn2)
+    assert torch.allclose(batched, ref, rtol=1e-5)
+    assert torch.allclose(g_batched, g_ref, rtol=1e-4, atol=1e-7)
+
+
+def test_pool_sampling_without_replacement_and_small_classes():
+    ds = tiny_dataset(n=5)
+    ds = ds.select(torch.tensor([0, 1, 2, 3, 4, 5, 6, 10]))  # class counts 5, 2, 1
+    pool = ClassPool(ds, torch.device("cpu"), [0.5] * 3, [0.25] * 3)
+    g = torch.Generator().manual_seed(0)
+    idx = pool.sample_index(4, g)
+    assert idx.shape == (3, 4)
+    assert len(set(idx[0].tolist())) == 4  # class 0: 4 distinct of its 5
+    assert set(idx[1].tolist()) == {5, 6} and set(idx[2].tolist()) == {7}
+    sorted_labels = ds.labels[torch.argsort(ds.labels, stable=True)]
+    assert (sorted_labels[idx] == torch.arange(3).view(3, 1)).all()
+    init = pool.init_images(3, g)  # class 2 has one image: its repeats get noise
+    assert not torch.equal(init[6], init[7]) and not torch.equal(init[7], init[8])
+
+
+def run(ds, seed=0, **kw):
+    m = create_method("dm", **{**TINY, **kw})
+    syn, stats = run_method(m, ds, seed=seed)
+    return syn, stats
+
+
+def test_same_seed_same_result_other_seed_other_result():
+    ds = tiny_dataset()
+    a, _ = run(ds, seed=3)
+    b, _ = run(ds, seed=3)
+    c, _ = run(ds, seed=4)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    assert a.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_distillation_lowers_the_loss_and_moves_pixels():
+    ds = tiny_dataset(n=20)
+    init, _ = run(ds, iterations=0)
+    syn, stats = run(ds, iterations=60, lr=1.0)
+    assert not torch.allclose(init.images, syn.images)
+    # the DM loss under fresh random nets, before vs after
+    mean, std = ds.mean_std()
+    pool = ClassPool(ds, torch.device("cpu"), mean, std)
+    from ddcli.models import create_model
+
+    def avg_loss(images):
+        x = (images - pool.mean) / pool.std
+        total = 0.0
+        for s in range(10):
+            net = create_model("convnet", 3, 3, 8, width=8)
+            net.reset_parameters(torch.Generator().manual_seed(100 + s))
+            with torch.no_grad():
+                fr = net.embed(pool.sample(20, torch.Generator().manual_seed(s)))
+                total += float(dm_loss(fr.view(3, 20, -1), net.embed(x).view(3, 2, -1)))
+        return total / 10
+
+    assert avg_loss(syn.images) < 0.7 * avg_loss(init.images)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    ds = tiny_dataset()
+    full, _ = run(ds, seed=1)
+    ckpt = tmp_path / "out.ckpt.safetensors"
+
+    def interrupt_at_3(it, **_):
+        if it == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    m = create_method("dm", **TINY)
+    with pytest.raises(Interrupted, match="iteration 3/6"):
+        run_method(m, ds, seed=1, checkpoint=ckpt, checkpoint_every=100,
+                   progress=interrupt_at_3, log_every=1)
+    assert ckpt.exists()
+    resumed, stats = run_method(create_method("dm", **TINY), ds, seed=1, checkpoint=ckpt,
+                                resume=True)
+    assert stats["resumed_from"] == 3
+    assert torch.equal(resumed.images, full.images)
+
+
+def test_resume_refuses_a_foreign_checkpoint(tmp_path):
+    ds = tiny_dataset()
+    ckpt = tmp_path / "c.safetensors"
+    m = create_method("dm", **TINY)
+    run_method(m, ds, seed=1, checkpoint=ckpt, checkpoint_every=2)
+    assert ckpt.exists()
+    from ddcli.errors import InputError
+
+    with pytest.raises(InputError, match="another run"):
+        run_method(create_method("dm", **{**TINY, "lr": 2.0}), ds, seed=1, checkpoint=ckpt,
+                   resume=True)
+
+
+def test_bad_config_values():
+    from ddcli.errors import InputError
+
+    for bad in ({"ipc": 0}, {"init": "zeros"}, {"amp": "fp8"}, {"dsa_strategy": "blur"}):
+        with pytest.raises(InputError):
+            create_method("dm", **bad)
+    with pytest.raises(InputError, match="--temperature does not apply"):
+        create_method("dm", temperature=2.0)

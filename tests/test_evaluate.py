@@ -1,0 +1,125 @@
+import json
+
+import pytest
+import torch
+from conftest import assert_one_line_error, write_shards
+
+from ddcli.models import create_model
+from ddcli.protocols import get_protocol
+from ddcli.training import Ensemble, accuracy_report, build_ensemble, train_ensemble
+
+
+@pytest.mark.parametrize("name", ["convnet", "convnet-bn"])
+def test_ensemble_models_are_independent(name):
+    """Stacked (vmap) or looped, each model computes exactly what it would alone."""
+    models = []
+    for s in range(3):
+        m = create_model(name, 4, 3, 8, width=8)
+        m.reset_parameters(torch.Generator().manual_seed(s))
+        models.append(m)
+    alone = [create_model(name, 4, 3, 8, width=8) for _ in range(3)]
+    for a, m in zip(alone, models, strict=True):
+        a.load_state_dict(m.state_dict())
+    ens = Ensemble(models, torch.device("cpu"))
+    assert ens.vmapped == (name == "convnet")
+    ens.train(True)
+    x = torch.randn(3, 5, 3, 8, 8)
+    out = ens.forward(x)
+    out.sum().backward()
+    for i, a in enumerate(alone):
+        a.train(True)
+        ref = a(x[i])
+        assert torch.allclose(out[i], ref, atol=1e-5)
+        ref.sum().backward()
+    grads = ens.parameters()
+    if ens.vmapped:
+        first = grads[0].grad  # stacked: (3, ...)
+        for i, a in enumerate(alone):
+            assert torch.allclose(first[i], next(a.parameters()).grad, atol=1e-5)
+
+
+def test_training_learns_a_separable_toy_problem():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat_interleave(6)
+    x = torch.randn(18, 3, 8, 8, generator=g) * 0.3
+    x[torch.arange(18), y] += 2.0  # class = which channel is bright
+    proto = get_protocol("dm", epochs=30)
+    ens = build_ensemble(proto, 3, 3, (8, 8), [0, 1], torch.device("cpu"))
+    train_ensemble(ens, x, y, proto, torch.Generator().manual_seed(0))
+    xt = torch.randn(30, 3, 8, 8, generator=g) * 0.3
+    yt = torch.arange(3).repeat_interleave(10)
+    xt[torch.arange(30), yt] += 2.0
+    preds = torch.stack([ens.predict(xt).argmax(-1)])[0]
+    assert (preds == yt).float().mean() > 0.9
+
+
+def test_accuracy_report_on_a_toy_case():
+    labels = torch.tensor([0, 0, 1, 1])
+    preds = torch.tensor([[0, 0, 1, 0], [0, 1, 1, 1]])  # 75 %, 75 %
+    r = accuracy_report(preds, labels, 2)
+    assert r["accuracy_per_model"] == [75.0, 75.0] and r["accuracy_std"] == 0.0
+    assert r["per_class_accuracy"] == [75.0, 75.0]
+    r = accuracy_report(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), labels, 2)
+    assert r["accuracy_mean"] == 75.0 and r["accuracy_std"] == 25.0  # population std
+
+
+def distill(cli, shards, out, *extra):
+    r = cli("distill", shards, "--ipc", "2", "--batch-real", "8", "--width", "8",
+            "--device", "cpu", "-o", out, "--quiet", *extra)
+    assert r.code == 0, r
+    return out
+
+
+def test_end_to_end_distill_beats_its_own_noise_init(cli, tmp_path):
+    shards = write_shards(tmp_path / "d", n_train=20, n_test=20)
+    init = distill(cli, shards, tmp_path / "init.safetensors", "--init", "noise",
+                   "--iterations", "0")
+    dist = distill(cli, shards, tmp_path / "dm.safetensors", "--init", "noise",
+                   "--iterations", "150")
+    accs = []
+    for b in (init, dist):
+        r = cli("evaluate", b, "--test", shards, "--epochs", "40", "--models", "2",
+                "--device", "cpu", "--json")
+        assert r.code == 0, r
+        accs.append(r.json()["result"]["accuracy_mean"])
+    assert accs[1] > accs[0] + 20, accs
+
+
+def test_evaluate_report_holds_every_knob_and_the_baseline(cli, tmp_path):
+    shards = write_shards(tmp_path / "d")
+    b = distill(cli, shards, tmp_path / "b.safetensors", "--iterations", "3")
+    report = tmp_path / "report.json"
+    r = cli("evaluate", b, "--test", shards, "--epochs", "3", "--models", "2", "--seed", "4",
+            "--device", "cpu", "--json", "--baseline", "random", "--real", shards,
+            "--out", report)
+    assert r.code == 0, r
+    rep = r.json()
+    assert json.loads(report.read_text()) == rep
+    p = rep["protocol"]
+    for key, value in dict(name="dm", model="convnet", epochs=3, batch_size=256, lr=0.01,
+                           momentum=0.9, weight_decay=5e-4, lr_milestones=[0.5],
+                           lr_gamma=0.1, labels="hard").items():
+        assert p[key] == value, key
+    assert p["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate"
+    assert rep["num_models"] == 2 and len(rep["result"]["accuracy_per_model"]) == 2
+    assert rep["result"]["model_seeds"] == [4000, 4001]
+    assert len(rep["result"]["per_class_accuracy"]) == 3
+    assert rep["baseline"]["ipc"] == 2 and rep["test"]["num_images"] == 18
+    assert rep["improvement_points"] == pytest.approx(
+        rep["result"]["accuracy_mean"] - rep["baseline"]["accuracy_mean"], abs=0.011)
+    r = cli("evaluate", b, "--test", shards, "--epochs", "2", "--models", "1", "--device", "cpu")
+    assert r.code == 0 and "protocol" in r.stdout and "test accuracy" in r.stdout, r
+
+
+def test_evaluate_refuses_mismatched_classes(cli, tmp_path):
+    shards = write_shards(tmp_path / "d")
+    b = distill(cli, shards, tmp_path / "b.safetensors", "--iterations", "1")
+    other = write_shards(tmp_path / "o", classes=["cat", "frog", "dog"])
+    assert_one_line_error(cli("evaluate", b, "--test", other), 2, "another order")
+    other = write_shards(tmp_path / "x", classes=["cat", "dog", "emu"])
+    assert_one_line_error(cli("evaluate", b, "--test", other), 2, "do not match")
+    assert_one_line_error(cli("evaluate", b), 2, "--test is required")
+    assert_one_line_error(cli("evaluate", b, "--test", shards, "--protocol", "zz"), 2,
+                          "unknown protocol")
+    assert_one_line_error(cli("evaluate", b, "--test", shards, "--baseline", "random"), 2,
+                          "--real")
