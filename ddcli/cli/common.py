@@ -168,6 +168,15 @@ def resolve_device(spec: str) -> str:
     raise InputError(f"bad device {spec!r}: use auto, cpu, cuda or cuda:N")
 
 
+def device_label(device: str) -> str:
+    """The device as recorded in bundles and reports, with the GPU's name."""
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return "cpu"
+
+
 def cache_dir() -> Path:
     """Where teachers, experts and priors are cached: $DDCLI_CACHE or ~/.cache/ddcli."""
     return Path(os.environ.get("DDCLI_CACHE") or Path.home() / ".cache" / "ddcli")
@@ -194,7 +203,8 @@ class Reporter:
         self.console.print(f"[yellow]warning:[/] {msg}")
 
     @contextmanager
-    def progress(self, description: str, total: int | None) -> Iterator[Any]:
+    def progress(self, description: str, total: int | None,
+                 transient: bool = False) -> Iterator[Any]:
         """Yield ``update(completed, **fields)``; draws a rich bar unless quiet."""
         if self.quiet:
             yield lambda *a, **k: None
@@ -207,7 +217,7 @@ class Reporter:
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
-            transient=False,
+            transient=transient,
         )
         with bar:
             task = bar.add_task(description, total=total, status="")
@@ -251,7 +261,7 @@ def load_cli_dataset(rep: Reporter, path: Path, split: str, **kw):
 
     if "image_size" in kw and not isinstance(kw["image_size"], tuple):
         kw["image_size"] = parse_image_size(kw["image_size"])
-    with rep.progress(f"reading {path.name or path}", None) as update:
+    with rep.progress(f"reading {path.name or path}", None, transient=True) as update:
         return load_dataset(
             path, split, progress=lambda done, total: update(done, total=total), warn=rep.warn,
             **kw

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from ddcli.bundle import Bundle, save_bundle
@@ -26,6 +25,7 @@ from ddcli.cli.common import (
     SeedOpt,
     SkipBadOpt,
     TrainFilesOpt,
+    device_label,
     load_cli_dataset,
     print_json,
     resolve_device,
@@ -34,12 +34,6 @@ from ddcli.data import sample_dir
 from ddcli.io import check_writable
 from ddcli.methods import create_method, list_methods
 from ddcli.methods.base import checkpoint_path_for, run_method
-
-
-def device_label(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return "cpu"
 
 
 def command_line() -> str:
@@ -121,6 +115,8 @@ def distill(
                          model=model, width=width, amp=amp, channels_last=channels_last).items()
         if v is not None
     }
+    if out is not None:  # fail before a slow read
+        check_writable(out, force)
     builtin = data is None
     preset = "sample-cpu" if builtin else None
     algo = create_method(method, preset=preset, **overrides)  # bad options fail before reading
@@ -135,10 +131,7 @@ def distill(
     cfg = algo.config
     if out is None:
         out = Path(f"{ds.name}-{algo.name}-ipc{getattr(cfg, 'ipc', 0)}.safetensors")
-    if not resume:
-        check_writable(out, force)
-    elif out.exists() and not force:
-        check_writable(out, force)
+    check_writable(out, force)  # again: the default name is known only now
     ckpt = checkpoint_path_for(out)
     info = ds.info()
     rep.info(
@@ -163,7 +156,7 @@ def distill(
         provenance=[{"command": command_line(), "step": "distill", "method": algo.name,
                      "config": cfg.to_dict(), "stats": stats, "parent_checksum": None}],
     )
-    checksum = save_bundle(bundle, out, force=force or resume, dtype=dtype)
+    checksum = save_bundle(bundle, out, force=force, dtype=dtype)
     if ckpt.exists():
         ckpt.unlink()
     rep.info(

@@ -21,12 +21,12 @@ from ddcli.cli.common import (
     QuietOpt,
     Reporter,
     SeedOpt,
+    device_label,
     load_cli_dataset,
     print_json,
     resolve_device,
     stdout_console,
 )
-from ddcli.cli.distill import device_label
 from ddcli.data import sample_dir
 from ddcli.errors import InputError
 from ddcli.evaluation import check_classes, evaluate_images, random_real_subset
