@@ -49,16 +49,23 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
     return fams
 
 
+STANDARD_STRATEGY = "crop_flip"  # "standard" augmentation: pad-4 random crop + flip, both
+
+
 @dataclass
 class DSAParams:
-    """Rows of augmentation parameters: ``family`` (R,) indexes ``families``; ``u`` (R, 11)."""
+    """Rows of augmentation parameters: ``family`` (R,) indexes ``families``; ``u`` (R, 11).
+
+    With ``all_families`` every family of the strategy is applied to every image (the
+    reference's mode 'M'); otherwise only the row's ``family`` (mode 'S')."""
 
     families: tuple[str, ...]
     family: torch.Tensor
     u: torch.Tensor
+    all_families: bool = False
 
     def take(self, index: torch.Tensor) -> DSAParams:
-        return DSAParams(self.families, self.family[index], self.u[index])
+        return DSAParams(self.families, self.family[index], self.u[index], self.all_families)
 
 
 def sample_params(
@@ -67,9 +74,11 @@ def sample_params(
     strategy: str = DSA_STRATEGY,
     device: torch.device | str | None = None,
     family_groups: torch.Tensor | None = None,
+    all_families: bool = False,
 ) -> DSAParams:
     """Draw ``rows`` parameter rows. With ``family_groups`` (rows,) the family is drawn once per
-    group and shared by its rows (one family per reference call)."""
+    group and shared by its rows (one family per reference call). With ``all_families`` every
+    family of the strategy applies to every image."""
     fams = parse_strategy(strategy)
     device = device or generator.device
     u = torch.rand((rows, len(_SLOTS)), generator=generator, device=device)
@@ -79,7 +88,7 @@ def sample_params(
         n_groups = int(family_groups.max()) + 1 if family_groups.numel() else 0
         fam = torch.randint(len(fams), (n_groups,), generator=generator, device=device)
         fam = fam[family_groups]
-    return DSAParams(fams, fam, u)
+    return DSAParams(fams, fam, u, all_families)
 
 
 def _slot(u: torch.Tensor, name: str) -> torch.Tensor:
@@ -96,6 +105,8 @@ def apply(x: torch.Tensor, params: DSAParams, index: torch.Tensor | None = None)
     def chosen(name: str) -> torch.Tensor | None:
         if name not in p.families:
             return None
+        if p.all_families:
+            return torch.ones((n, 1, 1, 1), dtype=torch.bool, device=x.device)
         return (fam == p.families.index(name)).view(n, 1, 1, 1)
 
     if (m := chosen("color")) is not None:
@@ -134,26 +145,24 @@ def apply(x: torch.Tensor, params: DSAParams, index: torch.Tensor | None = None)
 
     m_scale, m_rot = chosen("scale"), chosen("rotate")
     if m_scale is not None or m_rot is not None:
-        theta = torch.zeros((n, 2, 3), dtype=x.dtype, device=x.device)
-        theta[:, 0, 0] = 1
-        theta[:, 1, 1] = 1
+        # theta = R(a) @ diag(sx, sy); identity parts where a family is not chosen
+        one = torch.ones((n,), dtype=x.dtype, device=x.device)
+        sx = sy = one
+        cos, sin = one, torch.zeros_like(one)
         affine = torch.zeros((n,), dtype=torch.bool, device=x.device)
         if m_scale is not None:
             s = m_scale.view(n)
-            sx = _slot(u, "sx") * (SCALE - 1 / SCALE) + 1 / SCALE
-            sy = _slot(u, "sy") * (SCALE - 1 / SCALE) + 1 / SCALE
-            theta[:, 0, 0] = torch.where(s, sx, theta[:, 0, 0])
-            theta[:, 1, 1] = torch.where(s, sy, theta[:, 1, 1])
+            sx = torch.where(s, _slot(u, "sx") * (SCALE - 1 / SCALE) + 1 / SCALE, one)
+            sy = torch.where(s, _slot(u, "sy") * (SCALE - 1 / SCALE) + 1 / SCALE, one)
             affine = affine | s
         if m_rot is not None:
             r = m_rot.view(n)
             a = (_slot(u, "rot") - 0.5) * 2 * ROTATE_DEG / 180 * math.pi
-            cos, sin = torch.cos(a), torch.sin(a)
-            theta[:, 0, 0] = torch.where(r, cos, theta[:, 0, 0])
-            theta[:, 0, 1] = torch.where(r, sin, theta[:, 0, 1])
-            theta[:, 1, 0] = torch.where(r, -sin, theta[:, 1, 0])
-            theta[:, 1, 1] = torch.where(r, cos, theta[:, 1, 1])
+            cos, sin = torch.where(r, torch.cos(a), cos), torch.where(r, torch.sin(a), sin)
             affine = affine | r
+        zero = torch.zeros_like(one)
+        theta = torch.stack([torch.stack([cos * sx, sin * sy, zero], 1),
+                             torch.stack([-sin * sx, cos * sy, zero], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=True)
         y = F.grid_sample(x, grid, align_corners=True)
         x = torch.where(affine.view(n, 1, 1, 1), y, x)
@@ -165,8 +174,10 @@ def augment(
     generator: torch.Generator,
     strategy: str = DSA_STRATEGY,
     family_groups: torch.Tensor | None = None,
+    all_families: bool = False,
 ) -> torch.Tensor:
     """Non-Siamese DSA: every image its own parameters.
 
     Images with the same ``family_groups`` id share the family (one per reference call)."""
-    return apply(x, sample_params(x.shape[0], generator, strategy, x.device, family_groups))
+    return apply(x, sample_params(x.shape[0], generator, strategy, x.device, family_groups,
+                                  all_families))

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from ddcli import augment
 from ddcli.bundle import Bundle
 from ddcli.data import Dataset
 from ddcli.errors import InputError
 from ddcli.protocols import Protocol
-from ddcli.training import accuracy_report, build_ensemble, predict, train_ensemble
+from ddcli.relabel import last_relabel_step, mean_probs
+from ddcli.teachers import Teacher, check_teacher, load_teacher
+from ddcli.training import Views, accuracy_report, build_ensemble, predict, train_ensemble
 
 
 def check_classes(bundle: Bundle, test: Dataset, what: str = "test") -> None:
@@ -43,6 +47,51 @@ def random_real_subset(real: Dataset, ipc: int, seed: int) -> Dataset:
     return real.select(torch.cat(keep), random_ipc=ipc, random_seed=seed)
 
 
+def teachers_for(bundle: Bundle, files: list[Path], device: torch.device) -> list[Teacher]:
+    """The teachers behind a bundle's soft labels: ``files`` if given, else the teacher files
+    its last relabel step names (when they still exist with the same checksum)."""
+    if files:
+        teachers = [load_teacher(f) for f in files]
+    else:
+        step = last_relabel_step(bundle)
+        if step is None:
+            raise InputError("this protocol needs teachers: pass --teacher FILE")
+        teachers = []
+        for rec in step["teachers"]:
+            path = rec.get("path")
+            if not path or not Path(path).is_file():
+                raise InputError(f"teacher {path or rec.get('arch')} of the bundle's soft labels"
+                                 " is not on this machine: pass --teacher FILE")
+            t = load_teacher(path)
+            if t.checksum != rec.get("checksum"):
+                raise InputError(f"teacher {path} changed since the bundle was relabelled "
+                                 "(checksum differs): pass --teacher FILE")
+            teachers.append(t)
+    for t in teachers:
+        check_teacher(t, bundle.classes, int(bundle.images.shape[1]))
+    return [t.to(device) for t in teachers]
+
+
+def check_no_test_leak(bundle: Bundle, teachers: list[Teacher], test: Dataset) -> None:
+    """Refuse soft labels or teachers that come from a teacher trained on the test data."""
+    recorded = [t.get("data_fingerprint") for s in bundle.provenance if s.get("step") == "relabel"
+                for t in s.get("teachers", [])]
+    for fp in recorded + [t.data_fingerprint for t in teachers]:
+        if fp and fp == test.fingerprint:
+            raise InputError("a teacher behind these soft labels was trained on the test data "
+                             "(same fingerprint); its labels would leak the test set")
+
+
+def bundle_views(bundle: Bundle) -> Views | None:
+    if "views.u" not in bundle.extras:
+        return None
+    step = last_relabel_step(bundle) or {}
+    rec = step.get("views") or {}
+    fams = augment.parse_strategy(rec.get("strategy", augment.STANDARD_STRATEGY))
+    return Views(fams, bool(rec.get("all_families", True)), bundle.extras["views.family"],
+                 bundle.extras["views.u"].float(), bundle.extras["views.soft_labels"].float())
+
+
 def evaluate_images(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -55,8 +104,15 @@ def evaluate_images(
     seed: int,
     device: torch.device,
     progress: Callable[..., None] | None = None,
+    soft: torch.Tensor | None = None,
+    views: Views | None = None,
+    teachers: list[Teacher] | None = None,
+    temperature: float = 1.0,
 ) -> dict:
-    """Train ``num_models`` fresh models on pixel-scale ``images`` and test them on ``test``."""
+    """Train ``num_models`` fresh models on pixel-scale ``images`` and test them on ``test``.
+
+    ``soft`` / ``views`` feed the soft-label losses; ``teachers`` run on every augmented batch
+    for ``kd-online``."""
     c = images.shape[1]
     m = torch.tensor(mean, device=device).view(1, c, 1, 1)
     s = torch.tensor(std, device=device).view(1, c, 1, 1)
@@ -66,7 +122,19 @@ def evaluate_images(
     ens = build_ensemble(protocol, test.num_classes, c, tuple(images.shape[2:]), seeds, device)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    result = train_ensemble(ens, x, y, protocol, gen, progress)
+    teacher_fn = None
+    if protocol.loss == "kd-online":
+        t_kd = protocol.temperature or temperature
+
+        def teacher_fn(batch: torch.Tensor) -> torch.Tensor:  # normalised -> probabilities
+            return mean_probs(teachers, batch * s + m, t_kd)
+
+    result = train_ensemble(
+        ens, x, y, protocol, gen, progress,
+        soft=soft.to(device).float() if soft is not None else None,
+        views=views.to(device) if views is not None else None,
+        teacher=teacher_fn, temperature=temperature,
+    )
     test_x = (test.images.to(device).float() / 255.0 - m) / s
     preds = predict(result.ensemble, test_x)
     report = accuracy_report(preds, test.labels.to(device), test.num_classes)

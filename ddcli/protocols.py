@@ -21,12 +21,18 @@ class Protocol:
         name: the protocol's name.
         model: registry name of the trained model (``convnet`` = ConvNet of the bundle's size).
         epochs: passes over the distilled set.
-        batch_size: training batch size.
-        lr, momentum, weight_decay: SGD settings.
-        lr_milestones: fractions of ``epochs`` at which the lr is multiplied by ``lr_gamma``.
-        lr_gamma: the factor.
-        dsa_strategy: DSA families applied to every training batch (non-Siamese); "" for none.
-        labels: ``hard`` (cross-entropy on the bundle's labels).
+        batch_size: training batch size (capped at the set's size).
+        optimizer: ``sgd`` (with ``momentum``) or ``adamw``.
+        lr, momentum, weight_decay: optimiser settings.
+        schedule: ``step`` (x ``lr_gamma`` at each of ``lr_milestones``, fractions of
+            ``epochs``) or ``cosine`` (per epoch, to 0).
+        augment: ``dsa`` (``dsa_strategy``, one family per batch, as the DM reference),
+            ``standard`` (pad-4 random crop and horizontal flip) or ``none``.
+        loss: ``ce`` (hard labels), ``kd`` (KL to the bundle's soft labels at ``temperature``),
+            ``kd-online`` (KL to the teachers run on each augmented batch) or ``otm`` (OT logit
+            matching: ``w_ce``·CE + ``w_mse``·MSE + ``w_ot``·Sinkhorn(``ot_reg``)).
+        temperature: KD temperature; None = the one the soft labels were made with.
+        labels: what the students learn from (hard / soft / teacher).
         metric: what is reported.
         reference: where the recipe comes from.
     """
@@ -35,12 +41,21 @@ class Protocol:
     model: str = "convnet"
     epochs: int = 1000
     batch_size: int = 256
+    optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    schedule: str = "step"
     lr_milestones: tuple[float, ...] = (0.5,)
     lr_gamma: float = 0.1
+    augment: str = "dsa"
     dsa_strategy: str = DSA_STRATEGY
+    loss: str = "ce"
+    temperature: float | None = None
+    w_ce: float = 0.1
+    w_mse: float = 1.0
+    w_ot: float = 1.0
+    ot_reg: float = 0.1
     labels: str = "hard"
     metric: str = "test accuracy after the last epoch"
     reference: str = ""
@@ -78,10 +93,40 @@ def get_protocol(name: str, **overrides) -> Protocol:
     return dataclasses.replace(p, **overrides)
 
 
+_SOFT = dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, momentum=0.0, schedule="cosine",
+             lr_milestones=(), augment="standard", labels="soft")
+
 register_protocol(
     Protocol(
         name="dm",
         reference="DM reference evaluation (methods.md §1.5): ConvNet, SGD lr 0.01 momentum 0.9 "
         "wd 5e-4, batch 256, 1000 epochs, lr x0.1 at epoch 500, DSA on every batch, hard labels",
+    )
+)
+register_protocol(
+    Protocol(
+        name="kd",
+        loss="kd",
+        **_SOFT,
+        reference="KD on stored soft labels: ConvNet, AdamW lr 1e-3 wd 0.01, cosine, batch 256, "
+        "1000 epochs, pad-4 crop + flip, T² KL at the relabel temperature",
+    )
+)
+register_protocol(
+    Protocol(
+        name="kd-online",
+        loss="kd-online",
+        **{**_SOFT, "labels": "teacher"},
+        reference="KD with the teachers run on every augmented batch (needs --teacher); "
+        "otherwise as kd",
+    )
+)
+register_protocol(
+    Protocol(
+        name="otm",
+        loss="otm",
+        **_SOFT,
+        reference="OT logit matching (methods.md §5.4 proposal): 0.1 CE + 1.0 MSE to soft labels "
+        "+ 1.0 batch Sinkhorn (L1 cost, reg 0.1, POT); otherwise as kd",
     )
 )

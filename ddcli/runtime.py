@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from pathlib import Path
 
 
 def tune_cpu_allocator() -> bool:
@@ -26,3 +27,8 @@ def tune_cpu_allocator() -> bool:
     ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
     ok = libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1 and ok
     return ok
+
+
+def cache_dir() -> Path:
+    """Where teachers, experts and priors are cached: $DDCLI_CACHE or ~/.cache/ddcli."""
+    return Path(os.environ.get("DDCLI_CACHE") or Path.home() / ".cache" / "ddcli")

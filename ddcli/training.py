@@ -13,6 +13,7 @@ over the stacked parameters equals N optimisers.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
 from ddcli import augment
+from ddcli.losses import kd_loss, otm_loss
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
 
@@ -96,6 +98,38 @@ class TrainResult:
     steps: int
 
 
+@dataclass
+class Views:
+    """Recorded augmentations per image (``relabel --views K``), replayed exactly in training:
+    ``family`` (n, V), ``u`` (n, V, 11) parameter rows, ``soft`` (n, V, K) their soft labels."""
+
+    families: tuple[str, ...]
+    all_families: bool
+    family: torch.Tensor
+    u: torch.Tensor
+    soft: torch.Tensor
+
+    def to(self, device) -> Views:
+        return Views(self.families, self.all_families, self.family.to(device),
+                     self.u.to(device), self.soft.to(device))
+
+
+def _lr_at(protocol: Protocol, epoch: int) -> float:
+    if protocol.schedule == "cosine":
+        return protocol.lr * 0.5 * (1 + math.cos(math.pi * epoch / protocol.epochs))
+    drops = sum(1 for m in protocol.milestone_epochs() if epoch >= m)
+    return protocol.lr * protocol.lr_gamma**drops
+
+
+def _optimizer(protocol: Protocol, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if protocol.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum,
+                               weight_decay=protocol.weight_decay)
+    if protocol.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=protocol.lr, weight_decay=protocol.weight_decay)
+    raise ValueError(f"unknown optimizer {protocol.optimizer!r}")
+
+
 def train_ensemble(
     ens: Ensemble,
     images: torch.Tensor,
@@ -103,39 +137,75 @@ def train_ensemble(
     protocol: Protocol,
     generator: torch.Generator,
     progress: Callable[..., None] | None = None,
+    soft: torch.Tensor | None = None,
+    views: Views | None = None,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    temperature: float = 1.0,
 ) -> TrainResult:
     """Train every model of ``ens`` on (images, targets) under ``protocol``.
 
-    ``images`` are normalised (n, C, H, W) on the device; ``targets`` are class indices (n,).
+    Args:
+        images: normalised (n, C, H, W) on the device.
+        targets: hard labels (n,).
+        soft: (n, K) soft labels for the ``kd`` / ``otm`` losses.
+        views: recorded augmentations with their soft labels; replace fresh augmentation.
+        teacher: maps an augmented normalised batch to probabilities (``kd-online``).
+        temperature: the KD temperature (the protocol's, if it sets one, wins).
     """
     device = images.device
     n_models, n = ens.n, images.shape[0]
     bs = min(protocol.batch_size, n)
-    opt = torch.optim.SGD(ens.parameters(), lr=protocol.lr, momentum=protocol.momentum,
-                          weight_decay=protocol.weight_decay)
-    milestones = set(protocol.milestone_epochs())
+    opt = _optimizer(protocol, ens.parameters())
     model_of = torch.arange(n_models, device=device)
+    t_kd = protocol.temperature or temperature
+    if protocol.loss in ("kd", "otm") and soft is None and views is None:
+        raise ValueError(f"the {protocol.loss} loss needs soft labels")
+    if protocol.loss == "kd-online" and teacher is None:
+        raise ValueError("the kd-online loss needs a teacher")
     ens.train(True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     steps = 0
     for epoch in range(protocol.epochs):
-        if epoch in milestones:
-            for g in opt.param_groups:
-                g["lr"] *= protocol.lr_gamma
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(protocol, epoch)
         perm = torch.rand((n_models, n), generator=generator, device=device).argsort(dim=1)
         for start in range(0, n, bs):
             idx = perm[:, start : start + bs]  # (N, b): each model its own batch
             b = idx.shape[1]
-            x = images[idx.flatten()]
-            if protocol.dsa_strategy:
+            flat = idx.flatten()
+            x = images[flat]
+            y = targets[flat].view(n_models, b)
+            t = soft[flat] if soft is not None else None
+            if views is not None:  # replay one recorded view per image
+                v = torch.randint(views.u.shape[1], (flat.numel(),), generator=generator,
+                                  device=device)
+                p = augment.DSAParams(views.families, views.family[flat, v], views.u[flat, v],
+                                      views.all_families)
+                x = augment.apply(x, p)
+                t = views.soft[flat, v]
+            elif protocol.augment == "dsa":
                 groups = model_of.repeat_interleave(b)  # one family per model's batch
                 x = augment.augment(x, generator, protocol.dsa_strategy, family_groups=groups)
+            elif protocol.augment == "standard":
+                x = augment.augment(x, generator, augment.STANDARD_STRATEGY, all_families=True)
+            if protocol.loss == "kd-online":
+                t = teacher(x)
             logits = ens.forward(x.view(n_models, b, *x.shape[1:]))
-            y = targets[idx.flatten()]
-            loss = F.cross_entropy(logits.flatten(0, 1), y, reduction="none")
-            loss = loss.view(n_models, b).mean(dim=1).sum()  # each model its own mean loss
+            if t is not None:
+                t = t.view(n_models, b, -1)
+            if protocol.loss == "ce":
+                per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+                per_model = per.view(n_models, b).mean(dim=1)
+            elif protocol.loss in ("kd", "kd-online"):
+                per_model = kd_loss(logits, t, t_kd).mean(dim=1)
+            elif protocol.loss == "otm":
+                per_model = otm_loss(logits, y, t, protocol.w_ce, protocol.w_mse, protocol.w_ot,
+                                     protocol.ot_reg)
+            else:
+                raise ValueError(f"unknown loss {protocol.loss!r}")
+            loss = per_model.sum()  # each model its own mean loss: gradients stay separate
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

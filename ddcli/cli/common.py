@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import tomllib
 import traceback
@@ -30,6 +31,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     import click
 
 from ddcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DDCliError, InputError
+from ddcli.runtime import cache_dir  # noqa: F401  (re-exported for commands)
 
 NOT_IMPLEMENTED = "not implemented yet: see the roadmap in README"
 
@@ -168,6 +170,11 @@ def resolve_device(spec: str) -> str:
     raise InputError(f"bad device {spec!r}: use auto, cpu, cuda or cuda:N")
 
 
+def command_line() -> str:
+    """The command as typed, recorded in provenance."""
+    return "ddcli " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 def device_label(device: str) -> str:
     """The device as recorded in bundles and reports, with the GPU's name."""
     import torch
@@ -175,11 +182,6 @@ def device_label(device: str) -> str:
     if device.startswith("cuda"):
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return "cpu"
-
-
-def cache_dir() -> Path:
-    """Where teachers, experts and priors are cached: $DDCLI_CACHE or ~/.cache/ddcli."""
-    return Path(os.environ.get("DDCLI_CACHE") or Path.home() / ".cache" / "ddcli")
 
 
 def print_json(obj: Any) -> None:

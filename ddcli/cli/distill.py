@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +23,7 @@ from ddcli.cli.common import (
     SeedOpt,
     SkipBadOpt,
     TrainFilesOpt,
+    command_line,
     device_label,
     load_cli_dataset,
     print_json,
@@ -34,10 +33,6 @@ from ddcli.data import sample_dir
 from ddcli.io import check_writable
 from ddcli.methods import create_method, list_methods
 from ddcli.methods.base import checkpoint_path_for, run_method
-
-
-def command_line() -> str:
-    return "ddcli " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def distill(

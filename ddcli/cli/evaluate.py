@@ -29,9 +29,17 @@ from ddcli.cli.common import (
 )
 from ddcli.data import sample_dir
 from ddcli.errors import InputError
-from ddcli.evaluation import check_classes, evaluate_images, random_real_subset
+from ddcli.evaluation import (
+    bundle_views,
+    check_classes,
+    check_no_test_leak,
+    evaluate_images,
+    random_real_subset,
+    teachers_for,
+)
 from ddcli.io import atomic_write_bytes, check_writable
 from ddcli.protocols import get_protocol, list_protocols
+from ddcli.relabel import RelabelSettings, last_relabel_step, relabel_images
 
 
 def _render(report: dict) -> None:
@@ -90,6 +98,11 @@ def evaluate(
     real_files: Annotated[
         str | None, typer.Option("--real-files", help="Glob choosing the real shards.")
     ] = None,
+    teacher: Annotated[
+        list[Path] | None,
+        typer.Option("--teacher", help="Teacher file(s) for kd-online and for relabelling the "
+                                       "random baseline (default: the bundle's recorded ones)."),
+    ] = None,
     out: OutOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -132,15 +145,25 @@ def evaluate(
         rep.warn("the test data is the data the bundle was distilled from")
     mean, std = ds_info["mean"], ds_info["std"]
     ipc = b.ipc
+    soft_protocol = proto.loss in ("kd", "otm")
+    if soft_protocol and b.soft_labels is None:
+        raise InputError(f"protocol {proto.name} needs soft labels: run 'ddcli relabel' first")
+    step = last_relabel_step(b)
+    temperature = float(step["temperature"]) if step else 1.0
+    needs_teachers = proto.loss == "kd-online" or (baseline == "random" and soft_protocol)
+    teachers = teachers_for(b, list(teacher or []), dev) if needs_teachers else []
+    check_no_test_leak(b, teachers, test_ds)
     rep.info(f"protocol {proto.name}: {json.dumps(proto.to_dict())}")
 
-    def run(images, labels, label):
+    def run(images, labels, label, soft=None, views=None):
         with rep.progress(f"training {models} models ({label})", proto.epochs) as update:
             return evaluate_images(images, labels, mean=mean, std=std, test=test_ds,
                                    protocol=proto, num_models=models, seed=seed, device=dev,
-                                   progress=update)
+                                   progress=update, soft=soft, views=views, teachers=teachers,
+                                   temperature=temperature)
 
-    result = run(b.images.float(), b.labels, "bundle")
+    views = bundle_views(b) if soft_protocol else None
+    result = run(b.images.float(), b.labels, "bundle", b.soft_labels, views)
     report = {
         "bundle": str(bundle),
         "bundle_checksum": b.checksum,
@@ -155,6 +178,9 @@ def evaluate(
         "ddcli_version": __version__,
         "test": {"source": test_ds.source, "fingerprint": test_ds.fingerprint,
                  "num_images": len(test_ds)},
+        "soft_labels": {"temperature": temperature, "views": bool(views),
+                        "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")}}
+        if step else None,
         "result": result,
     }
     if baseline == "random":
@@ -164,8 +190,26 @@ def evaluate(
                                    channels=chans)
         check_classes(b, real_ds, "real")
         sub = random_real_subset(real_ds, ipc, seed)
-        base = run(sub.images.float() / 255.0, sub.labels, "random real")
-        base.update(ipc=ipc, source=real_ds.source, selection_seed=seed)
+        pixels = sub.images.float() / 255.0
+        soft, extras = None, {}
+        if soft_protocol:  # relabelled by the same teachers, with the same settings
+            rec = step or {}
+            settings = RelabelSettings(
+                temperature=temperature,
+                calibrate=(rec.get("calibrate") or {}).get("method"),
+                views=(rec.get("views") or {}).get("k", 0), num_teachers=len(teachers),
+                seed=seed)
+            prior = torch.tensor(ds_info.get("class_counts") or [1] * b.num_classes,
+                                 dtype=torch.float32).clamp_min(1)
+            soft, extras, _ = relabel_images(pixels, sub.labels, teachers, settings, ipc=ipc,
+                                             prior=prior, mean=mean, std=std, device=dev)
+        base_views = None
+        if extras:
+            base_views = bundle_views(type(b)(images=pixels, labels=sub.labels, extras=extras,
+                                              provenance=b.provenance))
+        base = run(pixels, sub.labels, "random real", soft, base_views)
+        base.update(ipc=ipc, source=real_ds.source, selection_seed=seed,
+                    relabelled=soft_protocol)
         report["baseline"] = base
         report["improvement_points"] = round(result["accuracy_mean"] - base["accuracy_mean"], 2)
     if out is not None:

@@ -1,21 +1,165 @@
-"""``ddcli relabel BUNDLE``: soft labels from teachers (the roadmap's next step)."""
+"""``ddcli relabel BUNDLE``: a new bundle with soft labels from teachers."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
-from ddcli.cli.common import NOT_IMPLEMENTED
+from ddcli.bundle import load_bundle, save_bundle
+from ddcli.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    QuietOpt,
+    Reporter,
+    SeedOpt,
+    TrainFilesOpt,
+    cache_dir,
+    command_line,
+    load_cli_dataset,
+    print_json,
+    resolve_device,
+)
+from ddcli.data import sample_dir
 from ddcli.errors import InputError
+from ddcli.evaluation import check_classes
+from ddcli.io import check_writable
+from ddcli.relabel import (
+    DEFAULT_LIA_SCHEDULE,
+    RelabelSettings,
+    parse_schedule,
+    relabel_bundle,
+    views_storage_bytes,
+)
+from ddcli.teachers import RECIPES, load_teacher, train_teacher
+
+
+def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Path | None,
+                 train_files: str | None, bundle, device: torch.device, seed: int,
+                 epochs: int | None) -> tuple[list, list[dict]]:
+    """Load ``--teacher`` files and train (or fetch cached) ``--train-teacher`` ones."""
+    teachers = [load_teacher(f).to(device) for f in files]
+    log = [{"teacher": str(f), "source": "file", "val_accuracy": t.val_accuracy}
+           for f, t in zip(files, teachers, strict=True)]
+    if archs:
+        builtin = bool(bundle.dataset.get("subset", {}).get("builtin_sample"))
+        if data is None and not builtin:
+            raise InputError("--train-teacher needs --data DATA (the real training data)")
+        size = tuple(bundle.dataset.get("image_size") or bundle.images.shape[2:])
+        chans = int(bundle.dataset.get("channels") or bundle.images.shape[1])
+        ds = load_cli_dataset(rep, data or sample_dir(), "train", files=train_files,
+                              image_size=size, channels=chans)
+        check_classes(bundle, ds, "--data")
+        for arch in archs:
+            if arch not in RECIPES:
+                raise InputError(f"no teacher recipe for {arch!r}; choose from "
+                                 f"{', '.join(RECIPES)}")
+            t0 = time.perf_counter()
+            epochs_ = epochs if epochs is not None else RECIPES[arch].epochs
+            with rep.progress(f"teacher {arch}", epochs_) as update:
+                t, cached = train_teacher(ds, arch, device=device, seed=seed, epochs=epochs,
+                                          cache=cache_dir(), progress=update)
+            rep.info(f"teacher {arch}: validation accuracy {t.val_accuracy}% "
+                     f"({'cached' if cached else f'trained in {time.perf_counter() - t0:.1f} s'})"
+                     f" -> {t.path}")
+            teachers.append(t)
+            log.append({"teacher": t.path, "source": "cache" if cached else "trained",
+                        "arch": arch, "val_accuracy": t.val_accuracy,
+                        "train_time_s": None if cached else round(time.perf_counter() - t0, 2)})
+    if not teachers:
+        raise InputError("no teacher: pass --teacher FILE or --train-teacher ARCH")
+    return teachers, log
 
 
 def relabel(
     bundle: Annotated[Path, typer.Argument(help="Bundle file.", show_default=False)],
+    teacher: Annotated[
+        list[Path] | None, typer.Option("--teacher", help="A teacher file (repeatable).")
+    ] = None,
+    train_teacher_arch: Annotated[
+        list[str] | None,
+        typer.Option("--train-teacher", help=f"Train (or reuse a cached) teacher of this "
+                                             f"architecture (repeatable): {', '.join(RECIPES)}."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Real data to train teachers on (default for "
+                                                 "bundles of the built-in sample: the sample).")
+    ] = None,
+    train_files: TrainFilesOpt = None,
+    teacher_epochs: Annotated[
+        int | None, typer.Option("--teacher-epochs", help="Override the recipe's epochs.")
+    ] = None,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Soft labels are softmax(logits / T).")
+    ] = 1.0,
+    num_teachers: Annotated[
+        int | None, typer.Option("--num-teachers", help="Average this many teachers (the "
+                                                        "simplest), overriding the LIA schedule.")
+    ] = None,
+    lia_schedule: Annotated[
+        str, typer.Option("--lia-schedule", help="IPC:teachers pairs: up to IPC a, average b.")
+    ] = ",".join(f"{a}:{b}" for a, b in DEFAULT_LIA_SCHEDULE),
+    calibrate: Annotated[
+        str | None, typer.Option("--calibrate", help="adsa: class-prior calibration for "
+                                                     "long-tailed data.")
+    ] = None,
+    views: Annotated[
+        int, typer.Option("--views", help="Also store labels for K recorded augmentations per "
+                                          "image (replayed exactly by evaluate).")
+    ] = 0,
+    out: OutOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
-    """Add or replace soft labels from teacher models (not implemented yet).
+    """Write a new bundle whose soft labels come from teachers (the input is never edited).
 
-    Example: [bold]ddcli relabel dm.safetensors --teacher t.safetensors -o dm-soft.safetensors[/]
+    Example: [bold]ddcli relabel dm.safetensors --data data/cifar10 --train-files
+    'train_[123].npz' --train-teacher convnet -o dm-soft.safetensors[/]
     """
-    raise InputError(NOT_IMPLEMENTED)
+    rep = Reporter(quiet or json_out)
+    dev = torch.device(resolve_device(device))
+    settings = RelabelSettings(temperature=temperature, calibrate=calibrate, views=views,
+                               num_teachers=num_teachers, schedule=parse_schedule(lia_schedule),
+                               seed=seed)
+    settings.validate()
+    if out is None:
+        out = bundle.with_name(bundle.stem + "-relabel.safetensors")
+    if out.resolve() == bundle.resolve():
+        raise InputError("relabel writes a new bundle: choose another --out than the input")
+    check_writable(out, force)
+    b = load_bundle(bundle)
+    t0 = time.perf_counter()
+    teachers, log = get_teachers(rep, files=list(teacher or []),
+                                 archs=list(train_teacher_arch or []), data=data,
+                                 train_files=train_files, bundle=b, device=dev, seed=seed,
+                                 epochs=teacher_epochs)
+    n = int(b.images.shape[0])
+    if views:
+        cost = views_storage_bytes(n, views, b.num_classes)
+        rep.info(f"--views {views}: {n * views} labelled views add {cost / 1e6:.2f} MB to the "
+                 "bundle")
+    t1 = time.perf_counter()
+    new = relabel_bundle(b, teachers, settings, device=dev, command=command_line())
+    relabel_s = time.perf_counter() - t1
+    save_bundle(new, out, force=force, dtype=str(b.images.dtype).replace("torch.", ""))
+    step = new.provenance[-1]
+    size = out.stat().st_size
+    rep.info(f"wrote {out}: soft labels from {len(step['teachers'])} of {len(teachers)} "
+             f"teacher(s) at T={temperature}"
+             + (f", ADSA tau={step['calibrate']['tau']}" if step["calibrate"] else "")
+             + f"; {size / 1e6:.2f} MB; relabel {relabel_s:.2f} s")
+    if json_out:
+        print_json({"bundle": str(out), "checksum": new.checksum, "parent": str(bundle),
+                    "parent_checksum": b.checksum, "teachers": log, "relabel": step,
+                    "relabel_time_s": round(relabel_s, 3),
+                    "total_time_s": round(time.perf_counter() - t0, 3), "bundle_bytes": size})

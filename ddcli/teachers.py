@@ -1,0 +1,234 @@
+"""Teachers: classifiers whose probabilities become soft labels.
+
+A teacher is one safetensors file ddcli writes and reads: the model's weights under ``model.``,
+and metadata with the registry name, its kwargs, the class list, input size and channels,
+normalisation, the fingerprint of the data it was trained on, the training recipe, its
+validation accuracy and a checksum.
+
+``train_teacher`` fits one with a per-architecture recipe on a seeded split of the real data
+(the rest is its validation set) and caches it under ``$DDCLI_CACHE/teachers`` by
+(data fingerprint, architecture, recipe, seed), so the second call returns at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ddcli import __version__
+from ddcli.bundle import compute_checksum, utc_now
+from ddcli.data import Dataset
+from ddcli.errors import InputError
+from ddcli.io import atomic_path
+from ddcli.models import create_model
+from ddcli.protocols import Protocol
+
+FORMAT = "ddcli.teacher"
+FORMAT_VERSION = 1
+
+#: training recipes per architecture (CIFAR-sized data): standard augmentation, SGD + cosine.
+RECIPES: dict[str, Protocol] = {
+    arch: Protocol(
+        name=f"teacher-{arch}", model=arch, epochs=epochs, batch_size=256, optimizer="sgd",
+        lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine", lr_milestones=(),
+        augment="standard", loss="ce", labels="hard",
+        reference="teacher recipe: SGD momentum 0.9, wd 5e-4, cosine, pad-4 crop + flip",
+    )
+    for arch, epochs, lr in (
+        ("convnet", 30, 0.05),
+        ("convnet-bn", 30, 0.05),
+        ("resnet18", 30, 0.05),
+        ("resnet18-bn", 30, 0.1),
+    )
+}
+VAL_FRACTION = 0.1
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    arch: str
+    classes: list[str]
+    channels: int
+    image_size: tuple[int, int]
+    mean: list[float]
+    std: list[float]
+    data_fingerprint: str
+    recipe: dict
+    val_accuracy: float | None
+    checksum: str = ""
+    path: str | None = None
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> dict:
+        return {"path": self.path, "arch": self.arch, "checksum": self.checksum,
+                "data_fingerprint": self.data_fingerprint, "val_accuracy": self.val_accuracy,
+                "num_params": self.num_params, "recipe": self.recipe}
+
+    def to(self, device) -> Teacher:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def logits(self, pixels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """Logits for pixel-scale images (n, C, H, W); normalised and resized for this
+        teacher."""
+        self.model.eval()
+        dev = next(self.model.parameters()).device
+        m = torch.tensor(self.mean, device=dev).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=dev).view(1, -1, 1, 1)
+        out = []
+        for i in range(0, pixels.shape[0], chunk):
+            x = pixels[i : i + chunk].to(dev).float()
+            if tuple(x.shape[2:]) != tuple(self.image_size):
+                x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+            out.append(self.model((x - m) / s))
+        return torch.cat(out)
+
+    def probs(self, pixels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return torch.softmax(self.logits(pixels) / temperature, dim=-1)
+
+
+def save_teacher(t: Teacher, path: Path) -> str:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous()
+               for k, v in t.model.state_dict().items()}
+    t.checksum = compute_checksum(tensors)
+    meta = {
+        "ddcli.format": FORMAT, "ddcli.format_version": str(FORMAT_VERSION),
+        "ddcli.version": __version__, "arch": t.arch, "classes": json.dumps(t.classes),
+        "channels": str(t.channels), "image_size": json.dumps(list(t.image_size)),
+        "mean": json.dumps(t.mean), "std": json.dumps(t.std),
+        "data_fingerprint": t.data_fingerprint, "recipe": json.dumps(t.recipe),
+        "val_accuracy": json.dumps(t.val_accuracy), "checksum": t.checksum,
+        "created": utc_now(), "torch": torch.__version__,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    t.path = str(path)
+    return t.checksum
+
+
+def load_teacher(path: str | Path) -> Teacher:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"teacher not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:
+        raise InputError(f"{path} is not a ddcli teacher (not a safetensors file)") from None
+    if meta.get("ddcli.format") != FORMAT:
+        raise InputError(f"{path} is not a ddcli teacher")
+    if int(meta.get("ddcli.format_version", "0")) > FORMAT_VERSION:
+        raise InputError(f"{path} has a newer teacher format; upgrade ddcli")
+    if compute_checksum(tensors) != meta.get("checksum"):
+        raise InputError(f"{path}: checksum mismatch (the teacher file was modified)")
+    classes = json.loads(meta["classes"])
+    size = tuple(json.loads(meta["image_size"]))
+    model = create_model(meta["arch"], len(classes), int(meta["channels"]), size)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()})
+    model.eval()
+    return Teacher(model, meta["arch"], classes, int(meta["channels"]), size,
+                   json.loads(meta["mean"]), json.loads(meta["std"]), meta["data_fingerprint"],
+                   json.loads(meta["recipe"]), json.loads(meta["val_accuracy"]),
+                   meta["checksum"], str(path))
+
+
+def teacher_cache_path(cache: Path, data: Dataset, recipe: Protocol, seed: int) -> Path:
+    key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.to_dict(), "seed": seed,
+                      "format": FORMAT_VERSION}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return Path(cache) / "teachers" / f"{recipe.model}-{digest}.safetensors"
+
+
+def split_train_val(data: Dataset, seed: int, fraction: float = VAL_FRACTION):
+    """A seeded per-class split: ``fraction`` of every class (at least 1 image) for validation."""
+    gen = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in range(data.num_classes):
+        idx = torch.nonzero(data.labels == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=gen)]
+        k = max(1, int(round(idx.numel() * fraction))) if idx.numel() > 1 else 0
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return data.select(torch.cat(train)), data.select(torch.cat(val))
+
+
+def train_teacher(
+    data: Dataset,
+    arch: str,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    epochs: int | None = None,
+    cache: Path | None = None,
+    progress: Callable[..., None] | None = None,
+) -> tuple[Teacher, bool]:
+    """Train (or fetch from the cache) a teacher; returns (teacher, came_from_cache)."""
+    from ddcli.training import Ensemble, predict, train_ensemble
+
+    if arch not in RECIPES:
+        raise InputError(f"no teacher recipe for {arch!r}; choose from {', '.join(RECIPES)}")
+    recipe = RECIPES[arch]
+    if epochs is not None:
+        if epochs < 1:
+            raise InputError(f"--teacher-epochs must be >= 1, got {epochs}")
+        recipe = dataclasses.replace(recipe, epochs=epochs)
+    path = teacher_cache_path(cache, data, recipe, seed) if cache is not None else None
+    if path is not None and path.exists():
+        return load_teacher(path).to(device), True
+
+    mean, std = data.mean_std()
+    train, val = split_train_val(data, seed)
+    model = create_model(arch, data.num_classes, data.channels, data.image_size)
+    model.reset_parameters(torch.Generator().manual_seed(seed))
+    ens = Ensemble([model], device)
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    x = (train.images.to(device).float() / 255 - m) / s
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    train_ensemble(ens, x, train.labels.to(device), recipe, gen, progress)
+    val_acc = None
+    if len(val):
+        xv = (val.images.to(device).float() / 255 - m) / s
+        val_acc = round(float((predict(ens, xv)[0] == val.labels.to(device)).float().mean()) * 100,
+                        2)
+    if ens.vmapped:  # copy the trained stacked parameters back into the module
+        state = {k: v[0].detach() for k, v in {**ens.params, **ens.buffers}.items()}
+        model.load_state_dict(state)
+    model = model.to(device).eval()
+    t = Teacher(model, arch, list(data.classes), data.channels, data.image_size, mean, std,
+                data.fingerprint, {**recipe.to_dict(), "seed": seed,
+                                   "val_fraction": VAL_FRACTION}, val_acc)
+    if path is not None:
+        save_teacher(t, path)
+    return t, False
+
+
+def check_teacher(t: Teacher, classes: list[str], channels: int) -> None:
+    """Refuse a teacher trained on other classes."""
+    if t.classes != classes:
+        raise InputError(
+            f"teacher {t.path or t.arch} was trained on other classes ({len(t.classes)} classes "
+            f"{t.classes[:3]}...) than the bundle's ({len(classes)} classes {classes[:3]}...)"
+        )
+    if t.channels != channels:
+        raise InputError(f"teacher {t.path or t.arch} takes {t.channels}-channel images, the "
+                         f"bundle has {channels}")

@@ -1,0 +1,247 @@
+import math
+
+import pytest
+import torch
+from conftest import assert_one_line_error, tiny_dataset, write_shards
+
+from ddcli import augment
+from ddcli.bundle import load_bundle
+from ddcli.errors import InputError
+from ddcli.losses import kd_loss, otm_loss, sinkhorn_plans
+from ddcli.relabel import (
+    adsa_calibrate,
+    lia_count,
+    mean_probs,
+    parse_schedule,
+    select_teachers,
+)
+from ddcli.teachers import check_teacher, load_teacher, save_teacher, train_teacher
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    t, cached = train_teacher(tiny_dataset(n=12), "convnet", device=torch.device("cpu"),
+                              epochs=3, cache=cache)
+    assert not cached
+    return t, cache
+
+
+def test_teacher_cache_hit_and_file_round_trip(teacher, tmp_path):
+    t, cache = teacher
+    again, cached = train_teacher(tiny_dataset(n=12), "convnet", device=torch.device("cpu"),
+                                  epochs=3, cache=cache)
+    assert cached and again.checksum == t.checksum
+    other, cached = train_teacher(tiny_dataset(n=12), "convnet", device=torch.device("cpu"),
+                                  epochs=4, cache=cache)  # another recipe: a miss
+    assert not cached and other.checksum != t.checksum
+    x = torch.rand(5, 3, 8, 8)
+    loaded = load_teacher(t.path)
+    assert torch.allclose(loaded.logits(x), t.logits(x), atol=1e-6)
+    assert loaded.classes == ["c0", "c1", "c2"] and loaded.val_accuracy == t.val_accuracy
+    assert loaded.data_fingerprint == tiny_dataset(n=12).fingerprint
+    assert loaded.recipe["epochs"] == 3 and loaded.recipe["augment"] == "standard"
+    raw = bytearray(open(t.path, "rb").read())
+    raw[-4] ^= 0xFF
+    (tmp_path / "bad.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="checksum mismatch"):
+        load_teacher(tmp_path / "bad.safetensors")
+    save_teacher(loaded, tmp_path / "copy.safetensors")
+    assert load_teacher(tmp_path / "copy.safetensors").checksum == t.checksum
+
+
+def test_teacher_on_other_classes_is_refused(teacher):
+    with pytest.raises(InputError, match="other classes"):
+        check_teacher(teacher[0], ["a", "b", "c"], 3)
+
+
+def test_lia_schedule_and_selection(teacher):
+    assert [lia_count(i, 4) for i in (1, 10, 11, 20, 50, 51)] == [1, 1, 2, 2, 3, 4]
+    assert lia_count(10, 1) == 1
+    assert parse_schedule("5:1, 40:2") == ((5, 1), (40, 2))
+    with pytest.raises(InputError):
+        parse_schedule("ten:one")
+    from ddcli.models import create_model
+    from ddcli.teachers import Teacher
+
+    def fake(width):
+        return Teacher(create_model("convnet", 3, 3, 8, width=width), "convnet", ["a", "b", "c"],
+                       3, (8, 8), [0.5] * 3, [0.2] * 3, "f", {}, None)
+
+    big, small, mid = fake(32), fake(4), fake(8)
+    assert select_teachers([big, small, mid], ipc=10) == [small]
+    assert select_teachers([big, small, mid], ipc=20) == [small, mid]
+    assert select_teachers([big, small, mid], ipc=100) == [small, mid, big]
+    assert select_teachers([big, small, mid], ipc=1, num_teachers=3) == [small, mid, big]
+
+
+def test_adsa_is_identity_on_balanced_data_and_evens_out_biased_labels():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(5)
+    probs = torch.softmax(torch.randn(20, 4, generator=g), 1)
+    same, tau = adsa_calibrate(probs, labels, torch.ones(4))
+    assert tau == 0.0 and torch.allclose(same, probs, atol=1e-6)
+    prior = torch.tensor([100.0, 50, 20, 10])
+    biased = torch.softmax(torch.randn(20, 4, generator=g) + 1.5 * prior.log(), 1)
+    onehot = torch.nn.functional.one_hot(labels, 4).float()
+
+    def spread(p):
+        return float(((p * onehot).sum(0) / onehot.sum(0)).std(unbiased=False))
+
+    calibrated, tau = adsa_calibrate(biased, labels, prior)
+    assert tau > 0 and spread(calibrated) < 0.5 * spread(biased)
+    assert torch.allclose(calibrated.sum(1), torch.ones(20))
+
+
+def test_kd_loss_matches_the_formula():
+    s = torch.randn(4, 3)
+    t = torch.softmax(torch.randn(4, 3), 1)
+    T = 2.0
+    q = torch.softmax(s / T, 1)
+    ref = T * T * (t * (t.log() - q.log())).sum(1)
+    assert torch.allclose(kd_loss(s, t, T), ref, atol=1e-6)
+    assert torch.allclose(kd_loss(t.log() * T, t, T), torch.zeros(4), atol=1e-5)
+
+
+def naive_sinkhorn(cost, reg, iters=5000):
+    n, m = cost.shape
+    K = torch.exp(-cost.double() / reg)
+    u, v = torch.ones(n, dtype=torch.float64), torch.ones(m, dtype=torch.float64)
+    for _ in range(iters):
+        u = (1 / n) / (K @ v)
+        v = (1 / m) / (K.T @ u)
+    return u[:, None] * K * v[None, :]
+
+
+def test_otm_loss_terms_and_pot_plan():
+    g = torch.Generator().manual_seed(0)
+    cost = torch.rand(2, 5, 5, generator=g)
+    plans = sinkhorn_plans(cost, 0.1)
+    for b in range(2):
+        assert torch.allclose(plans[b].double(), naive_sinkhorn(cost[b], 0.1), atol=1e-4)
+    logits = torch.randn(2, 5, 3, generator=g, requires_grad=True)
+    hard = torch.randint(3, (2, 5), generator=g)
+    soft = torch.softmax(torch.randn(2, 5, 3, generator=g), -1)
+    loss = otm_loss(logits, hard, soft, w_ce=0.0, w_mse=0.0, w_ot=1.0, reg=0.1)
+    p = torch.softmax(logits, -1)
+    c = torch.cdist(p, soft, p=1)
+    ref = torch.stack([(naive_sinkhorn(c[b].detach(), 0.1).float() * c[b]).sum()
+                       for b in range(2)])
+    assert torch.allclose(loss, ref, atol=1e-4)
+    ce = torch.nn.functional.cross_entropy(logits[0], hard[0])
+    only_ce = otm_loss(logits, hard, soft, w_ce=1.0, w_mse=0.0, w_ot=0.0)
+    assert torch.allclose(only_ce[0], ce)
+    loss.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+@pytest.fixture
+def setup(cli, tmp_path):
+    data = write_shards(tmp_path / "d", n_train=16, n_test=8)
+    b = tmp_path / "b.safetensors"
+    r = cli("distill", data, "--ipc", "2", "--iterations", "2", "--batch-real", "4", "--width",
+            "8", "-o", b, "--device", "cpu", "-q")
+    assert r.code == 0, r
+    return data, b
+
+
+def relabel(cli, data, b, out, *extra):
+    r = cli("relabel", b, "--data", data, "--train-teacher", "convnet", "--teacher-epochs", "2",
+            "--device", "cpu", "-o", out, "--json", *extra)
+    assert r.code == 0, r
+    return r.json()
+
+
+def test_relabel_writes_a_new_bundle_with_provenance(cli, setup, tmp_path):
+    data, b = setup
+    parent = load_bundle(b)
+    rep = relabel(cli, data, b, tmp_path / "s.safetensors")
+    new = load_bundle(tmp_path / "s.safetensors")
+    assert load_bundle(b).checksum == parent.checksum and load_bundle(b).soft_labels is None
+    assert torch.equal(new.images, parent.images)
+    assert torch.allclose(new.soft_labels.sum(1), torch.ones(6), atol=1e-5)
+    step = new.provenance[-1]
+    assert step["step"] == "relabel" and step["parent_checksum"] == parent.checksum
+    assert step["temperature"] == 1.0 and step["teachers"][0]["checksum"]
+    assert step["lia"]["num_teachers"] == 1 and rep["teachers"][0]["source"] == "trained"
+    t = load_teacher(step["teachers"][0]["path"])
+    assert torch.allclose(new.soft_labels, mean_probs([t], parent.images, 1.0), atol=1e-5)
+    rep2 = relabel(cli, data, b, tmp_path / "s2.safetensors", "--temperature", "4")
+    assert rep2["teachers"][0]["source"] == "cache"
+    hot = load_bundle(tmp_path / "s2.safetensors").soft_labels
+
+    def entropy(p):
+        return float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
+
+    assert entropy(hot) > entropy(new.soft_labels)
+    r = cli("inspect", tmp_path / "s.safetensors", "--json")
+    assert r.json()["soft_labels"]["top1_agreement_with_labels"] >= 0
+
+
+def test_views_are_stored_and_replay_exactly(cli, setup, tmp_path):
+    data, b = setup
+    r = cli("relabel", b, "--data", data, "--train-teacher", "convnet", "--teacher-epochs", "2",
+            "--device", "cpu", "-o", tmp_path / "v.safetensors", "--views", "3")
+    assert r.code == 0 and "labelled views add" in r.stderr, r
+    v = load_bundle(tmp_path / "v.safetensors")
+    assert v.extras["views.u"].shape == (6, 3, 11)
+    assert v.extras["views.soft_labels"].shape == (6, 3, 3)
+    t = load_teacher(v.provenance[-1]["teachers"][0]["path"])
+    mean = torch.tensor(v.dataset["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(v.dataset["std"]).view(1, 3, 1, 1)
+    from ddcli.evaluation import bundle_views
+
+    views = bundle_views(v)
+    i, k = 4, 2  # replay view 2 of image 4 as the trainer does
+    p = augment.DSAParams(views.families, views.family[i:i + 1, k], views.u[i:i + 1, k],
+                          views.all_families)
+    replay = augment.apply((v.images[i:i + 1] - mean) / std, p) * std + mean
+    assert torch.allclose(t.probs(replay), views.soft[i, k][None], atol=1e-5)
+
+
+def test_relabel_errors(cli, setup, tmp_path):
+    data, b = setup
+    assert_one_line_error(cli("relabel", b, "-o", tmp_path / "x.safetensors"), 2, "no teacher")
+    assert_one_line_error(cli("relabel", b, "--train-teacher", "convnet", "-o",
+                              tmp_path / "x.safetensors"), 2, "--data")
+    assert_one_line_error(cli("relabel", b, "--data", data, "--train-teacher", "vit", "-o",
+                              tmp_path / "x.safetensors"), 2, "no teacher recipe")
+    assert_one_line_error(cli("relabel", b, "--teacher", tmp_path / "none.safetensors", "-o",
+                              tmp_path / "x.safetensors"), 2, "teacher not found")
+    assert_one_line_error(cli("relabel", b, "-o", b, "--force", "--teacher", b), 2, "new bundle")
+    other = write_shards(tmp_path / "o", classes=["ant", "bee", "cow"])
+    assert_one_line_error(cli("relabel", b, "--data", other, "--train-teacher", "convnet", "-o",
+                              tmp_path / "x.safetensors"), 2, "do not match")
+    assert_one_line_error(cli("relabel", b, "--teacher", b, "-o", tmp_path / "x.safetensors",
+                              "--temperature", "0"), 2, "--temperature")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_soft_protocols_and_their_refusals(cli, setup, tmp_path):
+    data, b = setup
+    s = tmp_path / "s.safetensors"
+    relabel(cli, data, b, s, "--views", "2")
+    for proto in ("kd", "otm", "kd-online"):
+        r = cli("evaluate", s, "--test", data, "-p", proto, "--epochs", "2", "--models", "2",
+                "--device", "cpu", "--json", "--baseline", "random", "--real", data)
+        assert r.code == 0, (proto, r)
+        rep = r.json()
+        assert rep["protocol"]["loss"] == proto and rep["protocol"]["optimizer"] == "adamw"
+        assert rep["soft_labels"]["temperature"] == 1.0
+        assert rep["baseline"]["relabelled"] == (proto != "kd-online")
+        assert not math.isnan(rep["result"]["accuracy_mean"])
+    assert_one_line_error(cli("evaluate", b, "--test", data, "-p", "kd"), 2,
+                          "needs soft labels")
+    assert_one_line_error(cli("evaluate", b, "--test", data, "-p", "kd-online"), 2,
+                          "--teacher")
+    # a teacher trained on the test data is refused
+    leak = tmp_path / "leak.safetensors"
+    r = cli("relabel", b, "--data", data / "test.npz", "--train-teacher", "convnet",
+            "--teacher-epochs", "1", "--device", "cpu", "-o", leak)
+    assert r.code == 0, r
+    assert_one_line_error(cli("evaluate", leak, "--test", data, "-p", "kd", "--epochs", "1"), 2,
+                          "trained on the test data")
