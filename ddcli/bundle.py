@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ddcli import __version__
 from ddcli.errors import BundleError, InputError
-from ddcli.io import atomic_path, check_writable
+from ddcli.io import atomic_path, check_writable, read_safetensors
 
 FORMAT = "ddcli.bundle"
 FORMAT_VERSION = 1
@@ -188,12 +187,9 @@ def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if 8 + n + end > size:
         raise BundleError(f"{path} is truncated ({size} bytes, header needs {8 + n + end})")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise BundleError(f"{path} cannot be read as safetensors: {e}") from None
-    return tensors, meta
+        return read_safetensors(path, "bundle")
+    except InputError as e:
+        raise BundleError(str(e)) from None
 
 
 def _migrate_v0(tensors: dict, meta: dict) -> tuple[dict, dict]:

@@ -68,3 +68,17 @@ def atomic_dir(path: Path, force: bool) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def read_safetensors(path: Path, what: str) -> tuple[dict, dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; an unreadable file is an
+    :class:`InputError` naming ``what`` it should have been."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise InputError(f"{path} cannot be read as a {what} (safetensors): {e}") from None
+    return tensors, meta

@@ -22,14 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ddcli import __version__
 from ddcli.bundle import compute_checksum, utc_now
 from ddcli.data import Dataset
 from ddcli.errors import InputError
-from ddcli.io import atomic_path
+from ddcli.io import atomic_path, read_safetensors
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
 
@@ -127,12 +126,7 @@ def load_teacher(path: str | Path) -> Teacher:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"teacher not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception:
-        raise InputError(f"{path} is not a ddcli teacher (not a safetensors file)") from None
+    tensors, meta = read_safetensors(path, "ddcli teacher")
     if meta.get("ddcli.format") != FORMAT:
         raise InputError(f"{path} is not a ddcli teacher")
     if int(meta.get("ddcli.format_version", "0")) > FORMAT_VERSION:

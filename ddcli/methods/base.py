@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ddcli.data import Dataset
 from ddcli.errors import InputError, Interrupted
-from ddcli.io import atomic_path
+from ddcli.io import atomic_path, read_safetensors
 
 # --------------------------------------------------------------------------------------------
 # configs (diffusers' register_to_config idea: every knob captured and stored in the bundle)
@@ -190,12 +189,7 @@ def _save_checkpoint(path: Path, method: Method, gen: torch.Generator, it: int, 
 
 
 def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict) -> int:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise InputError(f"cannot read checkpoint {path}: {e}") from None
+    tensors, meta = read_safetensors(path, "checkpoint")
     for k, v in key.items():
         if meta.get(k) != v:
             raise InputError(
