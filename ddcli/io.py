@@ -11,6 +11,12 @@ from pathlib import Path
 from ddcli.errors import InputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path: Path, force: bool) -> None:
     """Refuse to overwrite ``path`` unless ``force``; check its folder exists."""
     path = Path(path)
@@ -32,6 +38,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # writers may create 0600 files; honour the umask
         os.replace(tmp, path)
     finally:
         if tmp.exists():

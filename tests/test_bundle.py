@@ -138,3 +138,15 @@ def test_migration_from_v0(tmp_path):
     assert b.checksum == compute_checksum(b.tensors())
     save_bundle(b, tmp_path / "v1.safetensors")  # and it saves as the current version
     assert load_bundle(tmp_path / "v1.safetensors").classes == ["x", "y"]
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        save_bundle(make_bundle(), tmp_path / "b.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) == 0o644
