@@ -108,6 +108,7 @@ def evaluate_images(
     views: Views | None = None,
     teachers: list[Teacher] | None = None,
     temperature: float = 1.0,
+    class_counts: list[int] | None = None,
 ) -> dict:
     """Train ``num_models`` fresh models on pixel-scale ``images`` and test them on ``test``.
 
@@ -137,7 +138,7 @@ def evaluate_images(
     )
     test_x = (test.images.to(device).float() / 255.0 - m) / s
     preds = predict(result.ensemble, test_x)
-    report = accuracy_report(preds, test.labels.to(device), test.num_classes)
+    report = accuracy_report(preds, test.labels.to(device), test.num_classes, class_counts)
     report.update(
         model_seeds=seeds,
         train_time_s=round(result.train_time_s, 3),

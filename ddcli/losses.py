@@ -82,3 +82,104 @@ def otm_loss(
     plan = sinkhorn_plans(cost, reg)
     ot_term = (plan * cost).sum(dim=(1, 2))
     return w_ce * ce + w_mse * mse + w_ot * ot_term
+
+
+# ---------------------------------------------------------------------------------------------
+# spectral distribution matching (CSDM / SDM, methods.md §2; NCFM §1.9)
+
+KERNELS = ("gaussian", "laplacian", "cauchy", "matern-0.5", "matern-1.5", "matern-2.5")
+
+
+def sample_frequencies(kernel: str, num: int, dim: int, sigma: float,
+                       generator: torch.Generator) -> torch.Tensor:
+    """(num, dim) frequencies ω ~ Λ_k, the spectral measure of a translation-invariant kernel
+    k(x, y) = κ(x − y) with κ(0) = 1 and bandwidth σ (Bochner: κ(δ) = E_ω e^{iωᵀδ}).
+
+    ========== ========================================== ====================================
+    kernel     κ(δ)                                        ω
+    ========== ========================================== ====================================
+    gaussian   exp(−‖δ‖²/(2σ²))                            N(0, σ⁻² I)
+    laplacian  exp(−‖δ‖₁/σ)                                i.i.d. Cauchy(0, 1/σ)
+    cauchy     Π_j 1/(1 + δ_j²/σ²)                         i.i.d. Laplace(0, 1/σ)
+    matern-ν   Matérn-ν, length-scale σ (ν=½: exp(−‖δ‖/σ)) multivariate t, 2ν dof, scale 1/σ
+    ========== ========================================== ====================================
+    """
+    dev = generator.device
+    if kernel == "gaussian":
+        return torch.randn((num, dim), generator=generator, device=dev) / sigma
+    if kernel == "laplacian":
+        u = torch.rand((num, dim), generator=generator, device=dev)
+        return torch.tan(torch.pi * (u - 0.5)) / sigma
+    if kernel == "cauchy":
+        u = torch.rand((num, dim), generator=generator, device=dev) - 0.5
+        return -torch.sign(u) * torch.log1p(-2 * u.abs()) / sigma
+    if kernel.startswith("matern-"):
+        dof = 2 * float(kernel.split("-", 1)[1])
+        z = torch.randn((num, dim), generator=generator, device=dev)
+        # chi-square with `dof` degrees of freedom = 2 * Gamma(dof / 2, 1)
+        g = torch._standard_gamma(torch.full((num, 1), dof / 2, device=dev), generator=generator)
+        return z / torch.sqrt(2 * g / dof) / sigma
+    raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
+
+
+def empirical_cf(feats: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empirical characteristic function φ(ω) = mean_i e^{iωᵀx_i}: (real, imag), each (..., M)
+    for features (..., n, d) and frequencies (M, d)."""
+    proj = feats @ freqs.T  # (..., n, M)
+    return torch.cos(proj).mean(-2), torch.sin(proj).mean(-2)
+
+
+def amplitude_phase(re_r: torch.Tensor, im_r: torch.Tensor, re_s: torch.Tensor,
+                    im_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = (|φ_R| − |φ_S|)² (amplitude: diversity) and P = 2(|φ_R||φ_S| − Re φ_R Re φ_S −
+    Im φ_R Im φ_S) = 2|φ_R||φ_S|(1 − cos Δθ) (phase: realism); A + P = |φ_R − φ_S|²."""
+    mod_r = torch.sqrt(re_r**2 + im_r**2 + 1e-12)
+    mod_s = torch.sqrt(re_s**2 + im_s**2 + 1e-12)
+    amp = (mod_r - mod_s) ** 2
+    phase = (2 * (mod_r * mod_s - re_r * re_s - im_r * im_s)).clamp_min(0)
+    return amp, phase
+
+
+def spectral_loss(real_feats: torch.Tensor, syn_feats: torch.Tensor, freqs: torch.Tensor,
+                  alpha: torch.Tensor, reduction: str = "mean", scale: float = 1.0) -> torch.Tensor:
+    """Class-aware spectral distribution distance (CSDM), per class.
+
+    L_c = scale · reduce_ω [ α(c)·A_c(ω) + (1 − α(c))·P_c(ω) ]
+
+    with ``reduction`` ``mean`` (mean over ω: with α = ½ this is ½·SDD, an unbiased estimate
+    of ½·MMD²_k when ω ~ Λ_k) or ``sqrt-mean`` (NCFM's mean_ω sqrt(·)).
+
+    Args:
+        real_feats: (C, B, d); syn_feats: (C, M, d); freqs: (F, d); alpha: (C,) in [0, 1].
+    Returns:
+        (C,) the loss of every class.
+    """
+    re_r, im_r = empirical_cf(real_feats, freqs)
+    re_s, im_s = empirical_cf(syn_feats, freqs)
+    amp, phase = amplitude_phase(re_r, im_r, re_s, im_s)
+    a = alpha.view(-1, 1)
+    mix = a * amp + (1 - a) * phase  # (C, F)
+    if reduction == "mean":
+        return scale * mix.mean(-1)
+    if reduction == "sqrt-mean":
+        return scale * torch.sqrt(mix.clamp_min(1e-12)).mean(-1)
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def alpha_schedule(class_counts: list[int], schedule: str = "log-linear", head: float = 0.7,
+                   tail: float = 0.3) -> torch.Tensor:
+    """α(c), the amplitude (diversity) weight of class c; 1 − α(c) weighs phase (realism).
+
+    ``log-linear``: α = tail + (head − tail)·r_c with r_c = (log n_c − log n_min) /
+    (log n_max − log n_min); ``two-group``: head for n_c >= median, tail below;
+    ``constant``: ½. Tail classes thus lean to realism. Balanced data gives ½ everywhere.
+    """
+    n = torch.tensor(class_counts, dtype=torch.float64).clamp_min(1)
+    if schedule == "constant" or n.max() == n.min():
+        return torch.full((len(class_counts),), 0.5)
+    if schedule == "log-linear":
+        r = (n.log() - n.min().log()) / (n.max().log() - n.min().log())
+        return (tail + (head - tail) * r).float()
+    if schedule == "two-group":
+        return torch.where(n >= n.median(), head, tail).float()
+    raise ValueError(f"unknown alpha schedule {schedule!r}")

@@ -225,15 +225,40 @@ def predict(ens: Ensemble, images: torch.Tensor, chunk: int = 1000) -> torch.Ten
     return torch.cat(preds, dim=1)
 
 
-def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
-    """Per-model accuracy, mean ± std (population std, as the reference's numpy), per-class."""
+def class_groups(class_counts: list[int]) -> dict[str, list[int]] | None:
+    """Long-tailed class groups by the real class counts: the classes ranked by count, the
+    first third ``many``, the last third ``few``, the rest ``medium``; None on balanced data."""
+    if len(set(class_counts)) <= 1:
+        return None
+    c = len(class_counts)
+    order = sorted(range(c), key=lambda k: (-class_counts[k], k))
+    groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
+    for rank, k in enumerate(order):
+        name = "many" if rank < c / 3 else "few" if rank >= 2 * c / 3 else "medium"
+        groups[name].append(k)
+    return groups
+
+
+def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                    class_counts: list[int] | None = None) -> dict:
+    """Per-model accuracy, mean ± std (population std, as the reference's numpy), per-class,
+    and, for long-tailed training data, many / medium / few group accuracies."""
     correct = (preds == labels.view(1, -1)).float()  # (N, n)
     per_model = correct.mean(dim=1)
     counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).float()
     per_class = torch.zeros((preds.shape[0], num_classes), device=preds.device)
     per_class.index_add_(1, labels, correct)
     per_class = per_class / counts
+    groups = class_groups(class_counts) if class_counts else None
+    group_acc = None
+    if groups:
+        group_acc = {name: round(float(per_class[:, ks].mean()) * 100, 2)
+                     for name, ks in groups.items() if ks}
+        group_acc["classes"] = groups
+        group_acc["definition"] = ("classes ranked by real image count: first third many, "
+                                   "last third few; mean of per-class test accuracy")
     return {
+        "group_accuracy": group_acc,
         "accuracy_per_model": [round(float(a) * 100, 2) for a in per_model],
         "accuracy_mean": round(float(per_model.mean()) * 100, 2),
         "accuracy_std": round(float(per_model.std(unbiased=False)) * 100, 2),

@@ -73,6 +73,49 @@ def distill(
         bool | None, typer.Option("--channels-last/--no-channels-last",
                                   help="Channels-last memory format (default: off).")
     ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option("--optimizer", help="csdm/sdm: adamw | sgd (default: adamw).")
+    ] = None,
+    kernel: Annotated[
+        str | None, typer.Option("--kernel", help="csdm/sdm: gaussian | laplacian | cauchy | "
+                                                  "matern-0.5 | matern-1.5 | matern-2.5.")
+    ] = None,
+    sigma: Annotated[
+        str | None, typer.Option("--sigma", help="csdm/sdm: kernel bandwidth or 'median' "
+                                                 "(default: 1.0).")
+    ] = None,
+    num_freqs: Annotated[
+        int | None, typer.Option("--num-freqs", help="csdm/sdm: frequencies per iteration "
+                                                     "(default: 4096).")
+    ] = None,
+    reduction: Annotated[
+        str | None, typer.Option("--reduction", help="csdm/sdm: sqrt-mean | mean.")
+    ] = None,
+    scale: Annotated[
+        float | None, typer.Option("--scale", help="csdm/sdm: loss scale (default: 300).")
+    ] = None,
+    alpha_schedule: Annotated[
+        str | None, typer.Option("--alpha-schedule", help="csdm: log-linear | two-group | "
+                                                          "constant.")
+    ] = None,
+    alpha_head: Annotated[
+        float | None, typer.Option("--alpha-head", help="csdm: amplitude weight of the largest "
+                                                        "class (default: 0.7).")
+    ] = None,
+    alpha_tail: Annotated[
+        float | None, typer.Option("--alpha-tail", help="csdm: amplitude weight of the smallest "
+                                                        "class (default: 0.3).")
+    ] = None,
+    extractor: Annotated[
+        str | None, typer.Option("--extractor", help="csdm/sdm: random | pool (networks "
+                                                     "pre-trained on the data, cached).")
+    ] = None,
+    pool_size: Annotated[
+        int | None, typer.Option("--pool-size", help="csdm/sdm: networks in the pool (10).")
+    ] = None,
+    pool_epochs: Annotated[
+        int | None, typer.Option("--pool-epochs", help="csdm/sdm: their epochs (20).")
+    ] = None,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Save a checkpoint next to the output "
                                                      "every N iterations (0: never).")
@@ -107,7 +150,11 @@ def distill(
     overrides = {
         k: v
         for k, v in dict(ipc=ipc, iterations=iterations, lr=lr, batch_real=batch_real, init=init,
-                         model=model, width=width, amp=amp, channels_last=channels_last).items()
+                         model=model, width=width, amp=amp, channels_last=channels_last,
+                         optimizer=optimizer, kernel=kernel, sigma=sigma, num_freqs=num_freqs,
+                         reduction=reduction, scale=scale, alpha_schedule=alpha_schedule,
+                         alpha_head=alpha_head, alpha_tail=alpha_tail, extractor=extractor,
+                         pool_size=pool_size, pool_epochs=pool_epochs).items()
         if v is not None
     }
     if out is not None:  # fail before a slow read

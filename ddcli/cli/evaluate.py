@@ -66,6 +66,13 @@ def _render(report: dict) -> None:
     if report.get("improvement_points") is not None:
         d = report["improvement_points"]
         con.print(f"improvement over random real: [bold]{d:+.2f}[/] points")
+    ga = report["result"].get("group_accuracy")
+    if ga:
+        con.print("long-tailed groups (by real image count): " + ", ".join(
+            f"{g} {ga[g]:.2f}" for g in ("many", "medium", "few") if g in ga)
+            + ("; random real: " + ", ".join(
+                f"{g} {report['baseline']['group_accuracy'][g]:.2f}"
+                for g in ("many", "medium", "few") if g in ga) if report.get("baseline") else ""))
     classes = report["classes"]
     pc = report["result"]["per_class_accuracy"]
     con.print("per class: " + ", ".join(f"{c} {a:.1f}" for c, a in zip(classes, pc, strict=True)))
@@ -141,6 +148,8 @@ def evaluate(
     test_ds = load_cli_dataset(rep, test, "test", files=test_files, image_size=size,
                                channels=chans)
     check_classes(b, test_ds)
+    if len(set(test_ds.class_counts)) > 1 and len(set(ds_info.get("class_counts") or [0])) > 1:
+        rep.warn("the test set is not balanced: long-tailed results assume a balanced test set")
     if test_ds.fingerprint == ds_info.get("fingerprint"):
         rep.warn("the test data is the data the bundle was distilled from")
     mean, std = ds_info["mean"], ds_info["std"]
@@ -160,7 +169,8 @@ def evaluate(
             return evaluate_images(images, labels, mean=mean, std=std, test=test_ds,
                                    protocol=proto, num_models=models, seed=seed, device=dev,
                                    progress=update, soft=soft, views=views, teachers=teachers,
-                                   temperature=temperature)
+                                   temperature=temperature,
+                                   class_counts=ds_info.get("class_counts"))
 
     views = bundle_views(b) if soft_protocol else None
     result = run(b.images.float(), b.labels, "bundle", b.soft_labels, views)

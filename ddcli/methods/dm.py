@@ -114,28 +114,44 @@ class DM(Method):
         self.syn = syn.detach().requires_grad_(True)
         self.syn_labels = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
         self.real_rows = torch.arange(c, device=device).repeat_interleave(cfg.batch_real)
-        self.opt = torch.optim.SGD([self.syn], lr=cfg.lr, momentum=cfg.momentum)
+        self.opt = self.make_optimizer()
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
             else nullcontext()
         )
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+    # -- the three hooks the DM family overrides --------------------------------------------
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([self.syn], lr=self.config.lr, momentum=self.config.momentum)
+
+    def extractor(self) -> torch.nn.Module:
+        """The feature extractor of this iteration: a fresh random network, frozen."""
+        self.net.reset_parameters(self.gen)
+        return self.net
+
+    def match_loss(self, f_real: torch.Tensor, f_syn: torch.Tensor) -> torch.Tensor:
+        """(C, B, D) real and (C, IPC, D) synthetic features -> the scalar loss."""
+        return dm_loss(f_real, f_syn)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _embed(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast:
-            return self.net.embed(x).float()
+            return net.embed(x).float()
 
     def step(self, it: int) -> torch.Tensor:
         cfg: DMConfig = self.config
         c = self.num_classes
-        self.net.reset_parameters(self.gen)  # a fresh random network, frozen
+        net = self.extractor()
         real = self.pool.sample(cfg.batch_real, self.gen)
         params = augment.sample_params(c, self.gen, cfg.dsa_strategy)  # one row per class
         with torch.no_grad():
-            f_real = self._embed(augment.apply(real, params, self.real_rows))
-        f_syn = self._embed(augment.apply(self.syn, params, self.syn_labels))
-        loss = dm_loss(f_real.view(c, cfg.batch_real, -1), f_syn.view(c, cfg.ipc, -1))
+            f_real = self._embed(net, augment.apply(real, params, self.real_rows))
+        f_syn = self._embed(net, augment.apply(self.syn, params, self.syn_labels))
+        loss = self.match_loss(f_real.view(c, cfg.batch_real, -1), f_syn.view(c, cfg.ipc, -1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -143,16 +159,16 @@ class DM(Method):
 
     def state(self) -> dict[str, torch.Tensor]:
         st = {"syn": self.syn.detach()}
-        buf = self.opt.state.get(self.syn, {}).get("momentum_buffer")
-        if buf is not None:
-            st["momentum_buffer"] = buf
+        for k, v in self.opt.state.get(self.syn, {}).items():  # momentum / Adam moments, step
+            st[f"opt.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
         return st
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             self.syn.copy_(state["syn"])
-        if "momentum_buffer" in state:
-            self.opt.state[self.syn]["momentum_buffer"] = state["momentum_buffer"].clone()
+        for k, v in state.items():
+            if k.startswith("opt."):
+                self.opt.state[self.syn][k[4:]] = v.clone()
 
     def result(self) -> SyntheticSet:
         with torch.no_grad():
