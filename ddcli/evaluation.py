@@ -9,7 +9,7 @@ import torch
 
 from ddcli import augment
 from ddcli.bundle import Bundle
-from ddcli.data import Dataset
+from ddcli.data import Dataset, cap_per_class, make_long_tailed
 from ddcli.errors import InputError
 from ddcli.protocols import Protocol
 from ddcli.relabel import last_relabel_step, mean_probs
@@ -31,12 +31,24 @@ def check_classes(bundle: Bundle, test: Dataset, what: str = "test") -> None:
         )
 
 
+def same_subset(real: Dataset, subset: dict) -> Dataset:
+    """Apply a bundle's recorded subset (per-class cap, long-tailed profile, seed) to real data,
+    so baselines draw from the data the bundle was distilled from."""
+    seed = int(subset.get("subset_seed", 0))
+    if subset.get("max_per_class"):
+        real = cap_per_class(real, int(subset["max_per_class"]), seed)
+    if subset.get("imbalance_factor"):
+        real = make_long_tailed(real, float(subset["imbalance_factor"]), seed)
+    return real
+
+
 def model_seeds(seed: int, n: int) -> list[int]:
     return [seed * 1000 + i for i in range(n)]
 
 
 def random_real_subset(real: Dataset, ipc: int, seed: int) -> Dataset:
-    """``ipc`` random real images per class (seeded), the baseline of every method."""
+    """``ipc`` random real images per class (seeded), the baseline of every method; a class
+    with fewer images gives all it has."""
     gen = torch.Generator().manual_seed(seed)
     keep = []
     for c in range(real.num_classes):

@@ -171,3 +171,14 @@ def test_csdm_cli_end_to_end_with_long_tailed_data(cli, tmp_path):
     assert set(ga["classes"]) == {"many", "medium", "few"} and ga["classes"]["few"] == [2]
     r = cli("distill", data, "-m", "dm", "--kernel", "gaussian", "-o", tmp_path / "x.safetensors")
     assert r.code == 2 and "--kernel does not apply" in r.stderr
+
+
+def test_random_baseline_draws_from_the_same_long_tailed_subset(cli, tmp_path):
+    data = write_shards(tmp_path / "d", n_train=16, n_test=6)
+    out = tmp_path / "c.safetensors"
+    assert cli("distill", data, "--imbalance-factor", "8", "--ipc", "4", "--iterations", "1",
+               "--batch-real", "4", "--width", "8", "--device", "cpu", "-o", out, "-q").code == 0
+    r = cli("evaluate", out, "--test", data, "--epochs", "1", "--models", "1", "--device", "cpu",
+            "--baseline", "random", "--real", data, "--json")
+    assert r.code == 0 and "fingerprints differ" not in r.stderr, r
+    assert r.json()["baseline"]["num_train_images"] == 4 + 4 + 2  # the tail class holds 2

@@ -35,6 +35,7 @@ from ddcli.evaluation import (
     check_no_test_leak,
     evaluate_images,
     random_real_subset,
+    same_subset,
     teachers_for,
 )
 from ddcli.io import atomic_write_bytes, check_writable
@@ -199,6 +200,10 @@ def evaluate(
         real_ds = load_cli_dataset(rep, real, "train", files=real_files, image_size=size,
                                    channels=chans)
         check_classes(b, real_ds, "real")
+        real_ds = same_subset(real_ds, ds_info.get("subset") or {})
+        if real_ds.fingerprint != ds_info.get("fingerprint"):
+            rep.warn("the --real data is not the data the bundle was distilled from "
+                     "(fingerprints differ)")
         sub = random_real_subset(real_ds, ipc, seed)
         pixels = sub.images.float() / 255.0
         soft, extras = None, {}
