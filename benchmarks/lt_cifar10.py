@@ -72,7 +72,8 @@ def main() -> None:
                           *ev)
                 base = base or e.get("baseline")
                 g = e["result"]["group_accuracy"] or {}
-                cells.append(f"{e['result']['accuracy_mean']:.2f} ± {e['result']['accuracy_std']:.2f}"
+                r = e["result"]
+                cells.append(f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}"
                              f" ({g.get('many', 0):.0f}/{g.get('medium', 0):.0f}/"
                              f"{g.get('few', 0):.0f})")
                 timing.append(f"{m} {d['stats']['wall_time_s']:.0f} / "
