@@ -63,6 +63,19 @@ class Bundle:
         return len(self.classes)
 
     @property
+    def factor(self) -> int:
+        """Multi-formation factor: each stored image holds factor×factor sub-images."""
+        return int(self.config.get("factor") or 1)
+
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(images, labels, soft labels) with multi-formation images decoded."""
+        from ddcli.formation import decode, decode_labels
+
+        f = self.factor
+        soft = None if self.soft_labels is None else decode_labels(self.soft_labels, f)
+        return decode(self.images.float(), f), decode_labels(self.labels, f), soft
+
+    @property
     def images_per_class(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 

@@ -183,3 +183,25 @@ def alpha_schedule(class_counts: list[int], schedule: str = "log-linear", head: 
     if schedule == "two-group":
         return torch.where(n >= n.median(), head, tail).float()
     raise ValueError(f"unknown alpha schedule {schedule!r}")
+
+
+def tgdd_loss(real_feats: torch.Tensor, syn_feats: torch.Tensor, syn_logits: torch.Tensor,
+              alpha: float) -> torch.Tensor:
+    """TGDD (methods.md §3.1), per class c:
+
+    L_c = ‖ mean f_ext(A(x_c)) − mean f_ext(A(s_c)) ‖² + α · mean_j CE(g_exp(A(s_{c,j})), c)
+
+    (stage-wise mean matching under the feature-extractor snapshot, plus the stage-wise
+    distribution constraint: cross-entropy under the later constraint snapshot).
+
+    Args:
+        real_feats: (C, B, D); syn_feats: (C, M, D); syn_logits: (C, M, K); alpha: α.
+    Returns:
+        (C,) the loss of every class.
+    """
+    c, m, k = syn_logits.shape
+    mmd = ((real_feats.mean(1) - syn_feats.mean(1)) ** 2).sum(-1)
+    target = torch.arange(c, device=syn_logits.device).repeat_interleave(m)
+    ce = torch.nn.functional.cross_entropy(syn_logits.reshape(c * m, k), target,
+                                           reduction="none").view(c, m).mean(1)
+    return mmd + alpha * ce

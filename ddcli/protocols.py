@@ -27,7 +27,10 @@ class Protocol:
         schedule: ``step`` (x ``lr_gamma`` at each of ``lr_milestones``, fractions of
             ``epochs``) or ``cosine`` (per epoch, to 0).
         augment: ``dsa`` (``dsa_strategy``, one family per batch, as the DM reference),
+            ``dsa-all`` (every family of ``dsa_strategy`` on every image, as IDC/TGDD),
             ``standard`` (pad-4 random crop and horizontal flip) or ``none``.
+        cutmix_prob, cutmix_beta: CutMix on a batch with this probability, λ ~ Beta(β, β)
+            (hard-label ``ce`` loss only).
         loss: ``ce`` (hard labels), ``kd`` (KL to the bundle's soft labels at ``temperature``),
             ``kd-online`` (KL to the teachers run on each augmented batch) or ``otm`` (OT logit
             matching: ``w_ce``·CE + ``w_mse``·MSE + ``w_ot``·Sinkhorn(``ot_reg``)).
@@ -50,6 +53,8 @@ class Protocol:
     lr_gamma: float = 0.1
     augment: str = "dsa"
     dsa_strategy: str = DSA_STRATEGY
+    cutmix_prob: float = 0.0
+    cutmix_beta: float = 1.0
     loss: str = "ce"
     temperature: float | None = None
     w_ce: float = 0.1
@@ -128,5 +133,21 @@ register_protocol(
         **_SOFT,
         reference="OT logit matching (methods.md §5.4 proposal): 0.1 CE + 1.0 MSE to soft labels "
         "+ 1.0 batch Sinkhorn (L1 cost, reg 0.1, POT); otherwise as kd",
+    )
+)
+register_protocol(
+    Protocol(
+        name="tgdd",
+        epochs=1500,
+        batch_size=64,
+        lr_milestones=(2 / 3, 5 / 6),
+        lr_gamma=0.2,
+        augment="dsa-all",
+        dsa_strategy="color_crop_flip_scale_rotate",
+        cutmix_prob=0.5,
+        cutmix_beta=1.0,
+        reference="TGDD evaluation (methods.md §3.3): ConvNet, SGD lr 0.01 momentum 0.9 wd 5e-4, "
+        "batch 64, 1500 epochs, lr x0.2 at 2/3 and 5/6, DSA color_crop_flip_scale_rotate (no "
+        "cutout) + CutMix p 0.5 beta 1, hard labels",
     )
 )

@@ -171,10 +171,17 @@ def relabel_images(
     return soft.cpu(), extras, record
 
 
+def check_relabelable(bundle: Bundle) -> None:
+    if bundle.factor > 1:
+        raise InputError("relabel of multi-formation bundles (factor > 1) is not supported; "
+                         "export the decoded images first (ddcli inspect --decode --export)")
+
+
 def relabel_bundle(bundle: Bundle, teachers: list[Teacher], settings: RelabelSettings, *,
                    device: torch.device, command: str) -> Bundle:
     """A new bundle with soft labels from ``teachers`` and a provenance step appended."""
     settings.validate()
+    check_relabelable(bundle)
     for t in teachers:
         check_teacher(t, bundle.classes, int(bundle.images.shape[1]))
     counts = bundle.dataset.get("class_counts") or [1] * bundle.num_classes

@@ -130,6 +130,38 @@ def _optimizer(protocol: Protocol, params: list[torch.Tensor]) -> torch.optim.Op
     raise ValueError(f"unknown optimizer {protocol.optimizer!r}")
 
 
+def cutmix(x: torch.Tensor, protocol: Protocol, generator: torch.Generator):
+    """CutMix per model batch (Yun et al. 2019): with probability ``cutmix_prob`` paste a box of
+    a partner image (a random permutation of the batch) of area ≈ 1 − λ, λ ~ Beta(β, β).
+
+    Args:
+        x: (N, b, C, H, W). Returns (x flattened to (N·b, C, H, W), partner (N, b), λ (N,)),
+        λ being the kept fraction (1 where no CutMix was applied)."""
+    n_models, b, _, h, w = x.shape
+    dev = x.device
+    partner = torch.rand((n_models, b), generator=generator, device=dev).argsort(dim=1)
+    beta = torch.full((n_models,), float(protocol.cutmix_beta), device=dev)
+    g1 = torch._standard_gamma(beta, generator=generator)
+    g2 = torch._standard_gamma(beta, generator=generator)
+    lam = g1 / (g1 + g2)
+    apply_it = torch.rand((n_models,), generator=generator, device=dev) < protocol.cutmix_prob
+    cut = torch.sqrt(1 - lam)
+    ch, cw = (h * cut).long(), (w * cut).long()
+    cy = (torch.rand((n_models,), generator=generator, device=dev) * h).long()
+    cx = (torch.rand((n_models,), generator=generator, device=dev) * w).long()
+    y1, y2 = (cy - ch // 2).clamp(0, h), (cy + ch // 2).clamp(0, h)
+    x1, x2 = (cx - cw // 2).clamp(0, w), (cx + cw // 2).clamp(0, w)
+    rows = torch.arange(h, device=dev).view(1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    box = ((rows >= y1.view(-1, 1, 1)) & (rows < y2.view(-1, 1, 1))
+           & (cols >= x1.view(-1, 1, 1)) & (cols < x2.view(-1, 1, 1)))
+    box = box & apply_it.view(-1, 1, 1)  # (N, H, W)
+    other = torch.gather(x, 1, partner.view(n_models, b, 1, 1, 1).expand_as(x))
+    mixed = torch.where(box.view(n_models, 1, 1, h, w), other, x)
+    kept = 1 - box.flatten(1).float().mean(1)
+    return mixed.flatten(0, 1), partner, kept
+
+
 def train_ensemble(
     ens: Ensemble,
     images: torch.Tensor,
@@ -141,6 +173,7 @@ def train_ensemble(
     views: Views | None = None,
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
     temperature: float = 1.0,
+    epoch_end: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train every model of ``ens`` on (images, targets) under ``protocol``.
 
@@ -151,6 +184,7 @@ def train_ensemble(
         views: recorded augmentations with their soft labels; replace fresh augmentation.
         teacher: maps an augmented normalised batch to probabilities (``kd-online``).
         temperature: the KD temperature (the protocol's, if it sets one, wins).
+        epoch_end: called with the number of finished epochs (expert snapshots).
     """
     device = images.device
     n_models, n = ens.n, images.shape[0]
@@ -188,8 +222,13 @@ def train_ensemble(
             elif protocol.augment == "dsa":
                 groups = model_of.repeat_interleave(b)  # one family per model's batch
                 x = augment.augment(x, generator, protocol.dsa_strategy, family_groups=groups)
+            elif protocol.augment == "dsa-all":
+                x = augment.augment(x, generator, protocol.dsa_strategy, all_families=True)
             elif protocol.augment == "standard":
                 x = augment.augment(x, generator, augment.STANDARD_STRATEGY, all_families=True)
+            partner, lam = None, None
+            if protocol.cutmix_prob > 0 and protocol.loss == "ce":
+                x, partner, lam = cutmix(x.view(n_models, b, *x.shape[1:]), protocol, generator)
             if protocol.loss == "kd-online":
                 t = teacher(x)
             logits = ens.forward(x.view(n_models, b, *x.shape[1:]))
@@ -198,6 +237,10 @@ def train_ensemble(
             if protocol.loss == "ce":
                 per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
                 per_model = per.view(n_models, b).mean(dim=1)
+                if partner is not None:
+                    y2 = torch.gather(y, 1, partner)
+                    per2 = F.cross_entropy(logits.flatten(0, 1), y2.flatten(), reduction="none")
+                    per_model = lam * per_model + (1 - lam) * per2.view(n_models, b).mean(dim=1)
             elif protocol.loss in ("kd", "kd-online"):
                 per_model = kd_loss(logits, t, t_kd).mean(dim=1)
             elif protocol.loss == "otm":
@@ -212,6 +255,8 @@ def train_ensemble(
             steps += 1
         if progress:
             progress(epoch + 1)
+        if epoch_end:
+            epoch_end(epoch + 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     ens.train(False)

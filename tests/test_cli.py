@@ -35,11 +35,6 @@ def test_python_dash_m_entry_point():
     assert r.returncode == 0 and r.stdout.strip() == f"ddcli {__version__}"
 
 
-def test_relabel_is_not_implemented_and_says_so(cli, bundle_file):
-    r = cli("relabel", bundle_file)
-    assert_one_line_error(r, 2, "not implemented yet: see the roadmap in README")
-
-
 def test_usage_errors_are_one_line_exit_2(cli, bundle_file):
     assert_one_line_error(cli("frobnicate"), 2, "No such command")
     assert_one_line_error(cli("inspect"), 2, "Missing argument")

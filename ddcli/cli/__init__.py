@@ -10,6 +10,7 @@ from ddcli import __version__
 from ddcli.cli.common import DDCliGroup
 from ddcli.cli.distill import distill
 from ddcli.cli.evaluate import evaluate
+from ddcli.cli.experts import experts
 from ddcli.cli.inspect import inspect
 from ddcli.cli.relabel import relabel
 from ddcli.runtime import tune_cpu_allocator
@@ -49,6 +50,7 @@ app.command("distill")(distill)
 app.command("relabel")(relabel)
 app.command("evaluate")(evaluate)
 app.command("inspect")(inspect)
+app.command("experts")(experts)
 
 
 def main() -> None:

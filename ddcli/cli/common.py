@@ -33,8 +33,6 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from ddcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DDCliError, InputError
 from ddcli.runtime import cache_dir  # noqa: F401  (re-exported for commands)
 
-NOT_IMPLEMENTED = "not implemented yet: see the roadmap in README"
-
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)

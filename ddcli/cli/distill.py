@@ -116,6 +116,26 @@ def distill(
     pool_epochs: Annotated[
         int | None, typer.Option("--pool-epochs", help="csdm/sdm: their epochs (20).")
     ] = None,
+    factor: Annotated[
+        int | None, typer.Option("--factor", help="Multi-formation: each stored image holds "
+                                                  "f×f sub-images (default: 1; tgdd: by IPC).")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option("--alpha", help="tgdd: weight of the constraint "
+                                                   "cross-entropy (default: by IPC).")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option("--window", help="tgdd: expert window in epochs (7).")
+    ] = None,
+    num_experts: Annotated[
+        int | None, typer.Option("--num-experts", help="tgdd: expert trajectories (5).")
+    ] = None,
+    expert_epochs: Annotated[
+        int | None, typer.Option("--expert-epochs", help="tgdd: epochs per trajectory (60).")
+    ] = None,
+    step_mode: Annotated[
+        str | None, typer.Option("--step-mode", help="tgdd: per-class (reference) | joint.")
+    ] = None,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Save a checkpoint next to the output "
                                                      "every N iterations (0: never).")
@@ -154,7 +174,9 @@ def distill(
                          optimizer=optimizer, kernel=kernel, sigma=sigma, num_freqs=num_freqs,
                          reduction=reduction, scale=scale, alpha_schedule=alpha_schedule,
                          alpha_head=alpha_head, alpha_tail=alpha_tail, extractor=extractor,
-                         pool_size=pool_size, pool_epochs=pool_epochs).items()
+                         pool_size=pool_size, pool_epochs=pool_epochs, factor=factor,
+                         alpha=alpha, window=window, num_experts=num_experts,
+                         expert_epochs=expert_epochs, step_mode=step_mode).items()
         if v is not None
     }
     if out is not None:  # fail before a slow read
@@ -191,12 +213,13 @@ def distill(
         labels=syn.labels,
         extras=syn.extras,
         method=algo.name,
-        config={**cfg.to_dict(), "preset": preset},
+        config={**algo.recorded_config(), "preset": preset},
         dataset=info,
         seed=seed,
         device=device_label(dev),
         provenance=[{"command": command_line(), "step": "distill", "method": algo.name,
-                     "config": cfg.to_dict(), "stats": stats, "parent_checksum": None}],
+                     "config": algo.recorded_config(), "stats": stats,
+                     "parent_checksum": None}],
     )
     checksum = save_bundle(bundle, out, force=force, dtype=dtype)
     if ckpt.exists():
@@ -207,6 +230,6 @@ def distill(
     )
     if json_out:
         print_json({"bundle": str(out), "checksum": checksum, "method": algo.name,
-                    "config": cfg.to_dict(), "seed": seed, "device": bundle.device,
+                    "config": algo.recorded_config(), "seed": seed, "device": bundle.device,
                     "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
                     "stats": stats})

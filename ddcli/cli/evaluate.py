@@ -174,12 +174,17 @@ def evaluate(
                                    class_counts=ds_info.get("class_counts"))
 
     views = bundle_views(b) if soft_protocol else None
-    result = run(b.images.float(), b.labels, "bundle", b.soft_labels, views)
+    images, labels, soft_labels = b.decoded()  # multi-formation images, decoded
+    if b.factor > 1:
+        rep.info(f"decoding factor {b.factor}: {len(b.labels)} stored images -> "
+                 f"{len(labels)} training images")
+    result = run(images, labels, "bundle", soft_labels, views)
     report = {
         "bundle": str(bundle),
         "bundle_checksum": b.checksum,
         "method": b.method,
         "ipc": ipc,
+        "factor": b.factor,
         "classes": b.classes,
         "protocol": proto.to_dict(),
         "num_models": models,
@@ -204,7 +209,7 @@ def evaluate(
         if real_ds.fingerprint != ds_info.get("fingerprint"):
             rep.warn("the --real data is not the data the bundle was distilled from "
                      "(fingerprints differ)")
-        sub = random_real_subset(real_ds, ipc, seed)
+        sub = random_real_subset(real_ds, ipc, seed)  # the same storage: IPC images
         pixels = sub.images.float() / 255.0
         soft, extras = None, {}
         if soft_protocol:  # relabelled by the same teachers, with the same settings

@@ -43,6 +43,7 @@ def summary(b: Bundle, path: Path) -> dict:
         "device": b.device,
         "num_images": int(b.images.shape[0]),
         "ipc": b.ipc,
+        "factor": b.factor,
         "images_per_class": b.images_per_class,
         "image_shape": list(b.images.shape[1:]),
         "dtype": str(b.images.dtype).replace("torch.", ""),
@@ -77,7 +78,9 @@ def _render(s: dict) -> None:
         ("bundle", s["path"]),
         ("method", s["method"] or "-"),
         ("images", f"{s['num_images']} × {tuple(s['image_shape'])} {s['dtype']}, "
-                   f"IPC {s['ipc'] if s['ipc'] is not None else 'varies'}"),
+                   f"IPC {s['ipc'] if s['ipc'] is not None else 'varies'}"
+                   + (f", multi-formation factor {s['factor']} ({s['factor'] ** 2} images "
+                      "each)" if s["factor"] > 1 else "")),
         ("pixel range", f"{s['pixel_range'][0]} .. {s['pixel_range'][1]}"),
         ("dataset", f"{ds['name']}  fingerprint {str(ds['fingerprint'])[:16]}…"),
         ("normalisation", f"mean {ds['mean']} std {ds['std']}"),
@@ -133,6 +136,9 @@ def inspect(
         Path | None,
         typer.Option("--export", help="Write the images as an ImageFolder of PNGs into DIR."),
     ] = None,
+    decode: Annotated[
+        bool, typer.Option("--decode", help="Show / export multi-formation images decoded.")
+    ] = False,
     verify: Annotated[
         bool, typer.Option("--verify", help="Exit 1 if the checksum does not match.")
     ] = False,
@@ -149,13 +155,16 @@ def inspect(
     s = summary(b, bundle)
     if not b.checksum_ok:
         rep.warn(f"{bundle}: checksum mismatch (the file was modified or damaged)")
+    images, labels = b.images, b.labels
+    if decode:
+        images, labels, _ = b.decoded()
     if grid is not None:
-        save_grid(b.images, b.labels, b.num_classes, grid, force=force)
+        save_grid(images, labels, b.num_classes, grid, force=force)
         rep.info(f"wrote grid {grid}")
         s["grid"] = str(grid)
     if export is not None:
-        names = export_image_folder(b.images, b.labels, b.classes, export, force=force)
-        rep.info(f"exported {b.images.shape[0]} PNGs into {export} ({len(names)} class folders)")
+        names = export_image_folder(images, labels, b.classes, export, force=force)
+        rep.info(f"exported {images.shape[0]} PNGs into {export} ({len(names)} class folders)")
         s["export"] = str(export)
     if json_out:
         print_json(s)
@@ -163,7 +172,7 @@ def inspect(
         _render(s)
         if preview:
             stdout_console().print(
-                terminal_preview(b.images.float(), b.labels, b.classes), soft_wrap=True
+                terminal_preview(images.float(), labels, b.classes), soft_wrap=True
             )
     if verify and not b.checksum_ok:
         raise typer.Exit(EXIT_FAILED)

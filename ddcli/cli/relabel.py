@@ -33,6 +33,7 @@ from ddcli.io import check_writable
 from ddcli.relabel import (
     DEFAULT_LIA_SCHEDULE,
     RelabelSettings,
+    check_relabelable,
     parse_schedule,
     relabel_bundle,
     views_storage_bytes,
@@ -138,6 +139,7 @@ def relabel(
         raise InputError("relabel writes a new bundle: choose another --out than the input")
     check_writable(out, force)
     b = load_bundle(bundle)
+    check_relabelable(b)  # before any teacher is trained
     t0 = time.perf_counter()
     teachers, log = get_teachers(rep, files=list(teacher or []),
                                  archs=list(train_teacher_arch or []), data=data,

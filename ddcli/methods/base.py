@@ -83,6 +83,9 @@ class ClassPool:
     def normalize(self, u8: torch.Tensor) -> torch.Tensor:
         return (u8.float() / 255.0 - self.mean) / self.std
 
+    def normalize_float(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - self.mean) / self.std
+
     def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.std + self.mean
 
@@ -140,6 +143,12 @@ class Method:
 
     def __init__(self, config: MethodConfig):
         self.config = config
+
+    def recorded_config(self) -> dict[str, Any]:
+        """The config as stored in the bundle: every field, with values chosen "by IPC" (or
+        similar) made explicit."""
+        resolved = getattr(self.config, "resolved", None)
+        return {**self.config.to_dict(), **(resolved() if resolved else {})}
 
     @property
     def iterations(self) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddcli import augment
+from ddcli import augment, formation
 from ddcli.data import Dataset
 from ddcli.errors import InputError
 from ddcli.losses import dm_loss
@@ -50,6 +50,8 @@ class DMConfig(MethodConfig):
         dsa_strategy: the DSA families, underscore-separated.
         amp: ``off`` or ``bf16`` (autocast of the network; the loss stays in float32).
         channels_last: run the network in channels-last memory format.
+        factor: multi-formation (IDC): each stored image holds factor×factor sub-images,
+            decoded to full size at use time (1: off).
     """
 
     ipc: int = 10
@@ -63,6 +65,7 @@ class DMConfig(MethodConfig):
     dsa_strategy: str = augment.DSA_STRATEGY
     amp: str = "off"
     channels_last: bool = False
+    factor: int = 1
 
     presets = {
         # the built-in sample on a 2-core CPU in about a minute (see README)
@@ -80,6 +83,8 @@ class DMConfig(MethodConfig):
             raise InputError(f"--lr must be > 0, got {self.lr}")
         if self.init not in ("real", "noise"):
             raise InputError(f"--init must be real or noise, got {self.init!r}")
+        if self.factor is not None and self.factor < 1:
+            raise InputError(f"--factor must be >= 1, got {self.factor}")
         if self.amp not in ("off", "bf16"):
             raise InputError(f"--amp must be off or bf16, got {self.amp!r}")
         try:
@@ -106,13 +111,15 @@ class DM(Method):
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
-        if cfg.init == "real":
-            syn = self.pool.init_images(cfg.ipc, generator)
+        f = self.factor
+        if cfg.init == "real":  # with multi-formation: f² real images tiled into each one
+            syn = formation.encode(self.pool.init_images(cfg.ipc * f * f, generator), f)
         else:
             syn = torch.randn((c * cfg.ipc, data.channels, *data.image_size),
                               generator=generator, device=device)
         self.syn = syn.detach().requires_grad_(True)
         self.syn_labels = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
+        self.dec_labels = formation.decode_labels(self.syn_labels, f)
         self.real_rows = torch.arange(c, device=device).repeat_interleave(cfg.batch_real)
         self.opt = self.make_optimizer()
         self.autocast = (
@@ -121,6 +128,10 @@ class DM(Method):
         )
 
     # -- the three hooks the DM family overrides --------------------------------------------
+
+    @property
+    def factor(self) -> int:
+        return int(self.config.factor or 1)
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.SGD([self.syn], lr=self.config.lr, momentum=self.config.momentum)
@@ -150,8 +161,10 @@ class DM(Method):
         params = augment.sample_params(c, self.gen, cfg.dsa_strategy)  # one row per class
         with torch.no_grad():
             f_real = self._embed(net, augment.apply(real, params, self.real_rows))
-        f_syn = self._embed(net, augment.apply(self.syn, params, self.syn_labels))
-        loss = self.match_loss(f_real.view(c, cfg.batch_real, -1), f_syn.view(c, cfg.ipc, -1))
+        syn = formation.decode(self.syn, self.factor)
+        f_syn = self._embed(net, augment.apply(syn, params, self.dec_labels))
+        loss = self.match_loss(f_real.view(c, cfg.batch_real, -1),
+                               f_syn.view(c, -1, f_syn.shape[-1]))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

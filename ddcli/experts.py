@@ -1,0 +1,154 @@
+"""Expert trajectories for TGDD (methods.md §3.2): N networks trained on the real data, a
+snapshot of each after every epoch (epoch 0 = the initialisation).
+
+One safetensors file per trajectory, tensors ``epoch{j}.{name}`` for j = 0..E, metadata with
+the architecture, classes, input, normalisation, data fingerprint, recipe and seed. Files live
+in ``$DDCLI_CACHE/experts/<arch>-<key>/`` where the key hashes (data fingerprint, architecture,
+recipe): later distillations reuse them, and a killed build resumes at the first missing
+trajectory. The N trajectories are trained together (one vmap-ed ensemble).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ddcli import __version__
+from ddcli.bundle import utc_now
+from ddcli.data import Dataset
+from ddcli.errors import InputError
+from ddcli.io import atomic_path, read_safetensors
+from ddcli.models import create_model
+from ddcli.protocols import Protocol
+
+FORMAT = "ddcli.trajectory"
+
+#: §3.2: SGD lr 0.01 momentum 0.9 wd 5e-4, x0.2 at 2E/3 and 5E/6, DSA without cutout + CutMix
+EXPERT_RECIPE = Protocol(
+    name="tgdd-expert", model="convnet", epochs=60, batch_size=256, optimizer="sgd", lr=0.01,
+    momentum=0.9, weight_decay=5e-4, schedule="step", lr_milestones=(2 / 3, 5 / 6),
+    lr_gamma=0.2, augment="dsa-all", dsa_strategy="color_crop_flip_scale_rotate",
+    cutmix_prob=0.5, cutmix_beta=1.0, loss="ce",
+    reference="TGDD pretrain.py recipe (methods.md §3.2)",
+)
+
+
+@dataclass
+class Trajectory:
+    """Snapshots of one network: ``snapshots[j]`` is its state dict after epoch j."""
+
+    arch: str
+    snapshots: list[dict[str, torch.Tensor]]
+    meta: dict
+
+    @property
+    def epochs(self) -> int:
+        return len(self.snapshots) - 1
+
+
+def expert_dir(cache: Path, data: Dataset, recipe: Protocol, width: int, seed: int) -> Path:
+    key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.to_dict(),
+                      "width": width, "seed": seed}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return Path(cache) / "experts" / f"{recipe.model}-{digest}"
+
+
+def save_trajectory(path: Path, arch: str, snapshots: list[dict], meta: dict) -> None:
+    tensors = {f"epoch{j}.{k}": v.detach().cpu().contiguous()
+               for j, snap in enumerate(snapshots) for k, v in snap.items()}
+    md = {k: json.dumps(v) for k, v in meta.items()}
+    md.update({"ddcli.format": FORMAT, "ddcli.version": __version__, "arch": arch,
+               "epochs": str(len(snapshots) - 1), "created": utc_now()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=md)
+
+
+def load_trajectory(path: Path, fingerprint: str | None = None) -> Trajectory:
+    tensors, md = read_safetensors(path, "expert trajectory")
+    if md.get("ddcli.format") != FORMAT:
+        raise InputError(f"{path} is not a ddcli expert trajectory")
+    meta = {k: json.loads(v) for k, v in md.items()
+            if k not in ("ddcli.format", "ddcli.version", "arch", "epochs", "created")}
+    if fingerprint is not None and meta.get("data_fingerprint") != fingerprint:
+        raise InputError(f"expert trajectory {path} was trained on other data (fingerprint "
+                         "differs); build experts for this data")
+    epochs = int(md["epochs"])
+    snaps: list[dict[str, torch.Tensor]] = [{} for _ in range(epochs + 1)]
+    for k, v in tensors.items():
+        head, name = k.split(".", 1)
+        snaps[int(head[len("epoch"):])][name] = v
+    return Trajectory(md["arch"], snaps, meta)
+
+
+def build_experts(
+    data: Dataset,
+    *,
+    num: int,
+    device: torch.device,
+    cache: Path,
+    arch: str = "convnet",
+    epochs: int | None = None,
+    width: int = 128,
+    seed: int = 0,
+    progress: Callable[..., None] | None = None,
+    info: Callable[[str], None] = lambda m: None,
+) -> list[Path]:
+    """Make sure ``num`` trajectories exist for ``data`` (cached); return their files."""
+    from ddcli.training import Ensemble, train_ensemble
+
+    if num < 1:
+        raise InputError(f"--num-experts must be >= 1, got {num}")
+    recipe = dataclasses.replace(EXPERT_RECIPE, model=arch,
+                                 **({"epochs": epochs} if epochs is not None else {}))
+    if recipe.epochs < 1:
+        raise InputError(f"--expert-epochs must be >= 1, got {recipe.epochs}")
+    folder = expert_dir(cache, data, recipe, width, seed)
+    paths = [folder / f"trajectory_{i:03d}.safetensors" for i in range(num)]
+    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    if not missing:
+        return paths
+    info(f"training {len(missing)} expert trajectories ({arch}, {recipe.epochs} epochs) into "
+         f"{folder}")
+    mean, std = data.mean_std()
+    c = data.channels
+    m = torch.tensor(mean, device=device).view(1, c, 1, 1)
+    s = torch.tensor(std, device=device).view(1, c, 1, 1)
+    x = (data.images.to(device).float() / 255 - m) / s
+    y = data.labels.to(device)
+    models = []
+    for i in missing:
+        net = create_model(arch, data.num_classes, c, data.image_size, width=width)
+        net.reset_parameters(torch.Generator().manual_seed(seed * 1000 + i))
+        models.append(net)
+    ens = Ensemble(models, device)
+    if not ens.vmapped:
+        raise InputError(f"experts need an architecture without batch norm, got {arch!r}")
+
+    def snapshot() -> list[dict[str, torch.Tensor]]:
+        return [{k: v[j].detach().cpu().clone() for k, v in {**ens.params, **ens.buffers}.items()}
+                for j in range(len(missing))]
+
+    snaps = [[s_] for s_ in snapshot()]  # epoch 0
+
+    def epoch_end(epoch: int) -> None:
+        for j, s_ in enumerate(snapshot()):
+            snaps[j].append(s_)
+
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    train_ensemble(ens, x, y, recipe, gen, progress, epoch_end=epoch_end)
+    meta = {"data_fingerprint": data.fingerprint, "classes": data.classes,
+            "channels": c, "image_size": list(data.image_size), "mean": mean, "std": std,
+            "recipe": recipe.to_dict(), "seed": seed, "width": width}
+    for j, i in enumerate(missing):
+        save_trajectory(paths[i], arch, snaps[j], {**meta, "index": i,
+                                                   "init_seed": seed * 1000 + i})
+    return paths
