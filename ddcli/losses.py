@@ -205,3 +205,42 @@ def tgdd_loss(real_feats: torch.Tensor, syn_feats: torch.Tensor, syn_logits: tor
     ce = torch.nn.functional.cross_entropy(syn_logits.reshape(c * m, k), target,
                                            reduction="none").view(c, m).mean(1)
     return mmd + alpha * ce
+
+
+# ---------------------------------------------------------------------------------------------
+# frozen-backbone methods: LGM (methods.md §4.1) and SFM (§4.2)
+
+
+def linear_ce_grad(feats: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor) -> torch.Tensor:
+    """∂/∂(W, b) of mean CE(W f + b, y), flattened: [(P − Y)ᵀ F / n, mean(P − Y)] with
+    P = softmax(W f + b), Y one-hot; differentiable in ``feats``."""
+    p = torch.softmax(feats @ weight.T + bias, dim=-1)
+    d = p - torch.nn.functional.one_hot(labels, weight.shape[0]).to(p.dtype)
+    n = feats.shape[0]
+    return torch.cat([(d.T @ feats).flatten() / n, d.mean(0)])
+
+
+def lgm_loss(real_feats: torch.Tensor, real_labels: torch.Tensor, syn_feats: torch.Tensor,
+             syn_labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Linear gradient matching: 1 − cos(g_real, g_syn) for one random linear head (W, b)."""
+    g_real = linear_ce_grad(real_feats, real_labels, weight, bias).detach()
+    g_syn = linear_ce_grad(syn_feats, syn_labels, weight, bias)
+    return 1 - torch.nn.functional.cosine_similarity(g_real, g_syn, dim=0)
+
+
+def class_flows(means: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
+    """Statistical flows F_c = ν_c − μ_c, ν_c = (Σ_k μ_k − μ_c) / (C − 1) (or ``denominator``):
+    from each class centre to the mean of the other class centres. (C, D) -> (C, D)."""
+    c = means.shape[0]
+    den = (c - 1) if denominator is None else denominator
+    others = (means.sum(0, keepdim=True) - means) / den
+    return others - means
+
+
+def flow_loss(real_means: torch.Tensor, syn_means: torch.Tensor,
+              syn_denominator: float | None = None) -> torch.Tensor:
+    """SFM: 1 − cos(vec F, vec F̃), one cosine over the whole (C, D) flow matrices."""
+    f_real = class_flows(real_means)
+    f_syn = class_flows(syn_means, syn_denominator)
+    return 1 - torch.nn.functional.cosine_similarity(f_real.flatten(), f_syn.flatten(), dim=0)

@@ -151,3 +151,22 @@ register_protocol(
         "cutout) + CutMix p 0.5 beta 1, hard labels",
     )
 )
+register_protocol(
+    Protocol(
+        name="linear-probe",
+        model="linear head on a frozen backbone",
+        epochs=300,
+        batch_size=100,
+        optimizer="adam",
+        lr=1e-3,
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="cosine",
+        lr_milestones=(),
+        augment="flip + RandomResizedCrop",
+        dsa_strategy="",
+        reference="LGM/SFM linear probe (methods.md §4.1): heads N(0, 0.01), Adam lr "
+        "1e-3*batch/256, cosine, batch min(100, n), fixed epochs, last epoch (no early stopping "
+        "on test); --inherit: frozen golden head + projector, Adam 0.01*batch/256",
+    )
+)

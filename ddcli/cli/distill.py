@@ -136,6 +136,28 @@ def distill(
     step_mode: Annotated[
         str | None, typer.Option("--step-mode", help="tgdd: per-class (reference) | joint.")
     ] = None,
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", help="sfm/lgm: frozen backbone "
+                                                    "(default: efficientnet-lite0).")
+    ] = None,
+    backbone_weights: Annotated[
+        str | None, typer.Option("--backbone-weights", help="sfm/lgm: its weights file.")
+    ] = None,
+    augs: Annotated[
+        int | None, typer.Option("--augs", help="sfm/lgm: augmented views per step "
+                                                "(sfm 1, lgm 10).")
+    ] = None,
+    pyramid_every: Annotated[
+        int | None, typer.Option("--pyramid-every", help="sfm/lgm: add a pyramid level every "
+                                                         "N steps (200).")
+    ] = None,
+    golden_head_epochs: Annotated[
+        int | None, typer.Option("--golden-head-epochs", help="sfm/lgm: epochs of the stored "
+                                                              "full-data head (10; 0: none).")
+    ] = None,
+    flow_denominator: Annotated[
+        str | None, typer.Option("--flow-denominator", help="sfm: classes | images.")
+    ] = None,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Save a checkpoint next to the output "
                                                      "every N iterations (0: never).")
@@ -176,7 +198,10 @@ def distill(
                          alpha_head=alpha_head, alpha_tail=alpha_tail, extractor=extractor,
                          pool_size=pool_size, pool_epochs=pool_epochs, factor=factor,
                          alpha=alpha, window=window, num_experts=num_experts,
-                         expert_epochs=expert_epochs, step_mode=step_mode).items()
+                         expert_epochs=expert_epochs, step_mode=step_mode, backbone=backbone,
+                         backbone_weights=backbone_weights, augs=augs,
+                         pyramid_every=pyramid_every, golden_head_epochs=golden_head_epochs,
+                         flow_denominator=flow_denominator).items()
         if v is not None
     }
     if out is not None:  # fail before a slow read

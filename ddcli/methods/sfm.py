@@ -1,0 +1,45 @@
+"""SFM: statistical flow matching with a frozen pre-trained backbone (methods.md §4.2).
+
+Real side, once: the class centres μ_c of the backbone features of all real images (cached per
+data and backbone) and the flows F_c = ν_c − μ_c from each centre to the mean ν_c of the other
+centres. Each step: render the synthetic images (pyramid + colour decorrelation + sigmoid),
+augment them ``augs`` times (default once), embed, average the views, take the class means m_c
+and their flows F̃_c, and minimise 1 − cos(vec F, vec F̃) with Adam on the pyramid.
+
+``flow_denominator``: ``classes`` divides the synthetic non-target sum by C − 1, like the real
+side (the proposal of methods.md); ``images`` divides by the number of synthetic images, as the
+official code does (the same at IPC 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ddcli.errors import InputError
+from ddcli.losses import flow_loss
+from ddcli.methods import register_method
+from ddcli.methods.backbone_base import BackboneConfig, BackboneMethod, class_means
+
+
+@dataclass(frozen=True)
+class SFMConfig(BackboneConfig):
+    flow_denominator: str = "classes"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.flow_denominator not in ("classes", "images"):
+            raise InputError("--flow-denominator must be classes or images")
+
+
+@register_method
+class SFM(BackboneMethod):
+    name = "sfm"
+    Config = SFMConfig
+
+    def loss(self, view_feats: torch.Tensor) -> torch.Tensor:
+        z = view_feats.mean(0)  # average over the augmented views
+        m = class_means(z, self.syn_labels, self.num_classes)
+        den = None if self.config.flow_denominator == "classes" else float(z.shape[0])
+        return flow_loss(self.real_means, m, den)

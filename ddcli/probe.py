@@ -1,0 +1,127 @@
+"""Linear-probe evaluation on a frozen backbone, and classifier inheritance (methods.md §4.1,
+§4.3).
+
+* ``linear-probe``: N fresh linear heads (init N(0, 0.01²)) trained on the backbone features of
+  the distilled images, augmented every epoch (flip + RandomResizedCrop), Adam
+  lr 1e-3·batch/256, cosine schedule, batch min(100, n), a fixed number of epochs; the last
+  epoch's heads are tested. (The reference stops early on test accuracy; ddcli never selects
+  on the test set.)
+* ``inherit``: the bundle's golden head (trained on the full real features of the distillation
+  backbone φ_d) stays frozen; a linear projector Π: φ_e -> φ_d is learnt with MSE on augmented
+  distilled images; predictions W*·Π(φ_e(x)) + b*. With φ_e = φ_d, Π starts at the identity.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ddcli.backbones import Backbone
+from ddcli.methods.backbone_base import random_resized_crop
+from ddcli.training import accuracy_report
+
+
+def linear_probe(
+    train_pixels: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_pixels: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    bb: Backbone,
+    *,
+    num_models: int,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    golden: tuple[torch.Tensor, torch.Tensor] | None = None,
+    golden_bb: Backbone | None = None,
+    class_counts: list[int] | None = None,
+    progress: Callable[..., None] | None = None,
+) -> dict:
+    """Train ``num_models`` heads (or projectors, with ``golden``) and test them."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    x = train_pixels.to(device).float()
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    y = train_labels.to(device)
+    n = x.shape[0]
+    bs = min(100, n)
+    inherit = golden is not None
+    d_e = bb.feature_dim
+    if inherit:
+        w_star, b_star = (t.to(device) for t in golden)
+        d_d = w_star.shape[1]
+        if golden_bb is bb or (golden_bb is not None and golden_bb.identity == bb.identity):
+            proj = torch.eye(d_d, d_e, device=device).expand(num_models, -1, -1).clone()
+        else:
+            proj = torch.randn((num_models, d_d, d_e), generator=gen, device=device) / d_e**0.5
+        params = [proj.requires_grad_(True)]
+        lr = 0.01 * bs / 256
+    else:
+        w = torch.randn((num_models, num_classes, d_e), generator=gen, device=device) * 0.01
+        b = torch.zeros((num_models, num_classes), device=device)
+        params = [w.requires_grad_(True), b.requires_grad_(True)]
+        lr = 1e-3 * bs / 256
+    opt = torch.optim.Adam(params, lr=lr)
+    steps = epochs * math.ceil(n / bs)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        perm = torch.rand((num_models, n), generator=gen, device=device).argsort(1)
+        for s in range(0, n, bs):
+            idx = perm[:, s : s + bs]
+            views = random_resized_crop(x[idx.flatten()], bb.input_size, gen)
+            with torch.no_grad():
+                f_e = bb.features(bb.normalize(views)).view(num_models, -1, d_e)
+            if inherit:
+                with torch.no_grad():
+                    vd = views if golden_bb.input_size == bb.input_size else F.interpolate(
+                        views, size=golden_bb.input_size, mode="bilinear", align_corners=False)
+                    f_d = golden_bb.features(golden_bb.normalize(vd)).view(num_models, -1, d_d)
+                loss = F.mse_loss(torch.einsum("mde,mne->mnd", proj, f_e), f_d,
+                                  reduction="none").mean(dim=(1, 2)).sum()
+            else:
+                logits = torch.einsum("mce,mne->mnc", w, f_e) + b[:, None, :]
+                loss = F.cross_entropy(logits.flatten(0, 1), y[idx.flatten()],
+                                       reduction="none").view(num_models, -1).mean(1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if progress:
+            progress(epoch + 1)
+    train_s = time.perf_counter() - t0
+    with torch.no_grad():
+        f_test = bb.embed_all(test_pixels.float() / 255, device)
+        if inherit:
+            logits = torch.einsum("mde,ne->mnd", proj, f_test) @ w_star.T + b_star
+        else:
+            logits = torch.einsum("mce,ne->mnc", w, f_test) + b[:, None, :]
+        preds = logits.argmax(-1)
+    report = accuracy_report(preds, test_labels.to(device), num_classes, class_counts)
+    report.update(
+        mode="inherit: frozen golden head + learnt projector" if inherit
+        else "linear-probe: fresh linear heads",
+        model_seeds=[seed] * num_models,
+        train_time_s=round(train_s, 3),
+        train_time_per_model_s=round(train_s / num_models, 3),
+        num_train_images=n,
+        backbone=bb.identity,
+        batched=True,
+    )
+    return report
+
+
+@torch.no_grad()
+def golden_head_accuracy(golden: tuple[torch.Tensor, torch.Tensor], bb: Backbone,
+                         test_pixels: torch.Tensor, test_labels: torch.Tensor,
+                         device: torch.device) -> float:
+    """Test accuracy of the golden head itself (the full-data linear probe: the ceiling)."""
+    w, b = (t.to(device) for t in golden)
+    f = bb.embed_all(test_pixels.float() / 255, device)
+    return round(float(((f @ w.T + b).argmax(1) == test_labels.to(device)).float().mean()) * 100,
+                 2)

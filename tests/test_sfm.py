@@ -1,0 +1,172 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import tiny_dataset, write_shards
+
+from ddcli.backbones import create_backbone, lite0_package_weights
+from ddcli.errors import InputError
+from ddcli.losses import class_flows, flow_loss, lgm_loss, linear_ce_grad
+from ddcli.methods import create_method
+from ddcli.methods.backbone_base import real_features
+from ddcli.methods.base import run_method
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.input_size = (16, 16)
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
+
+
+@pytest.fixture
+def tiny_backbone(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(Tiny()).save(str(path))
+    return str(path)
+
+
+def test_flows_against_a_naive_loop():
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    flows = class_flows(mu)
+    for c in range(4):
+        others = [mu[k] for k in range(4) if k != c]
+        assert torch.allclose(flows[c], sum(others) / 3 - mu[c])
+    assert torch.allclose(class_flows(mu, 8.0)[0], (mu.sum(0) - mu[0]) / 8 - mu[0])
+    assert flow_loss(mu, mu).abs() < 1e-12
+    assert flow_loss(mu, 2 * mu + 5).abs() < 1e-12  # cosine: scale and shift invariant
+    assert flow_loss(mu, -mu) == pytest.approx(2.0)
+
+
+def test_linear_ce_gradient_against_autograd_and_finite_differences():
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    w = (torch.randn(3, 4, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    F.cross_entropy(f @ w.T + b, y).backward()
+    assert torch.allclose(linear_ce_grad(f, y, w.detach(), b.detach()),
+                          torch.cat([w.grad.flatten(), b.grad]))
+    # the LGM loss's gradient w.r.t. the synthetic features, by finite differences
+    real, ry = torch.randn(9, 4, generator=g, dtype=torch.float64), torch.arange(3).repeat(3)
+    syn = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    sy = torch.arange(3)
+    wd, bd = w.detach(), b.detach()
+    lgm_loss(real, ry, syn, sy, wd, bd).backward()
+    eps = 1e-6
+    for i, j in [(0, 0), (1, 2), (2, 3)]:
+        plus, minus = syn.detach().clone(), syn.detach().clone()
+        plus[i, j] += eps
+        minus[i, j] -= eps
+        num = (lgm_loss(real, ry, plus, sy, wd, bd) - lgm_loss(real, ry, minus, sy, wd, bd)) / (
+            2 * eps)
+        assert float(syn.grad[i, j]) == pytest.approx(float(num), rel=1e-4, abs=1e-8)
+
+
+@pytest.mark.skipif(lite0_package_weights() is None, reason="efficientnet-lite0 weights missing")
+def test_efficientnet_lite0_loads_every_key():
+    bb = create_backbone("efficientnet-lite0")  # strict=True inside: no missing, no extra key
+    state = torch.load(str(lite0_package_weights()), map_location="cpu", weights_only=True)
+    net = bb.module.net
+    assert len(net.state_dict()) == len(state) == 296
+    key = "_blocks.15._project_conv.weight"
+    assert torch.equal(net._blocks[15]._project_conv.weight, state[key])
+    f = bb.embed(torch.rand(2, 3, 32, 32))
+    assert f.shape == (2, 1280) and bb.input_size == (224, 224)
+
+
+def test_backbone_errors_and_torchvision_weights(tmp_path):
+    with pytest.raises(InputError, match="needs --backbone-weights"):
+        create_backbone("resnet18")
+    with pytest.raises(InputError, match="unknown backbone"):
+        create_backbone("not-a-net", tmp_path / "x.pt")
+    with pytest.raises(InputError, match="not found"):
+        create_backbone("resnet18", tmp_path / "missing.pt")
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pt")
+    bb = create_backbone("resnet18", tmp_path / "r18.pt")
+    assert bb.feature_dim == 512 and bb.identity["weights_sha256"]
+    torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="does not fit resnet18"):
+        create_backbone("resnet18", tmp_path / "bad.pt")
+
+
+def test_real_statistics_are_cached(tiny_backbone, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "c"))
+    ds = tiny_dataset(n=4)
+    bb = create_backbone("torchscript", tiny_backbone)
+    a = real_features(ds, bb, torch.device("cpu"))
+    files = list((tmp_path / "c" / "features").glob("*.safetensors"))
+    assert len(files) == 1 and a.shape == (12, 32)
+    assert torch.equal(real_features(ds, bb, torch.device("cpu")), a)
+    assert list((tmp_path / "c" / "features").glob("*.safetensors")) == files
+
+
+@pytest.mark.parametrize("method", ["sfm", "lgm"])
+def test_tiny_runs_resume_exactly(method, tiny_backbone, tmp_path, monkeypatch):
+    import signal
+
+    from ddcli.errors import Interrupted
+
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "c"))
+    ds = tiny_dataset(n=4)
+    kw = dict(ipc=2, iterations=6, pyramid_every=2, backbone="torchscript",
+              backbone_weights=tiny_backbone, augs=2, golden_head_epochs=2)
+    full, _ = run_method(create_method(method, **kw), ds, seed=3)
+    assert full.images.shape == (6, 3, 8, 8) and 0 <= full.images.min() <= full.images.max() <= 1
+    assert full.extras["golden_head.weight"].shape == (3, 32)
+
+    def stop(it, **_):
+        if it == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    ckpt = tmp_path / "k.safetensors"
+    with pytest.raises(Interrupted):
+        run_method(create_method(method, **kw), ds, seed=3, checkpoint=ckpt, progress=stop,
+                   log_every=1)
+    resumed, _ = run_method(create_method(method, **kw), ds, seed=3, checkpoint=ckpt,
+                            resume=True)
+    assert torch.allclose(resumed.images, full.images, atol=1e-6)
+
+
+def test_sfm_lowers_the_flow_loss(tiny_backbone, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "c"))
+    m = create_method("sfm", ipc=1, iterations=40, pyramid_every=5, backbone="torchscript",
+                      backbone_weights=tiny_backbone, golden_head_epochs=0, lr=0.05)
+    _, stats = run_method(m, tiny_dataset(n=6), log_every=1)
+    first = create_method("sfm", ipc=1, iterations=1, backbone="torchscript",
+                          backbone_weights=tiny_backbone, golden_head_epochs=0)
+    _, s1 = run_method(first, tiny_dataset(n=6), log_every=1)
+    assert stats["final_loss"] < 0.5 * s1["final_loss"]
+
+
+def test_cli_sfm_linear_probe_and_inheritance(cli, tiny_backbone, tmp_path):
+    data = write_shards(tmp_path / "d", n_train=12, n_test=6)
+    out = tmp_path / "s.safetensors"
+    r = cli("distill", data, "-m", "sfm", "--ipc", "1", "--iterations", "4", "--backbone",
+            "torchscript", "--backbone-weights", tiny_backbone, "--golden-head-epochs", "3",
+            "--device", "cpu", "-o", out, "--json")
+    assert r.code == 0, r
+    assert r.json()["config"]["backbone_identity"]["name"] == "torchscript"
+    reports = {}
+    for extra in ([], ["--inherit"]):
+        r = cli("evaluate", out, "--test", data, "-p", "linear-probe", "--epochs", "3",
+                "--models", "2", "--device", "cpu", "--json", "--baseline", "random",
+                "--real", data, *extra)
+        assert r.code == 0, r
+        reports[bool(extra)] = r.json()
+    assert reports[False]["mode"].startswith("linear-probe")
+    assert reports[True]["mode"].startswith("inherit")
+    assert reports[True]["golden_head_test_accuracy"] is not None
+    assert reports[False]["protocol"]["name"] == "linear-probe"
+    r = cli("evaluate", out, "--test", data, "--inherit", "--epochs", "1")
+    assert r.code == 2 and "--inherit goes with" in r.stderr
+    r = cli("distill", data, "-m", "sfm", "--backbone", "efficientnet-lite0",
+            "--backbone-weights", tmp_path / "none.pth", "-o", tmp_path / "x.safetensors")
+    assert r.code == 2 and "not found" in r.stderr
