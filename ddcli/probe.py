@@ -125,3 +125,15 @@ def golden_head_accuracy(golden: tuple[torch.Tensor, torch.Tensor], bb: Backbone
     f = bb.embed_all(test_pixels.float() / 255, device)
     return round(float(((f @ w.T + b).argmax(1) == test_labels.to(device)).float().mean()) * 100,
                  2)
+
+
+@torch.no_grad()
+def centroid_indices(feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                     ipc: int) -> torch.Tensor:
+    """Per class, the ``ipc`` real images whose features lie nearest the class mean."""
+    keep = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        d = (feats[idx] - feats[idx].mean(0, keepdim=True)).norm(dim=1)
+        keep.append(idx[d.argsort()[:ipc]])
+    return torch.cat(keep)

@@ -165,6 +165,9 @@ def test_cli_sfm_linear_probe_and_inheritance(cli, tiny_backbone, tmp_path):
     assert reports[True]["mode"].startswith("inherit")
     assert reports[True]["golden_head_test_accuracy"] is not None
     assert reports[False]["protocol"]["name"] == "linear-probe"
+    r = cli("evaluate", out, "--test", data, "-p", "linear-probe", "--epochs", "1", "--models",
+            "1", "--device", "cpu", "--baseline", "centroids", "--real", data, "--json")
+    assert r.code == 0 and r.json()["baseline"]["kind"] == "centroids", r
     r = cli("evaluate", out, "--test", data, "--inherit", "--epochs", "1")
     assert r.code == 2 and "--inherit goes with" in r.stderr
     r = cli("distill", data, "-m", "sfm", "--backbone", "efficientnet-lite0",

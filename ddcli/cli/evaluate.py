@@ -40,7 +40,7 @@ from ddcli.evaluation import (
     teachers_for,
 )
 from ddcli.io import atomic_write_bytes, check_writable
-from ddcli.probe import golden_head_accuracy, linear_probe
+from ddcli.probe import centroid_indices, golden_head_accuracy, linear_probe
 from ddcli.protocols import get_protocol, list_protocols
 from ddcli.relabel import RelabelSettings, last_relabel_step, relabel_images
 
@@ -146,8 +146,10 @@ def evaluate(
     dev = torch.device(resolve_device(device))
     if models < 1:
         raise InputError(f"--models must be >= 1, got {models}")
-    if baseline not in (None, "random"):
-        raise InputError(f"--baseline must be 'random', got {baseline!r}")
+    if baseline not in (None, "random", "centroids"):
+        raise InputError(f"--baseline must be random or centroids, got {baseline!r}")
+    if baseline == "centroids" and protocol != "linear-probe":
+        raise InputError("--baseline centroids goes with --protocol linear-probe")
     proto = get_protocol(protocol, epochs=epochs)
     if out is not None:
         check_writable(out, force)
@@ -158,9 +160,9 @@ def evaluate(
         if not builtin:
             raise InputError("--test is required (the test data to measure accuracy on)")
         test = sample_dir()
-    if baseline == "random" and real is None:
+    if baseline is not None and real is None:
         if not builtin:
-            raise InputError("--baseline random needs --real DATA (the real training data)")
+            raise InputError(f"--baseline {baseline} needs --real DATA (the real training data)")
         real = sample_dir()
     size = tuple(ds_info.get("image_size") or b.images.shape[2:])
     chans = int(ds_info.get("channels") or b.images.shape[1])
@@ -312,15 +314,20 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
         "golden_head_test_accuracy": golden_head_accuracy(
             golden, golden_bb, test_ds.images, test_ds.labels, dev) if golden else None,
     }
-    if baseline == "random":
+    if baseline is not None:
         real_ds = load_cli_dataset(rep, real, "train", files=real_files, image_size=size,
                                    channels=chans)
         check_classes(b, real_ds, "real")
-        sub = random_real_subset(same_subset(real_ds, b.dataset.get("subset") or {}), b.ipc,
-                                 seed)
-        base = run(sub.images.float() / 255, sub.labels, "random real",
+        real_ds = same_subset(real_ds, b.dataset.get("subset") or {})
+        if baseline == "random":
+            sub = random_real_subset(real_ds, b.ipc, seed)
+        else:  # the real images nearest the class means, in the evaluation backbone
+            feats = bb.embed_all(real_ds.images.float() / 255, dev)
+            sub = real_ds.select(centroid_indices(feats, real_ds.labels.to(dev), b.num_classes,
+                                                  b.ipc).cpu())
+        base = run(sub.images.float() / 255, sub.labels, f"{baseline} real",
                    golden if inherit else None)
-        base.update(ipc=b.ipc, source=real_ds.source, selection_seed=seed)
+        base.update(ipc=b.ipc, source=real_ds.source, selection_seed=seed, kind=baseline)
         report["baseline"] = base
         report["improvement_points"] = round(result["accuracy_mean"] - base["accuracy_mean"], 2)
     return report
