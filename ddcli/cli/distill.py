@@ -49,7 +49,7 @@ def distill(
     ] = None,
     iterations: Annotated[
         int | None,
-        typer.Option("--iterations", help="Iterations (default: 20000; sample: 200)."),
+        typer.Option("--iterations", help="Iterations (default: 20000; sample: 150)."),
     ] = None,
     lr: Annotated[
         float | None, typer.Option("--lr", help="Learning rate on pixels (default: 1).")
@@ -57,7 +57,7 @@ def distill(
     batch_real: Annotated[
         int | None,
         typer.Option("--batch-real",
-                     help="Real images per class per iteration (default: 256; sample: 64)."),
+                     help="Real images per class per iteration (default: 256; sample: 32)."),
     ] = None,
     init: Annotated[
         str | None, typer.Option("--init", help="real | noise (default: real).")
