@@ -244,3 +244,31 @@ def flow_loss(real_means: torch.Tensor, syn_means: torch.Tensor,
     f_real = class_flows(real_means)
     f_syn = class_flows(syn_means, syn_denominator)
     return 1 - torch.nn.functional.cosine_similarity(f_real.flatten(), f_syn.flatten(), dim=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# OT-guided generation (methods.md §5.2)
+
+
+def ot_guidance_cost(samples: torch.Tensor, real: torch.Tensor, reg: float = 0.05,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """G_W = ⟨P, C⟩: the entropic OT cost between the class's generated samples (n, d) and a
+    batch of its real samples (m, d), with C_ij = ‖s_i − r_j‖₁ / d and P the Sinkhorn plan
+    between uniform marginals (POT, ``reg``), detached (envelope theorem). Returns (G_W, P)."""
+    import ot
+
+    cost = torch.cdist(samples, real, p=1) / samples.shape[1]
+    a = torch.full((samples.shape[0],), 1 / samples.shape[0], dtype=cost.dtype,
+                   device=cost.device)
+    b = torch.full((real.shape[0],), 1 / real.shape[0], dtype=cost.dtype, device=cost.device)
+    plan = ot.sinkhorn(a, b, cost.detach(), reg, method="sinkhorn_log", numItermax=1000,
+                       stopThr=1e-6, warn=False)
+    return (plan * cost).sum(), plan
+
+
+def deviation_cost(sample: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """Diversity term: mean cosine similarity of a sample (d,) to the class's earlier samples
+    (k, d); 0 when there are none."""
+    if memory.shape[0] == 0:
+        return sample.sum() * 0
+    return torch.nn.functional.cosine_similarity(memory, sample[None], dim=1).mean()

@@ -12,6 +12,7 @@ from ddcli.cli.distill import distill
 from ddcli.cli.evaluate import evaluate
 from ddcli.cli.experts import experts
 from ddcli.cli.inspect import inspect
+from ddcli.cli.prior import prior
 from ddcli.cli.relabel import relabel
 from ddcli.runtime import tune_cpu_allocator
 
@@ -51,6 +52,7 @@ app.command("relabel")(relabel)
 app.command("evaluate")(evaluate)
 app.command("inspect")(inspect)
 app.command("experts")(experts)
+app.command("prior")(prior)
 
 
 def main() -> None:

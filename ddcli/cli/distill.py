@@ -23,6 +23,7 @@ from ddcli.cli.common import (
     SeedOpt,
     SkipBadOpt,
     TrainFilesOpt,
+    cache_dir,
     command_line,
     device_label,
     load_cli_dataset,
@@ -30,6 +31,7 @@ from ddcli.cli.common import (
     resolve_device,
 )
 from ddcli.data import sample_dir
+from ddcli.errors import InputError
 from ddcli.io import check_writable
 from ddcli.methods import create_method, list_methods
 from ddcli.methods.base import checkpoint_path_for, run_method
@@ -158,6 +160,44 @@ def distill(
     flow_denominator: Annotated[
         str | None, typer.Option("--flow-denominator", help="sfm: classes | images.")
     ] = None,
+    prior: Annotated[
+        str | None, typer.Option("--prior", help="otgen: a local diffusers pipeline folder "
+                                                 "(default: train a UNet prior on the data).")
+    ] = None,
+    prior_steps: Annotated[
+        int | None, typer.Option("--prior-steps", help="otgen: training steps of that prior.")
+    ] = None,
+    prior_channels: Annotated[
+        str | None, typer.Option("--prior-channels", help="otgen: UNet block widths of that "
+                                                          "prior, e.g. 64,128,128.")
+    ] = None,
+    sampling_steps: Annotated[
+        int | None, typer.Option("--sampling-steps", help="otgen: DDIM steps per sample (50).")
+    ] = None,
+    cfg_scale: Annotated[
+        float | None, typer.Option("--cfg-scale", help="otgen: classifier-free guidance (2).")
+    ] = None,
+    ot_scale: Annotated[
+        float | None, typer.Option("--ot-scale", help="otgen: OT guidance step (0.1; 0: off).")
+    ] = None,
+    ot_reg: Annotated[
+        float | None, typer.Option("--ot-reg", help="otgen: Sinkhorn regulariser (0.05).")
+    ] = None,
+    dev_scale: Annotated[
+        float | None, typer.Option("--dev-scale", help="otgen: diversity guidance step (0).")
+    ] = None,
+    real_per_class: Annotated[
+        int | None, typer.Option("--real-per-class", help="otgen: real samples per class in "
+                                                          "the OT cost (256).")
+    ] = None,
+    relabel_after: Annotated[
+        bool, typer.Option("--relabel", help="Then relabel with the LIA teacher set of "
+                                             "--relabel-teacher (trained on DATA, cached).")
+    ] = False,
+    relabel_teacher: Annotated[
+        list[str] | None, typer.Option("--relabel-teacher", help="Teacher architectures for "
+                                                                 "--relabel (default convnet).")
+    ] = None,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", help="Save a checkpoint next to the output "
                                                      "every N iterations (0: never).")
@@ -201,7 +241,11 @@ def distill(
                          expert_epochs=expert_epochs, step_mode=step_mode, backbone=backbone,
                          backbone_weights=backbone_weights, augs=augs,
                          pyramid_every=pyramid_every, golden_head_epochs=golden_head_epochs,
-                         flow_denominator=flow_denominator).items()
+                         flow_denominator=flow_denominator, prior=prior,
+                         prior_steps=prior_steps, sampling_steps=sampling_steps,
+                         prior_channels=_int_tuple(prior_channels, "--prior-channels"),
+                         cfg_scale=cfg_scale, ot_scale=ot_scale, ot_reg=ot_reg,
+                         dev_scale=dev_scale, real_per_class=real_per_class).items()
         if v is not None
     }
     if out is not None:  # fail before a slow read
@@ -228,6 +272,7 @@ def distill(
         f"{ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}, device {dev}"
         + (f", preset {preset}" if preset else "")
     )
+    algo.reporter = rep
     with rep.progress(f"distilling ({algo.name})", algo.iterations) as update:
         syn, stats = run_method(
             algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
@@ -246,6 +291,8 @@ def distill(
                      "config": algo.recorded_config(), "stats": stats,
                      "parent_checksum": None}],
     )
+    if relabel_after:  # the paper's pipeline in one command: LIA soft labels
+        bundle = _relabel(rep, bundle, ds, relabel_teacher or ["convnet"], dev, seed)
     checksum = save_bundle(bundle, out, force=force, dtype=dtype)
     if ckpt.exists():
         ckpt.unlink()
@@ -258,3 +305,34 @@ def distill(
                     "config": algo.recorded_config(), "seed": seed, "device": bundle.device,
                     "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
                     "stats": stats})
+
+
+def _relabel(rep: Reporter, bundle: Bundle, ds, archs: list[str], device: str, seed: int):
+    import torch
+
+    from ddcli.relabel import RelabelSettings, relabel_bundle
+    from ddcli.teachers import train_teacher
+
+    teachers = []
+    for arch in archs:
+        with rep.progress(f"teacher {arch}", None) as update:
+            t, cached = train_teacher(ds, arch, device=torch.device(device), seed=seed,
+                                      cache=cache_dir(), progress=update)
+        rep.info(f"teacher {arch}: validation accuracy {t.val_accuracy}%"
+                 + (" (cached)" if cached else ""))
+        teachers.append(t)
+    bundle.checksum = ""
+    return relabel_bundle(bundle, teachers, RelabelSettings(seed=seed),
+                          device=torch.device(device), command=command_line())
+
+
+def _int_tuple(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+        assert values and min(values) > 0
+    except (ValueError, AssertionError):
+        raise InputError(f"{flag} must be positive integers separated by commas, got {text!r}")\
+            from None
+    return values

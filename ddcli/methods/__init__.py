@@ -38,7 +38,7 @@ def create_method(name: str, preset: str | None = None, **overrides) -> Method:
     return cls(cls.Config.build(preset=preset, **overrides))
 
 
-from ddcli.methods import csdm, dm, lgm, sfm, tgdd  # noqa: E402,F401  (registers them)
+from ddcli.methods import csdm, dm, lgm, otgen, sfm, tgdd  # noqa: E402,F401  (registers them)
 
 __all__ = ["Method", "MethodConfig", "create_method", "get_method", "list_methods",
            "register_method"]

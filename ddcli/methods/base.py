@@ -143,6 +143,15 @@ class Method:
 
     def __init__(self, config: MethodConfig):
         self.config = config
+        self.reporter = None  # set by the CLI: progress bars for long setup work
+
+    def setup_progress(self, description: str, total: int | None):
+        """A progress context for setup work (experts, priors): the reporter's, or silent."""
+        from contextlib import nullcontext
+
+        if self.reporter is None:
+            return nullcontext(lambda *a, **k: None)
+        return self.reporter.progress(description, total)
 
     def recorded_config(self) -> dict[str, Any]:
         """The config as stored in the bundle: every field, with values chosen "by IPC" (or
@@ -277,7 +286,7 @@ def run_method(
                 value = float(loss)  # the only host sync, every log_every iterations
                 losses.append(value)
                 if progress:
-                    progress(it, status=f"loss {value:.4g}")
+                    progress(it, total=total, status=f"loss {value:.4g}")
             if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 \
                     and it < total:
                 _save_checkpoint(checkpoint, method, gen, it, key)

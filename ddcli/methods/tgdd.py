@@ -134,8 +134,10 @@ class TGDD(DM):
         cfg: TGDDConfig = self.config
         r = cfg.resolved()
         self.lr, self.alpha = float(r["lr"]), float(r["alpha"])
-        paths = build_experts(data, num=cfg.num_experts, device=device, cache=cache_dir(),
-                              arch=cfg.model, epochs=cfg.expert_epochs, width=cfg.width)
+        with self.setup_progress("expert trajectories", cfg.expert_epochs) as update:
+            paths = build_experts(data, num=cfg.num_experts, device=device, cache=cache_dir(),
+                                  arch=cfg.model, epochs=cfg.expert_epochs, width=cfg.width,
+                                  progress=update)
         self.trajectories = [
             [{k: v.to(device) for k, v in snap.items()}
              for snap in load_trajectory(p, data.fingerprint).snapshots]

@@ -1,0 +1,288 @@
+"""Class-conditional diffusion priors for ``--method otgen`` (diffusers), from a local folder.
+
+* a diffusers ``DiTPipeline`` folder (``model_index.json``: transformer + VAE + scheduler;
+  ``id2label`` maps class ids to names): sampling and OT in the VAE's latent space;
+* a folder with ``unet/`` (a class-conditional ``UNet2DModel``) and ``scheduler/``: pixel space.
+  ddcli's own priors are of this kind, with ``ddcli_prior.json`` naming the classes.
+
+``train_prior`` fits such a UNet on the user's data (DDPM noise prediction, 10 % of the labels
+dropped to a null class so classifier-free guidance works), saves it with ``save_pretrained``,
+caches it by data fingerprint and config, and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ddcli.data import Dataset
+from ddcli.errors import InputError, Interrupted
+
+PRIOR_META = "ddcli_prior.json"
+
+
+@dataclass
+class Prior:
+    kind: str  # "unet" (pixel space) or "dit" (latent space)
+    model: torch.nn.Module
+    scheduler: object  # a DDIM scheduler for sampling
+    vae: torch.nn.Module | None
+    label_ids: dict[str, int]  # class name -> the model's class id
+    null_id: int | None  # the unconditional class id, if the model has one
+    sample_shape: tuple[int, int, int]  # (C, H, W) of the space OT works in
+    source: str
+
+    @property
+    def latent(self) -> bool:
+        return self.vae is not None
+
+    def to(self, device) -> Prior:
+        self.model.to(device)
+        if self.vae is not None:
+            self.vae.to(device)
+        return self
+
+    def eps(self, z: torch.Tensor, t, labels: torch.Tensor, cfg_scale: float = 1.0):
+        """Predicted noise, with classifier-free guidance when the model has a null class."""
+        def run(lab):
+            if self.kind == "dit":
+                out = self.model(z, timestep=t.expand(z.shape[0]) if torch.is_tensor(t) else
+                                 torch.full((z.shape[0],), t, device=z.device),
+                                 class_labels=lab).sample
+                return out[:, : z.shape[1]]  # learned-sigma models output 2C channels
+            return self.model(z, t, class_labels=lab).sample
+
+        e = run(labels)
+        if cfg_scale != 1.0 and self.null_id is not None:
+            e_null = run(torch.full_like(labels, self.null_id))
+            e = e_null + cfg_scale * (e - e_null)
+        return e
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in 0..1 -> the sampling space (latents, or pixels in -1..1)."""
+        x = pixels * 2 - 1
+        if self.vae is None:
+            return x
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The sampling space -> pixels (nominally 0..1)."""
+        x = z if self.vae is None else self.vae.decode(z / self.vae.config.scaling_factor).sample
+        return (x + 1) / 2
+
+
+def _ddim(scheduler) -> object:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(scheduler.config)
+
+
+def load_prior(folder: str | Path, classes: list[str]) -> Prior:
+    """Load a local diffusers pipeline folder and map ``classes`` to its class ids."""
+    from diffusers import DiTPipeline, UNet2DModel
+    from diffusers.schedulers import DDPMScheduler
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"prior not found: {folder} (a diffusers pipeline folder)")
+    index = folder / "model_index.json"
+    try:
+        info = json.loads(index.read_text()) if index.exists() else {}
+        if info.get("_class_name") == "DiTPipeline":
+            pipe = DiTPipeline.from_pretrained(str(folder), low_cpu_mem_usage=False)
+            model, vae = pipe.transformer, pipe.vae
+            names = {}  # id2label of model_index.json (the Hub's layout), synonyms by commas
+            for k, v in (info.get("id2label") or {}).items():
+                for label in str(v).split(","):
+                    names[label.strip()] = int(k)
+            if (folder / PRIOR_META).exists():
+                meta = json.loads((folder / PRIOR_META).read_text())
+                names.update({c: i for i, c in enumerate(meta["classes"])})
+            n_cls = model.config.num_embeds_ada_norm
+            if not n_cls:
+                raise InputError(f"{folder}: the DiT has no class conditioning")
+            shape = (vae.config.latent_channels, model.config.sample_size,
+                     model.config.sample_size)
+            return Prior("dit", model.eval(), _ddim(pipe.scheduler), vae.eval(),
+                         _map(names, classes, folder), None, shape, str(folder))
+        if not (folder / "unet" / "config.json").exists():
+            raise InputError(f"{folder} holds neither a DiTPipeline nor unet/ + scheduler/")
+        unet = UNet2DModel.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False)
+        sched = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"cannot load the prior in {folder}: {e}") from None
+    n_cls = unet.config.num_class_embeds
+    if not n_cls and unet.config.class_embed_type is None:
+        raise InputError(f"{folder}: the UNet has no class conditioning (num_class_embeds)")
+    meta_path = folder / PRIOR_META
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        names = {c: i for i, c in enumerate(meta["classes"])}
+        null = meta.get("null_id")
+    else:  # a foreign UNet: its class ids are taken to follow the dataset's class order
+        names = {c: i for i, c in enumerate(classes)} if n_cls >= len(classes) else {}
+        null = None
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size) \
+        if isinstance(unet.config.sample_size, int) else (unet.config.in_channels,
+                                                          *unet.config.sample_size)
+    return Prior("unet", unet.eval(), _ddim(sched), None, _map(names, classes, folder), null,
+                 tuple(shape), str(folder))
+
+
+def _map(names: dict[str, int], classes: list[str], folder: Path) -> dict[str, int]:
+    missing = [c for c in classes if c not in names]
+    if missing:
+        raise InputError(f"the prior in {folder} has no class named {missing[0]!r} "
+                         f"({len(missing)} of the data's classes are missing)")
+    return {c: names[c] for c in classes}
+
+
+# ---------------------------------------------------------------------------------------------
+# training a small class-conditional UNet prior on the user's data
+
+
+@dataclass(frozen=True)
+class PriorRecipe:
+    steps: int = 20000
+    batch_size: int = 128
+    lr: float = 2e-4
+    channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 2
+    train_timesteps: int = 1000
+    label_dropout: float = 0.1
+    checkpoint_every: int = 1000
+
+    def key(self) -> dict:
+        d = dict(self.__dict__)
+        d.pop("checkpoint_every")
+        d["channels"] = list(self.channels)
+        return d
+
+
+def prior_dir(cache: Path, data: Dataset, recipe: PriorRecipe, seed: int) -> Path:
+    key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.key(), "seed": seed},
+                     sort_keys=True)
+    return Path(cache) / "priors" / hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def _new_unet(data: Dataset, recipe: PriorRecipe):
+    from diffusers import UNet2DModel
+
+    n = len(recipe.channels)
+    h, w = data.image_size
+    if h % 2 ** (n - 1) or w % 2 ** (n - 1):
+        raise InputError(f"image size {h}x{w} must be divisible by {2 ** (n - 1)} for the prior")
+    return UNet2DModel(
+        sample_size=(h, w) if h != w else h, in_channels=data.channels,
+        out_channels=data.channels, block_out_channels=tuple(recipe.channels),
+        layers_per_block=recipe.layers_per_block,
+        down_block_types=("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
+        num_class_embeds=data.num_classes + 1,  # + the null class of classifier-free guidance
+        norm_num_groups=min(32, recipe.channels[0]),
+    )
+
+
+def train_prior(
+    data: Dataset,
+    *,
+    device: torch.device,
+    cache: Path,
+    recipe: PriorRecipe = PriorRecipe(),
+    seed: int = 0,
+    progress: Callable[..., None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[Path, bool]:
+    """Train (or find) the prior of ``data``; returns (folder, came_from_cache)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = prior_dir(cache, data, recipe, seed)
+    if (folder / PRIOR_META).exists():
+        return folder, True
+    partial = folder.with_name(folder.name + ".partial")
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    start = 0
+    if (partial / "state.pt").exists():  # resume
+        unet = UNet2DModel.from_pretrained(str(partial / "unet"), low_cpu_mem_usage=False)
+        state = torch.load(str(partial / "state.pt"), map_location="cpu", weights_only=True)
+        start = int(state["step"])
+        gen.set_state(state["generator"])
+    else:
+        torch.manual_seed(seed)  # diffusers initialises from the global generator
+        unet = _new_unet(data, recipe)
+        state = None
+    unet.to(device).train()
+    sched = DDPMScheduler(num_train_timesteps=recipe.train_timesteps)
+    opt = torch.optim.AdamW(unet.parameters(), lr=recipe.lr)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+    images = data.images.to(device)
+    labels = data.labels.to(device)
+    null = data.num_classes
+    alphas = sched.alphas_cumprod.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def checkpoint(step: int) -> None:
+        tmp = partial.with_name(partial.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        unet.save_pretrained(str(tmp / "unet"))
+        torch.save({"step": step, "generator": gen.get_state(),
+                    "optimizer": opt.state_dict()}, str(tmp / "state.pt"))
+        if partial.exists():
+            shutil.rmtree(partial)
+        tmp.rename(partial)
+
+    for step in range(start, recipe.steps):
+        idx = torch.randint(len(images), (recipe.batch_size,), generator=gen, device=device)
+        x0 = images[idx].float() / 255 * 2 - 1
+        y = labels[idx]
+        drop = torch.rand(y.shape, generator=gen, device=device) < recipe.label_dropout
+        y = torch.where(drop, torch.full_like(y, null), y)
+        t = torch.randint(recipe.train_timesteps, (len(idx),), generator=gen, device=device)
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with autocast:
+            loss = F.mse_loss(unet(xt, t, class_labels=y).sample.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        done = step + 1
+        if progress and (done % 50 == 0 or done == recipe.steps):
+            progress(done, status=f"loss {float(loss.detach()):.4f}")
+        if done % recipe.checkpoint_every == 0 and done < recipe.steps:
+            checkpoint(done)
+        if should_stop():
+            checkpoint(done)
+            raise Interrupted(f"prior training interrupted at step {done}; rerun to resume")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    unet.eval().save_pretrained(str(tmp / "unet"))
+    sched.save_pretrained(str(tmp / "scheduler"))
+    (tmp / PRIOR_META).write_text(json.dumps({
+        "classes": data.classes, "null_id": null, "fingerprint": data.fingerprint,
+        "recipe": recipe.key(), "seed": seed,
+        "final_loss": float(loss.detach()) if recipe.steps else None,
+    }, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    if partial.exists():
+        shutil.rmtree(partial)
+    return folder, False
+

@@ -1,0 +1,166 @@
+import json
+
+import pytest
+import torch
+from conftest import tiny_dataset, write_shards
+
+from ddcli.errors import InputError
+from ddcli.losses import deviation_cost, ot_guidance_cost
+from ddcli.methods import create_method
+from ddcli.methods.base import run_method
+from ddcli.priors import PRIOR_META, PriorRecipe, load_prior, train_prior
+
+TINY_PRIOR = dict(prior_channels=(8, 16), prior_steps=3, sampling_steps=4, real_per_class=6)
+
+
+def tiny_unet(classes: int | None):
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                       num_class_embeds=classes)
+
+
+def save_pipeline(folder, unet, classes=None):
+    from diffusers import DDPMScheduler
+
+    unet.save_pretrained(str(folder / "unet"))
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(str(folder / "scheduler"))
+    if classes:
+        (folder / PRIOR_META).write_text(json.dumps({"classes": classes, "null_id": None}))
+    return folder
+
+
+def test_unet_pipeline_saved_and_reloaded(tmp_path):
+    torch.manual_seed(0)
+    unet = tiny_unet(3)
+    folder = save_pipeline(tmp_path / "p", unet, ["b", "a", "c"])
+    prior = load_prior(folder, ["a", "b", "c"])
+    assert prior.kind == "unet" and not prior.latent and prior.sample_shape == (3, 8, 8)
+    assert prior.label_ids == {"a": 1, "b": 0, "c": 2}  # by name, not by position
+    z = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        ref = unet(z, 10, class_labels=torch.tensor([1])).sample
+        assert torch.allclose(prior.eps(z, 10, torch.tensor([1])), ref, atol=1e-5)
+    with pytest.raises(InputError, match="no class named 'd'"):
+        load_prior(folder, ["a", "d"])
+
+
+def test_refusals(tmp_path):
+    folder = save_pipeline(tmp_path / "u", tiny_unet(None))
+    with pytest.raises(InputError, match="no class conditioning"):
+        load_prior(folder, ["a", "b"])
+    with pytest.raises(InputError, match="prior not found"):
+        load_prior(tmp_path / "missing", ["a", "b"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="neither a DiTPipeline"):
+        load_prior(tmp_path / "empty", ["a", "b"])
+
+
+def test_latent_path_for_a_dit_pipeline(tmp_path):
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                out_channels=8, num_layers=1, sample_size=4, patch_size=2,
+                                num_embeds_ada_norm=3)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        block_out_channels=(8, 8), norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2)
+    pipe = DiTPipeline(transformer=dit, vae=vae, scheduler=DDIMScheduler(),
+                       id2label={0: "a", 1: "b", 2: "c"})
+    pipe.save_pretrained(str(tmp_path / "dit"))
+    index = tmp_path / "dit" / "model_index.json"  # the Hub's layout carries id2label here
+    info = json.loads(index.read_text())
+    info["id2label"] = {"0": "a, alpha", "1": "b", "2": "c"}
+    index.write_text(json.dumps(info))
+    prior = load_prior(tmp_path / "dit", ["c", "alpha", "b"])
+    assert prior.kind == "dit" and prior.latent and prior.sample_shape == (4, 4, 4)
+    assert prior.label_ids == {"c": 2, "alpha": 0, "b": 1}
+    with torch.no_grad():
+        e = prior.eps(torch.randn(1, 4, 4, 4), 10, torch.tensor([2]))
+        assert e.shape == (1, 4, 4, 4)  # learned sigma dropped
+        z = prior.encode(torch.rand(1, 3, 8, 8))
+        assert z.shape == (1, 4, 4, 4) and prior.decode(z).shape == (1, 3, 8, 8)
+
+
+def test_one_guided_step_lowers_the_ot_cost():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(20, 6, generator=g) + 2.0
+    samples = torch.randn(4, 6, generator=g, requires_grad=True)
+    cost, plan = ot_guidance_cost(samples, real, reg=0.05)
+    assert torch.allclose(plan.sum(1), torch.full((4,), 0.25), atol=1e-4)
+    (grad,) = torch.autograd.grad(cost, samples)
+    moved = samples.detach() - 0.5 * grad / grad.pow(2).mean().sqrt()
+    assert ot_guidance_cost(moved, real, reg=0.05)[0] < cost
+    x = torch.randn(6, requires_grad=True)
+    assert deviation_cost(x, torch.zeros(0, 6)) == 0
+    assert float(deviation_cost(x, x.detach()[None])) == pytest.approx(1.0)
+
+
+def test_prior_training_is_cached_and_resumable(tmp_path):
+    from ddcli.errors import Interrupted
+
+    ds = tiny_dataset(n=4)
+    recipe = PriorRecipe(steps=4, batch_size=4, channels=(8, 16), checkpoint_every=2)
+    calls = {"n": 0}
+
+    def stop_after_three():
+        calls["n"] += 1
+        return calls["n"] == 3
+
+    with pytest.raises(Interrupted, match="step 3"):
+        train_prior(ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe,
+                    should_stop=stop_after_three)
+    folder, cached = train_prior(ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe)
+    assert not cached and (folder / "unet" / "config.json").exists()
+    assert json.loads((folder / PRIOR_META).read_text())["classes"] == ["c0", "c1", "c2"]
+    assert train_prior(ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe) == (
+        folder, True)
+    assert load_prior(folder, ds.classes).null_id == 3
+
+
+def test_otgen_end_to_end_and_unguided_ablation(cli, tmp_path):
+    data = write_shards(tmp_path / "d", n_train=8, n_test=4)
+    out = tmp_path / "g.safetensors"
+    r = cli("distill", data, "-m", "otgen", "--ipc", "2", "--prior-steps", "3",
+            "--sampling-steps", "4", "--real-per-class", "6", "--device", "cpu", "-o", out,
+            "--prior-channels", "8,16", "--json")
+    assert r.code == 0, r
+    conf = r.json()["config"]
+    assert conf["prior_kind"] == "unet" and conf["latent"] is False
+    r = cli("inspect", out, "--json")
+    assert r.json()["ipc"] == 2 and r.json()["method"] == "otgen"
+    r = cli("distill", data, "-m", "otgen", "--ipc", "2", "--prior-steps", "3",
+            "--sampling-steps", "4", "--ot-scale", "0", "--device", "cpu", "-o",
+            tmp_path / "u.safetensors", "--prior-channels", "8,16", "--json")
+    assert r.code == 0 and r.json()["config"]["ot_scale"] == 0.0, r
+    r = cli("distill", data, "-m", "otgen", "--prior-channels", "8,x", "-o",
+            tmp_path / "x.safetensors")
+    assert r.code == 2 and "--prior-channels" in r.stderr
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    import signal
+
+    from ddcli.errors import Interrupted
+
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "c"))
+    ds = tiny_dataset(n=4, size=8)
+    kw = {**TINY_PRIOR, "sampling_steps": 3}
+    full, _ = run_method(create_method("otgen", ipc=1, **kw), ds, seed=1)
+    assert full.images.shape == (3, 3, 8, 8)
+
+    def stop(it, **_):
+        if it == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    ckpt = tmp_path / "k.safetensors"
+    with pytest.raises(Interrupted):
+        run_method(create_method("otgen", ipc=1, **kw), ds, seed=1, checkpoint=ckpt,
+                   progress=stop, log_every=1)
+    resumed, _ = run_method(create_method("otgen", ipc=1, **kw), ds, seed=1,
+                            checkpoint=ckpt, resume=True)
+    assert torch.allclose(resumed.images, full.images, atol=1e-5)
