@@ -19,48 +19,24 @@ Speed only (no evaluation), e.g. 500 iterations per IPC:
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-
-def ddcli(*args: str) -> dict:
-    cmd = [sys.executable, "-m", "ddcli", *args, "--json", "--quiet"]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr.strip()}")
-    out = json.loads(r.stdout)
-    out["_wall_s"] = round(time.perf_counter() - t0, 2)
-    return out
+from common import append_results, ddcli, eval_args, parser, workdir
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/cifar10",
-                    help="dataset root, or 'sample' for the built-in Fashion-MNIST sample")
-    ap.add_argument("--train-files", default="train_[123].npz")
-    ap.add_argument("--test-files", default="train_4.npz")
-    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
+    ap = parser(__doc__, [1, 10, 50])
     ap.add_argument("--iterations", type=int, default=None, help="default: the method's")
     ap.add_argument("--batch-real", type=int, default=None)
     ap.add_argument("--extra", default="", help="more distill flags, e.g. '--amp bf16'")
-    ap.add_argument("--models", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=None, help="default: the protocol's (1000)")
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speed-only", action="store_true")
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--out", default="benchmarks/RESULTS.md")
     a = ap.parse_args()
 
-    work = Path(a.workdir or tempfile.mkdtemp(prefix="ddcli-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(a, "ddcli-bench-")
     sample = a.data == "sample"
     data_args = [] if sample else [a.data, "--train-files", a.train_files]
     test_args = [] if sample else ["--test", a.data, "--test-files", a.test_files]
@@ -79,8 +55,7 @@ def main() -> None:
                   "--checkpoint-every", "0", *extra)
         row = {"ipc": ipc, "distill": d}
         if not a.speed_only:
-            ev = ["--models", str(a.models), "--device", a.device, "--seed", str(a.seed)]
-            ev += ["--epochs", str(a.epochs)] if a.epochs else []
+            ev = eval_args(a, "--seed", str(a.seed))
             row["eval"] = ddcli("evaluate", str(out), *test_args, *ev, "--baseline", "random",
                                 *real_args)
         rows.append(row)
@@ -125,11 +100,7 @@ def main() -> None:
             lines.append(f"| {r['ipc']} | {d['config']['iterations']} | "
                          f"{d['config']['batch_real']} | {d['stats']['wall_time_s']:.1f} | "
                          f"{d['stats']['iterations_per_s']} | {d['stats']['peak_memory_mb']} |")
-    lines.append("")
-    out_path = Path(a.out)
-    old = out_path.read_text() if out_path.exists() else "# Benchmark results\n\n"
-    out_path.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines))
-    print("\n".join(lines))
+    append_results(a.out, lines)
 
 
 if __name__ == "__main__":

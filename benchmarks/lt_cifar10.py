@@ -9,12 +9,9 @@ Random real images are drawn from the same long-tailed subset (a tail class give
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
-from pathlib import Path
 
-from dm_cifar10 import ddcli
+from common import append_results, ddcli, eval_args, parser, workdir
 
 PUBLISHED = {  # methods.md §6.3, CIFAR-10-LT, ConvNet-3 (IF, IPC): {method: acc}
     (10, 10): {"IDM": 54.8, "DAMED": 58.1, "Cui AAAI-26": 63.6},
@@ -28,24 +25,14 @@ PUBLISHED = {  # methods.md §6.3, CIFAR-10-LT, ConvNet-3 (IF, IPC): {method: ac
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/cifar10")
-    ap.add_argument("--train-files", default="train_[123].npz")
-    ap.add_argument("--test-files", default="train_4.npz")
+    ap = parser(__doc__, [10, 50])
     ap.add_argument("--if", dest="factors", type=float, nargs="+", default=[10, 50, 100, 200])
-    ap.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--methods", nargs="+", default=["dm", "csdm"])
     ap.add_argument("--extra", default="", help="more distill flags for every method")
     ap.add_argument("--iterations", type=int, default=None)
-    ap.add_argument("--models", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--out", default="benchmarks/RESULTS.md")
     a = ap.parse_args()
 
-    work = Path(a.workdir or tempfile.mkdtemp(prefix="ddcli-lt-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(a, "ddcli-lt-")
     head = ["IF", "IPC", *a.methods, "random real", "published (methods.md §6.3)",
             "distill s / peak GPU MB"]
     lines = [f"## Long-tailed CIFAR-10 — cifar10-30k LT subsets (real = {a.train_files}, "
@@ -63,8 +50,7 @@ def main() -> None:
                           "--imbalance-factor", str(f), "--ipc", str(ipc), "-o", str(out),
                           "--force", "--device", a.device, "--checkpoint-every", "0", *extra,
                           *a.extra.split())
-                ev = ["--models", str(a.models), "--device", a.device]
-                ev += ["--epochs", str(a.epochs)] if a.epochs else []
+                ev = eval_args(a)
                 if base is None:
                     ev += ["--baseline", "random", "--real", a.data, "--real-files",
                            a.train_files]
@@ -83,9 +69,7 @@ def main() -> None:
                          + f" | {base['accuracy_mean']:.2f} ± {base['accuracy_std']:.2f} | "
                          f"{pub or '-'} | {'; '.join(timing)} |")
             print(lines[-1], flush=True)
-    out = Path(a.out)
-    old = out.read_text() if out.exists() else "# Benchmark results\n\n"
-    out.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    append_results(a.out, lines)
 
 
 if __name__ == "__main__":

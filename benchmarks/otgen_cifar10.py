@@ -8,31 +8,18 @@ teachers and evaluated with the `otm` protocol; prior-training and sampling time
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
-from pathlib import Path
 
-from dm_cifar10 import ddcli
+from common import append_results, ddcli, eval_args, parser, workdir
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/cifar10")
-    ap.add_argument("--train-files", default="train_[123].npz")
-    ap.add_argument("--test-files", default="train_4.npz")
-    ap.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
+    ap = parser(__doc__, [10, 50])
     ap.add_argument("--prior-steps", type=int, default=20000)
     ap.add_argument("--extra", default="", help="more otgen flags, e.g. '--ot-scale 0.2'")
-    ap.add_argument("--models", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--out", default="benchmarks/RESULTS.md")
     a = ap.parse_args()
 
-    work = Path(a.workdir or tempfile.mkdtemp(prefix="ddcli-otgen-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(a, "ddcli-otgen-")
     data = [a.data, "--train-files", a.train_files]
     t0 = time.perf_counter()
     p = ddcli("prior", *data, "--steps", str(a.prior_steps), "--device", a.device)
@@ -51,8 +38,7 @@ def main() -> None:
                     ["-m", "otgen", "--prior", p["prior"], *extra, *a.extra.split()])
             d = ddcli("distill", *data, *args, "--ipc", str(ipc), "-o", str(out), "--force",
                       "--device", a.device, "--checkpoint-every", "0", "--relabel")
-            ev = ["-p", "otm", "--models", str(a.models), "--device", a.device]
-            ev += ["--epochs", str(a.epochs)] if a.epochs else []
+            ev = eval_args(a, "-p", "otm")
             if name == "otgen (OT)":
                 ev += ["--baseline", "random", "--real", a.data, "--real-files", a.train_files]
             e = ddcli("evaluate", str(out), "--test", a.data, "--test-files", a.test_files, *ev)
@@ -64,9 +50,7 @@ def main() -> None:
                 lines.append(f"| {ipc} | random real + relabel | {b['accuracy_mean']:.2f} ± "
                              f"{b['accuracy_std']:.2f} | - |")
             print(lines[-1], flush=True)
-    out_md = Path(a.out)
-    old = out_md.read_text() if out_md.exists() else "# Benchmark results\n\n"
-    out_md.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    append_results(a.out, lines)
 
 
 if __name__ == "__main__":

@@ -9,31 +9,18 @@ and peak GPU memory for the same iterations.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
-from pathlib import Path
 
-from dm_cifar10 import ddcli
+from common import append_results, ddcli, eval_args, parser, workdir
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/cifar10")
-    ap.add_argument("--train-files", default="train_[123].npz")
-    ap.add_argument("--test-files", default="train_4.npz")
-    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
+    ap = parser(__doc__, [1, 10], models=3)
     ap.add_argument("--backbone", default="efficientnet-lite0")
     ap.add_argument("--iterations", type=int, default=5000)
-    ap.add_argument("--models", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--out", default="benchmarks/RESULTS.md")
     a = ap.parse_args()
 
-    work = Path(a.workdir or tempfile.mkdtemp(prefix="ddcli-sfm-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(a, "ddcli-sfm-")
     data = [a.data, "--train-files", a.train_files]
     test = ["--test", a.data, "--test-files", a.test_files]
     real = ["--real", a.data, "--real-files", a.train_files]
@@ -51,8 +38,7 @@ def main() -> None:
                       "--device", a.device, "--checkpoint-every", "0")
             cells, bases = [], {}
             for inherit in ([], ["--inherit"]):
-                ev = ["-p", "linear-probe", "--models", str(a.models), "--device", a.device]
-                ev += ["--epochs", str(a.epochs)] if a.epochs else []
+                ev = eval_args(a, "-p", "linear-probe")
                 e = ddcli("evaluate", str(out), *test, *ev, *inherit)
                 r = e["result"]
                 cells.append(f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}")
@@ -70,9 +56,7 @@ def main() -> None:
                 lines.append(f"| {ipc} | {kind} real | {c[0]} | {c[1]} | - | - |")
         lines.append(f"| {ipc} | golden head (full data, ceiling) | {ceiling} | - | - | - |")
         print("\n".join(lines[-5:]), flush=True)
-    out_md = Path(a.out)
-    old = out_md.read_text() if out_md.exists() else "# Benchmark results\n\n"
-    out_md.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    append_results(a.out, lines)
 
 
 if __name__ == "__main__":

@@ -8,33 +8,20 @@ Reuses DM bundles from ``--workdir`` when present (e.g. those of dm_cifar10.py).
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
-from pathlib import Path
 
-from dm_cifar10 import ddcli
+from common import append_results, ddcli, eval_args, parser, workdir
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/cifar10")
-    ap.add_argument("--train-files", default="train_[123].npz")
-    ap.add_argument("--test-files", default="train_4.npz")
-    ap.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
+    ap = parser(__doc__, [10, 50])
     ap.add_argument("--teachers", nargs="+", default=["convnet"], help="teacher architectures")
     ap.add_argument("--teacher-epochs", type=int, default=None)
     ap.add_argument("--protocols", nargs="+", default=["dm", "kd", "otm"])
-    ap.add_argument("--models", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--iterations", type=int, default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--out", default="benchmarks/RESULTS.md")
     a = ap.parse_args()
 
-    work = Path(a.workdir or tempfile.mkdtemp(prefix="ddcli-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(a, "ddcli-bench-")
     data = [a.data, "--train-files", a.train_files]
     lines = [f"## Soft labels — cifar10-30k: real = {a.train_files}, test = {a.test_files}", "",
              f"{time.strftime('%Y-%m-%d')}; teachers {a.teachers}; {a.models} models per cell; "
@@ -58,8 +45,7 @@ def main() -> None:
             f"{t.get('train_time_s')} s)" for t in r["teachers"])
             + f"; relabel {r['relabel_time_s']} s; bundle {r['bundle_bytes'] / 1e6:.2f} MB")
         for proto in a.protocols:
-            ev = ["--models", str(a.models), "--device", a.device, "-p", proto]
-            ev += ["--epochs", str(a.epochs)] if a.epochs else []
+            ev = eval_args(a, "-p", proto)
             target = hard if proto == "dm" else soft
             e = ddcli("evaluate", str(target), "--test", a.data, "--test-files", a.test_files,
                       *ev, "--baseline", "random", "--real", a.data, "--real-files",
@@ -70,9 +56,7 @@ def main() -> None:
                 f"{e['baseline']['accuracy_std']:.2f} | {e['improvement_points']:+.2f} | "
                 f"{e['result']['train_time_per_model_s']:.2f} |")
     text = "\n".join(lines + [""] + notes + [""])
-    out = Path(a.out)
-    old = out.read_text() if out.exists() else "# Benchmark results\n\n"
-    out.write_text(old.rstrip("\n") + "\n\n" + text)
+    append_results(a.out, text.splitlines())
     print(text)
 
 

@@ -8,33 +8,20 @@ Reuses DM bundles from ``--workdir`` when present (e.g. those of dm_cifar10.py).
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
-from pathlib import Path
 
-from dm_cifar10 import ddcli
+from common import append_results, ddcli, eval_args, parser, workdir
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/cifar10")
-    ap.add_argument("--train-files", default="train_[123].npz")
-    ap.add_argument("--test-files", default="train_4.npz")
-    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
+    ap = parser(__doc__, [1, 10, 50])
     ap.add_argument("--protocols", nargs="+", default=["dm", "tgdd"])
     ap.add_argument("--num-experts", type=int, default=5)
     ap.add_argument("--expert-epochs", type=int, default=60)
     ap.add_argument("--iterations", type=int, default=None)
-    ap.add_argument("--models", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--out", default="benchmarks/RESULTS.md")
     a = ap.parse_args()
 
-    work = Path(a.workdir or tempfile.mkdtemp(prefix="ddcli-tgdd-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(a, "ddcli-tgdd-")
     data = [a.data, "--train-files", a.train_files]
     t0 = time.perf_counter()
     ddcli("experts", *data, "--num", str(a.num_experts), "--epochs", str(a.expert_epochs),
@@ -60,8 +47,7 @@ def main() -> None:
                 stats = d["stats"]
             cells, base = [], []
             for proto in a.protocols:
-                ev = ["--models", str(a.models), "--device", a.device, "-p", proto]
-                ev += ["--epochs", str(a.epochs)] if a.epochs else []
+                ev = eval_args(a, "-p", proto)
                 if method == "tgdd":
                     ev += ["--baseline", "random", "--real", a.data, "--real-files",
                            a.train_files]
@@ -79,9 +65,7 @@ def main() -> None:
             if base:
                 lines.append(f"| {ipc} | random real | " + " | ".join(base) + " | - | - | - |")
             print(lines[-1], flush=True)
-    out_md = Path(a.out)
-    old = out_md.read_text() if out_md.exists() else "# Benchmark results\n\n"
-    out_md.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    append_results(a.out, lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""What the benchmark scripts share: running the CLI, the common arguments, writing results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def ddcli(*args: str) -> dict:
+    """Run ``python -m ddcli ARGS --json --quiet``; return its JSON (exit on failure)."""
+    cmd = [sys.executable, "-m", "ddcli", *args, "--json", "--quiet"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr.strip()}")
+    out = json.loads(r.stdout)
+    out["_wall_s"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def parser(doc: str, ipc: list[int], models: int = 5) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes (cifar10-30k defaults)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", default="../shared/datasets/cifar10")
+    ap.add_argument("--train-files", default="train_[123].npz")
+    ap.add_argument("--test-files", default="train_4.npz")
+    ap.add_argument("--ipc", type=int, nargs="+", default=ipc)
+    ap.add_argument("--models", type=int, default=models)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default="benchmarks/RESULTS.md")
+    return ap
+
+
+def workdir(a: argparse.Namespace, prefix: str) -> Path:
+    work = Path(a.workdir or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def eval_args(a: argparse.Namespace, *extra: str) -> list[str]:
+    out = ["--models", str(a.models), "--device", a.device, *extra]
+    return out + (["--epochs", str(a.epochs)] if a.epochs else [])
+
+
+def append_results(path: str, lines: list[str]) -> None:
+    out = Path(path)
+    old = out.read_text() if out.exists() else "# Benchmark results\n\n"
+    out.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
