@@ -97,7 +97,7 @@ def test_one_guided_step_lowers_the_ot_cost():
     assert ot_guidance_cost(moved, real, reg=0.05)[0] < cost
     x = torch.randn(6, requires_grad=True)
     assert deviation_cost(x, torch.zeros(0, 6)) == 0
-    assert float(deviation_cost(x, x.detach()[None])) == pytest.approx(1.0)
+    assert float(deviation_cost(x.detach(), x.detach()[None])) == pytest.approx(1.0)
 
 
 def test_prior_training_is_cached_and_resumable(tmp_path):
