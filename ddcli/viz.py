@@ -49,9 +49,14 @@ def terminal_preview(
     classes: list[str],
     per_class: int = 8,
     cell: int = 16,
+    width: int | None = None,
 ) -> Text:
-    """A true-colour picture of the grid made of Unicode upper-half blocks (2 pixels a cell)."""
+    """A true-colour picture of the grid made of Unicode upper-half blocks (2 pixels a cell);
+    with ``width`` (terminal columns) the images shrink so that a row fits."""
     tiles, ncols = class_rows(_display(images), labels, len(classes), per_class)
+    label_w = max(len(c) for c in classes) + 1
+    if width is not None:
+        cell = max(2, min(cell, (width - label_w) // ncols) // 2 * 2)
     x = torch.nn.functional.interpolate(tiles, size=(cell, cell), mode="area")
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)

@@ -157,3 +157,11 @@ def test_json_goes_to_stdout_and_messages_to_stderr(cli, shards, tmp_path):
     r = cli("distill", shards, "--ipc", "1", "--iterations", "2", "--batch-real", "4",
             "--width", "8", "-o", out, "--device", "cpu", "--force", "--quiet")
     assert r.code == 0 and r.stdout == "" and r.stderr == "", r
+
+
+def test_preview_fits_the_terminal_width():
+    from ddcli.viz import terminal_preview
+
+    labels = torch.arange(3).repeat_interleave(8)
+    text = terminal_preview(torch.rand(24, 3, 16, 16), labels, ["a", "bb", "c"], width=60)
+    assert max(len(line) for line in text.plain.splitlines()) <= 60

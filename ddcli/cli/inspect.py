@@ -171,9 +171,9 @@ def inspect(
     else:
         _render(s)
         if preview:
-            stdout_console().print(
-                terminal_preview(images.float(), labels, b.classes), soft_wrap=True
-            )
+            con = stdout_console()
+            con.print(terminal_preview(images.float(), labels, b.classes, width=con.width),
+                      soft_wrap=True)
     if verify and not b.checksum_ok:
         raise typer.Exit(EXIT_FAILED)
 
