@@ -94,7 +94,7 @@ class TGDDConfig(DMConfig):
     step_mode: str = "per-class"
 
     presets = {"sample-cpu": {"iterations": 100, "batch_real": 32, "num_experts": 2,
-                              "expert_epochs": 10, "channels_last": True}}
+                              "expert_epochs": 5, "width": 64, "channels_last": True}}
 
     def validate(self) -> None:
         if self.lr is not None and not self.lr > 0:
