@@ -61,7 +61,9 @@ class OTGenConfig(MethodConfig):
     window_end: float = 0.9
     real_per_class: int = 256
 
-    presets = {"sample-cpu": {"prior_steps": 300, "sampling_steps": 10, "ipc": 2}}
+    # a demonstration on a 2-core CPU: a tiny prior, few steps (quality is not the point)
+    presets = {"sample-cpu": {"ipc": 2, "prior_steps": 300, "prior_channels": (16, 32),
+                              "sampling_steps": 10, "real_per_class": 64}}
 
     def validate(self) -> None:
         if self.ipc < 1 or self.sampling_steps < 1 or self.real_per_class < 1:
