@@ -21,6 +21,8 @@ from ddcli.methods.backbone_base import BackboneConfig, BackboneMethod, standard
 class LGMConfig(BackboneConfig):
     augs: int = 10
 
+    presets = {"sample-cpu": {"iterations": 60, "pyramid_every": 10, "augs": 2}}
+
 
 @register_method
 class LGM(BackboneMethod):

@@ -93,7 +93,7 @@ class TGDDConfig(DMConfig):
     factor: int | None = None
     step_mode: str = "per-class"
 
-    presets = {"sample-cpu": {"iterations": 100, "batch_real": 32, "num_experts": 2,
+    presets = {"sample-cpu": {"iterations": 50, "batch_real": 32, "num_experts": 2,
                               "expert_epochs": 5, "width": 64, "channels_last": True}}
 
     def validate(self) -> None:
