@@ -39,6 +39,7 @@ class OTGenConfig(MethodConfig):
         prior: a local diffusers pipeline folder (None: train a UNet prior on the data).
         prior_steps: training steps of that prior.
         prior_channels: its UNet's block widths.
+        prior_batch: its training batch size.
         sampling_steps: DDIM steps per sample.
         cfg_scale: classifier-free guidance (priors with a null class).
         ot_scale: β₁, the RMS step of the OT guidance per element (0: unguided sampling).
@@ -52,6 +53,7 @@ class OTGenConfig(MethodConfig):
     prior: str | None = None
     prior_steps: int = 20000
     prior_channels: tuple[int, ...] = (64, 128, 128)
+    prior_batch: int = 128
     sampling_steps: int = 50
     cfg_scale: float = 2.0
     ot_scale: float = 0.1
@@ -62,12 +64,14 @@ class OTGenConfig(MethodConfig):
     real_per_class: int = 256
 
     # a demonstration on a 2-core CPU: a tiny prior, few steps (quality is not the point)
-    presets = {"sample-cpu": {"ipc": 2, "prior_steps": 300, "prior_channels": (16, 32),
-                              "sampling_steps": 10, "real_per_class": 64}}
+    presets = {"sample-cpu": {"ipc": 2, "prior_steps": 150, "prior_batch": 32,
+                              "prior_channels": (16, 32), "sampling_steps": 10,
+                              "real_per_class": 64}}
 
     def validate(self) -> None:
-        if self.ipc < 1 or self.sampling_steps < 1 or self.real_per_class < 1:
-            raise InputError("--ipc, --sampling-steps and --real-per-class must be >= 1")
+        if min(self.ipc, self.sampling_steps, self.real_per_class, self.prior_batch) < 1:
+            raise InputError("--ipc, --sampling-steps, --real-per-class and the prior batch "
+                             "must be >= 1")
         if self.prior_steps < 0 or self.ot_scale < 0 or self.dev_scale < 0:
             raise InputError("--prior-steps, --ot-scale and --dev-scale must be >= 0")
         if not self.ot_reg > 0:
@@ -100,6 +104,7 @@ class OTGen(Method):
             with self.setup_progress("diffusion prior", cfg.prior_steps) as update:
                 folder, _ = train_prior(data, device=device, cache=cache_dir(),
                                         recipe=PriorRecipe(steps=cfg.prior_steps,
+                                                           batch_size=cfg.prior_batch,
                                                            channels=tuple(cfg.prior_channels)),
                                         progress=update)
         self.prior = load_prior(folder, data.classes).to(device)
