@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ddcli.data import normalize
 from ddcli.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,9 +65,7 @@ class Backbone:
         return self.normalize(x)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - m) / s
+        return normalize(x, self.mean, self.std)
 
     def features(self, normalized: torch.Tensor) -> torch.Tensor:
         """Features of images already at the input size and normalised (differentiable)."""

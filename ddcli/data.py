@@ -80,8 +80,12 @@ class Dataset:
         return fingerprint(self.images, self.labels, self.classes)
 
     def mean_std(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the pixels in 0..1 scale (the normalisation), exact from
-        a 256-bin histogram of the uint8 values."""
+        """Per-channel mean and std of the pixels in 0..1 scale (the normalisation)."""
+        return self._mean_std
+
+    @cached_property
+    def _mean_std(self) -> tuple[list[float], list[float]]:
+        """Exact, from a 256-bin histogram of the uint8 values; computed once per dataset."""
         x = self.images
         levels = torch.arange(256, dtype=torch.float64) / 255.0
         mean, sq = [], []
@@ -117,6 +121,20 @@ class Dataset:
             "std": std,
             "subset": dict(self.subset),
         }
+
+
+def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """Pixel-scale images (N, C, H, W) -> per-channel normalised, on the images' device."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+    return (pixels.float() - m) / s
+
+
+def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """The inverse of :func:`normalize`."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x * s + m
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 from ddcli import augment
 from ddcli.bundle import Bundle
-from ddcli.data import Dataset, cap_per_class, make_long_tailed
+from ddcli.data import Dataset, cap_per_class, denormalize, make_long_tailed, normalize
 from ddcli.errors import InputError
 from ddcli.protocols import Protocol
 from ddcli.relabel import last_relabel_step, mean_probs
@@ -127,9 +127,7 @@ def evaluate_images(
     ``soft`` / ``views`` feed the soft-label losses; ``teachers`` run on every augmented batch
     for ``kd-online``."""
     c = images.shape[1]
-    m = torch.tensor(mean, device=device).view(1, c, 1, 1)
-    s = torch.tensor(std, device=device).view(1, c, 1, 1)
-    x = (images.to(device).float() - m) / s
+    x = normalize(images.to(device), mean, std)
     y = labels.to(device)
     seeds = model_seeds(seed, num_models)
     ens = build_ensemble(protocol, test.num_classes, c, tuple(images.shape[2:]), seeds, device)
@@ -140,7 +138,7 @@ def evaluate_images(
         t_kd = protocol.temperature or temperature
 
         def teacher_fn(batch: torch.Tensor) -> torch.Tensor:  # normalised -> probabilities
-            return mean_probs(teachers, batch * s + m, t_kd)
+            return mean_probs(teachers, denormalize(batch, mean, std), t_kd)
 
     result = train_ensemble(
         ens, x, y, protocol, gen, progress,
@@ -148,7 +146,7 @@ def evaluate_images(
         views=views.to(device) if views is not None else None,
         teacher=teacher_fn, temperature=temperature,
     )
-    test_x = (test.images.to(device).float() / 255.0 - m) / s
+    test_x = normalize(test.images.to(device).float() / 255.0, mean, std)
     preds = predict(result.ensemble, test_x)
     report = accuracy_report(preds, test.labels.to(device), test.num_classes, class_counts)
     report.update(

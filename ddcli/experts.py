@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from ddcli import __version__
 from ddcli.bundle import utc_now
-from ddcli.data import Dataset
+from ddcli.data import Dataset, normalize
 from ddcli.errors import InputError
 from ddcli.io import atomic_path, read_safetensors
 from ddcli.models import create_model
@@ -119,9 +119,7 @@ def build_experts(
          f"{folder}")
     mean, std = data.mean_std()
     c = data.channels
-    m = torch.tensor(mean, device=device).view(1, c, 1, 1)
-    s = torch.tensor(std, device=device).view(1, c, 1, 1)
-    x = (data.images.to(device).float() / 255 - m) / s
+    x = normalize(data.images.to(device).float() / 255, mean, std)
     y = data.labels.to(device)
     models = []
     for i in missing:

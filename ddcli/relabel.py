@@ -23,6 +23,7 @@ import torch
 
 from ddcli import augment
 from ddcli.bundle import Bundle
+from ddcli.data import denormalize, normalize
 from ddcli.errors import InputError
 from ddcli.teachers import Teacher, check_teacher
 
@@ -152,11 +153,8 @@ def relabel_images(
         gen.manual_seed(settings.seed)
         params = augment.sample_params(n * k, gen, augment.STANDARD_STRATEGY, device,
                                        all_families=True)
-        c = x.shape[1]
-        m = torch.tensor(mean, device=device).view(1, c, 1, 1)
-        s = torch.tensor(std, device=device).view(1, c, 1, 1)
-        normed = ((x - m) / s).repeat_interleave(k, dim=0)
-        viewed = augment.apply(normed, params) * s + m  # what the student sees, in pixels
+        normed = normalize(x, mean, std).repeat_interleave(k, dim=0)
+        viewed = denormalize(augment.apply(normed, params), mean, std)  # what the student sees
         vsoft = mean_probs(chosen, viewed, settings.temperature)
         if tau is not None:
             vsoft = apply_tau(vsoft, prior, tau)

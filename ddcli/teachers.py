@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from ddcli import __version__
 from ddcli.bundle import compute_checksum, utc_now
-from ddcli.data import Dataset
+from ddcli.data import Dataset, normalize
 from ddcli.errors import InputError
 from ddcli.io import atomic_path, read_safetensors
 from ddcli.models import create_model
@@ -87,14 +87,12 @@ class Teacher:
         teacher."""
         self.model.eval()
         dev = next(self.model.parameters()).device
-        m = torch.tensor(self.mean, device=dev).view(1, -1, 1, 1)
-        s = torch.tensor(self.std, device=dev).view(1, -1, 1, 1)
         out = []
         for i in range(0, pixels.shape[0], chunk):
             x = pixels[i : i + chunk].to(dev).float()
             if tuple(x.shape[2:]) != tuple(self.image_size):
                 x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
-            out.append(self.model((x - m) / s))
+            out.append(self.model(normalize(x, self.mean, self.std)))
         return torch.cat(out)
 
     def probs(self, pixels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -193,15 +191,13 @@ def train_teacher(
     model = create_model(arch, data.num_classes, data.channels, data.image_size)
     model.reset_parameters(torch.Generator().manual_seed(seed))
     ens = Ensemble([model], device)
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    x = (train.images.to(device).float() / 255 - m) / s
+    x = normalize(train.images.to(device).float() / 255, mean, std)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     train_ensemble(ens, x, train.labels.to(device), recipe, gen, progress)
     val_acc = None
     if len(val):
-        xv = (val.images.to(device).float() / 255 - m) / s
+        xv = normalize(val.images.to(device).float() / 255, mean, std)
         val_acc = round(float((predict(ens, xv)[0] == val.labels.to(device)).float().mean()) * 100,
                         2)
     if ens.vmapped:  # copy the trained stacked parameters back into the module
