@@ -94,14 +94,18 @@ def check_no_test_leak(bundle: Bundle, teachers: list[Teacher], test: Dataset) -
                              "(same fingerprint); its labels would leak the test set")
 
 
-def bundle_views(bundle: Bundle) -> Views | None:
-    if "views.u" not in bundle.extras:
+def views_from(extras: dict[str, torch.Tensor], step: dict | None) -> Views | None:
+    """Recorded views from ``extra.views.*`` tensors and the relabel step that made them."""
+    if "views.u" not in extras:
         return None
-    step = last_relabel_step(bundle) or {}
-    rec = step.get("views") or {}
+    rec = (step or {}).get("views") or {}
     fams = augment.parse_strategy(rec.get("strategy", augment.STANDARD_STRATEGY))
-    return Views(fams, bool(rec.get("all_families", True)), bundle.extras["views.family"],
-                 bundle.extras["views.u"].float(), bundle.extras["views.soft_labels"].float())
+    return Views(fams, bool(rec.get("all_families", True)), extras["views.family"],
+                 extras["views.u"].float(), extras["views.soft_labels"].float())
+
+
+def bundle_views(bundle: Bundle) -> Views | None:
+    return views_from(bundle.extras, last_relabel_step(bundle))
 
 
 def evaluate_images(

@@ -123,3 +123,18 @@ def test_evaluate_refuses_mismatched_classes(cli, tmp_path):
                           "unknown protocol")
     assert_one_line_error(cli("evaluate", b, "--test", shards, "--baseline", "random"), 2,
                           "--real")
+
+
+def test_random_baseline_needs_the_same_ipc_in_every_class(cli, tmp_path):
+    from test_bundle import make_bundle
+
+    from ddcli.bundle import save_bundle
+
+    data = write_shards(tmp_path / "d")
+    b = make_bundle(soft=False)
+    b.labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    b.dataset["classes"] = ["cat", "dog", "frog"]
+    save_bundle(b, tmp_path / "u.safetensors")
+    r = cli("evaluate", tmp_path / "u.safetensors", "--test", data, "--epochs", "1",
+            "--models", "1", "--device", "cpu", "--baseline", "random", "--real", data)
+    assert_one_line_error(r, 2, "same IPC in every class")

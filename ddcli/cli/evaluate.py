@@ -38,6 +38,7 @@ from ddcli.evaluation import (
     random_real_subset,
     same_subset,
     teachers_for,
+    views_from,
 )
 from ddcli.io import atomic_write_bytes, check_writable
 from ddcli.probe import centroid_indices, golden_head_accuracy, linear_probe
@@ -207,36 +208,14 @@ def evaluate(
         rep.info(f"decoding factor {b.factor}: {len(b.labels)} stored images -> "
                  f"{len(labels)} training images")
     result = run(images, labels, "bundle", soft_labels, views)
-    report = {
-        "bundle": str(bundle),
-        "bundle_checksum": b.checksum,
-        "method": b.method,
-        "ipc": ipc,
-        "factor": b.factor,
-        "classes": b.classes,
-        "protocol": proto.to_dict(),
-        "num_models": models,
-        "seed": seed,
-        "device": device_label(str(dev)),
-        "torch": torch.__version__,
-        "ddcli_version": __version__,
-        "test": {"source": test_ds.source, "fingerprint": test_ds.fingerprint,
-                 "num_images": len(test_ds)},
-        "soft_labels": {"temperature": temperature, "views": bool(views),
-                        "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")}}
-        if step else None,
-        "result": result,
-    }
+    report = _report_head(b, bundle, proto, models, seed, dev, test_ds)
+    report["soft_labels"] = {
+        "temperature": temperature, "views": bool(views),
+        "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")},
+    } if step else None
+    report["result"] = result
     if baseline == "random":
-        if ipc is None:
-            raise InputError("--baseline random needs a bundle with the same IPC in every class")
-        real_ds = load_cli_dataset(rep, real, "train", files=real_files, image_size=size,
-                                   channels=chans)
-        check_classes(b, real_ds, "real")
-        real_ds = same_subset(real_ds, ds_info.get("subset") or {})
-        if real_ds.fingerprint != ds_info.get("fingerprint"):
-            rep.warn("the --real data is not the data the bundle was distilled from "
-                     "(fingerprints differ)")
+        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans)
         sub = random_real_subset(real_ds, ipc, seed)  # the same storage: IPC images
         pixels = sub.images.float() / 255.0
         soft, extras = None, {}
@@ -251,16 +230,51 @@ def evaluate(
                                  dtype=torch.float32).clamp_min(1)
             soft, extras, _ = relabel_images(pixels, sub.labels, teachers, settings, ipc=ipc,
                                              prior=prior, mean=mean, std=std, device=dev)
-        base_views = None
-        if extras:
-            base_views = bundle_views(type(b)(images=pixels, labels=sub.labels, extras=extras,
-                                              provenance=b.provenance))
-        base = run(pixels, sub.labels, "random real", soft, base_views)
+        base = run(pixels, sub.labels, "random real", soft, views_from(extras, step))
         base.update(ipc=ipc, source=real_ds.source, selection_seed=seed,
                     relabelled=soft_protocol)
-        report["baseline"] = base
-        report["improvement_points"] = round(result["accuracy_mean"] - base["accuracy_mean"], 2)
+        _attach_baseline(report, base)
     _finish(rep, report, out, json_out)
+
+
+def _report_head(b, bundle_path, proto, models, seed, dev, test_ds) -> dict:
+    """What every evaluation report starts with: the bundle, the protocol, the run, the test."""
+    return {
+        "bundle": str(bundle_path),
+        "bundle_checksum": b.checksum,
+        "method": b.method,
+        "ipc": b.ipc,
+        "factor": b.factor,
+        "classes": b.classes,
+        "protocol": proto.to_dict(),
+        "num_models": models,
+        "seed": seed,
+        "device": device_label(str(dev)),
+        "torch": torch.__version__,
+        "ddcli_version": __version__,
+        "test": {"source": test_ds.source, "fingerprint": test_ds.fingerprint,
+                 "num_images": len(test_ds)},
+    }
+
+
+def _baseline_real_data(rep, b, baseline, real, real_files, size, chans):
+    """The real data a baseline draws from: the bundle's classes, and its recorded subset."""
+    if b.ipc is None:
+        raise InputError(f"--baseline {baseline} needs a bundle with the same IPC in every class")
+    real_ds = load_cli_dataset(rep, real, "train", files=real_files, image_size=size,
+                               channels=chans)
+    check_classes(b, real_ds, "real")
+    real_ds = same_subset(real_ds, b.dataset.get("subset") or {})
+    if real_ds.fingerprint != b.dataset.get("fingerprint"):
+        rep.warn("the --real data is not the data the bundle was distilled from "
+                 "(fingerprints differ)")
+    return real_ds
+
+
+def _attach_baseline(report: dict, base: dict) -> None:
+    report["baseline"] = base
+    report["improvement_points"] = round(
+        report["result"]["accuracy_mean"] - base["accuracy_mean"], 2)
 
 
 def _finish(rep: Reporter, report: dict, out: Path | None, json_out: bool) -> None:
@@ -302,23 +316,15 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
                                 progress=update)
 
     result = run(images, labels, "bundle", golden if inherit else None)
-    report = {
-        "bundle": str(bundle_path), "bundle_checksum": b.checksum, "method": b.method,
-        "ipc": b.ipc, "factor": b.factor, "classes": b.classes, "protocol": proto.to_dict(),
-        "mode": result["mode"], "num_models": models, "seed": seed,
-        "device": device_label(str(dev)), "torch": torch.__version__,
-        "ddcli_version": __version__,
-        "test": {"source": test_ds.source, "fingerprint": test_ds.fingerprint,
-                 "num_images": len(test_ds)},
-        "result": result,
-        "golden_head_test_accuracy": golden_head_accuracy(
+    report = _report_head(b, bundle_path, proto, models, seed, dev, test_ds)
+    report.update(
+        mode=result["mode"],
+        result=result,
+        golden_head_test_accuracy=golden_head_accuracy(
             golden, golden_bb, test_ds.images, test_ds.labels, dev) if golden else None,
-    }
+    )
     if baseline is not None:
-        real_ds = load_cli_dataset(rep, real, "train", files=real_files, image_size=size,
-                                   channels=chans)
-        check_classes(b, real_ds, "real")
-        real_ds = same_subset(real_ds, b.dataset.get("subset") or {})
+        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans)
         if baseline == "random":
             sub = random_real_subset(real_ds, b.ipc, seed)
         else:  # the real images nearest the class means, in the evaluation backbone
@@ -328,6 +334,5 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
         base = run(sub.images.float() / 255, sub.labels, f"{baseline} real",
                    golden if inherit else None)
         base.update(ipc=b.ipc, source=real_ds.source, selection_seed=seed, kind=baseline)
-        report["baseline"] = base
-        report["improvement_points"] = round(result["accuracy_mean"] - base["accuracy_mean"], 2)
+        _attach_baseline(report, base)
     return report
