@@ -245,3 +245,15 @@ def test_soft_protocols_and_their_refusals(cli, setup, tmp_path):
     assert r.code == 0, r
     assert_one_line_error(cli("evaluate", leak, "--test", data, "-p", "kd", "--epochs", "1"), 2,
                           "trained on the test data")
+
+
+def test_distill_then_relabel_in_one_command(cli, tmp_path):
+    data = write_shards(tmp_path / "d", n_train=8, n_test=4)
+    out = tmp_path / "r.safetensors"
+    r = cli("distill", data, "--ipc", "1", "--iterations", "2", "--batch-real", "4", "--width",
+            "8", "--device", "cpu", "-o", out, "--relabel", "--relabel-teacher", "convnet")
+    assert r.code == 0, r
+    b = load_bundle(out)
+    assert [s["step"] for s in b.provenance] == ["distill", "relabel"]
+    assert b.soft_labels.shape == (3, 3)
+    assert b.provenance[-1]["teachers"][0]["arch"] == "convnet"

@@ -23,7 +23,6 @@ from ddcli.cli.common import (
     SeedOpt,
     SkipBadOpt,
     TrainFilesOpt,
-    cache_dir,
     command_line,
     device_label,
     load_cli_dataset,
@@ -278,17 +277,18 @@ def distill(
             algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
             resume=resume, progress=update, warn=rep.warn,
         )
+    recorded = algo.recorded_config()
     bundle = Bundle(
         images=syn.images,
         labels=syn.labels,
         extras=syn.extras,
         method=algo.name,
-        config={**algo.recorded_config(), "preset": preset},
+        config={**recorded, "preset": preset},
         dataset=info,
         seed=seed,
         device=device_label(dev),
         provenance=[{"command": command_line(), "step": "distill", "method": algo.name,
-                     "config": algo.recorded_config(), "stats": stats,
+                     "config": recorded, "stats": stats,
                      "parent_checksum": None}],
     )
     if relabel_after:  # the paper's pipeline in one command: LIA soft labels
@@ -302,7 +302,7 @@ def distill(
     )
     if json_out:
         print_json({"bundle": str(out), "checksum": checksum, "method": algo.name,
-                    "config": algo.recorded_config(), "seed": seed, "device": bundle.device,
+                    "config": recorded, "seed": seed, "device": bundle.device,
                     "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
                     "stats": stats})
 
@@ -310,17 +310,10 @@ def distill(
 def _relabel(rep: Reporter, bundle: Bundle, ds, archs: list[str], device: str, seed: int):
     import torch
 
+    from ddcli.cli.relabel import train_teachers
     from ddcli.relabel import RelabelSettings, relabel_bundle
-    from ddcli.teachers import train_teacher
 
-    teachers = []
-    for arch in archs:
-        with rep.progress(f"teacher {arch}", None) as update:
-            t, cached = train_teacher(ds, arch, device=torch.device(device), seed=seed,
-                                      cache=cache_dir(), progress=update)
-        rep.info(f"teacher {arch}: validation accuracy {t.val_accuracy}%"
-                 + (" (cached)" if cached else ""))
-        teachers.append(t)
+    teachers, _ = train_teachers(rep, ds, archs, torch.device(device), seed)
     bundle.checksum = ""
     return relabel_bundle(bundle, teachers, RelabelSettings(seed=seed),
                           device=torch.device(device), command=command_line())

@@ -41,6 +41,28 @@ from ddcli.relabel import (
 from ddcli.teachers import RECIPES, load_teacher, train_teacher
 
 
+def train_teachers(rep: Reporter, ds, archs: list[str], device: torch.device, seed: int,
+                   epochs: int | None = None) -> tuple[list, list[dict]]:
+    """Train (or fetch cached) one teacher per architecture on ``ds``, with progress."""
+    teachers, log = [], []
+    for arch in archs:
+        if arch not in RECIPES:
+            raise InputError(f"no teacher recipe for {arch!r}; choose from {', '.join(RECIPES)}")
+        t0 = time.perf_counter()
+        epochs_ = epochs if epochs is not None else RECIPES[arch].epochs
+        with rep.progress(f"teacher {arch}", epochs_) as update:
+            t, cached = train_teacher(ds, arch, device=device, seed=seed, epochs=epochs,
+                                      cache=cache_dir(), progress=update)
+        took = time.perf_counter() - t0
+        rep.info(f"teacher {arch}: validation accuracy {t.val_accuracy}% "
+                 f"({'cached' if cached else f'trained in {took:.1f} s'}) -> {t.path}")
+        teachers.append(t)
+        log.append({"teacher": t.path, "source": "cache" if cached else "trained",
+                    "arch": arch, "val_accuracy": t.val_accuracy,
+                    "train_time_s": None if cached else round(took, 2)})
+    return teachers, log
+
+
 def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Path | None,
                  train_files: str | None, bundle, device: torch.device, seed: int,
                  epochs: int | None) -> tuple[list, list[dict]]:
@@ -57,22 +79,9 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
         ds = load_cli_dataset(rep, data or sample_dir(), "train", files=train_files,
                               image_size=size, channels=chans)
         check_classes(bundle, ds, "--data")
-        for arch in archs:
-            if arch not in RECIPES:
-                raise InputError(f"no teacher recipe for {arch!r}; choose from "
-                                 f"{', '.join(RECIPES)}")
-            t0 = time.perf_counter()
-            epochs_ = epochs if epochs is not None else RECIPES[arch].epochs
-            with rep.progress(f"teacher {arch}", epochs_) as update:
-                t, cached = train_teacher(ds, arch, device=device, seed=seed, epochs=epochs,
-                                          cache=cache_dir(), progress=update)
-            rep.info(f"teacher {arch}: validation accuracy {t.val_accuracy}% "
-                     f"({'cached' if cached else f'trained in {time.perf_counter() - t0:.1f} s'})"
-                     f" -> {t.path}")
-            teachers.append(t)
-            log.append({"teacher": t.path, "source": "cache" if cached else "trained",
-                        "arch": arch, "val_accuracy": t.val_accuracy,
-                        "train_time_s": None if cached else round(time.perf_counter() - t0, 2)})
+        trained, trained_log = train_teachers(rep, ds, archs, device, seed, epochs)
+        teachers += trained
+        log += trained_log
     if not teachers:
         raise InputError("no teacher: pass --teacher FILE or --train-teacher ARCH")
     return teachers, log
