@@ -12,7 +12,8 @@ from ddcli.bundle import Bundle
 from ddcli.data import Dataset, cap_per_class, denormalize, make_long_tailed, normalize
 from ddcli.errors import InputError
 from ddcli.protocols import Protocol
-from ddcli.relabel import last_relabel_step, mean_probs
+from ddcli.relabel import apply_tau, last_relabel_step, mean_probs
+from ddcli.seeding import derive_seed
 from ddcli.teachers import Teacher, check_teacher, load_teacher
 from ddcli.training import Views, accuracy_report, build_ensemble, predict, train_ensemble
 
@@ -43,7 +44,9 @@ def same_subset(real: Dataset, subset: dict) -> Dataset:
 
 
 def model_seeds(seed: int, n: int) -> list[int]:
-    return [seed * 1000 + i for i in range(n)]
+    """Initialisation seeds of the ``n`` evaluated models: the ``eval`` stream, disjoint from the
+    seeds of experts, teachers and pool networks (ddcli.seeding)."""
+    return [derive_seed("eval", seed, i) for i in range(n)]
 
 
 def random_real_subset(real: Dataset, ipc: int, seed: int) -> Dataset:
@@ -108,6 +111,23 @@ def bundle_views(bundle: Bundle) -> Views | None:
     return views_from(bundle.extras, last_relabel_step(bundle))
 
 
+def online_teacher(teachers: list[Teacher], mean: list[float], std: list[float],
+                   temperature: float, calibration: dict | None = None,
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``kd-online`` target: normalised batch -> the teachers' mean probabilities at
+    ``temperature``, calibrated as the bundle's soft labels were (``calibration``: the relabel
+    step's ``calibrate`` record, e.g. ADSA's τ and class prior), so ``kd`` and ``kd-online``
+    learn from the same teacher distribution."""
+    tau = float((calibration or {}).get("tau") or 0.0)
+    prior = torch.tensor((calibration or {}).get("prior") or [1.0])
+
+    def fn(batch: torch.Tensor) -> torch.Tensor:
+        p = mean_probs(teachers, denormalize(batch, mean, std), temperature)
+        return apply_tau(p, prior, tau) if tau else p
+
+    return fn
+
+
 def evaluate_images(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -125,11 +145,12 @@ def evaluate_images(
     teachers: list[Teacher] | None = None,
     temperature: float = 1.0,
     class_counts: list[int] | None = None,
+    calibration: dict | None = None,
 ) -> dict:
     """Train ``num_models`` fresh models on pixel-scale ``images`` and test them on ``test``.
 
     ``soft`` / ``views`` feed the soft-label losses; ``teachers`` run on every augmented batch
-    for ``kd-online``."""
+    for ``kd-online``, with the relabel step's ``calibration`` (ADSA τ) applied."""
     c = images.shape[1]
     x = normalize(images.to(device), mean, std)
     y = labels.to(device)
@@ -139,10 +160,8 @@ def evaluate_images(
     gen.manual_seed(seed)
     teacher_fn = None
     if protocol.loss == "kd-online":
-        t_kd = protocol.temperature or temperature
-
-        def teacher_fn(batch: torch.Tensor) -> torch.Tensor:  # normalised -> probabilities
-            return mean_probs(teachers, denormalize(batch, mean, std), t_kd)
+        teacher_fn = online_teacher(teachers, mean, std, protocol.temperature or temperature,
+                                    calibration)
 
     result = train_ensemble(
         ens, x, y, protocol, gen, progress,

@@ -27,6 +27,7 @@ from ddcli.errors import InputError
 from ddcli.io import atomic_path, read_safetensors
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
+from ddcli.seeding import SEED_SCHEME, derive_seed
 
 FORMAT = "ddcli.trajectory"
 
@@ -55,7 +56,7 @@ class Trajectory:
 
 def expert_dir(cache: Path, data: Dataset, recipe: Protocol, width: int, seed: int) -> Path:
     key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.to_dict(),
-                      "width": width, "seed": seed}, sort_keys=True)
+                      "width": width, "seed": seed, "init": SEED_SCHEME}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return Path(cache) / "experts" / f"{recipe.model}-{digest}"
 
@@ -124,7 +125,7 @@ def build_experts(
     models = []
     for i in missing:
         net = create_model(arch, data.num_classes, c, data.image_size, width=width)
-        net.reset_parameters(torch.Generator().manual_seed(seed * 1000 + i))
+        net.reset_parameters(torch.Generator().manual_seed(derive_seed("expert", seed, i)))
         models.append(net)
     ens = Ensemble(models, device)
     if not ens.vmapped:
@@ -148,5 +149,5 @@ def build_experts(
             "recipe": recipe.to_dict(), "seed": seed, "width": width}
     for j, i in enumerate(missing):
         save_trajectory(paths[i], arch, snaps[j], {**meta, "index": i,
-                                                   "init_seed": seed * 1000 + i})
+                                                   "init_seed": derive_seed("expert", seed, i)})
     return paths

@@ -7,8 +7,11 @@
   epoch's heads are tested. (The reference stops early on test accuracy; ddcli never selects
   on the test set.)
 * ``inherit``: the bundle's golden head (trained on the full real features of the distillation
-  backbone φ_d) stays frozen; a linear projector Π: φ_e -> φ_d is learnt with MSE on augmented
-  distilled images; predictions W*·Π(φ_e(x)) + b*. With φ_e = φ_d, Π starts at the identity.
+  backbone φ_d) stays frozen; a fresh linear projector Π(z) = A z + a: φ_e -> φ_d (PyTorch's
+  default init, with bias, as SFM's ``eval_syn.py``) is learnt with MSE(Π(φ_e(x)), φ_d(x)) on
+  augmented distilled images; predictions W*·Π(φ_e(x)) + b*. Also when φ_e = φ_d the projector
+  starts fresh: starting it at the identity (0.1.0) made its MSE gradient zero and the score
+  the golden head's, whatever the images.
 """
 
 from __future__ import annotations
@@ -55,11 +58,10 @@ def linear_probe(
     if inherit:
         w_star, b_star = (t.to(device) for t in golden)
         d_d = w_star.shape[1]
-        if golden_bb is bb or (golden_bb is not None and golden_bb.identity == bb.identity):
-            proj = torch.eye(d_d, d_e, device=device).expand(num_models, -1, -1).clone()
-        else:
-            proj = torch.randn((num_models, d_d, d_e), generator=gen, device=device) / d_e**0.5
-        params = [proj.requires_grad_(True)]
+        bound = 1 / d_e**0.5  # nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        proj = (torch.rand((num_models, d_d, d_e), generator=gen, device=device) * 2 - 1) * bound
+        proj_b = (torch.rand((num_models, d_d), generator=gen, device=device) * 2 - 1) * bound
+        params = [proj.requires_grad_(True), proj_b.requires_grad_(True)]
         lr = 0.01 * bs / 256
     else:
         w = torch.randn((num_models, num_classes, d_e), generator=gen, device=device) * 0.01
@@ -82,7 +84,8 @@ def linear_probe(
                     vd = views if golden_bb.input_size == bb.input_size else F.interpolate(
                         views, size=golden_bb.input_size, mode="bilinear", align_corners=False)
                     f_d = golden_bb.features(golden_bb.normalize(vd)).view(num_models, -1, d_d)
-                loss = F.mse_loss(torch.einsum("mde,mne->mnd", proj, f_e), f_d,
+                projected = torch.einsum("mde,mne->mnd", proj, f_e) + proj_b[:, None, :]
+                loss = F.mse_loss(projected, f_d,
                                   reduction="none").mean(dim=(1, 2)).sum()
             else:
                 logits = torch.einsum("mce,mne->mnc", w, f_e) + b[:, None, :]
@@ -98,7 +101,8 @@ def linear_probe(
     with torch.no_grad():
         f_test = bb.embed_all(test_pixels.float() / 255, device)
         if inherit:
-            logits = torch.einsum("mde,ne->mnd", proj, f_test) @ w_star.T + b_star
+            projected = torch.einsum("mde,ne->mnd", proj, f_test) + proj_b[:, None, :]
+            logits = projected @ w_star.T + b_star
         else:
             logits = torch.einsum("mce,ne->mnc", w, f_test) + b[:, None, :]
         preds = logits.argmax(-1)

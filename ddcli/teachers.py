@@ -31,6 +31,7 @@ from ddcli.errors import InputError
 from ddcli.io import atomic_path, read_safetensors
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
+from ddcli.seeding import SEED_SCHEME, derive_seed
 
 FORMAT = "ddcli.teacher"
 FORMAT_VERSION = 1
@@ -144,6 +145,7 @@ def load_teacher(path: str | Path) -> Teacher:
 
 def teacher_cache_path(cache: Path, data: Dataset, recipe: Protocol, seed: int) -> Path:
     key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.to_dict(), "seed": seed,
+                      "init": SEED_SCHEME,
                       "format": FORMAT_VERSION}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return Path(cache) / "teachers" / f"{recipe.model}-{digest}.safetensors"
@@ -189,7 +191,7 @@ def train_teacher(
     mean, std = data.mean_std()
     train, val = split_train_val(data, seed)
     model = create_model(arch, data.num_classes, data.channels, data.image_size)
-    model.reset_parameters(torch.Generator().manual_seed(seed))
+    model.reset_parameters(torch.Generator().manual_seed(derive_seed("teacher", seed)))
     ens = Ensemble([model], device)
     x = normalize(train.images.to(device).float() / 255, mean, std)
     gen = torch.Generator(device=device)

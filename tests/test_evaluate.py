@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error, write_shards
 
+from ddcli.evaluation import model_seeds
 from ddcli.models import create_model
 from ddcli.protocols import get_protocol
 from ddcli.training import Ensemble, accuracy_report, build_ensemble, train_ensemble
@@ -102,7 +103,7 @@ def test_evaluate_report_holds_every_knob_and_the_baseline(cli, tmp_path):
         assert p[key] == value, key
     assert p["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate"
     assert rep["num_models"] == 2 and len(rep["result"]["accuracy_per_model"]) == 2
-    assert rep["result"]["model_seeds"] == [4000, 4001]
+    assert rep["result"]["model_seeds"] == model_seeds(4, 2)
     assert len(rep["result"]["per_class_accuracy"]) == 3
     assert rep["baseline"]["ipc"] == 2 and rep["test"]["num_images"] == 18
     assert rep["improvement_points"] == pytest.approx(

@@ -200,7 +200,8 @@ def evaluate(
                                    protocol=proto, num_models=models, seed=seed, device=dev,
                                    progress=update, soft=soft, views=views, teachers=teachers,
                                    temperature=temperature,
-                                   class_counts=ds_info.get("class_counts"))
+                                   class_counts=ds_info.get("class_counts"),
+                                   calibration=(step or {}).get("calibrate"))
 
     views = bundle_views(b) if soft_protocol else None
     images, labels, soft_labels = b.decoded()  # multi-formation images, decoded

@@ -7,8 +7,10 @@ augment them ``augs`` times (default once), embed, average the views, take the c
 and their flows F̃_c, and minimise 1 − cos(vec F, vec F̃) with Adam on the pyramid.
 
 ``flow_denominator``: ``classes`` divides the synthetic non-target sum by C − 1, like the real
-side (the proposal of methods.md); ``images`` divides by the number of synthetic images, as the
-official code does (the same at IPC 1).
+side (the proposal of methods.md); ``images`` divides by N − 1, N = C·IPC the number of
+synthetic images, as the official ``get_flow`` does (einsteinxia/SFM
+``distillation/linear_gm.py``: ``(total_sum - target_class) / (N - 1)``); the two agree at
+IPC 1.
 """
 
 from __future__ import annotations
@@ -41,5 +43,5 @@ class SFM(BackboneMethod):
     def loss(self, view_feats: torch.Tensor) -> torch.Tensor:
         z = view_feats.mean(0)  # average over the augmented views
         m = class_means(z, self.syn_labels, self.num_classes)
-        den = None if self.config.flow_denominator == "classes" else float(z.shape[0])
+        den = None if self.config.flow_denominator == "classes" else float(z.shape[0] - 1)
         return flow_loss(self.real_means, m, den)
