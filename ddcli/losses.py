@@ -267,8 +267,8 @@ def ot_guidance_cost(samples: torch.Tensor, real: torch.Tensor, reg: float = 0.0
 
 
 def deviation_cost(sample: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """Diversity term: mean cosine similarity of a sample (d,) to the class's earlier samples
-    (k, d); 0 when there are none."""
+    """IGD's deviation (diversity) term: the cosine similarity of a sample (d,) to the most
+    similar of the class's earlier samples (k, d); 0 when there are none."""
     if memory.shape[0] == 0:
         return sample.sum() * 0
-    return torch.nn.functional.cosine_similarity(memory, sample[None], dim=1).mean()
+    return torch.nn.functional.cosine_similarity(memory, sample[None], dim=1).max()

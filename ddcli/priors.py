@@ -65,6 +65,14 @@ class Prior:
             e = e_null + cfg_scale * (e - e_null)
         return e
 
+    def sampler(self, kind: str = "ddpm") -> object:
+        """A fresh sampling scheduler over the prior's noise schedule: ``ddpm`` (ancestral, as
+        IGD) or ``ddim``, with IGD's respacing (timesteps ``linspace(0, T−1, S)``)."""
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        cls = DDPMScheduler if kind == "ddpm" else DDIMScheduler
+        return cls.from_config(self.scheduler.config, timestep_spacing="linspace")
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in 0..1 -> the sampling space (latents, or pixels in -1..1)."""
         x = pixels * 2 - 1
@@ -112,8 +120,9 @@ def load_prior(folder: str | Path, classes: list[str]) -> Prior:
                 raise InputError(f"{folder}: the DiT has no class conditioning")
             shape = (vae.config.latent_channels, model.config.sample_size,
                      model.config.sample_size)
+            # DiTPipeline's unconditional class: id num_embeds_ada_norm (1000 for ImageNet)
             return Prior("dit", model.eval(), _ddim(pipe.scheduler), vae.eval(),
-                         _map(names, classes, folder), None, shape, str(folder))
+                         _map(names, classes, folder), int(n_cls), shape, str(folder))
         if not (folder / "unet" / "config.json").exists():
             raise InputError(f"{folder} holds neither a DiTPipeline nor unet/ + scheduler/")
         unet = UNet2DModel.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False)

@@ -3,6 +3,8 @@ official code (the reference file is named in each test)."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -137,3 +139,73 @@ def test_no_evaluated_model_starts_from_an_expert(tmp_path):
         for snap in inits:
             k = snap["features.0.weight"]
             assert all(not torch.equal(w[i], k) for i in range(w.shape[0]))
+
+
+# -- 2.-4. otgen: IGD's window, step and DiT classifier-free guidance ----------------------------
+
+
+def test_otgen_guides_the_high_noise_start_like_igd(tmp_path, monkeypatch):
+    """IGD (gaussian_diffusion.py p_sample) guides while the respaced t (49 -> 0) is in
+    [30, 45]: timesteps 917 ... 612 of 1000, the noisy start; 0.1.0 guided loop steps 30..44."""
+    from ddcli.methods import create_method
+    from ddcli.methods.base import run_method
+    from ddcli.methods.otgen import guided_indices
+
+    assert guided_indices(50, 0.6, 0.9) == list(range(4, 20))  # r = 49 - i in [30, 45]
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path))
+    m = create_method("otgen", ipc=1, prior_channels=(8, 16), prior_steps=2, sampling_steps=50,
+                      real_per_class=4)
+    _, _ = run_method(m, tiny_dataset(4), seed=0)
+    expected = [round(999 * r / 49) for r in range(45, 29, -1)]
+    assert m.guided_timesteps == expected
+    assert min(m.guided_timesteps) > 600  # high noise
+    assert m.recorded_config()["guided_timesteps"] == expected
+
+
+def test_otgen_step_is_igds_step():
+    """rho_t = 0.0015 * RMS(eps) * sqrt(1 - abar_t) times the scale, on the unit-RMS gradient;
+    0.1.0 moved every element by 0.1 RMS whatever t and eps (about 13x IGD's step)."""
+    from ddcli.methods.otgen import OTGenConfig, igd_step
+
+    g = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 7
+    eps = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.9
+    for abar in (0.01, 0.5, 0.99):
+        a = torch.tensor(abar)
+        step = igd_step(g, eps, a, 5.0)
+        want = 5.0 * 0.0015 * eps.pow(2).mean().sqrt() * (1 - a).sqrt()
+        assert torch.allclose(step.pow(2).mean().sqrt(), want, rtol=1e-4)
+        assert torch.allclose(step / step.norm(), g / g.norm(), atol=1e-6)  # the direction
+    assert OTGenConfig().ot_scale == 5.0 and OTGenConfig().sampler == "ddpm"
+
+
+def test_dit_prior_uses_classifier_free_guidance(tmp_path):
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    from ddcli.priors import load_prior
+
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                out_channels=8, num_layers=1, sample_size=4, patch_size=2,
+                                num_embeds_ada_norm=3)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        block_out_channels=(8, 8), norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2)
+    DiTPipeline(transformer=dit, vae=vae, scheduler=DDIMScheduler(),
+                id2label={0: "a", 1: "b", 2: "c"}).save_pretrained(str(tmp_path / "dit"))
+    index = tmp_path / "dit" / "model_index.json"  # the Hub's layout carries id2label here
+    index.write_text(json.dumps({**json.loads(index.read_text()),
+                                 "id2label": {"0": "a", "1": "b", "2": "c"}}))
+    prior = load_prior(tmp_path / "dit", ["a", "b", "c"])
+    assert prior.null_id == 3  # DiTPipeline's class_null: num_embeds_ada_norm
+    with torch.no_grad():  # make the null embedding differ from the class embeddings
+        table = prior.model.transformer_blocks[0].norm1.emb.class_embedder.embedding_table
+        table.weight[3].normal_()
+    z = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1])
+    with torch.no_grad():
+        e1 = prior.eps(z, 10, y, 1.0)
+        e4 = prior.eps(z, 10, y, 4.0)
+        e_null = prior.eps(z, 10, torch.tensor([3]), 1.0)
+    assert not torch.allclose(e1, e4)  # 0.1.0: null_id None, cfg silently ignored
+    assert torch.allclose(e4, e_null + 4.0 * (e1 - e_null), atol=1e-5)

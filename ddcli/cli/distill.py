@@ -170,20 +170,27 @@ def distill(
         str | None, typer.Option("--prior-channels", help="otgen: UNet block widths of that "
                                                           "prior, e.g. 64,128,128.")
     ] = None,
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="otgen: ddpm (ancestral, IGD's) | ddim.")
+    ] = None,
     sampling_steps: Annotated[
-        int | None, typer.Option("--sampling-steps", help="otgen: DDIM steps per sample (50).")
+        int | None, typer.Option("--sampling-steps", help="otgen: sampling steps per sample "
+                                                          "(50).")
     ] = None,
     cfg_scale: Annotated[
-        float | None, typer.Option("--cfg-scale", help="otgen: classifier-free guidance (2).")
+        float | None, typer.Option("--cfg-scale", help="otgen: classifier-free guidance (4 "
+                                                       "for DiT priors as IGD, 2 for UNets).")
     ] = None,
     ot_scale: Annotated[
-        float | None, typer.Option("--ot-scale", help="otgen: OT guidance step (0.1; 0: off).")
+        float | None, typer.Option("--ot-scale", help="otgen: OT guidance in units of IGD's "
+                                                      "step (5, IGD's k; 0: off).")
     ] = None,
     ot_reg: Annotated[
         float | None, typer.Option("--ot-reg", help="otgen: Sinkhorn regulariser (0.05).")
     ] = None,
     dev_scale: Annotated[
-        float | None, typer.Option("--dev-scale", help="otgen: diversity guidance step (0).")
+        float | None, typer.Option("--dev-scale", help="otgen: IGD's deviation guidance "
+                                                       "(0: off; IGD 50-120 for DiT).")
     ] = None,
     real_per_class: Annotated[
         int | None, typer.Option("--real-per-class", help="otgen: real samples per class in "
@@ -241,7 +248,7 @@ def distill(
                          backbone_weights=backbone_weights, augs=augs,
                          pyramid_every=pyramid_every, golden_head_epochs=golden_head_epochs,
                          flow_denominator=flow_denominator, prior=prior,
-                         prior_steps=prior_steps, sampling_steps=sampling_steps,
+                         prior_steps=prior_steps, sampling_steps=sampling_steps, sampler=sampler,
                          prior_channels=_int_tuple(prior_channels, "--prior-channels"),
                          cfg_scale=cfg_scale, ot_scale=ot_scale, ot_reg=ot_reg,
                          dev_scale=dev_scale, real_per_class=real_per_class).items()

@@ -1,17 +1,24 @@
 """otgen: OT-guided sampling from a class-conditional diffusion prior (methods.md §5.2).
 
-Per class, IPC samples are generated one after another with DDIM. Inside a window of the
-sampling steps the update is guided: from the predicted clean sample x̂₀ of the current step
-and the samples already generated for the class, the entropic OT cost G_W to a batch of real
-samples of the class (in the prior's latent space when it has a VAE, else in pixels) is computed
-with POT (plan detached), and its gradient with respect to z_t — through x̂₀ — is subtracted,
-together with an optional deviation (diversity) term:
+Per class, IPC samples are generated one after another, with IGD's sampler as the base
+(mchen725/DD_IGD, ``IGD/diffusion/gaussian_diffusion.py``): 50 respaced steps of ancestral
+(DDPM) sampling, timesteps ``linspace(0, T−1, 50)`` as IGD's respacing, classifier-free guidance
+(4.0 for DiT priors, as IGD). Inside a window of **timesteps** — the respaced index r (counting
+down from S−1) with ``window_start·S <= r <= window_end·S``, IGD's [30, 45] of 50: the
+high-noise start of sampling, where a sample's mode is decided — the sampled z_{t−1} is guided:
 
-    z_{t−1} = DDIM(z_t, ε) − β₁·∇G_W − γ·∇G_D
+    z_{t−1} = sample(z_t, ε) − ρ_t·β₁·ĝ_W − γ·∇_{z_t} cos(z_t, m*)
 
-ddcli choice (the paper gives no value): both gradients are normalised to unit RMS per element
-before scaling, so ``ot_scale`` / ``dev_scale`` are step sizes in the sampling space. The
-influence guidance of IGD (a surrogate network's gradient matching) is not implemented.
+* ĝ_W = ∇_{z_t} G_W / RMS(∇_{z_t} G_W), G_W = ⟨P, C⟩ the entropic OT cost (POT, plan detached)
+  between the class's samples so far plus the predicted clean sample x̂₀ of this step, and a
+  batch of real samples of the class (in the prior's latent space when it has a VAE), L1 cost;
+* ρ_t = 0.0015·RMS(ε)·√(1 − ᾱ_t): IGD's step for its influence guidance, so ``ot_scale`` = β₁
+  plays IGD's ``gm_scale`` k (5 in its DiT scripts), the OT term standing where IGD's
+  influence term stands;
+* the deviation term is IGD's: the cosine of z_t to the most similar latent already generated
+  for the class, its raw gradient scaled by ``dev_scale`` (IGD 50–120 for DiT; 0 = off).
+
+IGD's influence guidance (a surrogate network's gradient matching) is not implemented.
 The prior is ``--prior DIR`` (a local diffusers folder) or, by default, a small class-conditional
 UNet trained on the data (cached; ddcli.priors). Then ``relabel`` + ``evaluate -p otm`` (or
 ``distill --relabel``) complete the paper's pipeline.
@@ -31,6 +38,12 @@ from ddcli.methods.base import Method, MethodConfig, SyntheticSet
 from ddcli.priors import PriorRecipe, load_prior, train_prior
 from ddcli.runtime import cache_dir
 
+#: IGD's step constant: ρ_t = IGD_STEP · RMS(ε) · √(1 − ᾱ_t)
+IGD_STEP = 0.0015
+#: classifier-free guidance by prior kind when --cfg-scale is not given: IGD samples DiT at 4.0;
+#: ddcli's own UNet priors at 2.0 (ddcli choice, not yet measured against 4.0)
+DEFAULT_CFG = {"dit": 4.0, "unet": 2.0}
+
 
 @dataclass(frozen=True)
 class OTGenConfig(MethodConfig):
@@ -40,12 +53,14 @@ class OTGenConfig(MethodConfig):
         prior_steps: training steps of that prior.
         prior_channels: its UNet's block widths.
         prior_batch: its training batch size.
-        sampling_steps: DDIM steps per sample.
-        cfg_scale: classifier-free guidance (priors with a null class).
-        ot_scale: β₁, the RMS step of the OT guidance per element (0: unguided sampling).
+        sampler: ``ddpm`` (ancestral, IGD's) or ``ddim``.
+        sampling_steps: respaced sampling steps per sample (IGD 50).
+        cfg_scale: classifier-free guidance (None: 4.0 for DiT priors as IGD, 2.0 for UNets).
+        ot_scale: β₁, the OT guidance in units of IGD's step ρ_t (IGD's k = 5; 0: unguided).
         ot_reg: λ₁, the Sinkhorn regulariser.
-        dev_scale: γ, the RMS step of the deviation (diversity) guidance (0: off).
-        window_start, window_end: the guided part of the sampling, as fractions of the steps.
+        dev_scale: γ, IGD's deviation (diversity) guidance (0: off).
+        window_start, window_end: the guided respaced timesteps, as fractions of the steps
+            (IGD: 30..45 of 50).
         real_per_class: real samples per class in the OT cost.
     """
 
@@ -54,9 +69,10 @@ class OTGenConfig(MethodConfig):
     prior_steps: int = 20000
     prior_channels: tuple[int, ...] = (64, 128, 128)
     prior_batch: int = 128
+    sampler: str = "ddpm"
     sampling_steps: int = 50
-    cfg_scale: float = 2.0
-    ot_scale: float = 0.1
+    cfg_scale: float | None = None
+    ot_scale: float = 5.0
     ot_reg: float = 0.05
     dev_scale: float = 0.0
     window_start: float = 0.6
@@ -74,14 +90,32 @@ class OTGenConfig(MethodConfig):
                              "must be >= 1")
         if self.prior_steps < 0 or self.ot_scale < 0 or self.dev_scale < 0:
             raise InputError("--prior-steps, --ot-scale and --dev-scale must be >= 0")
+        if self.cfg_scale is not None and not self.cfg_scale >= 0:
+            raise InputError(f"--cfg-scale must be >= 0, got {self.cfg_scale}")
         if not self.ot_reg > 0:
             raise InputError(f"--ot-reg must be > 0, got {self.ot_reg}")
         if not 0 <= self.window_start <= self.window_end <= 1:
             raise InputError("the guidance window needs 0 <= start <= end <= 1")
+        if self.sampler not in ("ddpm", "ddim"):
+            raise InputError(f"--sampler must be ddpm or ddim, got {self.sampler!r}")
 
 
-def _unit_rms(g: torch.Tensor) -> torch.Tensor:
-    return g / (g.pow(2).mean().sqrt() + 1e-12)
+def guided_indices(steps: int, start: float, end: float) -> list[int]:
+    """Loop indices i (0 = the first, noisiest step) whose respaced timestep r = steps − 1 − i
+    lies in [start·steps, end·steps]: IGD's ``low <= t <= high`` with t counting down."""
+    return [i for i in range(steps) if start * steps <= steps - 1 - i <= end * steps]
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.pow(2).mean().sqrt()
+
+
+def igd_step(grad: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
+             scale: float) -> torch.Tensor:
+    """IGD's guidance step (``gaussian_diffusion.py``: ``rho_t = 0.0015·RMS(ε)/RMS(g) ·
+    sqrt(1 − ᾱ_t)``, times ``gm_scale``): ``scale · ρ_t · g / RMS(g)``."""
+    rho = IGD_STEP * _rms(eps) * (1 - alpha_bar).sqrt()
+    return scale * rho * grad / (_rms(grad) + 1e-12)
 
 
 @register_method
@@ -109,6 +143,12 @@ class OTGen(Method):
                                         progress=update)
         self.prior = load_prior(folder, data.classes).to(device)
         self.prior_source = str(folder)
+        self.cfg = cfg.cfg_scale if cfg.cfg_scale is not None else DEFAULT_CFG[self.prior.kind]
+        self.scheduler = self.prior.sampler(cfg.sampler)
+        self.scheduler.set_timesteps(cfg.sampling_steps)
+        self.guided = set(guided_indices(cfg.sampling_steps, cfg.window_start, cfg.window_end))
+        #: the (original) timesteps the last sample was guided at, for reports and tests
+        self.guided_timesteps: list[int] = []
         self.class_ids = torch.tensor([self.prior.label_ids[c] for c in data.classes],
                                       device=device)
         # real samples of every class in the prior's space, encoded once
@@ -145,31 +185,32 @@ class OTGen(Method):
     def step(self, it: int) -> torch.Tensor:
         cfg: OTGenConfig = self.config
         c, j = divmod(it, cfg.ipc)
-        prior, sched = self.prior, self.prior.scheduler
-        sched.set_timesteps(cfg.sampling_steps)
+        prior, sched = self.prior, self.scheduler
         dev = self.memory.device
         z = torch.randn((1, *prior.sample_shape), generator=self.gen, device=dev)
         label = self.class_ids[c : c + 1]
         memory = self.memory[c * cfg.ipc : c * cfg.ipc + j]
-        lo = int(cfg.window_start * cfg.sampling_steps)
-        hi = int(cfg.window_end * cfg.sampling_steps)
         cost = torch.zeros((), device=dev)
+        ot_on, dev_on = cfg.ot_scale > 0, cfg.dev_scale > 0 and j > 0
+        self.guided_timesteps = []
         for i, t in enumerate(sched.timesteps):
-            guided = lo <= i < hi and (cfg.ot_scale > 0 or cfg.dev_scale > 0)
+            guided = i in self.guided and (ot_on or dev_on)
             z_in = z.detach().requires_grad_(guided)
+            nudge = torch.zeros_like(z)
             with torch.set_grad_enabled(guided):
-                eps = prior.eps(z_in, t, label, cfg.cfg_scale)
+                eps = prior.eps(z_in, t, label, self.cfg)
                 a = sched.alphas_cumprod[int(t)].to(dev)
-                x0 = (z_in - (1 - a).sqrt() * eps) / a.sqrt()
-                nudge = torch.zeros_like(z)
-                if guided and cfg.ot_scale > 0:
+                if guided:
+                    self.guided_timesteps.append(int(t))
+                if guided and ot_on:
+                    x0 = (z_in - (1 - a).sqrt() * eps) / a.sqrt()
                     cost, _ = ot_guidance_cost(torch.cat([memory, x0.flatten(1)]), self.reals[c],
                                                cfg.ot_reg)
-                    (g,) = torch.autograd.grad(cost, z_in, retain_graph=cfg.dev_scale > 0)
-                    nudge = nudge + cfg.ot_scale * _unit_rms(g)
-                if guided and cfg.dev_scale > 0 and memory.shape[0]:
-                    (g,) = torch.autograd.grad(deviation_cost(x0.flatten(), memory), z_in)
-                    nudge = nudge + cfg.dev_scale * _unit_rms(g)
+                    (g,) = torch.autograd.grad(cost, z_in)
+                    nudge = nudge + igd_step(g, eps.detach(), a, cfg.ot_scale)
+                if guided and dev_on:
+                    (g,) = torch.autograd.grad(deviation_cost(z_in.flatten(), memory), z_in)
+                    nudge = nudge + cfg.dev_scale * g
             with torch.no_grad():
                 z = sched.step(eps.detach(), t, z.detach(), generator=self.gen).prev_sample - nudge
         with torch.no_grad():
@@ -189,4 +230,7 @@ class OTGen(Method):
 
     def recorded_config(self) -> dict:
         return {**super().recorded_config(), "prior_source": self.prior_source,
-                "prior_kind": self.prior.kind, "latent": self.prior.latent}
+                "prior_kind": self.prior.kind, "latent": self.prior.latent,
+                "cfg_scale_used": self.cfg, "null_class_id": self.prior.null_id,
+                "guided_timesteps": [int(t) for i, t in enumerate(self.scheduler.timesteps)
+                                     if i in self.guided]}
