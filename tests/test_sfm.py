@@ -72,10 +72,10 @@ def test_linear_ce_gradient_against_autograd_and_finite_differences():
 def test_efficientnet_lite0_loads_every_key():
     bb = create_backbone("efficientnet-lite0")  # strict=True inside: no missing, no extra key
     state = torch.load(str(lite0_package_weights()), map_location="cpu", weights_only=True)
-    net = bb.module.net
-    assert len(net.state_dict()) == len(state) == 296
+    net = bb.module  # timm's tf_efficientnet_lite0, classifier removed after strict loading
+    assert len(net.state_dict()) == len(state) - 2 == 294
     key = "_blocks.15._project_conv.weight"
-    assert torch.equal(net._blocks[15]._project_conv.weight, state[key])
+    assert torch.equal(net.blocks[6][0].conv_pwl.weight, state[key])
     f = bb.embed(torch.rand(2, 3, 32, 32))
     assert f.shape == (2, 1280) and bb.input_size == (224, 224)
 
