@@ -57,15 +57,19 @@ class DSAParams:
     """Rows of augmentation parameters: ``family`` (R,) indexes ``families``; ``u`` (R, 11).
 
     With ``all_families`` every family of the strategy is applied to every image (the
-    reference's mode 'M'); otherwise only the row's ``family`` (mode 'S')."""
+    reference's mode 'M'); otherwise only the row's ``family`` (mode 'S'), plus the families of
+    ``always`` on every image (TGDD's evaluation: flip and colour always, then one of crop,
+    scale, rotate). ``family`` indexes the chosen families, which come first in ``families``."""
 
     families: tuple[str, ...]
     family: torch.Tensor
     u: torch.Tensor
     all_families: bool = False
+    always: tuple[str, ...] = ()
 
     def take(self, index: torch.Tensor) -> DSAParams:
-        return DSAParams(self.families, self.family[index], self.u[index], self.all_families)
+        return DSAParams(self.families, self.family[index], self.u[index], self.all_families,
+                         self.always)
 
 
 def sample_params(
@@ -75,11 +79,14 @@ def sample_params(
     device: torch.device | str | None = None,
     family_groups: torch.Tensor | None = None,
     all_families: bool = False,
+    always: str = "",
 ) -> DSAParams:
     """Draw ``rows`` parameter rows. With ``family_groups`` (rows,) the family is drawn once per
     group and shared by its rows (one family per reference call). With ``all_families`` every
-    family of the strategy applies to every image."""
+    family of the strategy applies to every image. The families of ``always`` (e.g.
+    ``"color_flip"``) apply to every image besides the chosen one."""
     fams = parse_strategy(strategy)
+    extra = tuple(f for f in parse_strategy(always) if f not in fams) if always else ()
     device = device or generator.device
     u = torch.rand((rows, len(_SLOTS)), generator=generator, device=device)
     if family_groups is None:
@@ -88,7 +95,7 @@ def sample_params(
         n_groups = int(family_groups.max()) + 1 if family_groups.numel() else 0
         fam = torch.randint(len(fams), (n_groups,), generator=generator, device=device)
         fam = fam[family_groups]
-    return DSAParams(fams, fam, u, all_families)
+    return DSAParams(fams + extra, fam, u, all_families, extra)
 
 
 def _slot(u: torch.Tensor, name: str) -> torch.Tensor:
@@ -105,7 +112,7 @@ def apply(x: torch.Tensor, params: DSAParams, index: torch.Tensor | None = None)
     def chosen(name: str) -> torch.Tensor | None:
         if name not in p.families:
             return None
-        if p.all_families:
+        if p.all_families or name in p.always:
             return torch.ones((n, 1, 1, 1), dtype=torch.bool, device=x.device)
         return (fam == p.families.index(name)).view(n, 1, 1, 1)
 
@@ -175,9 +182,11 @@ def augment(
     strategy: str = DSA_STRATEGY,
     family_groups: torch.Tensor | None = None,
     all_families: bool = False,
+    always: str = "",
 ) -> torch.Tensor:
     """Non-Siamese DSA: every image its own parameters.
 
-    Images with the same ``family_groups`` id share the family (one per reference call)."""
+    Images with the same ``family_groups`` id share the family (one per reference call); the
+    families of ``always`` apply to every image."""
     return apply(x, sample_params(x.shape[0], generator, strategy, x.device, family_groups,
-                                  all_families))
+                                  all_families, always))

@@ -31,13 +31,15 @@ from ddcli.seeding import SEED_SCHEME, derive_seed
 
 FORMAT = "ddcli.trajectory"
 
-#: §3.2: SGD lr 0.01 momentum 0.9 wd 5e-4, x0.2 at 2E/3 and 5E/6, DSA without cutout + CutMix
+#: FlyFinley/TGDD pretrain.py + arguments/arg_pretrain.py: SGD lr 0.01 momentum 0.9 wd 5e-4,
+#: batch 64, x0.2 at 2E/3 and 5E/6, per-image colour + crop (``aug_rand``: color_crop_cutout
+#: without cutout, as CutMix is on) + CutMix p 0.5 beta 1
 EXPERT_RECIPE = Protocol(
-    name="tgdd-expert", model="convnet", epochs=60, batch_size=256, optimizer="sgd", lr=0.01,
+    name="tgdd-expert", model="convnet", epochs=60, batch_size=64, optimizer="sgd", lr=0.01,
     momentum=0.9, weight_decay=5e-4, schedule="step", lr_milestones=(2 / 3, 5 / 6),
-    lr_gamma=0.2, augment="dsa-all", dsa_strategy="color_crop_flip_scale_rotate",
+    lr_gamma=0.2, augment="dsa-all", dsa_strategy="color_crop",
     cutmix_prob=0.5, cutmix_beta=1.0, loss="ce",
-    reference="TGDD pretrain.py recipe (methods.md §3.2)",
+    reference="TGDD pretrain.py recipe: batch 64, colour + crop, CutMix",
 )
 
 

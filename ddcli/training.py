@@ -221,7 +221,8 @@ def train_ensemble(
                 t = views.soft[flat, v]
             elif protocol.augment == "dsa":
                 groups = model_of.repeat_interleave(b)  # one family per model's batch
-                x = augment.augment(x, generator, protocol.dsa_strategy, family_groups=groups)
+                x = augment.augment(x, generator, protocol.dsa_strategy, family_groups=groups,
+                                    always=protocol.dsa_always)
             elif protocol.augment == "dsa-all":
                 x = augment.augment(x, generator, protocol.dsa_strategy, all_families=True)
             elif protocol.augment == "standard":

@@ -288,3 +288,36 @@ def test_lite0_backbone_equals_an_independent_same_padding_implementation():
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
     assert torch.allclose(logits, want_logits, atol=1e-3, rtol=1e-4)
     assert not torch.allclose(got, wrong, atol=1e-2)  # symmetric padding (0.1.0) differs
+
+
+# -- 8.-10. TGDD's evaluation augmentation and expert recipe (FlyFinley/TGDD) -------------------
+
+
+def test_tgdd_protocol_flips_and_colours_every_image_then_one_family_per_batch():
+    from ddcli import augment
+    from ddcli.protocols import get_protocol
+
+    p = get_protocol("tgdd")
+    assert (p.augment, p.dsa_strategy, p.dsa_always) == ("dsa", "crop_scale_rotate", "color_flip")
+    groups = torch.arange(4).repeat_interleave(8)  # 4 models' batches of 8
+    params = augment.sample_params(32, torch.Generator().manual_seed(0), p.dsa_strategy,
+                                   family_groups=groups, always=p.dsa_always)
+    assert set(params.families[:3]) == {"crop", "scale", "rotate"}
+    fam = params.family.view(4, 8)
+    assert bool((fam == fam[:, :1]).all()) and int(fam.max()) <= 2  # one family per batch
+    # colour on every image, whatever the batch's family: with brightness +0.5 and neutral
+    # saturation / contrast, a flat 0.2 image reads 0.7 at its centre (crop, scale and rotate
+    # leave the centre of a flat image alone)
+    u = params.u.clone()
+    u[:, 0], u[:, 1], u[:, 2] = 1.0, 0.5, 0.5
+    params.u = u
+    out = augment.apply(torch.full((32, 3, 8, 8), 0.2), params)
+    assert torch.allclose(out[:, :, 3:5, 3:5], torch.full((32, 3, 2, 2), 0.7), atol=1e-5)
+
+
+def test_experts_train_like_the_reference():
+    from ddcli.experts import EXPERT_RECIPE
+
+    assert EXPERT_RECIPE.batch_size == 64  # 782 steps per epoch on 50k images
+    assert (EXPERT_RECIPE.augment, EXPERT_RECIPE.dsa_strategy) == ("dsa-all", "color_crop")
+    assert EXPERT_RECIPE.cutmix_prob == 0.5 and EXPERT_RECIPE.lr_milestones == (2 / 3, 5 / 6)
