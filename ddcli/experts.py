@@ -56,9 +56,11 @@ class Trajectory:
         return len(self.snapshots) - 1
 
 
-def expert_dir(cache: Path, data: Dataset, recipe: Protocol, width: int, seed: int) -> Path:
+def expert_dir(cache: Path, data: Dataset, recipe: Protocol, width: int, seed: int,
+               stream: str = "expert", ends_only: bool = False) -> Path:
     key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.to_dict(),
-                      "width": width, "seed": seed, "init": SEED_SCHEME}, sort_keys=True)
+                      "width": width, "seed": seed, "init": SEED_SCHEME, "stream": stream,
+                      "ends_only": ends_only}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return Path(cache) / "experts" / f"{recipe.model}-{digest}"
 
@@ -103,17 +105,24 @@ def build_experts(
     seed: int = 0,
     progress: Callable[..., None] | None = None,
     info: Callable[[str], None] = lambda m: None,
+    recipe: Protocol = EXPERT_RECIPE,
+    stream: str = "expert",
+    ends_only: bool = False,
 ) -> list[Path]:
-    """Make sure ``num`` trajectories exist for ``data`` (cached); return their files."""
+    """Make sure ``num`` trajectories exist for ``data`` (cached); return their files.
+
+    ``recipe`` / ``stream`` / ``ends_only`` serve other users of trained-network pools (CSDM's
+    NCFM-style extractor pool: its own recipe and seed stream, only the initial and the final
+    weights kept)."""
     from ddcli.training import Ensemble, train_ensemble
 
     if num < 1:
         raise InputError(f"--num-experts must be >= 1, got {num}")
-    recipe = dataclasses.replace(EXPERT_RECIPE, model=arch,
+    recipe = dataclasses.replace(recipe, model=arch,
                                  **({"epochs": epochs} if epochs is not None else {}))
     if recipe.epochs < 1:
         raise InputError(f"--expert-epochs must be >= 1, got {recipe.epochs}")
-    folder = expert_dir(cache, data, recipe, width, seed)
+    folder = expert_dir(cache, data, recipe, width, seed, stream, ends_only)
     paths = [folder / f"trajectory_{i:03d}.safetensors" for i in range(num)]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
     if not missing:
@@ -127,7 +136,7 @@ def build_experts(
     models = []
     for i in missing:
         net = create_model(arch, data.num_classes, c, data.image_size, width=width)
-        net.reset_parameters(torch.Generator().manual_seed(derive_seed("expert", seed, i)))
+        net.reset_parameters(torch.Generator().manual_seed(derive_seed(stream, seed, i)))
         models.append(net)
     ens = Ensemble(models, device)
     if not ens.vmapped:
@@ -140,6 +149,8 @@ def build_experts(
     snaps = [[s_] for s_ in snapshot()]  # epoch 0
 
     def epoch_end(epoch: int) -> None:
+        if ends_only and epoch < recipe.epochs:
+            return
         for j, s_ in enumerate(snapshot()):
             snaps[j].append(s_)
 
@@ -151,5 +162,6 @@ def build_experts(
             "recipe": recipe.to_dict(), "seed": seed, "width": width}
     for j, i in enumerate(missing):
         save_trajectory(paths[i], arch, snaps[j], {**meta, "index": i,
-                                                   "init_seed": derive_seed("expert", seed, i)})
+                                                   "init_seed": derive_seed(stream, seed, i),
+                                                   "ends_only": ends_only})
     return paths

@@ -144,8 +144,8 @@ def test_pool_extractor_and_median_bandwidth(tmp_path, monkeypatch):
     m = create_method("csdm", **TINY, extractor="pool", pool_size=2, pool_epochs=1,
                       sigma="median")
     syn, _ = run_method(m, ds)
-    assert len(m.nets) == 2 and 0 < m.sigma < 2  # normalised features: distances in (0, 2]
-    assert len(list((tmp_path / "teachers").glob("*.safetensors"))) == 2  # cached, trained once
+    assert len(m.members) == 2 and 0 < m.sigma < 2  # normalised features: distances in (0, 2]
+    assert len(list((tmp_path / "experts").glob("*/*.safetensors"))) == 2  # cached, trained once
     m2 = create_method("csdm", **TINY, extractor="pool", pool_size=2, pool_epochs=1,
                        sigma="median")
     syn2, _ = run_method(m2, ds)

@@ -321,3 +321,95 @@ def test_experts_train_like_the_reference():
     assert EXPERT_RECIPE.batch_size == 64  # 782 steps per epoch on 50k images
     assert (EXPERT_RECIPE.augment, EXPERT_RECIPE.dsa_strategy) == ("dsa-all", "color_crop")
     assert EXPERT_RECIPE.cutmix_prob == 0.5 and EXPERT_RECIPE.lr_milestones == (2 / 3, 5 / 6)
+
+
+# -- 12.-13. CSDM's loop is NCFM's (gszfwsb/NCFM condenser/*, utils/utils.py) ------------------
+
+
+def test_per_class_adamw_steps_equal_ncfms_loop():
+    """for c: zero_grad; loss_c.backward(); opt.step() — with AdamW, every step also moves the
+    other classes' images (momentum, weight decay); the batched version must equal the loop."""
+    from ddcli.methods.csdm import sequential_optimizer_steps
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(2)
+    target = torch.randn(6, 4, generator=g)
+
+    def class_losses(x):  # class c's loss depends only on its own rows
+        per_row = ((x - target) ** 2).sum(1) * (1 + labels)
+        return torch.zeros(3).index_add(0, labels, per_row)
+
+    x0 = torch.randn(6, 4, generator=g)
+    a, b = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
+    opt_a = torch.optim.AdamW([a], lr=0.01, weight_decay=5e-4)
+    opt_b = torch.optim.AdamW([b], lr=0.01, weight_decay=5e-4)
+    for _ in range(4):
+        for c in range(3):  # NCFM's loop
+            opt_a.zero_grad()
+            class_losses(a)[c].backward()
+            opt_a.step()
+        sequential_optimizer_steps(opt_b, b, labels, 3, class_losses)
+    assert torch.allclose(a, b, atol=1e-6)
+    joint = x0.clone().requires_grad_(True)  # one joint step per iteration differs
+    opt_j = torch.optim.AdamW([joint], lr=0.01, weight_decay=5e-4)
+    for _ in range(4):
+        opt_j.zero_grad()
+        class_losses(joint).sum().backward()
+        opt_j.step()
+    assert not torch.allclose(a, joint, atol=1e-4)
+
+
+def test_csdm_optimises_clamped_pixels_with_ncfms_adamw(tmp_path, monkeypatch):
+    from ddcli.methods import create_method
+    from ddcli.methods.base import run_method
+    from ddcli.methods.csdm import CSDMConfig
+
+    cfg = CSDMConfig()
+    assert (cfg.lr, cfg.weight_decay, cfg.optimizer, cfg.step_mode) == (1e-3, 5e-4, "adamw",
+                                                                       "per-class")
+    assert (cfg.plateau_patience, cfg.plateau_factor) == (500, 0.5)
+    assert (cfg.pool_size, cfg.pool_epochs, cfg.dsa_strategy) == (20, 60, "color_crop_cutout")
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path))
+    data = tiny_dataset(6)
+    m = create_method("csdm", ipc=2, iterations=0, batch_real=4, width=8, num_freqs=16)
+    run_method(m, data, seed=0)  # the initial images: real pixels in [0, 1], not normalised
+    assert float(m.syn.detach().min()) >= 0 and float(m.syn.detach().max()) <= 1
+    m = create_method("csdm", ipc=2, iterations=3, batch_real=4, width=8, num_freqs=16, lr=0.5)
+    syn, _ = run_method(m, data, seed=0)
+    group = m.opt.param_groups[0]
+    assert isinstance(m.opt, torch.optim.AdamW) and group["weight_decay"] == 5e-4
+    assert float(syn.images.min()) >= 0 and float(syn.images.max()) <= 1  # pixels, clamped
+
+
+def test_plateau_rule_equals_torchs_reduce_lr_on_plateau():
+    from ddcli.methods.csdm import plateau_update
+
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", factor=0.5, patience=3)
+    values = [5, 4, 4, 4.2, 4.1, 4.0, 3.99999, 3, 3, 3, 3, 3, 3, 3, 3, 2.5]
+    lr, best, bad = 1.0, float("inf"), 0
+    for v in values:
+        sched.step(v)
+        lr, best, bad = plateau_update(lr, best, bad, v, 3, 0.5)
+        assert lr == opt.param_groups[0]["lr"]
+
+
+def test_pool_extractor_blends_init_and_trained_weights(tmp_path, monkeypatch):
+    from ddcli.methods import create_method
+    from ddcli.methods.base import run_method
+
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path))
+    m = create_method("csdm", ipc=1, iterations=1, batch_real=4, width=8, num_freqs=16,
+                      extractor="pool", pool_size=2, pool_epochs=2)
+    run_method(m, tiny_dataset(6), seed=0)
+    init, trained = m.members[0]
+    assert not torch.equal(init["features.0.weight"], trained["features.0.weight"])
+    m.pick_gen.manual_seed(0)
+    i = int(torch.randint(2, (1,), generator=m.pick_gen))
+    lam = float(torch.rand((), generator=m.pick_gen))
+    m.pick_gen.manual_seed(0)
+    net = m.extractor()
+    init, trained = m.members[i]
+    k = "features.0.weight"
+    assert torch.allclose(net.state_dict()[k], lam * init[k] + (1 - lam) * trained[k], atol=1e-6)

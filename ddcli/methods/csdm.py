@@ -9,25 +9,74 @@ The DM loop (ddcli.methods.dm) with three changes:
    (realism), weighted α(c)·A + (1 − α(c))·P;
 2. α(c) follows the real class frequencies: head classes lean to diversity, tail classes to
    realism (``alpha_schedule``); SDM and balanced data use α = ½ (kernel MMD);
-3. the optimiser is AdamW on pixels (NCFM's), and the extractor is a fresh random network
-   (DM-style) or one of a pool of networks pre-trained on the real data (NCFM-style, trained
-   once and cached).
+3. the loop is NCFM's (gszfwsb/NCFM ``condenser/Condenser.py``, ``compute_loss.py``,
+   ``utils/utils.py``, ``config/ipc10/cifar10.yaml``), as the paper builds on it: synthetic
+   images in [0, 1] pixels, clamped at the start of every iteration; AdamW lr 1e-3 (the config's
+   ``lr_img`` 0.01 times its ``lr_scale_adam`` 0.1), weight decay 5e-4; **one optimiser step
+   per class** in class order, each on the whole tensor (computed exactly from one batched
+   gradient, :func:`sequential_optimizer_steps`); ReduceLROnPlateau(0.5, patience 500) on the
+   iteration's mean class loss; one DSA draw of ``color_crop_cutout`` (every family) per class,
+   shared by its real and synthetic images. The extractor is a fresh random network (DM-style)
+   or, with ``--extractor pool``, NCFM's: each iteration one of 20 networks trained 60 epochs,
+   its weights blended l·init + (1 − l)·trained with l ~ U(0, 1).
 
-What the paper leaves unknown (α values, kernels and bandwidths, loop, optimiser) follows the
-proposals of methods.md §2; every choice is a flag recorded in the bundle.
+What the paper leaves unknown (α values, kernels and bandwidths) follows the proposals of
+methods.md §2 — the α schedule (0.7 / 0.3) and the kernel are guesses, not the paper's; every
+choice is a flag recorded in the bundle. docs/fidelity.md lists what differs from NCFM.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from ddcli import augment, formation
 from ddcli.errors import InputError
+from ddcli.experts import EXPERT_RECIPE
 from ddcli.losses import KERNELS, alpha_schedule, sample_frequencies, spectral_loss
 from ddcli.methods import register_method
+from ddcli.methods.base import SyntheticSet
 from ddcli.methods.dm import DM, DMConfig
 from ddcli.runtime import cache_dir
+
+
+def sequential_optimizer_steps(
+    opt: torch.optim.Optimizer, param: torch.Tensor, class_of: torch.Tensor, num_classes: int,
+    class_losses: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """NCFM's per-class update — for c in classes: zero_grad; loss_c.backward(); opt.step() — on
+    one tensor ``param`` holding every class's images, computed with one batched gradient.
+
+    Class c's loss depends only on its own images, which before its step have moved only by
+    the gradient-free steps of the classes before it (momentum, weight decay). So: replay the C
+    steps with zero gradients to record where each class's images stand at its turn, restore,
+    take every class's gradient at that point in one pass, and replay the C steps with class
+    c's gradient alone at step c. Exact for any element-wise optimiser (SGD, Adam, AdamW).
+    Returns the (C,) losses."""
+    start = param.detach().clone()
+    state = {k: (v.clone() if torch.is_tensor(v) else v)
+             for k, v in opt.state.get(param, {}).items()}
+    view = (-1,) + (1,) * (param.dim() - 1)
+    at_turn = torch.empty_like(start)
+    with torch.no_grad():
+        for c in range(num_classes):
+            mine = (class_of == c).view(view)
+            at_turn = torch.where(mine, param, at_turn)
+            param.grad = torch.zeros_like(param)
+            opt.step()
+        param.copy_(start)
+    opt.state[param] = state
+    point = at_turn.detach().requires_grad_(True)
+    losses = class_losses(point)
+    (g,) = torch.autograd.grad(losses.sum(), point)
+    for c in range(num_classes):
+        param.grad = torch.where((class_of == c).view(view), g, 0.0)
+        opt.step()
+    param.grad = None
+    return losses.detach()
 
 
 @dataclass(frozen=True)
@@ -35,7 +84,12 @@ class CSDMConfig(DMConfig):
     """CSDM hyper-parameters (DM's, plus):
 
     Attributes:
-        optimizer: ``adamw`` (default, lr 0.01 as NCFM) or ``sgd`` (with ``momentum``).
+        lr: the image learning rate (NCFM's effective AdamW lr 1e-3).
+        weight_decay: AdamW's weight decay (NCFM 5e-4).
+        optimizer: ``adamw`` (default, NCFM's) or ``sgd`` (with ``momentum``).
+        step_mode: ``per-class`` (NCFM: one optimiser step per class) or ``joint``.
+        plateau_patience: ReduceLROnPlateau patience in iterations (NCFM 500; 0: off), factor
+            ``plateau_factor`` (0.5).
         kernel: one of gaussian, laplacian, cauchy, matern-0.5, matern-1.5, matern-2.5.
         sigma: the bandwidth, a number or ``median`` (median pairwise distance of normalised
             real features, measured once at the start).
@@ -45,11 +99,17 @@ class CSDMConfig(DMConfig):
         alpha_schedule: ``log-linear``, ``two-group`` or ``constant`` (α = ½).
         alpha_head, alpha_tail: α of the largest and of the smallest class.
         extractor: ``random`` (a fresh network per iteration) or ``pool`` (one of
-            ``pool_size`` networks trained ``pool_epochs`` epochs on the real data, cached).
+            ``pool_size`` networks trained ``pool_epochs`` epochs on the real data, cached, its
+            weights blended with its initial ones, NCFM-style).
     """
 
-    lr: float = 0.01
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
     optimizer: str = "adamw"
+    step_mode: str = "per-class"
+    plateau_patience: int = 500
+    plateau_factor: float = 0.5
+    dsa_strategy: str = "color_crop_cutout"
     kernel: str = "gaussian"
     sigma: str = "1.0"
     num_freqs: int = 4096
@@ -59,8 +119,8 @@ class CSDMConfig(DMConfig):
     alpha_head: float = 0.7
     alpha_tail: float = 0.3
     extractor: str = "random"
-    pool_size: int = 10
-    pool_epochs: int = 20
+    pool_size: int = 20
+    pool_epochs: int = 60
 
     presets = {"sample-cpu": {"iterations": 150, "batch_real": 32, "width": 64,
                               "channels_last": True, "num_freqs": 1024}}
@@ -89,6 +149,12 @@ class CSDMConfig(DMConfig):
             raise InputError(f"--extractor must be random or pool, got {self.extractor!r}")
         if self.pool_size < 1 or self.pool_epochs < 1:
             raise InputError("--pool-size and --pool-epochs must be >= 1")
+        if self.step_mode not in ("per-class", "joint"):
+            raise InputError(f"--step-mode must be per-class or joint, got {self.step_mode!r}")
+        if self.weight_decay < 0 or self.plateau_patience < 0 or \
+                not 0 < self.plateau_factor <= 1:
+            raise InputError("--weight-decay and the plateau patience must be >= 0, the plateau "
+                             "factor in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -96,6 +162,24 @@ class SDMConfig(CSDMConfig):
     """SDM: CSDM with α = ½ for every class (kernel MMD through the spectrum)."""
 
     alpha_schedule: str = "constant"
+
+
+#: NCFM's extractor pool: TGDD's expert recipe (SGD 0.01, x0.2 at 2/3 and 5/6, colour + crop,
+#: CutMix) at NCFM's batch 128 (gszfwsb/NCFM pretrain/pretrain_script.py)
+POOL_RECIPE = dataclasses.replace(EXPERT_RECIPE, name="ncfm-pool", batch_size=128,
+                                  reference="NCFM pretrain: batch 128, colour + crop, CutMix")
+
+
+def plateau_update(lr: float, best: float, bad: int, value: float, patience: int,
+                   factor: float) -> tuple[float, float, int]:
+    """One step of ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (mode min, relative threshold
+    1e-4, no cooldown): returns (lr, best, bad)."""
+    if value < best * (1 - 1e-4):
+        return lr, value, 0
+    bad += 1
+    if bad > patience:
+        return lr * factor, best, 0
+    return lr, best, bad
 
 
 @register_method
@@ -106,26 +190,35 @@ class CSDM(DM):
     def setup(self, data, device, generator, mean, std) -> None:
         cfg: CSDMConfig = self.config
         super().setup(data, device, generator, mean, std)
+        with torch.no_grad():  # NCFM optimises [0, 1] pixels, not normalised values
+            self.syn.copy_(self.pool.to_pixels(self.syn))
         self.alpha = alpha_schedule(data.class_counts, cfg.alpha_schedule, cfg.alpha_head,
                                     cfg.alpha_tail).to(device)
-        self.nets = None
+        self.members = None
         if cfg.extractor == "pool":
-            self.nets = self._pretrained_pool(data, device)
-            # which pool member to use is drawn on the CPU: no device sync per iteration
+            self.members = self._pretrained_pool(data, device)
+            # which pool member, and its blend, are drawn on the CPU: no device sync
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=device))
             self.pick_gen = torch.Generator().manual_seed(seed)
         self.sigma = self._bandwidth() if cfg.sigma == "median" else float(cfg.sigma)
+        self.plateau = {"best": float("inf"), "bad": 0}
+        self.pending: list[torch.Tensor] = []  # iteration losses not yet read back
 
-    def _pretrained_pool(self, data, device) -> list[torch.nn.Module]:
-        from ddcli.teachers import train_teacher
+    def _pretrained_pool(self, data, device) -> list[tuple[dict, dict]]:
+        """(initial, trained) weights of ``pool_size`` networks (cached, ddcli.experts)."""
+        from ddcli.experts import build_experts, load_trajectory
 
         cfg: CSDMConfig = self.config
-        nets = []
-        for i in range(cfg.pool_size):
-            t, _ = train_teacher(data, cfg.model, device=device, seed=1000 + i,
-                                 epochs=cfg.pool_epochs, cache=cache_dir())
-            nets.append(t.model.requires_grad_(False).eval())
-        return nets
+        with self.setup_progress("extractor pool", cfg.pool_epochs) as update:
+            paths = build_experts(data, num=cfg.pool_size, device=device, cache=cache_dir(),
+                                  arch=cfg.model, epochs=cfg.pool_epochs, width=cfg.width,
+                                  progress=update, recipe=POOL_RECIPE, stream="pool",
+                                  ends_only=True)
+        pairs = []
+        for path in paths:
+            snaps = load_trajectory(path, data.fingerprint).snapshots
+            pairs.append(tuple({k: v.to(device) for k, v in snaps[j].items()} for j in (0, -1)))
+        return pairs
 
     @torch.no_grad()
     def _bandwidth(self) -> float:
@@ -139,26 +232,81 @@ class CSDM(DM):
     def make_optimizer(self) -> torch.optim.Optimizer:
         cfg: CSDMConfig = self.config
         if cfg.optimizer == "adamw":
-            return torch.optim.AdamW([self.syn], lr=cfg.lr)
+            return torch.optim.AdamW([self.syn], lr=cfg.lr, weight_decay=cfg.weight_decay)
         return super().make_optimizer()
 
+    @torch.no_grad()
     def extractor(self) -> torch.nn.Module:
-        if self.nets is None:
+        """A fresh random network, or NCFM's: a pool member's weights l·init + (1 − l)·trained,
+        l ~ U(0, 1) (``utils.update_feature_extractor``)."""
+        if self.members is None:
             return super().extractor()
-        i = int(torch.randint(len(self.nets), (1,), generator=self.pick_gen))
-        return self.nets[i]
+        i = int(torch.randint(len(self.members), (1,), generator=self.pick_gen))
+        lam = float(torch.rand((), generator=self.pick_gen))
+        init, trained = self.members[i]
+        for k, v in self.net.state_dict().items():
+            v.copy_(torch.lerp(trained[k], init[k], lam))
+        return self.net
 
-    def match_loss(self, f_real: torch.Tensor, f_syn: torch.Tensor) -> torch.Tensor:
+    def step(self, it: int) -> torch.Tensor:
         cfg: CSDMConfig = self.config
-        f_real = torch.nn.functional.normalize(f_real, dim=-1)
-        f_syn = torch.nn.functional.normalize(f_syn, dim=-1)
+        c = self.num_classes
+        with torch.no_grad():
+            self.syn.clamp_(0, 1)
+        net = self.extractor()
+        real = self.pool.sample(cfg.batch_real, self.gen)
+        # one draw of every family per class, shared by its real and synthetic images (NCFM:
+        # DiffAug(color_crop_cutout, batch=True) on cat([real, syn]) of the class)
+        params = augment.sample_params(c, self.gen, cfg.dsa_strategy, all_families=True)
+        with torch.no_grad():
+            f_real = self._embed(net, augment.apply(real, params, self.real_rows))
+        f_real = torch.nn.functional.normalize(f_real.view(c, cfg.batch_real, -1), dim=-1)
         freqs = sample_frequencies(cfg.kernel, cfg.num_freqs, f_real.shape[-1], self.sigma,
                                    self.gen)
-        return spectral_loss(f_real, f_syn, freqs, self.alpha, cfg.reduction, cfg.scale).sum()
+
+        def class_losses(pixels: torch.Tensor) -> torch.Tensor:
+            x = formation.decode(self.pool.normalize_float(pixels), self.factor)
+            f_syn = self._embed(net, augment.apply(x, params, self.dec_labels))
+            f_syn = torch.nn.functional.normalize(f_syn.view(c, -1, f_syn.shape[-1]), dim=-1)
+            return spectral_loss(f_real, f_syn, freqs, self.alpha, cfg.reduction, cfg.scale)
+
+        if cfg.step_mode == "per-class":
+            losses = sequential_optimizer_steps(self.opt, self.syn, self.syn_labels, c,
+                                                class_losses)
+        else:
+            losses = class_losses(self.syn)
+            self.opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            self.opt.step()
+            losses = losses.detach()
+        self._plateau_step(losses.sum() / c)
+        return losses.sum()
+
+    def _plateau_step(self, loss: torch.Tensor, every: int = 10) -> None:
+        """NCFM's ReduceLROnPlateau on the iteration's mean class loss. The losses are read
+        back every ``every`` iterations (not every one: no device sync per iteration), so a
+        reduction takes effect at most ``every`` − 1 iterations late."""
+        cfg: CSDMConfig = self.config
+        if not cfg.plateau_patience:
+            return
+        self.pending.append(loss.detach())
+        if len(self.pending) < every:
+            return
+        group = self.opt.param_groups[0]
+        lr, best, bad = group["lr"], self.plateau["best"], self.plateau["bad"]
+        for v in torch.stack(self.pending).tolist():
+            lr, best, bad = plateau_update(lr, best, bad, v, cfg.plateau_patience,
+                                           cfg.plateau_factor)
+        group["lr"], self.plateau = lr, {"best": best, "bad": bad}
+        self.pending = []
 
     def state(self) -> dict[str, torch.Tensor]:
         st = super().state()
-        if self.nets is not None:
+        st["lr"] = torch.tensor(self.opt.param_groups[0]["lr"], dtype=torch.float64)
+        st["plateau"] = torch.tensor([self.plateau["best"], self.plateau["bad"]],
+                                     dtype=torch.float64)
+        st["pending"] = torch.stack(self.pending) if self.pending else torch.zeros(0)
+        if self.members is not None:
             st["pick_gen"] = self.pick_gen.get_state()
         return st
 
@@ -166,7 +314,14 @@ class CSDM(DM):
         state = dict(state)
         if "pick_gen" in state:
             self.pick_gen.set_state(state.pop("pick_gen").cpu())
+        self.opt.param_groups[0]["lr"] = float(state.pop("lr"))
+        best, bad = state.pop("plateau").tolist()
+        self.plateau = {"best": best, "bad": int(bad)}
+        self.pending = list(state.pop("pending").to(self.syn.device).unbind(0))
         super().load_state(state)
+
+    def result(self) -> SyntheticSet:
+        return SyntheticSet(self.syn.detach().clamp(0, 1).cpu(), self.syn_labels.cpu())
 
 
 @register_method
