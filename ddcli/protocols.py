@@ -25,7 +25,9 @@ class Protocol:
         optimizer: ``sgd`` (with ``momentum``) or ``adamw``.
         lr, momentum, weight_decay: optimiser settings.
         schedule: ``step`` (x ``lr_gamma`` at each of ``lr_milestones``, fractions of
-            ``epochs``) or ``cosine`` (per epoch, to 0).
+            ``epochs``), ``cosine`` (per epoch, to 0) or ``evaluate_synset`` (the DM
+            reference's: ``epochs`` + 1 epochs, x ``lr_gamma`` after epoch ``epochs``//2 + 1
+            with the optimiser re-created there, momentum reset).
         augment: ``dsa`` (``dsa_strategy``, one family per batch, as the DM reference, plus
             the families of ``dsa_always`` on every image),
             ``dsa-all`` (every family of ``dsa_strategy`` on every image, as IDC/TGDD),
@@ -73,7 +75,19 @@ class Protocol:
         return d
 
     def milestone_epochs(self) -> list[int]:
+        """0-based epochs from which the next lower learning rate applies."""
+        if self.schedule == "evaluate_synset":  # ``if ep in [E//2 + 1]: lr *= 0.1`` after ep
+            return [self.epochs // 2 + 2]
         return sorted({int(round(f * self.epochs)) for f in self.lr_milestones})
+
+    def train_epochs(self) -> int:
+        """Epochs actually trained (``evaluate_synset`` loops ``range(Epoch + 1)``)."""
+        return self.epochs + 1 if self.schedule == "evaluate_synset" else self.epochs
+
+    @property
+    def restarts_optimizer(self) -> bool:
+        """Whether the optimiser is re-created (momentum reset) at each milestone."""
+        return self.schedule == "evaluate_synset"
 
 
 _PROTOCOLS: dict[str, Protocol] = {}
@@ -106,8 +120,12 @@ _SOFT = dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, momentum=0.0, schedu
 register_protocol(
     Protocol(
         name="dm",
-        reference="DM reference evaluation (methods.md §1.5): ConvNet, SGD lr 0.01 momentum 0.9 "
-        "wd 5e-4, batch 256, 1000 epochs, lr x0.1 at epoch 500, DSA on every batch, hard labels",
+        schedule="evaluate_synset",
+        lr_milestones=(),
+        reference="DM reference evaluation (VICO-UoE/DatasetCondensation utils.evaluate_synset):"
+        " ConvNet, SGD lr 0.01 momentum 0.9 wd 5e-4, batch 256, epochs + 1 = 1001 epochs, lr "
+        "x0.1 after epoch 501 with the optimiser re-created (momentum reset), DSA on every "
+        "batch, hard labels, last epoch",
     )
 )
 register_protocol(

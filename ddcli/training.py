@@ -201,7 +201,10 @@ def train_ensemble(
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     steps = 0
-    for epoch in range(protocol.epochs):
+    restart_at = set(protocol.milestone_epochs()) if protocol.restarts_optimizer else set()
+    for epoch in range(protocol.train_epochs()):
+        if epoch in restart_at:  # the reference re-creates its optimiser: momentum reset
+            opt = _optimizer(protocol, ens.parameters())
         for g in opt.param_groups:
             g["lr"] = _lr_at(protocol, epoch)
         perm = torch.rand((n_models, n), generator=generator, device=device).argsort(dim=1)

@@ -98,8 +98,8 @@ def test_evaluate_report_holds_every_knob_and_the_baseline(cli, tmp_path):
     assert json.loads(report.read_text()) == rep
     p = rep["protocol"]
     for key, value in dict(name="dm", model="convnet", epochs=3, batch_size=256, lr=0.01,
-                           momentum=0.9, weight_decay=5e-4, lr_milestones=[0.5],
-                           lr_gamma=0.1, labels="hard").items():
+                           momentum=0.9, weight_decay=5e-4, lr_milestones=[],
+                           schedule="evaluate_synset", lr_gamma=0.1, labels="hard").items():
         assert p[key] == value, key
     assert p["dsa_strategy"] == "color_crop_cutout_flip_scale_rotate"
     assert rep["num_models"] == 2 and len(rep["result"]["accuracy_per_model"]) == 2

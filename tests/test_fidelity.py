@@ -413,3 +413,37 @@ def test_pool_extractor_blends_init_and_trained_weights(tmp_path, monkeypatch):
     init, trained = m.members[i]
     k = "features.0.weight"
     assert torch.allclose(net.state_dict()[k], lam * init[k] + (1 - lam) * trained[k], atol=1e-6)
+
+
+# -- 14. the dm judge trains as evaluate_synset (VICO-UoE/DatasetCondensation utils.py) ---------
+
+
+def test_dm_protocol_equals_evaluate_synset_loop():
+    """for ep in range(Epoch + 1): train; if ep == Epoch // 2 + 1: lr *= 0.1 and a new SGD
+    (momentum reset). 0.1.0 trained Epoch epochs with the decay at Epoch // 2, momentum kept."""
+    import dataclasses
+
+    from ddcli.protocols import get_protocol
+    from ddcli.training import build_ensemble, train_ensemble
+
+    epochs = 6
+    proto = dataclasses.replace(get_protocol("dm", epochs=epochs), augment="none")
+    assert proto.train_epochs() == 7 and proto.milestone_epochs() == [5]
+    data = tiny_dataset(4)
+    x = normalize(data.images.float() / 255, *data.mean_std())
+    ens = build_ensemble(proto, 3, 3, (8, 8), [123], torch.device("cpu"))
+    net = create_model("convnet", 3, 3, (8, 8))
+    net.reset_parameters(torch.Generator().manual_seed(123))
+    train_ensemble(ens, x, data.labels, proto, torch.Generator().manual_seed(0))
+    # the reference loop (one batch per epoch: 12 images < 256, so the order does not matter)
+    lr = 0.01
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+    for ep in range(epochs + 1):
+        opt.zero_grad()
+        F.cross_entropy(net(x), data.labels).backward()
+        opt.step()
+        if ep in [epochs // 2 + 1]:
+            lr *= 0.1
+            opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
+    for k, v in net.state_dict().items():
+        assert torch.allclose(ens.params[k][0], v, atol=1e-6), k

@@ -195,7 +195,8 @@ def evaluate(
     rep.info(f"protocol {proto.name}: {json.dumps(proto.to_dict())}")
 
     def run(images, labels, label, soft=None, views=None):
-        with rep.progress(f"training {models} models ({label})", proto.epochs) as update:
+        with rep.progress(f"training {models} models ({label})",
+                          proto.train_epochs()) as update:
             return evaluate_images(images, labels, mean=mean, std=std, test=test_ds,
                                    protocol=proto, num_models=models, seed=seed, device=dev,
                                    progress=update, soft=soft, views=views, teachers=teachers,
