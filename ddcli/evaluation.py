@@ -178,6 +178,8 @@ def evaluate_images(
         train_time_per_model_s=round(result.train_time_s / num_models, 3),
         train_steps=result.steps,
         batched=result.ensemble.vmapped,
+        execution=("stacked, one model after another" if result.ensemble.serial else
+                   "stacked, vmap") if result.ensemble.vmapped else "separate modules",
         num_train_images=int(images.shape[0]),
     )
     return report

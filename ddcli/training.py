@@ -1,9 +1,13 @@
 """Training N fresh models on one small image set at once, and testing them.
 
-Models without batch norm are trained together: their parameters are stacked and one
-``torch.func.vmap``-ed forward pass runs all N (each with its own batches and augmentation),
-which the backend turns into batched / grouped kernels. Models with batch norm (whose running
-statistics cannot be updated under vmap) are trained one after another with the same code.
+Models without batch norm are trained together: their parameters are stacked, one optimiser
+steps them all, and on a GPU one ``torch.func.vmap``-ed forward pass runs all N (each with its
+own batches and augmentation), which the backend turns into batched / grouped kernels. On a
+CPU the stacked models run one after another (``functional_call`` on each model's slice of the
+stacked parameters): PyTorch's CPU backward of the grouped convolutions vmap produces is about
+3× slower than N ordinary ones, and everything else — the parameters, the optimiser, every
+random draw — is shared by the two paths, so they train the same models. Models with batch norm
+(whose running statistics cannot be updated under vmap) are kept as separate modules.
 
 The N models are independent: each has its own seed for its weights, its own data order and its
 own augmentation draws; SGD with momentum and weight decay acts elementwise, so one optimiser
@@ -36,9 +40,12 @@ def _has_batchnorm(m: nn.Module) -> bool:
 class Ensemble:
     """N models behind one interface: ``forward(x (N, b, ...)) -> (N, b, K)``."""
 
-    def __init__(self, models: list[nn.Module], device: torch.device):
+    def __init__(self, models: list[nn.Module], device: torch.device,
+                 serial: bool | None = None):
         self.n = len(models)
-        self.vmapped = not _has_batchnorm(models[0])
+        self.vmapped = not _has_batchnorm(models[0])  # parameters stacked
+        #: run the stacked models one after another (default: on a CPU) instead of under vmap
+        self.serial = torch.device(device).type == "cpu" if serial is None else serial
         if self.vmapped:
             params, buffers = stack_module_state([m.to(device) for m in models])
             self.params, self.buffers = params, buffers
@@ -47,6 +54,7 @@ class Ensemble:
             def f(p, b, x):
                 return functional_call(base, (p, b), (x,))
 
+            self._f = f
             self._train_fwd = torch.vmap(f)
             self._eval_fwd = torch.vmap(f, in_dims=(0, 0, None))
         else:
@@ -62,7 +70,13 @@ class Ensemble:
             for m in self.models:
                 m.train(mode)
 
+    def _model(self, i: int) -> tuple[dict, dict]:
+        return ({k: v[i] for k, v in self.params.items()},
+                {k: v[i] for k, v in self.buffers.items()})
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vmapped and self.serial:
+            return torch.stack([self._f(*self._model(i), x[i]) for i in range(self.n)])
         if self.vmapped:
             return self._train_fwd(self.params, self.buffers, x)
         return torch.stack([m(x[i]) for i, m in enumerate(self.models)])
@@ -70,6 +84,8 @@ class Ensemble:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every model on the same images: (N, n, K)."""
+        if self.vmapped and self.serial:
+            return torch.stack([self._f(*self._model(i), x) for i in range(self.n)])
         if self.vmapped:
             return self._eval_fwd(self.params, self.buffers, x)
         return torch.stack([m(x) for m in self.models])

@@ -10,8 +10,9 @@ from ddcli.protocols import get_protocol
 from ddcli.training import Ensemble, accuracy_report, build_ensemble, train_ensemble
 
 
+@pytest.mark.parametrize("serial", [True, False])
 @pytest.mark.parametrize("name", ["convnet", "convnet-bn"])
-def test_ensemble_models_are_independent(name):
+def test_ensemble_models_are_independent(name, serial):
     """Stacked (vmap) or looped, each model computes exactly what it would alone."""
     models = []
     for s in range(3):
@@ -21,7 +22,7 @@ def test_ensemble_models_are_independent(name):
     alone = [create_model(name, 4, 3, 8, width=8) for _ in range(3)]
     for a, m in zip(alone, models, strict=True):
         a.load_state_dict(m.state_dict())
-    ens = Ensemble(models, torch.device("cpu"))
+    ens = Ensemble(models, torch.device("cpu"), serial=serial)
     assert ens.vmapped == (name == "convnet")
     ens.train(True)
     x = torch.randn(3, 5, 3, 8, 8)
@@ -37,6 +38,28 @@ def test_ensemble_models_are_independent(name):
         first = grads[0].grad  # stacked: (3, ...)
         for i, a in enumerate(alone):
             assert torch.allclose(first[i], next(a.parameters()).grad, atol=1e-5)
+
+
+def test_serial_and_vmap_execution_train_the_same_models():
+    """The CPU path (stacked models run one after another) and the vmap path share parameters,
+    optimiser and every random draw: the same trained weights, up to float rounding."""
+    data_x = torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    data_y = torch.arange(3).repeat_interleave(4)
+    proto = get_protocol("dm", epochs=4)
+    trained = []
+    for serial in (True, False):
+        ms = []
+        for s in (5, 6):
+            m = create_model("convnet", 3, 3, 8, width=8)
+            m.reset_parameters(torch.Generator().manual_seed(s))
+            ms.append(m)
+        ens = Ensemble(ms, torch.device("cpu"), serial=serial)
+        train_ensemble(ens, data_x, data_y, proto, torch.Generator().manual_seed(1))
+        trained.append(ens)
+    for k, v in trained[0].params.items():
+        assert torch.allclose(v, trained[1].params[k], atol=1e-5), k
+    x = torch.randn(7, 3, 8, 8)
+    assert torch.allclose(trained[0].predict(x), trained[1].predict(x), atol=1e-5)
 
 
 def test_training_learns_a_separable_toy_problem():
