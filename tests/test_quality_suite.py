@@ -1,0 +1,46 @@
+"""The CPU quality suite's machinery (benchmarks/quality_cpu.py) on generated data, so the
+script cannot rot; its numbers belong in benchmarks/RESULTS.md, not here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import CLASSES, class_images
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import quality_cpu  # noqa: E402
+
+
+def fake_cifar(root: Path) -> Path:
+    d = root / "cifar10"
+    d.mkdir(parents=True)
+    for i in range(1, 5):
+        x, y = class_images(4, size=32, seed=i)
+        np.savez_compressed(d / f"train_{i}.npz", images=x, labels=y)
+    (d / "classes.json").write_text(json.dumps(CLASSES))
+    return root
+
+
+def test_suite_runs_caches_and_writes_its_section(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "cache"))
+    root = fake_cifar(tmp_path / "data")
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Benchmark results\n\n## Other\n\nkept\n")
+    argv = ["--data-root", str(root), "--smoke", "--rows", "dm", "--workdir",
+            str(tmp_path / "work"), "--out", str(out)]
+    quality_cpu.main(argv)
+    text = out.read_text()
+    assert quality_cpu.HEADING in text and "## Other\n\nkept" in text
+    assert "| dm-sample |" in text and "| dm-cifar |" in text
+    cached = sorted((tmp_path / "work" / "rows").glob("*.json"))
+    assert len(cached) == 2
+    row = json.loads(cached[0].read_text())
+    assert row["eval"]["models"] == 2 and row["distill"]["peak_rss_mb"] > 0
+    # a rerun redoes nothing and replaces the section instead of appending a second one
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    quality_cpu.main(argv)
+    assert [p.stat().st_mtime_ns for p in cached] == stamps
+    assert out.read_text().count(quality_cpu.HEADING) == 1
