@@ -66,6 +66,26 @@ def tiny_dataset(n: int = 10, size: int = 8, channels: int = 3, classes: int = 3
                    [f"c{i}" for i in range(classes)], name="tiny")
 
 
+def tiny_dit_pipeline(folder: Path, id2label: dict[str, str]) -> Path:
+    """A tiny class-conditional DiTPipeline (3 classes, 4x4x4 latents, 8 px images) saved in
+    ``folder``, with ``id2label`` in its model_index.json as the Hub's layout has it."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                out_channels=8, num_layers=1, sample_size=4, patch_size=2,
+                                num_embeds_ada_norm=3)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        block_out_channels=(8, 8), norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2)
+    DiTPipeline(transformer=dit, vae=vae, scheduler=DDIMScheduler(),
+                id2label={0: "a", 1: "b", 2: "c"}).save_pretrained(str(folder))
+    index = folder / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "id2label": id2label}))
+    return folder
+
+
 @pytest.fixture
 def shards(tmp_path: Path) -> Path:
     return write_shards(tmp_path / "shards")

@@ -3,12 +3,10 @@ official code (the reference file is named in each test)."""
 
 from __future__ import annotations
 
-import json
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import class_images, tiny_dataset
+from conftest import class_images, tiny_dataset, tiny_dit_pipeline
 
 from ddcli.data import normalize
 from ddcli.evaluation import model_seeds, online_teacher
@@ -179,23 +177,9 @@ def test_otgen_step_is_igds_step():
 
 
 def test_dit_prior_uses_classifier_free_guidance(tmp_path):
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
-
     from ddcli.priors import load_prior
 
-    torch.manual_seed(0)
-    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                                out_channels=8, num_layers=1, sample_size=4, patch_size=2,
-                                num_embeds_ada_norm=3)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        block_out_channels=(8, 8), norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2)
-    DiTPipeline(transformer=dit, vae=vae, scheduler=DDIMScheduler(),
-                id2label={0: "a", 1: "b", 2: "c"}).save_pretrained(str(tmp_path / "dit"))
-    index = tmp_path / "dit" / "model_index.json"  # the Hub's layout carries id2label here
-    index.write_text(json.dumps({**json.loads(index.read_text()),
-                                 "id2label": {"0": "a", "1": "b", "2": "c"}}))
+    tiny_dit_pipeline(tmp_path / "dit", {"0": "a", "1": "b", "2": "c"})
     prior = load_prior(tmp_path / "dit", ["a", "b", "c"])
     assert prior.null_id == 3  # DiTPipeline's class_null: num_embeds_ada_norm
     with torch.no_grad():  # make the null embedding differ from the class embeddings

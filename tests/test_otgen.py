@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_dataset, write_shards
+from conftest import tiny_dataset, tiny_dit_pipeline, write_shards
 
 from ddcli.errors import InputError
 from ddcli.losses import deviation_cost, ot_guidance_cost
@@ -59,23 +59,7 @@ def test_refusals(tmp_path):
 
 
 def test_latent_path_for_a_dit_pipeline(tmp_path):
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                                out_channels=8, num_layers=1, sample_size=4, patch_size=2,
-                                num_embeds_ada_norm=3)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        block_out_channels=(8, 8), norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2)
-    pipe = DiTPipeline(transformer=dit, vae=vae, scheduler=DDIMScheduler(),
-                       id2label={0: "a", 1: "b", 2: "c"})
-    pipe.save_pretrained(str(tmp_path / "dit"))
-    index = tmp_path / "dit" / "model_index.json"  # the Hub's layout carries id2label here
-    info = json.loads(index.read_text())
-    info["id2label"] = {"0": "a, alpha", "1": "b", "2": "c"}
-    index.write_text(json.dumps(info))
+    tiny_dit_pipeline(tmp_path / "dit", {"0": "a, alpha", "1": "b", "2": "c"})
     prior = load_prior(tmp_path / "dit", ["c", "alpha", "b"])
     assert prior.kind == "dit" and prior.latent and prior.sample_shape == (4, 4, 4)
     assert prior.label_ids == {"c": 2, "alpha": 0, "b": 1}
