@@ -337,8 +337,12 @@ def table(s: Suite) -> list[str]:
             "yes" if gain > 2 * max(e["acc"]["std"], base["std"]) else "NO"
         other = s.rows.get(VERSUS_DM.get(name, ""))
         vs = f"{e['acc']['mean'] - other['eval']['acc']['mean']:+.2f}" if other else ""
-        g = e.get("groups") or {}
-        groups = " / ".join(f"{g[k]:.1f}" for k in ("many", "medium", "few") if k in g)
+        g = e.get("groups") if sp.get("imbalance_factor") else {}  # long-tailed rows only
+        bg = e.get("baseline_groups") or s.rows.get(BASELINE_OF.get(name, ""), {}).get(
+            "eval", {}).get("baseline_groups") or {}
+        groups = " / ".join(f"{g[k]:.1f}" for k in ("many", "medium", "few") if k in g) + (
+            f" (random {' / '.join(f'{bg[k]:.1f}' for k in ('many', 'medium', 'few'))})"
+            if g and bg else "")
         lines.append(f"| {name} | {scale} | {fmt(e['acc'])} | {fmt(base)} | "
                      f"{'' if gain is None else f'{gain:+.2f}'} | {ok} | {vs} | {groups} | "
                      f"{d['wall_s']} | {d['peak_rss_mb']} |")
