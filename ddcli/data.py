@@ -180,6 +180,19 @@ def _take_per_class(ds: Dataset, counts: list[int], seed: int) -> torch.Tensor:
     return torch.sort(torch.cat(keep)).values
 
 
+#: the smallest max/min class-count ratio treated as long-tailed: real sets that are balanced
+#: up to a few images (cifar10-30k: 2,9xx to 3,0xx per class) are not
+LONG_TAIL_MIN_RATIO = 2.0
+
+
+def is_long_tailed(class_counts: list[int] | None) -> bool:
+    """Whether class counts are imbalanced enough for long-tailed treatment (CSDM's α(c), the
+    many / medium / few groups, the balanced-test warning): max / min >= 2."""
+    if not class_counts:
+        return False
+    return max(class_counts) >= LONG_TAIL_MIN_RATIO * max(min(class_counts), 1)
+
+
 def make_long_tailed(ds: Dataset, imbalance_factor: float, seed: int = LT_SEED) -> Dataset:
     """A deterministic long-tailed subset (exponential profile, class 0 the head)."""
     if imbalance_factor < 1:

@@ -172,10 +172,13 @@ def alpha_schedule(class_counts: list[int], schedule: str = "log-linear", head: 
 
     ``log-linear``: α = tail + (head − tail)·r_c with r_c = (log n_c − log n_min) /
     (log n_max − log n_min); ``two-group``: head for n_c >= median, tail below;
-    ``constant``: ½. Tail classes thus lean to realism. Balanced data gives ½ everywhere.
+    ``constant``: ½. Tail classes thus lean to realism. Data that is not long-tailed
+    (``ddcli.data.is_long_tailed``: max / min < 2) gives ½ everywhere.
     """
+    from ddcli.data import is_long_tailed
+
     n = torch.tensor(class_counts, dtype=torch.float64).clamp_min(1)
-    if schedule == "constant" or n.max() == n.min():
+    if schedule == "constant" or not is_long_tailed(list(class_counts)):
         return torch.full((len(class_counts),), 0.5)
     if schedule == "log-linear":
         r = (n.log() - n.min().log()) / (n.max().log() - n.min().log())

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
 from ddcli import augment
+from ddcli.data import is_long_tailed
 from ddcli.losses import kd_loss, otm_loss
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
@@ -292,8 +293,9 @@ def predict(ens: Ensemble, images: torch.Tensor, chunk: int = 1000) -> torch.Ten
 
 def class_groups(class_counts: list[int]) -> dict[str, list[int]] | None:
     """Long-tailed class groups by the real class counts: the classes ranked by count, the
-    first third ``many``, the last third ``few``, the rest ``medium``; None on balanced data."""
-    if len(set(class_counts)) <= 1:
+    first third ``many``, the last third ``few``, the rest ``medium``; None unless the counts
+    are long-tailed (``ddcli.data.is_long_tailed``)."""
+    if not is_long_tailed(class_counts):
         return None
     c = len(class_counts)
     order = sorted(range(c), key=lambda k: (-class_counts[k], k))

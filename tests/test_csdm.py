@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import tiny_dataset, write_shards
 
+from ddcli.data import is_long_tailed
 from ddcli.losses import (
     KERNELS,
     alpha_schedule,
@@ -89,6 +90,12 @@ def test_class_weights_move_the_loss_between_amplitude_and_phase():
 
 def test_group_accuracies_on_a_toy_case():
     assert class_groups([10, 10, 10]) is None
+    # cifar10-30k is balanced up to a few images per class: no long-tailed treatment (0.2.0
+    # gave it many / medium / few groups and CSDM alphas spread over 0.3 .. 0.7)
+    near = [3005, 2987, 3012, 2995, 3001, 3020, 2990, 2999, 3004, 2987]
+    assert not is_long_tailed(near) and class_groups(near) is None
+    assert torch.equal(alpha_schedule(near), torch.full((10,), 0.5))
+    assert is_long_tailed([100, 10]) and not is_long_tailed([19, 10]) and is_long_tailed([20, 10])
     groups = class_groups([100, 10, 50, 5, 30, 20])
     assert groups == {"many": [0, 2], "medium": [4, 5], "few": [1, 3]}
     labels = torch.arange(6).repeat_interleave(2)
