@@ -70,7 +70,8 @@ def test_sfm_images_denominator_is_n_minus_one():
     c, ipc, d = 3, 2, 5
     real_means = torch.randn(c, d, generator=g)
     z = torch.randn(1, c * ipc, d, generator=g)
-    m = SFM(SFMConfig(flow_denominator="images"))
+    assert SFMConfig().flow_denominator == "images"  # the official code's, by default
+    m = SFM(SFMConfig())
     m.real_means, m.num_classes = real_means, c
     m.syn_labels = torch.arange(c).repeat_interleave(ipc)
 

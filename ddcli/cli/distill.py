@@ -157,7 +157,8 @@ def distill(
                                                               "full-data head (10; 0: none).")
     ] = None,
     flow_denominator: Annotated[
-        str | None, typer.Option("--flow-denominator", help="sfm: classes | images.")
+        str | None, typer.Option("--flow-denominator", help="sfm: images (N − 1, the "
+                                                             "official code's) | classes.")
     ] = None,
     prior: Annotated[
         str | None, typer.Option("--prior", help="otgen: a local diffusers pipeline folder "

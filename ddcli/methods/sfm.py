@@ -6,10 +6,10 @@ centres. Each step: render the synthetic images (pyramid + colour decorrelation 
 augment them ``augs`` times (default once), embed, average the views, take the class means m_c
 and their flows F̃_c, and minimise 1 − cos(vec F, vec F̃) with Adam on the pyramid.
 
-``flow_denominator``: ``classes`` divides the synthetic non-target sum by C − 1, like the real
-side (the proposal of methods.md); ``images`` divides by N − 1, N = C·IPC the number of
-synthetic images, as the official ``get_flow`` does (einsteinxia/SFM
-``distillation/linear_gm.py``: ``(total_sum - target_class) / (N - 1)``); the two agree at
+``flow_denominator``: ``images`` (default) divides the synthetic non-target sum by N − 1,
+N = C·IPC the number of synthetic images, as the official ``get_flow`` does (einsteinxia/SFM
+``distillation/linear_gm.py``: ``(total_sum - target_class) / (N - 1)``); ``classes`` divides
+by C − 1, like the real side (the proposal of methods.md, not measured); the two agree at
 IPC 1.
 """
 
@@ -27,7 +27,7 @@ from ddcli.methods.backbone_base import BackboneConfig, BackboneMethod, class_me
 
 @dataclass(frozen=True)
 class SFMConfig(BackboneConfig):
-    flow_denominator: str = "classes"
+    flow_denominator: str = "images"
 
     def validate(self) -> None:
         super().validate()
