@@ -38,7 +38,6 @@ from ddcli.errors import InputError
 from ddcli.experts import EXPERT_RECIPE
 from ddcli.losses import KERNELS, alpha_schedule, sample_frequencies, spectral_loss
 from ddcli.methods import register_method
-from ddcli.methods.base import SyntheticSet
 from ddcli.methods.dm import DM, DMConfig
 from ddcli.runtime import cache_dir
 
@@ -186,12 +185,11 @@ def plateau_update(lr: float, best: float, bad: int, value: float, patience: int
 class CSDM(DM):
     name = "csdm"
     Config = CSDMConfig
+    pixel_space = True  # NCFM optimises [0, 1] pixels, not normalised values
 
     def setup(self, data, device, generator, mean, std) -> None:
         cfg: CSDMConfig = self.config
         super().setup(data, device, generator, mean, std)
-        with torch.no_grad():  # NCFM optimises [0, 1] pixels, not normalised values
-            self.syn.copy_(self.pool.to_pixels(self.syn))
         self.alpha = alpha_schedule(data.class_counts, cfg.alpha_schedule, cfg.alpha_head,
                                     cfg.alpha_tail).to(device)
         self.members = None
@@ -251,8 +249,7 @@ class CSDM(DM):
     def step(self, it: int) -> torch.Tensor:
         cfg: CSDMConfig = self.config
         c = self.num_classes
-        with torch.no_grad():
-            self.syn.clamp_(0, 1)
+        self.clamp_pixels()
         net = self.extractor()
         real = self.pool.sample(cfg.batch_real, self.gen)
         # one draw of every family per class, shared by its real and synthetic images (NCFM:
@@ -319,9 +316,6 @@ class CSDM(DM):
         self.plateau = {"best": best, "bad": int(bad)}
         self.pending = list(state.pop("pending").to(self.syn.device).unbind(0))
         super().load_state(state)
-
-    def result(self) -> SyntheticSet:
-        return SyntheticSet(self.syn.detach().clamp(0, 1).cpu(), self.syn_labels.cpu())
 
 
 @register_method

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -99,6 +100,9 @@ class DMConfig(MethodConfig):
 class DM(Method):
     name = "dm"
     Config = DMConfig
+    #: optimise [0, 1] pixels, clamped at the start of every iteration (:meth:`clamp_pixels`)
+    #: as TGDD and NCFM do, instead of normalised values as DM does
+    pixel_space: ClassVar[bool] = False
 
     def setup(self, data: Dataset, device, generator, mean, std) -> None:
         cfg: DMConfig = self.config
@@ -119,6 +123,8 @@ class DM(Method):
         else:
             syn = torch.randn((c * cfg.ipc, data.channels, *data.image_size),
                               generator=generator, device=device)
+        if self.pixel_space:
+            syn = self.pool.to_pixels(syn)
         self.syn = syn.detach().requires_grad_(True)
         self.syn_labels = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
         self.dec_labels = formation.decode_labels(self.syn_labels, f)
@@ -185,7 +191,14 @@ class DM(Method):
             if k.startswith("opt."):
                 self.opt.state[self.syn][k[4:]] = v.clone()
 
+    @torch.no_grad()
+    def clamp_pixels(self) -> None:
+        """Pixel-space methods: clamp the synthetic images to [0, 1]."""
+        if self.pixel_space:
+            self.syn.clamp_(0, 1)
+
     def result(self) -> SyntheticSet:
         with torch.no_grad():
-            pixels = self.pool.to_pixels(self.syn.detach()).cpu()
-        return SyntheticSet(pixels, self.syn_labels.cpu())
+            syn = self.syn.detach()
+            pixels = syn.clamp(0, 1) if self.pixel_space else self.pool.to_pixels(syn)
+        return SyntheticSet(pixels.cpu(), self.syn_labels.cpu())

@@ -125,6 +125,7 @@ class TGDDConfig(DMConfig):
 class TGDD(DM):
     name = "tgdd"
     Config = TGDDConfig
+    pixel_space = True  # TGDD optimises [0, 1] pixels, not normalised values
 
     @property
     def factor(self) -> int:
@@ -144,8 +145,6 @@ class TGDD(DM):
             for p in paths
         ]
         super().setup(data, device, generator, mean, std)
-        with torch.no_grad():  # TGDD optimises pixels (clamped to [0, 1]), not normalised values
-            self.syn.copy_(self.pool.to_pixels(self.syn))
         self.buf = torch.zeros_like(self.syn)
         self.con = create_model(cfg.model, data.num_classes, data.channels, data.image_size,
                                 width=cfg.width).to(device).requires_grad_(False)
@@ -167,8 +166,7 @@ class TGDD(DM):
     def step(self, it: int) -> torch.Tensor:
         cfg: TGDDConfig = self.config
         c = self.num_classes
-        with torch.no_grad():
-            self.syn.clamp_(0, 1)
+        self.clamp_pixels()
         i, js, jf = self._pick()
         self.net.load_state_dict(self.trajectories[i][js])
         self.con.load_state_dict(self.trajectories[i][jf])
@@ -211,8 +209,3 @@ class TGDD(DM):
             self.syn.copy_(state["syn"])
             self.buf.copy_(state["buf"])
         self.pick_gen.set_state(state["pick_gen"].cpu())
-
-    def result(self):
-        from ddcli.methods.base import SyntheticSet
-
-        return SyntheticSet(self.syn.detach().clamp(0, 1).cpu(), self.syn_labels.cpu())
