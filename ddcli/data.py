@@ -185,12 +185,17 @@ def _take_per_class(ds: Dataset, counts: list[int], seed: int) -> torch.Tensor:
 LONG_TAIL_MIN_RATIO = 2.0
 
 
+def imbalance_ratio(class_counts: list[int] | None) -> float:
+    """max / min of the class counts (an empty class counts as 1); 1.0 for no counts."""
+    if not class_counts:
+        return 1.0
+    return max(class_counts) / max(min(class_counts), 1)
+
+
 def is_long_tailed(class_counts: list[int] | None) -> bool:
     """Whether class counts are imbalanced enough for long-tailed treatment (CSDM's α(c), the
     many / medium / few groups, the balanced-test warning): max / min >= 2."""
-    if not class_counts:
-        return False
-    return max(class_counts) >= LONG_TAIL_MIN_RATIO * max(min(class_counts), 1)
+    return imbalance_ratio(class_counts) >= LONG_TAIL_MIN_RATIO
 
 
 def make_long_tailed(ds: Dataset, imbalance_factor: float, seed: int = LT_SEED) -> Dataset:

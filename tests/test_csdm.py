@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_dataset, write_shards
@@ -189,3 +190,23 @@ def test_random_baseline_draws_from_the_same_long_tailed_subset(cli, tmp_path):
             "--baseline", "random", "--real", data, "--json")
     assert r.code == 0 and "fingerprints differ" not in r.stderr, r
     assert r.json()["baseline"]["num_train_images"] == 4 + 4 + 2  # the tail class holds 2
+
+
+def test_unbalanced_test_set_warning_only_for_a_real_imbalance(cli, tmp_path):
+    """Long-tailed bundles warn when the test set is more than 10 % unbalanced, and not for a
+    test set balanced up to a few images (cifar10-30k's train_4)."""
+    data = write_shards(tmp_path / "d", n_train=16, n_test=30)
+    out = tmp_path / "c.safetensors"
+    assert cli("distill", data, "--imbalance-factor", "8", "--ipc", "2", "--iterations", "1",
+               "--batch-real", "4", "--width", "8", "--device", "cpu", "-o", out, "-q").code == 0
+    z = np.load(data / "test.npz")
+    for name, keep in (("near", [30, 30, 29]), ("skewed", [30, 30, 15])):
+        idx = np.concatenate([np.nonzero(z["labels"] == c)[0][:k] for c, k in enumerate(keep)])
+        folder = tmp_path / name
+        folder.mkdir()
+        np.savez_compressed(folder / "test.npz", images=z["images"][idx], labels=z["labels"][idx])
+        (folder / "classes.json").write_text((data / "classes.json").read_text())
+        r = cli("evaluate", out, "--test", folder, "--epochs", "1", "--models", "1", "--device",
+                "cpu", "--json")
+        assert r.code == 0, r
+        assert ("the test set is not balanced" in r.stderr) == (name == "skewed"), name

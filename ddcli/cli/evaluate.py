@@ -28,7 +28,7 @@ from ddcli.cli.common import (
     resolve_device,
     stdout_console,
 )
-from ddcli.data import is_long_tailed, sample_dir
+from ddcli.data import imbalance_ratio, is_long_tailed, sample_dir
 from ddcli.errors import InputError
 from ddcli.evaluation import (
     bundle_views,
@@ -170,8 +170,7 @@ def evaluate(
     test_ds = load_cli_dataset(rep, test, "test", files=test_files, image_size=size,
                                channels=chans)
     check_classes(b, test_ds)
-    if is_long_tailed(ds_info.get("class_counts")) and \
-            max(test_ds.class_counts) > 1.1 * max(min(test_ds.class_counts), 1):
+    if is_long_tailed(ds_info.get("class_counts")) and imbalance_ratio(test_ds.class_counts) > 1.1:
         rep.warn("the test set is not balanced: long-tailed results assume a balanced test set")
     if test_ds.fingerprint == ds_info.get("fingerprint"):
         rep.warn("the test data is the data the bundle was distilled from")
