@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ddcli.data import normalize
 from ddcli.errors import InputError
+from ddcli.io import regular_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,8 +133,7 @@ def _sha256(path: Path) -> str:
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise InputError(f"backbone weights not found: {path}")
+    regular_file(path, "backbone weights")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -30,10 +30,13 @@ import numpy as np
 import torch
 
 from ddcli.errors import DataError
+from ddcli.io import regular_file
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 SPLIT_DIRS = {"train": ("train",), "test": ("test", "val")}
+#: the largest image side ddcli reads into (--image-size)
+MAX_IMAGE_SIDE = 4096
 LT_SEED = 0  # the fixed seed of long-tailed / capped subsets (recorded in the dataset info)
 
 ProgressFn = Callable[[int, int], None]
@@ -198,10 +201,19 @@ def is_long_tailed(class_counts: list[int] | None) -> bool:
     return imbalance_ratio(class_counts) >= LONG_TAIL_MIN_RATIO
 
 
+def check_subset_options(max_per_class: int | None, imbalance_factor: float | None) -> None:
+    """Refuse bad --max-per-class / --imbalance-factor values before any data is read."""
+    if imbalance_factor is not None and not (
+            math.isfinite(imbalance_factor) and imbalance_factor >= 1):
+        raise DataError(f"--imbalance-factor must be a finite number >= 1, got {imbalance_factor}")
+    if max_per_class is not None and max_per_class < 1:
+        raise DataError(f"--max-per-class must be >= 1, got {max_per_class}")
+
+
 def make_long_tailed(ds: Dataset, imbalance_factor: float, seed: int = LT_SEED) -> Dataset:
     """A deterministic long-tailed subset (exponential profile, class 0 the head)."""
-    if imbalance_factor < 1:
-        raise DataError(f"--imbalance-factor must be >= 1, got {imbalance_factor}")
+    if not (math.isfinite(imbalance_factor) and imbalance_factor >= 1):
+        raise DataError(f"--imbalance-factor must be a finite number >= 1, got {imbalance_factor}")
     counts = long_tailed_counts(ds.class_counts, imbalance_factor)
     if min(counts) < 1:
         raise DataError(
@@ -244,8 +256,10 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(images.shape[2:]) == tuple(size):
         return images
     out = []
-    for start in range(0, images.shape[0], 4096):
-        x = images[start : start + 4096].float()
+    pixels = images.shape[1] * max(images.shape[2] * images.shape[3], size[0] * size[1])
+    chunk = max(1, min(4096, (256 << 20) // (4 * pixels)))  # ~256 MB of floats at a time
+    for start in range(0, images.shape[0], chunk):
+        x = images[start : start + chunk].float()
         x = torch.nn.functional.interpolate(
             x, size=size, mode="bilinear", antialias=True, align_corners=False
         )
@@ -268,7 +282,22 @@ def parse_image_size(value: str | int | None) -> tuple[int, int] | None:
         size = (parts[0], parts[-1])
     if min(size) < 4:
         raise DataError(f"--image-size too small: {value}")
+    if max(size) > MAX_IMAGE_SIDE:
+        raise DataError(f"--image-size too large: {value} (at most {MAX_IMAGE_SIDE})")
     return size
+
+
+def check_pixel_budget(n: int, channels: int, size: tuple[int, int], where: object) -> None:
+    """Refuse to hold ``n`` images of ``channels`` x ``size`` that would exceed
+    :func:`max_shard_bytes` (before the memory is allocated)."""
+    need = n * channels * size[0] * size[1]
+    budget = max_shard_bytes()
+    if need > budget:
+        raise DataError(
+            f"{where}: {n} images of {channels}x{size[0]}x{size[1]} need {need / 2**20:.0f} MiB, "
+            f"more than ddcli holds ({budget / 2**20:.0f} MiB; choose a smaller --image-size or "
+            "set DDCLI_MAX_SHARD_BYTES)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,8 +308,9 @@ def _read_classes(folder: Path) -> list[str]:
     path = folder / "classes.json"
     if not path.exists():
         raise DataError(f"missing {path}: npz shards need a classes.json with the class names")
+    regular_file(path, "classes.json")
     try:
-        classes = json.loads(path.read_text())
+        classes = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read {path}: {e}") from None
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -288,26 +318,90 @@ def _read_classes(folder: Path) -> list[str]:
     return classes
 
 
-def _load_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def max_shard_bytes() -> int:
+    """The most bytes of arrays ddcli inflates from npz shards in one read:
+    ``$DDCLI_MAX_SHARD_BYTES``, else half the machine's memory (at most 64 GiB)."""
+    env = os.environ.get("DDCLI_MAX_SHARD_BYTES")
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise DataError(f"DDCLI_MAX_SHARD_BYTES must be a number of bytes, got {env!r}") \
+                from None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "images" not in z or "labels" not in z:
-                raise DataError(f"shard {path} lacks 'images' or 'labels'")
-            images, labels = z["images"], z["labels"]
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        ram = 16 << 30
+    return min(ram // 2, 64 << 30)
+
+
+def _npz_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """(shape, dtype, declared bytes) of ``images`` and ``labels`` from the zip and npy
+    headers, without inflating the arrays."""
+    import zipfile
+
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            for key in ("images", "labels"):
+                if f"{key}.npy" not in names:
+                    raise DataError(f"shard {path} lacks 'images' or 'labels'")
+                info = zf.getinfo(f"{key}.npy")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:
+                        shape, _, dtype = np.lib.format._read_array_header(f, version)
+                    header_bytes = f.tell()
+                need = math.prod(shape) * dtype.itemsize
+                if dtype.hasobject or header_bytes + need != info.file_size:
+                    raise DataError(f"shard {path}: {key} declares {shape} {dtype} but the "
+                                    f"zip entry holds {info.file_size} bytes")
+                out[key] = (tuple(shape), dtype, need)
     except DataError:
         raise
     except Exception as e:  # zipfile / numpy errors on corrupt files
         raise DataError(f"cannot read shard {path}: {e}") from None
-    if images.dtype != np.uint8:
-        raise DataError(f"shard {path}: images must be uint8, got {images.dtype}")
+    return out
+
+
+def _check_shard_header(path: Path, header: dict) -> None:
+    (shape, dtype, _), (lshape, ldtype, _) = header["images"], header["labels"]
+    if dtype != np.uint8:
+        raise DataError(f"shard {path}: images must be uint8, got {dtype}")
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3, 4)):
+        raise DataError(f"shard {path}: images must be NHWC with 1, 3 or 4 channels")
+    if len(lshape) != 1 or lshape[0] != shape[0]:
+        n = lshape[0] if lshape else 0
+        raise DataError(f"shard {path}: {n} labels for {shape[0]} images")
+    if not np.issubdtype(ldtype, np.integer):
+        raise DataError(f"shard {path}: labels must be integers")
+
+
+def _load_shard(path: Path, budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read one shard; its shapes, dtypes and sizes are checked from the headers first, and it
+    may inflate to at most ``budget`` bytes (default :func:`max_shard_bytes`)."""
+    regular_file(path, "shard")
+    header = _npz_header(path)
+    _check_shard_header(path, header)
+    need = header["images"][2] + header["labels"][2]
+    budget = max_shard_bytes() if budget is None else budget
+    if need > budget:
+        raise DataError(
+            f"shard {path} declares {need / 2**20:.0f} MiB of arrays, more than ddcli reads "
+            f"({budget / 2**20:.0f} MiB; set DDCLI_MAX_SHARD_BYTES to raise it)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+    except Exception as e:  # zipfile / numpy errors on corrupt files
+        raise DataError(f"cannot read shard {path}: {e}") from None
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise DataError(f"shard {path}: images must be NHWC with 1, 3 or 4 channels")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DataError(f"shard {path}: {labels.shape[0]} labels for {images.shape[0]} images")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"shard {path}: labels must be integers")
     return images[..., :3] if images.shape[-1] == 4 else images, labels.astype(np.int64)
 
 
@@ -332,8 +426,10 @@ def _shard_files(folder: Path, split: str, pattern: str | None) -> list[Path]:
 def _read_shards(files: list[Path], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     shape0 = None
+    budget = max_shard_bytes()
     for f in files:
-        x, y = _load_shard(f)
+        x, y = _load_shard(f, budget)
+        budget -= x.nbytes + y.nbytes
         if shape0 is None:
             shape0 = (x.shape[1:], files[0])
         elif x.shape[1:] != shape0[0]:
@@ -380,14 +476,29 @@ def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], l
     return [d.name for d in class_dirs], items, non_images
 
 
-def _decode(path: Path) -> np.ndarray:
+def _probe(path: Path) -> tuple[tuple[int, int], int]:
+    """((H, W), channels) of an image from its header, without decoding the pixels."""
     from PIL import Image
 
     with Image.open(path) as im:
+        return (im.height, im.width), 1 if im.mode in GRAY_MODES else 3
+
+
+def _decode(path: Path, size: tuple[int, int], channels: int) -> torch.Tensor:
+    """One image as uint8 (channels, H, W) at ``size``, resized as soon as it is decoded (a
+    JPEG much larger than ``size`` is decoded at a reduced scale), so a folder of large photos
+    never holds more than one full-size picture per reading thread."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.width >= 2 * size[1] and im.height >= 2 * size[0]:
+            im.draft(im.mode, (size[1], size[0]))  # JPEG only: DCT scaling, still >= size
         im.load()
         mode = "L" if im.mode in GRAY_MODES else "RGB"
         arr = np.asarray(im.convert(mode))
-    return arr[..., None] if arr.ndim == 2 else arr
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    t = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None]
+    return resize_images(to_channels(t, channels), tuple(size))[0]
 
 
 def _read_image_folder(
@@ -398,45 +509,62 @@ def _read_image_folder(
     progress: ProgressFn | None,
     warn: Callable[[str], None],
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Two passes: the headers give the sizes and modes (so the default size and channels are
+    known first), then each image is decoded and resized straight into the output."""
     classes, items, non_images = _scan_image_folder(root)
     if non_images and not skip_bad:
         raise DataError(f"not an image file: {non_images[0]} (pass --skip-bad to skip such files)")
-    arrays: list[np.ndarray | None] = [None] * len(items)
     errors: list[tuple[Path, str]] = []
+    workers = min(16, (os.cpu_count() or 2) * 2)
 
-    def work(i: int) -> None:
+    def guarded(fn, i):
         try:
-            arrays[i] = _decode(items[i][0])
+            return fn(i)
         except Exception as e:  # PIL raises many kinds on bad files
             errors.append((items[i][0], f"{type(e).__name__}: {e}"))
+            return None
 
-    workers = min(16, (os.cpu_count() or 2) * 2)
-    done = 0
+    def fail_on_errors() -> None:
+        if errors and not skip_bad:
+            path, why = sorted(errors)[0]
+            raise DataError(f"cannot read image {path}: {why} (pass --skip-bad to skip it)")
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(work, range(len(items))):
+        heads = list(pool.map(lambda i: guarded(lambda j: _probe(items[j][0]), i),
+                              range(len(items))))
+        fail_on_errors()
+        ok = [i for i, h in enumerate(heads) if h is not None]
+        if ok and image_size is None:
+            image_size = Counter(heads[i][0] for i in ok).most_common(1)[0][0]
+        if ok and channels is None:
+            n_gray = sum(heads[i][1] == 1 for i in ok)
+            channels = 1 if n_gray * 2 > len(ok) else 3
+        if ok:
+            check_pixel_budget(len(ok), channels, image_size, root)
+        out = torch.empty((len(ok), channels or 3, *(image_size or (1, 1))), dtype=torch.uint8)
+        good = [False] * len(ok)
+
+        def work(j: int) -> None:
+            t = guarded(lambda i: _decode(items[i][0], image_size, channels), ok[j])
+            if t is not None:
+                out[j] = t
+                good[j] = True
+
+        done = 0
+        for _ in pool.map(work, range(len(ok))):
             done += 1
-            if progress and (done % 256 == 0 or done == len(items)):
-                progress(done, len(items))
-    if errors and not skip_bad:
-        path, why = sorted(errors)[0]
-        raise DataError(f"cannot read image {path}: {why} (pass --skip-bad to skip it)")
+            if progress and (done % 256 == 0 or done == len(ok)):
+                progress(done, len(ok))
+    fail_on_errors()
     skipped = len(errors) + len(non_images)
     if skipped:
         warn(f"skipped {skipped} unreadable or non-image file(s) in {root}")
-    keep = [i for i, a in enumerate(arrays) if a is not None]
+    keep = [ok[j] for j in range(len(ok)) if good[j]]
     for label in range(len(classes)):
         if not any(items[i][1] == label for i in keep):
             raise DataError(f"class folder {root / classes[label]} has no readable images")
-    if image_size is None:
-        image_size = Counter(arrays[i].shape[:2] for i in keep).most_common(1)[0][0]
-    if channels is None:
-        n_gray = sum(arrays[i].shape[2] == 1 for i in keep)
-        channels = 1 if n_gray * 2 > len(keep) else 3
-    out = torch.empty((len(keep), channels, *image_size), dtype=torch.uint8)
-    for j, i in enumerate(keep):
-        t = torch.from_numpy(np.array(arrays[i], copy=True)).permute(2, 0, 1)[None]
-        out[j] = resize_images(to_channels(t, channels), tuple(image_size))[0]
-        arrays[i] = None
+    if len(keep) < len(ok):
+        out = out[torch.tensor(good)]
     labels = torch.tensor([items[i][1] for i in keep], dtype=torch.int64)
     return classes, out, labels
 
@@ -475,8 +603,11 @@ def load_dataset(
     root = Path(path).expanduser()
     if not root.exists():
         raise DataError(f"dataset not found: {root}")
+    if not root.is_dir():
+        regular_file(root, "dataset")  # a FIFO or a device would block
     if channels is not None and channels not in (1, 3):
         raise DataError(f"--channels must be 1 or 3, got {channels}")
+    check_subset_options(max_per_class, imbalance_factor)
 
     if root.is_file():
         if root.suffix != ".npz":
@@ -507,6 +638,9 @@ def load_dataset(
 
     if len(classes) < 2:
         raise DataError(f"{root}: at least two classes are needed, found {len(classes)}")
+    if channels is not None or image_size is not None:
+        check_pixel_budget(images.shape[0], channels or images.shape[1],
+                           tuple(image_size or images.shape[2:]), root)
     if channels is not None:
         images = to_channels(images, channels)
     if image_size is not None:

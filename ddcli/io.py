@@ -1,14 +1,68 @@
-"""Atomic file writing: never leave a half-written output behind."""
+"""Files in and out: regular-file checks before anything is opened, and atomic writing (a
+recognisable temporary name beside the output, renamed over it on success) so that an output is
+never half-written."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
+import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ddcli.errors import InputError
+
+#: temporary files and folders are named ``.<output name>.ddcli-tmp-<pid>`` beside the output
+TMP_TAG = ".ddcli-tmp-"
+#: a temporary file of a live process older than this is stale all the same (pid reuse)
+STALE_AFTER_S = 24 * 3600
+_NAME_MAX = 255
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def regular_file(path: str | Path, what: str) -> Path:
+    """``path`` if it is a regular file (symlinks followed); else an :class:`InputError`.
+
+    Called before a file is opened: a FIFO, a device or a socket would block or stream
+    forever."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise InputError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path} is a folder, not a {what} file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path} is not a regular file (a FIFO, device or socket); the "
+                         f"{what} must be a file")
+    return path
+
+
+def read_safetensors(path: Path, what: str) -> tuple[dict, dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; an unreadable file is an
+    :class:`InputError` naming ``what`` it should have been."""
+    from safetensors import safe_open
+
+    regular_file(path, what)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise InputError(f"{path} cannot be read as a {what} (safetensors): {e}") from None
+    return tensors, meta
+
+
+# --------------------------------------------------------------------------------------------
+# temporary names
 
 
 def _umask() -> int:
@@ -17,15 +71,112 @@ def _umask() -> int:
     return mask
 
 
-def check_writable(path: Path, force: bool) -> None:
-    """Refuse to overwrite ``path`` unless ``force``; check its folder exists."""
+def _tmp_prefix(path: Path) -> str:
+    """``.<name>.ddcli-tmp-``; a name too long for the file system is shortened (with a hash
+    of the full name, so two long names do not share temporary files)."""
+    name = path.name
+    prefix = f".{name}{TMP_TAG}"
+    if len(prefix.encode()) + 24 > _NAME_MAX:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        short = name
+        while len(f".{short}~{digest}{TMP_TAG}".encode()) + 24 > _NAME_MAX:
+            short = short[:-1]
+        prefix = f".{short}~{digest}{TMP_TAG}"
+    return prefix
+
+
+def tmp_path_for(path: Path, kind: str = "") -> Path:
+    """The temporary name of ``path`` for this process (``kind`` tells uses apart)."""
     path = Path(path)
+    return path.with_name(f"{_tmp_prefix(path)}{os.getpid()}{kind}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+def remove_stale_tmp(path: Path) -> list[Path]:
+    """Remove temporary files and folders of ``path`` left by processes that died (SIGKILL, a
+    power cut) or older than :data:`STALE_AFTER_S`; return what was removed.
+
+    Also removes those of ddcli 0.2.0 and earlier (``.<name>.tmp-<pid>``) under the same rule.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    prefixes = (_tmp_prefix(path), f".{path.name}.tmp-")
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
+        if prefix is None:
+            continue
+        tail = entry.name[len(prefix):]
+        digits = tail.split("-", 1)[0]
+        if not digits.isdigit():
+            continue
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+        except OSError:
+            continue
+        pid = int(digits)
+        if pid != os.getpid() and _pid_alive(pid) and not old:
+            continue  # another process is writing this output now
+        p = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def check_folder_writable(folder: Path, for_path: Path | None = None) -> None:
+    """Refuse a missing or unwritable output folder before any work starts (a probe file with
+    the output's temporary name is created and removed)."""
+    folder = Path(folder) if str(folder) else Path(".")
+    if not folder.exists():
+        raise InputError(f"output folder {folder} does not exist")
+    if not folder.is_dir():
+        raise InputError(f"output folder {folder} is not a folder")
+    probe = tmp_path_for(for_path or folder / "out", "-probe")
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"cannot write to output folder {folder}: {e.strerror or e}") from None
+
+
+def check_writable(path: Path, force: bool) -> None:
+    """Refuse to overwrite ``path`` unless ``force``; check its folder exists and is writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a file")
     if path.exists() and not force:
         raise InputError(f"{path} already exists; pass --force to overwrite it")
-    if path.exists() and path.is_dir():
-        raise InputError(f"{path} is a folder, not a file")
-    if not path.parent.exists():
-        raise InputError(f"output folder {path.parent} does not exist")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path} is not a regular file; ddcli will not replace it")
+    check_folder_writable(path.parent, path)
 
 
 @contextlib.contextmanager
@@ -33,9 +184,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success.
 
     On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched.
+    Stale temporary files of ``path`` (from killed processes) are removed first.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_tmp(path)
+    tmp = tmp_path_for(path)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # writers may create 0600 files; honour the umask
@@ -55,37 +208,52 @@ def atomic_write_with(path: Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: Path, force: bool) -> Iterator[Path]:
-    """Build a folder under a temporary name, then move it into place."""
+def check_dir_replaceable(path: Path, force: bool, marker: str | None = None) -> None:
+    """Refuse to write the folder ``path`` over a file, over a non-empty folder without
+    ``force``, or (with ``marker``) over a non-empty folder that ddcli did not write."""
     path = Path(path)
-    if path.exists() and any(path.iterdir()) and not force:
-        raise InputError(f"{path} exists and is not empty; pass --force to replace it")
-    if not path.parent.exists():
-        raise InputError(f"output folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise InputError(f"{path} exists and is not a folder")
+        if any(path.iterdir()):
+            if not force:
+                raise InputError(f"{path} exists and is not empty; pass --force to replace it")
+            if marker is not None and not (path / marker).is_file():
+                raise InputError(
+                    f"{path} is not a folder ddcli wrote (it has no {marker} file): --force "
+                    "replaces only those; remove it yourself or choose another folder"
+                )
+    check_folder_writable(path.parent, path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, force: bool, marker: str | None = None) -> Iterator[Path]:
+    """Build a folder under a temporary name, then move it into place.
+
+    With ``marker`` (a file name) the folder is marked as ddcli's, and an existing non-empty
+    folder is replaced only if it carries that mark."""
+    path = Path(path)
+    check_dir_replaceable(path, force, marker)
+    remove_stale_tmp(path)
+    tmp = tmp_path_for(path)
+    old = tmp_path_for(path, "-old")
     tmp.mkdir()
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if marker is not None and not (tmp / marker).exists():
+            (tmp / marker).write_text("")
+        if path.is_dir() and not path.is_symlink():
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old)
+        else:
+            if path.is_symlink():
+                path.unlink()
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-
-
-def read_safetensors(path: Path, what: str) -> tuple[dict, dict[str, str]]:
-    """All tensors and the metadata of a safetensors file; an unreadable file is an
-    :class:`InputError` naming ``what`` it should have been."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise InputError(f"{path} cannot be read as a {what} (safetensors): {e}") from None
-    return tensors, meta

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     import click
 
 from ddcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DDCliError, InputError
+from ddcli.io import regular_file
 from ddcli.runtime import cache_dir  # noqa: F401  (re-exported for commands)
 
 
@@ -103,16 +104,19 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
         return None
     path = Path(value)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise click.exceptions.BadParameter(f"config file not found: {path}") from None
+        regular_file(path, "config file")
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except InputError as e:
+        raise click.exceptions.BadParameter(str(e)) from None
+    except UnicodeDecodeError:
+        raise click.exceptions.BadParameter(f"{path} is not UTF-8 text (a TOML file)") from None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise click.exceptions.BadParameter(f"cannot read {path}: {e}") from None
     merged = {k: v for k, v in data.items() if not isinstance(v, dict)}
     section = data.get(ctx.info_name)
     if isinstance(section, dict):
         merged.update(section)
-    known = {p.name for p in ctx.command.params if p.name not in ("config",)}
+    known = {p.name: p for p in ctx.command.params if p.name not in ("config",)}
     defaults: dict[str, Any] = {}
     for key, v in merged.items():
         name = key.replace("-", "_")
@@ -133,7 +137,18 @@ ConfigOpt = Annotated[
         show_default=False,
     ),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in the output).")]
+#: seeds are 63-bit: torch generators and :func:`ddcli.seeding.derive_seed` take them
+MAX_SEED = 2**63 - 1
+
+
+def _seed_callback(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise click.exceptions.BadParameter(f"--seed must lie in 0..{MAX_SEED}, got {value}")
+    return value
+
+
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in the output).",
+                                      callback=_seed_callback)]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto: cuda when available).")
 ]
@@ -257,10 +272,11 @@ ImbalanceOpt = Annotated[
 
 def load_cli_dataset(rep: Reporter, path: Path, split: str, **kw):
     """Load a dataset with a progress bar for image folders; errors become one line."""
-    from ddcli.data import load_dataset, parse_image_size
+    from ddcli.data import check_subset_options, load_dataset, parse_image_size
 
     if "image_size" in kw and not isinstance(kw["image_size"], tuple):
         kw["image_size"] = parse_image_size(kw["image_size"])
+    check_subset_options(kw.get("max_per_class"), kw.get("imbalance_factor"))
     with rep.progress(f"reading {path.name or path}", None, transient=True) as update:
         return load_dataset(
             path, split, progress=lambda done, total: update(done, total=total), warn=rep.warn,

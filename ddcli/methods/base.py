@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ class MethodConfig:
             raise InputError(f"option {opt} does not apply to this method")
         values.update(overrides)
         cfg = cls(**values)
+        cfg.check_values()
         cfg.validate()
         return cfg
 
@@ -56,8 +58,33 @@ class MethodConfig:
     def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.fields()})
 
+    def check_values(self) -> None:
+        """What holds for every option of every method: numbers are finite and integers fit in
+        32 bits (ranges particular to an option are :meth:`validate`'s)."""
+        for f in dataclasses.fields(self):
+            check_option_value("--" + f.name.replace("_", "-"), getattr(self, f.name))
+
     def validate(self) -> None:
         """Raise InputError on a bad value (subclasses extend)."""
+
+
+#: the largest integer an option takes (iterations, widths, counts)
+MAX_INT_OPTION = 2**31 - 1
+
+
+def check_option_value(flag: str, value: Any) -> None:
+    """Refuse a non-finite float or an integer beyond :data:`MAX_INT_OPTION` for ``flag``."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            check_option_value(flag, v)
+    elif isinstance(value, int):
+        if abs(value) > MAX_INT_OPTION:
+            raise InputError(f"{flag} is out of range: {value}")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -82,6 +82,10 @@ class DMConfig(MethodConfig):
             raise InputError(f"--iterations must be >= 0, got {self.iterations}")
         if self.batch_real < 1:
             raise InputError(f"--batch-real must be >= 1, got {self.batch_real}")
+        if self.width < 1:
+            raise InputError(f"--width must be >= 1, got {self.width}")
+        if not 0 <= self.momentum < 1:
+            raise InputError(f"the momentum must lie in [0, 1), got {self.momentum}")
         if not self.lr > 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
         if self.init not in ("real", "noise"):
