@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,11 +24,11 @@ import torch
 from safetensors.torch import save_file
 
 from ddcli import __version__
-from ddcli.errors import BundleError, InputError
-from ddcli.io import atomic_path, check_writable, read_safetensors
+from ddcli.errors import BundleError, InputError, RunError
+from ddcli.io import atomic_path, check_writable, read_safetensors, regular_file
 
 FORMAT = "ddcli.bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 EXTRA_PREFIX = "extra."
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _JSON_KEYS = ("config", "dataset", "provenance")
@@ -53,6 +54,13 @@ class Bundle:
     checksum: str = ""
     checksum_ok: bool | None = None
     format_version: int = FORMAT_VERSION
+    #: the format of the file it was read from (older ones are migrated on read)
+    file_format_version: int = FORMAT_VERSION
+
+    @property
+    def metadata_checksummed(self) -> bool:
+        """Whether the checksum covers the metadata too (format 2 and later)."""
+        return self.file_format_version >= 2
 
     @property
     def classes(self) -> list[str]:
@@ -114,8 +122,10 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def compute_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+def compute_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+                     ) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order; with
+    ``metadata`` (bundle format 2) also over every metadata field but ``checksum`` itself."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -123,6 +133,10 @@ def compute_checksum(tensors: dict[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(json.dumps(list(t.shape)).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if metadata is not None:
+        fields = {k: v for k, v in metadata.items() if k != "checksum"}
+        h.update(b"\0metadata\0")
+        h.update(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode())
     return h.hexdigest()
 
 
@@ -130,6 +144,10 @@ def _check_consistency(b: Bundle, where: str) -> None:
     n = b.images.shape[0] if b.images.ndim == 4 else -1
     if b.images.ndim != 4:
         raise BundleError(f"{where}: images must be (N, C, H, W), got {tuple(b.images.shape)}")
+    if not b.images.is_floating_point():
+        raise BundleError(f"{where}: images must be floating point, got {b.images.dtype}")
+    if n == 0 or min(b.images.shape[1:]) < 1:
+        raise BundleError(f"{where}: the bundle holds no images")
     if b.labels.dtype != torch.int64 or b.labels.shape != (n,):
         raise BundleError(f"{where}: labels must be int64 ({n},), got {tuple(b.labels.shape)}")
     k = b.num_classes
@@ -137,6 +155,8 @@ def _check_consistency(b: Bundle, where: str) -> None:
         raise BundleError(f"{where}: the dataset metadata must list at least two classes")
     if n and (int(b.labels.min()) < 0 or int(b.labels.max()) >= k):
         raise BundleError(f"{where}: a label lies outside the {k} classes")
+    if b.soft_labels is not None and not b.soft_labels.is_floating_point():
+        raise BundleError(f"{where}: soft_labels must be floating point")
     if b.soft_labels is not None and tuple(b.soft_labels.shape) != (n, k):
         raise BundleError(
             f"{where}: soft_labels must be ({n}, {k}), got {tuple(b.soft_labels.shape)}"
@@ -167,8 +187,15 @@ def save_bundle(
     if not bundle.torch_version:
         bundle.torch_version = torch.__version__
     _check_consistency(bundle, str(path))
+    for name in ("images", "soft_labels"):
+        t = getattr(bundle, name)
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise RunError(f"not writing {path}: the {name.replace('_', ' ')} are not finite "
+                           "(NaN or infinity)")
     tensors = bundle.tensors()
-    bundle.checksum = compute_checksum(tensors)
+    bundle.format_version = bundle.file_format_version = FORMAT_VERSION
+    bundle.checksum = ""
+    bundle.checksum = compute_checksum(tensors, bundle.metadata())
     bundle.checksum_ok = True
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=bundle.metadata())
@@ -179,26 +206,54 @@ def save_bundle(
 # reading and migration
 
 
+def _check_header(header: object, path: Path, size: int, n: int) -> None:
+    """The safetensors header's schema: an object of tensor entries (dtype, shape,
+    data_offsets within the file) and string metadata."""
+    if not isinstance(header, dict):
+        raise BundleError(f"{path} is not a ddcli bundle (its header is not a JSON object)")
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            if not isinstance(entry, dict) or not all(
+                    isinstance(v, str) for v in entry.values()):
+                raise BundleError(f"{path}: the metadata must map names to strings")
+            continue
+        ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
+        ok = ok and isinstance(shape, list) and all(_is_count(d) for d in shape)
+        ok = ok and isinstance(offsets, list) and len(offsets) == 2 \
+            and all(_is_count(o) for o in offsets) and offsets[0] <= offsets[1]
+        if not ok:
+            raise BundleError(f"{path}: header entry {key!r} needs a dtype, a shape and "
+                              "data_offsets")
+        end = max(end, offsets[1])
+    if 8 + n + end > size:
+        raise BundleError(f"{path} is truncated ({size} bytes, header needs {8 + n + end})")
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not path.exists():
-        raise BundleError(f"bundle not found: {path}")
-    if path.is_dir():
-        raise BundleError(f"{path} is a folder, not a bundle file")
+    try:
+        regular_file(path, "bundle")
+    except InputError as e:
+        raise BundleError(str(e)) from None
     size = path.stat().st_size
+    not_bundle = f"{path} is not a ddcli bundle (not a safetensors file)"
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise BundleError(f"{path} is not a ddcli bundle (not a safetensors file)")
+            raise BundleError(not_bundle)
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, 100_000_000):
-            raise BundleError(f"{path} is not a ddcli bundle (not a safetensors file)")
+            raise BundleError(not_bundle)
         try:
             header = json.loads(f.read(n))
         except ValueError:
-            raise BundleError(f"{path} is not a ddcli bundle (not a safetensors file)") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise BundleError(f"{path} is truncated ({size} bytes, header needs {8 + n + end})")
+            raise BundleError(not_bundle) from None
+    _check_header(header, path, size, n)
     try:
         return read_safetensors(path, "bundle")
     except InputError as e:
@@ -216,31 +271,105 @@ def _migrate_v0(tensors: dict, meta: dict) -> tuple[dict, dict]:
         tensors["labels"] = tensors.pop("labels_hard").to(torch.int64)
     if "labels_soft" in tensors:
         tensors["soft_labels"] = tensors.pop("labels_soft").float()
-    old = json.loads(meta.get("metadata", "{}"))
+    try:
+        old = json.loads(meta.get("metadata") or "{}")
+    except ValueError:
+        old = None
+    if not isinstance(old, dict):
+        raise BundleError("its v0 'metadata' field is not a JSON object")
     new = {
         "ddcli.format": FORMAT,
         "ddcli.format_version": "1",
         "ddcli.version": meta.get("ddcli.version", "0"),
-        "method": old.get("method", ""),
+        "method": str(old.get("method", "")),
         "config": json.dumps(old.get("config", {})),
         "dataset": json.dumps(old.get("dataset", {})),
         "seed": str(old.get("seed", "")),
-        "created": old.get("created", ""),
-        "torch": old.get("torch", ""),
-        "device": old.get("device", ""),
-        "provenance": json.dumps(old.get("provenance", []) + [{"command": "migrate v0->v1"}]),
+        "created": str(old.get("created", "")),
+        "torch": str(old.get("torch", "")),
+        "device": str(old.get("device", "")),
+        "provenance": json.dumps(_as_list(old.get("provenance"))
+                                 + [{"command": "migrate v0->v1"}]),
         "checksum": compute_checksum(tensors),
     }
     return tensors, new
 
 
+def _as_list(x: object) -> list:
+    return x if isinstance(x, list) else []
+
+
+def _migrate_v1(tensors: dict, meta: dict) -> tuple[dict, dict]:
+    """v1 -> v2: the layout is the same; v1's checksum covers the tensors only (which
+    :func:`load_bundle` checks as such, with a warning that the metadata was not covered)."""
+    return tensors, {**meta, "ddcli.format_version": "2"}
+
+
 #: format version -> function migrating a (tensors, metadata) pair one version up.
-MIGRATIONS: dict[int, Callable[[dict, dict], tuple[dict, dict]]] = {0: _migrate_v0}
+MIGRATIONS: dict[int, Callable[[dict, dict], tuple[dict, dict]]] = {
+    0: _migrate_v0, 1: _migrate_v1,
+}
 
 
-def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+def _parse_metadata(meta: dict[str, str], where: str) -> dict:
+    """The metadata's schema: JSON fields of the right kinds, an integer seed, a dataset
+    record whose class names, counts, size and normalisation have the right types."""
+    parsed = {}
+    for key, default, kind in (("config", "{}", dict), ("dataset", "{}", dict),
+                               ("provenance", "[]", list)):
+        try:
+            value = json.loads(meta.get(key) or default)
+        except ValueError:
+            raise BundleError(f"{where}: the {key} metadata is not valid JSON") from None
+        if not isinstance(value, kind):
+            raise BundleError(f"{where}: the {key} metadata must be a JSON "
+                              f"{'object' if kind is dict else 'list'}")
+        parsed[key] = value
+    if not all(isinstance(step, dict) for step in parsed["provenance"]):
+        raise BundleError(f"{where}: every provenance step must be a JSON object")
+    seed = meta.get("seed") or ""
+    if seed and not (seed.isdigit() or (seed[0] == "-" and seed[1:].isdigit())):
+        raise BundleError(f"{where}: the seed metadata must be an integer, got {seed[:40]!r}")
+    parsed["seed"] = int(seed) if seed else None
+    d = parsed["dataset"]
+
+    def bad(key: str, what: str):
+        return BundleError(f"{where}: dataset.{key} must be {what}")
+
+    classes = d.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", "a list of class names")
+    counts = d.get("class_counts")
+    if counts is not None and not (isinstance(counts, list) and all(map(_is_count, counts))):
+        raise bad("class_counts", "a list of counts")
+    if d.get("channels") is not None and not (_is_count(d["channels"]) and d["channels"] >= 1):
+        raise bad("channels", "a positive integer")
+    size = d.get("image_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(_is_count(v) and v >= 1 for v in size)):
+        raise bad("image_size", "[height, width]")
+    for key in ("mean", "std"):
+        v = d.get(key)
+        if v is not None and not (isinstance(v, list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in v)):
+            raise bad(key, "a list of numbers")
+    for key in ("name", "fingerprint", "source"):
+        if d.get(key) is not None and not isinstance(d[key], str):
+            raise bad(key, "a string")
+    if d.get("subset") is not None and not isinstance(d["subset"], dict):
+        raise bad("subset", "an object")
+    factor = parsed["config"].get("factor")
+    if factor is not None and not (_is_count(factor) and factor >= 1):
+        raise BundleError(f"{where}: config.factor must be a positive integer")
+    return parsed
+
+
+def load_bundle(path: str | Path, *, verify: bool = True,
+                warn: Callable[[str], None] | None = None) -> Bundle:
     """Read and check a bundle. With ``verify`` a checksum mismatch is an error; without it,
-    ``Bundle.checksum_ok`` tells the result."""
+    ``Bundle.checksum_ok`` tells the result. ``warn`` hears that an older bundle's metadata
+    was not covered by its checksum."""
     path = Path(path)
     tensors, meta = _read_raw(path)
     if meta.get("ddcli.format") != FORMAT:
@@ -254,19 +383,19 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             f"{path} has bundle format {version}, newer than this ddcli ({__version__}) reads "
             f"(format {FORMAT_VERSION}); upgrade ddcli"
         )
+    if version < 0:
+        raise BundleError(f"{path}: bad ddcli.format_version")
+    file_version, file_meta = version, meta
     while version < FORMAT_VERSION:
-        if version not in MIGRATIONS:
-            raise BundleError(f"{path}: no migration from bundle format {version}")
-        tensors, meta = MIGRATIONS[version](tensors, meta)
+        try:
+            tensors, meta = MIGRATIONS[version](tensors, meta)
+        except BundleError as e:
+            raise BundleError(f"{path}: {e}") from None
         version += 1
     for name in ("images", "labels"):
         if name not in tensors:
             raise BundleError(f"{path} lacks the {name!r} tensor")
-    try:
-        parsed = {k: json.loads(meta.get(k) or ("[]" if k == "provenance" else "{}"))
-                  for k in _JSON_KEYS}
-    except ValueError:
-        raise BundleError(f"{path}: metadata is not valid JSON") from None
+    parsed = _parse_metadata(meta, str(path))
     b = Bundle(
         images=tensors["images"],
         labels=tensors["labels"],
@@ -275,16 +404,22 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         method=meta.get("method", ""),
         config=parsed["config"],
         dataset=parsed["dataset"],
-        seed=int(meta["seed"]) if meta.get("seed") else None,
+        seed=parsed["seed"],
         created=meta.get("created", ""),
         torch_version=meta.get("torch", ""),
         device=meta.get("device", ""),
         provenance=parsed["provenance"],
         ddcli_version=meta.get("ddcli.version", ""),
         checksum=meta.get("checksum", ""),
+        file_format_version=file_version,
     )
-    b.checksum_ok = compute_checksum(tensors) == b.checksum
+    covers_metadata = file_version >= 2
+    expected = compute_checksum(tensors, file_meta if covers_metadata else None)
+    b.checksum_ok = expected == b.checksum
     if verify and not b.checksum_ok:
         raise BundleError(f"{path}: checksum mismatch (the file was modified or damaged)")
     _check_consistency(b, str(path))
+    if not covers_metadata and warn is not None:
+        warn(f"{path} is a bundle of format {file_version}: its checksum covers the tensors "
+             "only, not the metadata (class names, dataset, config, provenance)")
     return b
