@@ -77,9 +77,18 @@ def terminal_preview(
     return out
 
 
-def safe_name(name: str) -> str:
-    """A class name usable as a folder name (``T-shirt/top`` -> ``T-shirt_top``)."""
+#: the longest folder name (in UTF-8 bytes) export makes of a class name; file systems allow 255
+MAX_NAME_BYTES = 100
+#: the file marking a folder as an export of ddcli's (``--force`` replaces only those); it holds
+#: the real class names
+EXPORT_MARKER = ".ddcli-export"
+
+
+def safe_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """A class name usable as a folder name (``T-shirt/top`` -> ``T-shirt_top``), at most
+    ``max_bytes`` long in UTF-8."""
     s = re.sub(r"[^\w.\- ]+", "_", name).strip(" .")
+    s = s.encode()[:max_bytes].decode(errors="ignore").strip(" .")
     return s or "class"
 
 
@@ -92,15 +101,22 @@ def export_image_folder(
 ) -> list[str]:
     """Write DIR/<class>/<index>.png (pixels clamped to 0..1 and rounded to 8 bits).
 
-    Folder names are the class names made safe for a file system, prefixed with the class index
-    so that sorted order is the bundle's class order; returns the folder names.
+    Folder names are the class names made safe for a file system (and shortened), prefixed
+    with the class index so that sorted order is the bundle's class order; the real names go in
+    ``DIR/.ddcli-export``, which marks the folder as ddcli's: ``force`` replaces an existing
+    folder only if it has that mark. Returns the folder names.
     """
+    import json
+
     from PIL import Image
 
     width = len(str(len(classes) - 1))
     names = [f"{k:0{width}d}_{safe_name(c)}" for k, c in enumerate(classes)]
     pix = (_display(images) * 255).round().to(torch.uint8)
-    with atomic_dir(Path(out_dir), force) as tmp:
+    with atomic_dir(Path(out_dir), force, marker=EXPORT_MARKER) as tmp:
+        (tmp / EXPORT_MARKER).write_text(json.dumps(
+            {"format": "ddcli.export", "classes": list(classes), "folders": names}, indent=1)
+            + "\n")
         for folder in names:
             (tmp / folder).mkdir()
         counters = [0] * len(classes)

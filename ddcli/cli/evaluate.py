@@ -27,6 +27,7 @@ from ddcli.cli.common import (
     print_json,
     resolve_device,
     stdout_console,
+    to_json,
 )
 from ddcli.data import imbalance_ratio, is_long_tailed, sample_dir
 from ddcli.errors import InputError
@@ -154,7 +155,7 @@ def evaluate(
     proto = get_protocol(protocol, epochs=epochs)
     if out is not None:
         check_writable(out, force)
-    b = load_bundle(bundle)
+    b = load_bundle(bundle, warn=rep.warn)
     ds_info = b.dataset
     builtin = bool(ds_info.get("subset", {}).get("builtin_sample"))
     if test is None:
@@ -281,7 +282,7 @@ def _attach_baseline(report: dict, base: dict) -> None:
 
 def _finish(rep: Reporter, report: dict, out: Path | None, json_out: bool) -> None:
     if out is not None:
-        atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode())
+        atomic_write_bytes(out, (to_json(report) + "\n").encode())
         rep.info(f"wrote report {out}")
     if json_out:
         print_json(report)

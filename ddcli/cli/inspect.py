@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ddcli.bundle import Bundle, load_bundle
 from ddcli.cli.common import JsonOpt, QuietOpt, Reporter, print_json, stdout_console
-from ddcli.errors import EXIT_FAILED
+from ddcli.errors import RunError
 from ddcli.viz import export_image_folder, save_grid, terminal_preview
 
 
@@ -33,7 +33,7 @@ def summary(b: Bundle, path: Path) -> dict:
     d = b.dataset
     return {
         "path": str(path),
-        "format_version": b.format_version,
+        "format_version": b.file_format_version,
         "ddcli_version": b.ddcli_version,
         "method": b.method,
         "config": b.config,
@@ -87,7 +87,8 @@ def _render(s: dict) -> None:
         ("seed", str(s["seed"])),
         ("created", f"{s['created']} with ddcli {s['ddcli_version']}, torch {s['torch']} "
                     f"on {s['device'] or '?'}"),
-        ("format", f"ddcli.bundle v{s['format_version']}"),
+        ("format", f"ddcli.bundle v{s['format_version']}"
+                   + ("" if s["format_version"] >= 2 else " (checksum covers the tensors only)")),
         ("checksum", f"{s['checksum'][:16]}… {ok}"),
     ]
     if ds.get("subset"):
@@ -151,10 +152,13 @@ def inspect(
     Example: [bold]ddcli inspect fmnist-dm.safetensors --preview --grid grid.png[/]
     """
     rep = Reporter(quiet or json_out)
-    b = load_bundle(bundle, verify=False)
+    b = load_bundle(bundle, verify=False, warn=rep.warn)
     s = summary(b, bundle)
     if not b.checksum_ok:
-        rep.warn(f"{bundle}: checksum mismatch (the file was modified or damaged)")
+        mismatch = f"{bundle}: checksum mismatch (the file was modified or damaged)"
+        if verify:  # the one line, before anything is shown or written
+            raise RunError(mismatch)
+        rep.warn(mismatch)
     images, labels = b.images, b.labels
     if decode:
         images, labels, _ = b.decoded()
@@ -174,6 +178,4 @@ def inspect(
             con = stdout_console()
             con.print(terminal_preview(images.float(), labels, b.classes, width=con.width),
                       soft_wrap=True)
-    if verify and not b.checksum_ok:
-        raise typer.Exit(EXIT_FAILED)
 

@@ -147,7 +147,7 @@ def relabel(
     if out.resolve() == bundle.resolve():
         raise InputError("relabel writes a new bundle: choose another --out than the input")
     check_writable(out, force)
-    b = load_bundle(bundle)
+    b = load_bundle(bundle, warn=rep.warn)
     check_relabelable(b)  # before any teacher is trained
     t0 = time.perf_counter()
     teachers, log = get_teachers(rep, files=list(teacher or []),
