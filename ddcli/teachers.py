@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from ddcli import __version__
 from ddcli.bundle import compute_checksum, utc_now
 from ddcli.data import Dataset, normalize
 from ddcli.errors import InputError
-from ddcli.io import atomic_path, read_safetensors
+from ddcli.io import atomic_path, read_safetensors, regular_file
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
 from ddcli.seeding import SEED_SCHEME, derive_seed
@@ -121,26 +122,81 @@ def save_teacher(t: Teacher, path: Path) -> str:
     return t.checksum
 
 
+def _teacher_metadata(meta: dict[str, str], path: Path) -> dict:
+    """The teacher metadata's schema, parsed: one place for every field's kind."""
+    def field(key: str, kind, what: str, check=lambda v: True):
+        try:
+            v = json.loads(meta[key]) if kind is not str else meta[key]
+        except (KeyError, ValueError):
+            raise InputError(f"{path}: teacher metadata {key!r} is missing or not JSON") from None
+        if not (isinstance(v, kind) and not isinstance(v, bool) and check(v)):
+            raise InputError(f"{path}: teacher metadata {key!r} must be {what}")
+        return v
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    out = {
+        "arch": field("arch", str, "a model name"),
+        "classes": field("classes", list, "a list of at least two class names",
+                         lambda v: len(v) >= 2 and all(isinstance(c, str) for c in v)),
+        "channels": field("channels", int, "1 or 3", lambda v: v in (1, 3)),
+        "image_size": field("image_size", list, "[height, width]",
+                            lambda v: len(v) == 2 and all(isinstance(x, int) and x >= 1
+                                                          for x in v)),
+        "mean": field("mean", list, "a list of numbers", lambda v: all(map(number, v))),
+        "std": field("std", list, "a list of positive numbers",
+                     lambda v: all(number(x) and x > 0 for x in v)),
+        "data_fingerprint": field("data_fingerprint", str, "a string"),
+        "recipe": field("recipe", dict, "a JSON object"),
+    }
+    if len(out["mean"]) != out["channels"] or len(out["std"]) != out["channels"]:
+        raise InputError(f"{path}: teacher metadata mean and std need one value per channel")
+    try:
+        acc = json.loads(meta.get("val_accuracy") or "null")
+    except ValueError:
+        acc = "bad"
+    if acc is not None and not number(acc):
+        raise InputError(f"{path}: teacher metadata 'val_accuracy' must be a number or null")
+    out["val_accuracy"] = acc
+    return out
+
+
 def load_teacher(path: str | Path) -> Teacher:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"teacher not found: {path}")
+    """Read and check a teacher file: format, version, checksum, metadata schema, and weights
+    that fit the recorded architecture exactly."""
+    path = regular_file(path, "teacher")
     tensors, meta = read_safetensors(path, "ddcli teacher")
     if meta.get("ddcli.format") != FORMAT:
         raise InputError(f"{path} is not a ddcli teacher")
-    if int(meta.get("ddcli.format_version", "0")) > FORMAT_VERSION:
+    try:
+        version = int(meta.get("ddcli.format_version", "0"))
+    except ValueError:
+        raise InputError(f"{path}: bad teacher ddcli.format_version") from None
+    if version > FORMAT_VERSION:
         raise InputError(f"{path} has a newer teacher format; upgrade ddcli")
     if compute_checksum(tensors) != meta.get("checksum"):
         raise InputError(f"{path}: checksum mismatch (the teacher file was modified)")
-    classes = json.loads(meta["classes"])
-    size = tuple(json.loads(meta["image_size"]))
-    model = create_model(meta["arch"], len(classes), int(meta["channels"]), size)
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()})
+    m = _teacher_metadata(meta, path)
+    classes, size, channels = m["classes"], tuple(m["image_size"]), m["channels"]
+    model = create_model(m["arch"], len(classes), channels, size)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    expected = model.state_dict()
+    foreign = sorted(set(tensors) - {f"model.{k}" for k in expected})
+    missing = sorted(set(expected) - set(state))
+    misfit = [k for k in expected if k in state and (state[k].shape != expected[k].shape
+                                                    or state[k].dtype != expected[k].dtype)]
+    if foreign or missing or misfit:
+        what = (f"unexpected {foreign[0]!r}" if foreign else f"missing {missing[0]!r}"
+                if missing else f"{misfit[0]!r} is {tuple(state[misfit[0]].shape)}, expected "
+                f"{tuple(expected[misfit[0]].shape)}")
+        raise InputError(f"{path}: its weights do not fit a {m['arch']} for {len(classes)} "
+                         f"classes ({what})")
+    model.load_state_dict(state)
     model.eval()
-    return Teacher(model, meta["arch"], classes, int(meta["channels"]), size,
-                   json.loads(meta["mean"]), json.loads(meta["std"]), meta["data_fingerprint"],
-                   json.loads(meta["recipe"]), json.loads(meta["val_accuracy"]),
-                   meta["checksum"], str(path))
+    return Teacher(model, m["arch"], classes, channels, size, m["mean"], m["std"],
+                   m["data_fingerprint"], m["recipe"], m["val_accuracy"], meta["checksum"],
+                   str(path))
 
 
 def teacher_cache_path(cache: Path, data: Dataset, recipe: Protocol, seed: int) -> Path:
