@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ddcli.data import Dataset
-from ddcli.errors import InputError, Interrupted
+from ddcli.errors import InputError, Interrupted, RunError
 from ddcli.io import atomic_path, read_safetensors
 
 # --------------------------------------------------------------------------------------------
@@ -234,6 +234,9 @@ def _save_checkpoint(path: Path, method: Method, gen: torch.Generator, it: int, 
 
 
 def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict) -> int:
+    """Resume from ``path`` after checking it against one schema: this run's key, an iteration
+    within the run, the generator's state, and the method's state (every tensor it has from
+    setup; tensors that do not fit are refused)."""
     tensors, meta = read_safetensors(path, "checkpoint")
     for k, v in key.items():
         if meta.get(k) != v:
@@ -241,9 +244,24 @@ def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict
                 f"checkpoint {path} belongs to another run ({k} differs); delete it or drop "
                 "--resume"
             )
-    gen.set_state(tensors.pop("_generator"))
-    method.load_state({k: v.to(method_device(method)) for k, v in tensors.items()})
-    return int(meta["iteration"])
+    bad = f"checkpoint {path} is damaged or incomplete"
+    it = meta.get("iteration", "")
+    if not it.isdigit() or int(it) > method.iterations:
+        raise InputError(f"{bad}: bad iteration {it[:20]!r}; delete it or drop --resume")
+    rng = tensors.pop("_generator", None)
+    ref = gen.get_state()
+    if rng is None or rng.dtype != ref.dtype or rng.shape != ref.shape:
+        raise InputError(f"{bad}: it lacks the random generator's state; delete it or drop "
+                         "--resume")
+    missing = sorted(set(method.state()) - set(tensors))  # the state every run has from setup
+    if missing:
+        raise InputError(f"{bad}: it lacks the state {missing[0]!r}; delete it or drop --resume")
+    gen.set_state(rng)
+    try:
+        method.load_state({k: v.to(method_device(method)) for k, v in tensors.items()})
+    except (KeyError, IndexError, ValueError, RuntimeError) as e:  # shapes that do not fit
+        raise InputError(f"{bad}: {type(e).__name__}: {e}; delete it or drop --resume") from None
+    return int(it)
 
 
 def method_device(method: Method) -> torch.device:
@@ -304,20 +322,41 @@ def run_method(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     it = start
+    # the first iteration (1-based) whose loss was not finite, 0 while none: kept on the device
+    # (no host sync per iteration) and read where the loop syncs anyway (log points,
+    # checkpoints, the end)
+    first_bad = torch.zeros((), dtype=torch.int64, device=device)
+
+    def check_finite() -> None:
+        bad = int(first_bad)
+        if bad:
+            raise RunError(
+                f"the loss became non-finite (NaN or infinity) at iteration {bad}/{total}; "
+                "no bundle was written (a smaller --lr may help)"
+            )
+
     try:
         loss = None
         while it < total:
             loss = method.step(it)
             it += 1
+            if torch.is_tensor(loss):
+                first_bad.masked_fill_(~torch.isfinite(loss.detach()).all() & (first_bad == 0),
+                                       it)
+            elif loss is not None and not math.isfinite(float(loss)) and not int(first_bad):
+                first_bad.fill_(it)
             if it % log_every == 0 or it == total:
                 value = float(loss)  # the only host sync, every log_every iterations
+                check_finite()
                 losses.append(value)
                 if progress:
                     progress(it, total=total, status=f"loss {value:.4g}")
             if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 \
                     and it < total:
+                check_finite()
                 _save_checkpoint(checkpoint, method, gen, it, key)
             if stop["flag"]:
+                check_finite()
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, method, gen, it, key)
                     raise Interrupted(
@@ -325,6 +364,7 @@ def run_method(
                         "; rerun with --resume to continue"
                     )
                 raise Interrupted(f"interrupted at iteration {it}/{total}")
+        check_finite()
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
@@ -341,4 +381,8 @@ def run_method(
         "peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         if device.type == "cuda" else None,
     }
-    return method.result(), stats
+    result = method.result()
+    if not bool(torch.isfinite(result.images).all()):
+        raise RunError(f"the synthetic images are not finite (NaN or infinity) after iteration "
+                       f"{total}; no bundle was written (a smaller --lr may help)")
+    return result, stats
