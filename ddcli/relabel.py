@@ -101,6 +101,10 @@ class RelabelSettings:
     seed: int = 0
 
     def validate(self) -> None:
+        from ddcli.methods.base import check_option_value
+
+        for key in ("temperature", "views", "num_teachers"):
+            check_option_value("--" + key.replace("_", "-"), getattr(self, key))
         if not self.temperature > 0:
             raise InputError(f"--temperature must be > 0, got {self.temperature}")
         if self.calibrate not in (None, "adsa"):

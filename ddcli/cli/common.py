@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -232,8 +233,9 @@ class Reporter:
             self.console.print(msg)
 
     def warn(self, msg: str) -> None:
-        # warnings show even with --quiet: they change how a result should be read
-        self.console.print(f"[yellow]warning:[/] {msg}")
+        # warnings show even with --quiet: they change how a result should be read; one line
+        # each, the message taken literally (a path may hold [brackets])
+        self.console.print(f"[yellow]warning:[/] {escape(msg)}", soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int | None,

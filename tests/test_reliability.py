@@ -1,0 +1,671 @@
+"""Issue 14: a hostile user's inputs and faults. Each case: the exit code, one ``error:`` line on
+stderr, no traceback, and nothing written (no output, no temporary file left behind)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_one_line_error, write_image_folder, write_shards
+from safetensors.torch import save_file
+from test_bundle import make_bundle
+
+from ddcli.bundle import FORMAT, compute_checksum, load_bundle, save_bundle
+from ddcli.errors import BundleError, DataError, InputError, RunError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bundle_file(tmp_path):
+    path = tmp_path / "b.safetensors"
+    save_bundle(make_bundle(), path)
+    return path
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files or folders ddcli may have left in ``folder``."""
+    return [p.name for p in folder.iterdir() if "ddcli-tmp" in p.name or ".tmp-" in p.name]
+
+
+def write_raw_bundle(path: Path, tensors: dict, meta: dict[str, str], v2: bool = True) -> None:
+    """A bundle written around save_bundle's checks, with a valid checksum (format 2 covers
+    the metadata, format 1 the tensors only)."""
+    meta = {"ddcli.format": FORMAT, "ddcli.format_version": "2" if v2 else "1", **meta}
+    meta["checksum"] = compute_checksum(tensors, meta if v2 else None)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def bundle_parts(**meta_overrides) -> tuple[dict, dict[str, str]]:
+    b = make_bundle()
+    meta = b.metadata()
+    meta.update(meta_overrides)
+    return b.tensors(), meta
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C during start-up
+
+
+def test_ctrl_c_while_torch_imports_is_one_error_line_exit_130():
+    # deterministic: the KeyboardInterrupt arrives exactly where a Ctrl-C during start-up does
+    code = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def imp(name, *a, **k):\n"
+        "    if name == 'torch' or name.startswith('torch.'):\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = imp\n"
+        "sys.argv = ['ddcli', 'inspect', 'x.safetensors']\n"
+        "from ddcli.__main__ import main\n"
+        "main()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=REPO)
+    assert r.returncode == 130, r
+    assert r.stderr == "error: interrupted\n", r.stderr
+
+
+def test_console_script_is_the_guarded_entry_point():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["ddcli"] == "ddcli.__main__:main"
+
+
+def test_real_sigint_during_start_up(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "ddcli", "inspect", str(tmp_path / "x")],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        p.wait(timeout=1.0)  # too quick to be interrupted: then nothing to test
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert "Traceback" not in err
+    assert p.returncode in (130, 2), err  # interrupted, or done before the signal came
+    assert len([ln for ln in err.splitlines() if ln.startswith("error: ")]) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# FIFOs and other non-regular files are refused before they are opened
+
+
+def run_with_timeout(cli, fifo: Path, *args, timeout: float = 120):
+    """Invoke the CLI in a thread; a hang would leave it blocked on the FIFO (then the FIFO is
+    opened for writing to release it, and the test fails)."""
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", cli(*args)), daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        except OSError:
+            pass
+        t.join(10)
+        pytest.fail(f"ddcli {' '.join(map(str, args))} hung on a FIFO")
+    return box["r"]
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "fifo.safetensors"
+    os.mkfifo(path)
+    return path
+
+
+def test_fifo_bundle_is_refused(cli, fifo):
+    for cmd in (("inspect",), ("evaluate",), ("relabel",)):
+        r = run_with_timeout(cli, fifo, *cmd, fifo)
+        assert_one_line_error(r, 2, "not a regular file")
+
+
+def test_fifo_shard_is_refused(cli, tmp_path):
+    shards = write_shards(tmp_path / "shards")
+    (shards / "train_2.npz").unlink()
+    os.mkfifo(shards / "train_2.npz")
+    out = tmp_path / "o.safetensors"
+    r = run_with_timeout(cli, shards / "train_2.npz", "distill", shards, "--iterations", "1",
+                         "--device", "cpu", "-o", out)
+    assert_one_line_error(r, 2, "not a regular file", "train_2.npz")
+    r = run_with_timeout(cli, shards / "train_2.npz", "distill", shards / "train_2.npz",
+                         "--iterations", "1", "--device", "cpu", "-o", out)
+    assert_one_line_error(r, 2, "not a regular file")
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_fifo_classes_json_teacher_and_config_are_refused(cli, tmp_path, bundle_file):
+    shards = write_shards(tmp_path / "shards")
+    (shards / "classes.json").unlink()
+    os.mkfifo(shards / "classes.json")
+    r = run_with_timeout(cli, shards / "classes.json", "distill", shards, "--iterations", "1",
+                         "-o", tmp_path / "o.safetensors")
+    assert_one_line_error(r, 2, "not a regular file")
+    teacher = tmp_path / "t.safetensors"
+    os.mkfifo(teacher)
+    r = run_with_timeout(cli, teacher, "relabel", bundle_file, "--teacher", teacher,
+                         "-o", tmp_path / "r.safetensors")
+    assert_one_line_error(r, 2, "not a regular file")
+    config = tmp_path / "c.toml"
+    os.mkfifo(config)
+    r = run_with_timeout(cli, config, "distill", "--config", config)
+    assert_one_line_error(r, 2, "not a regular file")
+    assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "r.safetensors").exists()
+
+
+def test_fifo_checkpoint_is_refused(cli, tmp_path):
+    shards = write_shards(tmp_path / "shards")
+    out = tmp_path / "o.safetensors"
+    ckpt = tmp_path / "o.safetensors.ckpt.safetensors"
+    os.mkfifo(ckpt)
+    r = run_with_timeout(cli, ckpt, "distill", shards, "--ipc", "1", "--iterations", "2",
+                         "--batch-real", "2", "--width", "8", "--device", "cpu", "--resume",
+                         "-o", out)
+    assert_one_line_error(r, 2, "not a regular file")
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# option values: finite, in range, validated where the configs are built (before reading)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--lr", "inf"), "--lr must be a finite number"),
+    (("--lr", "nan"), "--lr must be a finite number"),
+    (("--lr", "-inf"), "--lr must be a finite number"),
+    (("--width", "0"), "--width must be >= 1"),
+    (("--iterations", str(2**40)), "--iterations is out of range"),
+    (("--image-size", "1000000"), "--image-size too large"),
+    (("--imbalance-factor", "nan"), "--imbalance-factor must be a finite number"),
+    (("--imbalance-factor", "inf"), "--imbalance-factor must be a finite number"),
+    (("--seed", "1e23"), "--seed"),
+    (("--seed", str(10**23)), "--seed must lie in"),
+    (("--seed", "-1"), "--seed must lie in"),
+    (("-m", "csdm", "--alpha-head", "nan"), "--alpha-head must be a finite number"),
+    (("-m", "otgen", "--ot-reg", "inf"), "--ot-reg must be a finite number"),
+    (("-m", "sfm", "--lr", "nan"), "--lr must be a finite number"),
+])
+def test_bad_option_values_exit_2_before_work(cli, tmp_path, args, fragment):
+    shards = write_shards(tmp_path / "shards")
+    out = tmp_path / "o.safetensors"
+    r = cli("distill", shards, *args, "--device", "cpu", "-o", out)
+    assert_one_line_error(r, 2, fragment)
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_relabel_temperature_must_be_finite(cli, tmp_path, bundle_file):
+    r = cli("relabel", bundle_file, "--temperature", "inf", "-o", tmp_path / "r.safetensors")
+    assert_one_line_error(r, 2, "--temperature must be a finite number")
+
+
+def test_config_file_errors(cli, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe lr = 1\n")
+    assert_one_line_error(cli("distill", "--config", bad), 2, "not UTF-8")
+    big = tmp_path / "seed.toml"
+    big.write_text("seed = 1e23\n")
+    assert_one_line_error(cli("distill", "--config", big), 2, "--seed")
+    frac = tmp_path / "width.toml"
+    frac.write_text("lr = nan\n")
+    assert_one_line_error(cli("distill", "--config", frac, "--iterations", "1"), 2,
+                          "--lr must be a finite number")
+
+
+# --------------------------------------------------------------------------------------------
+# never write non-finite images
+
+
+def test_a_run_whose_loss_goes_non_finite_writes_nothing(cli, tmp_path):
+    shards = write_shards(tmp_path / "shards")
+    out = tmp_path / "o.safetensors"
+    r = cli("distill", shards, "--ipc", "1", "--iterations", "5", "--batch-real", "4",
+            "--lr", "1e30", "--device", "cpu", "-o", out)
+    assert_one_line_error(r, 1, "non-finite", "iteration 2/5")
+    assert not out.exists() and not leftovers(tmp_path)
+    assert not (tmp_path / "o.safetensors.ckpt.safetensors").exists()
+
+
+def test_the_harness_names_the_first_non_finite_iteration():
+    from conftest import tiny_dataset
+
+    from ddcli.methods.base import Method, MethodConfig, SyntheticSet, run_method
+
+    class Cfg(MethodConfig):
+        pass
+
+    class Blowup(Method):
+        name = "blowup"
+        Config = Cfg
+        iterations = 120
+
+        def setup(self, data, device, generator, mean, std):
+            self.x = torch.zeros(3, 3, 8, 8)
+
+        def step(self, it):
+            return torch.tensor(float("nan") if it >= 6 else 1.0)  # it is 0-based
+
+        def state(self):
+            return {"x": self.x}
+
+        def load_state(self, state):
+            pass
+
+        def result(self):
+            return SyntheticSet(self.x, torch.arange(3))
+
+    with pytest.raises(RunError, match="at iteration 7/120"):
+        run_method(Blowup(Cfg()), tiny_dataset(), seed=0)
+
+
+def test_save_bundle_refuses_non_finite_images_and_soft_labels(tmp_path):
+    for field in ("images", "soft_labels"):
+        b = make_bundle()
+        getattr(b, field)[0, 0] = float("nan")
+        with pytest.raises(RunError, match="not finite"):
+            save_bundle(b, tmp_path / "b.safetensors")
+        assert not (tmp_path / "b.safetensors").exists() and not leftovers(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# inspect: strict JSON, --verify, --export
+
+
+def test_inspect_json_is_strict_json(cli, tmp_path):
+    tensors, meta = bundle_parts()
+    tensors["images"][0, 0, 0, 0] = float("nan")
+    tensors["images"][1, 0, 0, 0] = float("inf")
+    path = tmp_path / "nan.safetensors"
+    write_raw_bundle(path, tensors, meta)
+    r = cli("inspect", path, "--json")
+    assert r.code == 0, r
+
+    def refuse(name):
+        raise AssertionError(f"not JSON: {name}")
+
+    s = json.loads(r.stdout, parse_constant=refuse)
+    assert s["pixel_range"] == [None, None]
+
+
+def test_inspect_verify_on_a_damaged_tensor_is_one_error_line(cli, tmp_path, bundle_file):
+    raw = bytearray(bundle_file.read_bytes())
+    raw[-5] ^= 0x01
+    bundle_file.write_bytes(bytes(raw))
+    grid = tmp_path / "g.png"
+    r = cli("inspect", bundle_file, "--verify", "--grid", grid)
+    assert_one_line_error(r, 1, "checksum mismatch")
+    assert "warning" not in r.stderr and r.stdout == "" and not grid.exists()
+
+
+def test_export_force_replaces_only_a_folder_ddcli_wrote(cli, tmp_path, bundle_file):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    r = cli("inspect", bundle_file, "--export", mine, "--force")
+    assert_one_line_error(r, 2, "not a folder ddcli wrote")
+    assert (mine / "thesis.tex").read_text() == "precious" and len(list(mine.iterdir())) == 1
+    exp = tmp_path / "exp"
+    assert cli("inspect", bundle_file, "--export", exp).code == 0
+    assert (exp / ".ddcli-export").is_file()
+    assert_one_line_error(cli("inspect", bundle_file, "--export", exp), 2, "--force")
+    (exp / "0_a" / "stray.txt").write_text("x")
+    assert cli("inspect", bundle_file, "--export", exp, "--force").code == 0
+    assert not (exp / "0_a" / "stray.txt").exists() and not leftovers(tmp_path)
+
+
+def test_export_onto_an_existing_file_is_refused(cli, tmp_path, bundle_file):
+    target = tmp_path / "file.txt"
+    target.write_text("keep")
+    for extra in ((), ("--force",)):
+        r = cli("inspect", bundle_file, "--export", target, *extra)
+        assert_one_line_error(r, 2, "not a folder")
+        assert target.read_text() == "keep"
+
+
+def test_export_a_300_character_class_name(cli, tmp_path):
+    long = "n" * 150 + "/é" * 75
+    b = make_bundle()
+    b.dataset["classes"] = [long, "b", "c"]
+    path = tmp_path / "long.safetensors"
+    save_bundle(b, path)
+    exp = tmp_path / "exp"
+    r = cli("inspect", path, "--export", exp)
+    assert r.code == 0, r
+    folders = sorted(p.name for p in exp.iterdir() if p.is_dir())
+    assert len(folders) == 3 and all(len(f.encode()) <= 110 for f in folders)
+    assert json.loads((exp / ".ddcli-export").read_text())["classes"][0] == long
+
+
+# --------------------------------------------------------------------------------------------
+# bundles: one schema, checked on read
+
+
+def raw_safetensors(path: Path, header: object, data: bytes = b"") -> Path:
+    h = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+    return path
+
+
+def test_bundle_header_schema(cli, tmp_path):
+    cases = {
+        "list": ([], "not a JSON object"),
+        "offsets": ({"images": {"dtype": "F32", "shape": [1]}}, "data_offsets"),
+        "badoffsets": ({"images": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}},
+                       "data_offsets"),
+        "meta": ({"__metadata__": {"seed": 3}}, "metadata must map names to strings"),
+    }
+    for name, (header, fragment) in cases.items():
+        path = raw_safetensors(tmp_path / f"{name}.safetensors", header, b"\0" * 4)
+        assert_one_line_error(cli("inspect", path), 2, fragment)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ({"dataset": json.dumps([1, 2])}, "dataset metadata must be a JSON object"),
+    ({"dataset": "{not json"}, "not valid JSON"),
+    ({"config": json.dumps("x")}, "config metadata must be a JSON object"),
+    ({"provenance": json.dumps([1])}, "provenance step"),
+    ({"seed": "abc"}, "seed metadata must be an integer"),
+    ({"seed": "1.5"}, "seed metadata must be an integer"),
+    ({"dataset": json.dumps({"classes": "ab"})}, "dataset.classes"),
+    ({"dataset": json.dumps({"classes": ["a", "b", "c"], "class_counts": ["x"] * 3})},
+     "dataset.class_counts"),
+    ({"dataset": json.dumps({"classes": ["a", "b", "c"], "mean": ["x"]})}, "dataset.mean"),
+    ({"config": json.dumps({"factor": "2"})}, "config.factor"),
+])
+def test_bundle_metadata_schema(cli, tmp_path, override, fragment):
+    tensors, meta = bundle_parts(**override)
+    path = tmp_path / "m.safetensors"
+    write_raw_bundle(path, tensors, meta)
+    assert_one_line_error(cli("inspect", path), 2, fragment)
+    with pytest.raises(BundleError):
+        load_bundle(path)
+
+
+def test_bundle_with_zero_images(cli, tmp_path):
+    tensors, meta = bundle_parts()
+    tensors = {"images": torch.zeros(0, 3, 8, 8), "labels": torch.zeros(0, dtype=torch.int64)}
+    path = tmp_path / "empty.safetensors"
+    write_raw_bundle(path, tensors, meta)
+    assert_one_line_error(cli("inspect", path), 2, "holds no images")
+    b = make_bundle()
+    b.images, b.labels, b.soft_labels = b.images[:0], b.labels[:0], None
+    with pytest.raises(BundleError, match="no images"):
+        save_bundle(b, tmp_path / "out.safetensors")
+
+
+def test_v0_bundle_with_malformed_json(cli, tmp_path):
+    path = tmp_path / "v0.safetensors"
+    save_file({"images": torch.rand(2, 1, 4, 4), "labels_hard": torch.tensor([0, 1])},
+              str(path), metadata={"ddcli.format": FORMAT, "ddcli.format_version": "0",
+                                   "metadata": "{not json"})
+    assert_one_line_error(cli("inspect", path), 2, "v0 'metadata' field is not a JSON object")
+
+
+# --------------------------------------------------------------------------------------------
+# the checksum covers the metadata (format 2); v1 bundles are read with a warning
+
+
+def test_metadata_is_covered_by_the_checksum(cli, tmp_path, bundle_file):
+    from safetensors import safe_open
+
+    with safe_open(str(bundle_file), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["ddcli.format_version"] == "2"
+    ds = json.loads(meta["dataset"])
+    ds["classes"] = ds["classes"][::-1]  # the label -> class mapping, reversed
+    for key, value in (("dataset", json.dumps(ds)), ("seed", "8"), ("method", "sfm"),
+                       ("provenance", "[]"), ("config", "{}")):
+        tampered = tmp_path / f"t-{key}.safetensors"
+        save_file(tensors, str(tampered), metadata={**meta, key: value})
+        assert_one_line_error(cli("inspect", tampered, "--verify"), 1, "checksum mismatch")
+        with pytest.raises(BundleError, match="checksum mismatch"):
+            load_bundle(tampered)
+
+
+def write_v1_bundle(path: Path, **meta_overrides) -> None:
+    """A bundle as ddcli 0.2.0 wrote it: format 1, the checksum over the tensors only."""
+    b = make_bundle()
+    b.created, b.torch_version = "2025-01-01T00:00:00Z", torch.__version__
+    tensors = b.tensors()
+    meta = {**b.metadata(), "ddcli.format_version": "1", "ddcli.version": "0.2.0",
+            "checksum": compute_checksum(tensors), **meta_overrides}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def test_v1_bundles_are_read_with_a_warning(cli, tmp_path):
+    path = tmp_path / "v1.safetensors"
+    write_v1_bundle(path)
+    warnings = []
+    b = load_bundle(path, warn=warnings.append)
+    assert b.checksum_ok and b.file_format_version == 1 and not b.metadata_checksummed
+    assert b.classes == ["a", "b", "c"] and b.seed == 7
+    assert len(warnings) == 1 and "not the metadata" in warnings[0]
+    r = cli("inspect", path, "--verify", "--json")
+    assert r.code == 0, r
+    assert r.json()["format_version"] == 1 and r.json()["checksum_ok"] is True
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "format 1" in lines[0]
+    # its tensors are still protected
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert_one_line_error(cli("inspect", path, "--verify"), 1, "checksum mismatch")
+
+
+def test_a_v1_bundle_rewritten_gets_a_v2_checksum(tmp_path):
+    path = tmp_path / "v1.safetensors"
+    write_v1_bundle(path)
+    b = load_bundle(path)
+    save_bundle(b, tmp_path / "v2.safetensors")
+    again = load_bundle(tmp_path / "v2.safetensors", warn=pytest.fail)
+    assert again.file_format_version == 2 and again.checksum_ok
+
+
+# --------------------------------------------------------------------------------------------
+# teachers and checkpoints: one schema each
+
+
+def test_teacher_with_foreign_weights(cli, tmp_path, bundle_file):
+    from ddcli.models import create_model
+    from ddcli.teachers import Teacher, load_teacher, save_teacher
+
+    model = create_model("convnet", 3, 3, (8, 8))
+    t = Teacher(model, "resnet18", ["a", "b", "c"], 3, (8, 8), [0.5] * 3, [0.2] * 3, "f" * 64,
+                {}, None)
+    path = tmp_path / "t.safetensors"
+    save_teacher(t, path)
+    r = cli("relabel", bundle_file, "--teacher", path, "-o", tmp_path / "r.safetensors")
+    assert_one_line_error(r, 2, "weights do not fit a resnet18")
+    assert not (tmp_path / "r.safetensors").exists()
+    t.arch = "convnet"
+    t.classes = "abc"
+    save_teacher(t, path)
+    with pytest.raises(InputError, match="'classes' must be"):
+        load_teacher(path)
+
+
+def test_checkpoint_without_its_rng_state(cli, tmp_path):
+    from safetensors import safe_open
+
+    from ddcli.data import load_dataset
+    from ddcli.methods import create_method
+    from ddcli.methods.base import checkpoint_path_for, run_method
+
+    shards = write_shards(tmp_path / "shards")
+    out = tmp_path / "o.safetensors"
+    ckpt = checkpoint_path_for(out)
+    opts = dict(ipc=1, iterations=4, batch_real=2, width=8)
+
+    class Stop(Exception):
+        pass
+
+    def progress(it, **_):
+        if it == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_method(create_method("dm", **opts), load_dataset(shards), device="cpu", seed=0,
+                   checkpoint=ckpt, checkpoint_every=1, progress=progress, log_every=1)
+    with safe_open(str(ckpt), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != "_generator"}
+    save_file(tensors, str(ckpt), metadata=meta)
+    args = ("distill", shards, "--ipc", "1", "--iterations", "4", "--batch-real", "2",
+            "--width", "8", "--device", "cpu", "--resume", "-o", out)
+    assert_one_line_error(cli(*args), 2, "random generator's state")
+    assert not out.exists()
+    save_file({"x": torch.zeros(1)}, str(ckpt), metadata={**meta, "iteration": "x"})
+    assert_one_line_error(cli(*args), 2, "bad iteration")
+
+
+# --------------------------------------------------------------------------------------------
+# read-only output folders are found before the work starts
+
+
+def test_unwritable_output_folder_is_refused_before_the_work(cli, tmp_path, monkeypatch):
+    shards = write_shards(tmp_path / "shards")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_open = os.open
+
+    def no_write(path, flags, *a, **k):  # what a read-only folder answers (also as root)
+        if str(path).startswith(str(ro)) and flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr("ddcli.io.os.open", no_write)
+    read = []
+    monkeypatch.setattr(sys.modules["ddcli.cli.distill"], "load_cli_dataset",
+                        lambda *a, **k: read.append(1))
+    r = cli("distill", shards, "--iterations", "1", "-o", ro / "o.safetensors")
+    assert_one_line_error(r, 2, "cannot write to output folder", "Permission denied")
+    assert not read and list(ro.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder(cli, tmp_path, bundle_file):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        for args in (("inspect", bundle_file, "--export", ro / "exp"),
+                     ("inspect", bundle_file, "--grid", ro / "g.png"),
+                     ("evaluate", bundle_file, "--out", ro / "r.json")):
+            assert_one_line_error(cli(*args), 2, "cannot write to output folder")
+    finally:
+        ro.chmod(0o755)
+
+
+# --------------------------------------------------------------------------------------------
+# memory: npz sizes checked before inflating; images resized as they are decoded
+
+
+def test_npz_declared_sizes_are_checked_before_inflating(tmp_path, monkeypatch):
+    from ddcli.data import load_dataset
+
+    folder = write_shards(tmp_path / "shards")
+    np.savez_compressed(folder / "train_1.npz", images=np.zeros((2000, 32, 32, 3), np.uint8),
+                        labels=np.zeros(2000, np.int64))
+    assert (folder / "train_1.npz").stat().st_size < 100_000  # 6 MB of pixels, compressed
+    monkeypatch.setenv("DDCLI_MAX_SHARD_BYTES", str(1 << 20))
+    inflated = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: inflated.append(a) or real_load(*a, **k))
+    with pytest.raises(DataError, match="declares 6 MiB"):
+        load_dataset(folder)
+    assert not inflated
+
+
+def test_npz_wrong_dtype_or_lying_header_is_refused_before_inflating(tmp_path, monkeypatch):
+    import zipfile
+
+    from ddcli.data import load_dataset
+
+    folder = write_shards(tmp_path / "shards")
+    np.savez_compressed(folder / "train_1.npz", images=np.zeros((4, 8, 8, 3), np.float64),
+                        labels=np.zeros(4, np.int64))
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("inflated"))
+    with pytest.raises(DataError, match="images must be uint8"):
+        load_dataset(folder)
+    # a header declaring far more than the zip entry holds
+    hdr = {"descr": "|u1", "fortran_order": False, "shape": (10**6, 512, 512, 3)}
+    from io import BytesIO
+
+    buf = BytesIO()
+    np.lib.format.write_array_header_2_0(buf, hdr)
+    with zipfile.ZipFile(folder / "train_1.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("images.npy", buf.getvalue() + b"\0" * 64)
+        z.writestr("labels.npy", buf.getvalue())
+    with pytest.raises(DataError, match="declares"):
+        load_dataset(folder)
+
+
+def test_images_are_resized_as_they_are_decoded(tmp_path, monkeypatch):
+    from PIL import Image, JpegImagePlugin
+
+    from ddcli import data
+
+    root = write_image_folder(tmp_path / "imgs")
+    big = np.random.default_rng(0).integers(0, 255, (1200, 1600, 3), dtype=np.uint8)
+    Image.fromarray(big).save(root / "cat" / "big.jpg", quality=90)
+    drafts, shapes = [], []
+    real_draft, real_decode = JpegImagePlugin.JpegImageFile.draft, data._decode
+
+    def spy_draft(self, mode, size):
+        drafts.append(size)
+        return real_draft(self, mode, size)
+
+    def spy_decode(path, size, channels):
+        t = real_decode(path, size, channels)
+        shapes.append(tuple(t.shape))
+        return t
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy_draft)
+    monkeypatch.setattr(data, "_decode", spy_decode)
+    ds = data.load_dataset(root)
+    assert ds.images.shape[1:] == (3, 8, 8)  # the most common size, known from the headers
+    assert set(shapes) == {(3, 8, 8)} and len(shapes) == len(ds)
+    assert drafts == [(8, 8)]  # the big JPEG decoded at a reduced scale
+
+
+# --------------------------------------------------------------------------------------------
+# temporary files: recognisable, and stale ones (SIGKILL) removed on the next write
+
+
+def test_sigkill_during_a_write_leaves_a_recognisable_tmp_removed_next_time(tmp_path):
+    out = tmp_path / "b.safetensors"
+    code = ("import sys, time\n"
+            "from ddcli.io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'half')\n"
+            "    print(tmp, flush=True)\n"
+            "    time.sleep(600)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        tmp = Path(p.stdout.readline().strip())
+    finally:
+        p.kill()
+        p.wait(timeout=60)
+    assert tmp.exists() and tmp.name == f".b.safetensors.ddcli-tmp-{p.pid}"
+    legacy = tmp_path / f".b.safetensors.tmp-{p.pid}"  # ddcli 0.2.0's name
+    legacy.write_bytes(b"old")
+    alive = tmp_path / f".b.safetensors.ddcli-tmp-{os.getppid()}"  # a live writer's
+    alive.write_bytes(b"busy")
+    other = tmp_path / ".other.safetensors.ddcli-tmp-1"
+    other.write_bytes(b"not ours")
+    save_bundle(make_bundle(), out)
+    assert not tmp.exists() and not legacy.exists()
+    assert alive.exists() and other.exists()
+    assert load_bundle(out).checksum_ok
