@@ -44,3 +44,18 @@ def test_suite_runs_caches_and_writes_its_section(tmp_path, monkeypatch):
     quality_cpu.main(argv)
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert out.read_text().count(quality_cpu.HEADING) == 1
+
+
+def test_suite_otgen_rows_compare_guided_with_unguided(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "RESULTS.md"
+    quality_cpu.main(["--data-root", str(tmp_path), "--smoke", "--rows", "otgen", "--workdir",
+                      str(tmp_path / "work"), "--out", str(out)])
+    text = out.read_text()
+    guided = next(ln for ln in text.splitlines() if ln.startswith("| otgen |"))
+    unguided = next(ln for ln in text.splitlines() if ln.startswith("| otgen-noot |"))
+    assert "vs unguided" in guided and "ot_scale default" in guided
+    assert "ot_scale 0" in unguided
+    rows = {json.loads(p.read_text())["spec"]["ot_scale"]
+            for p in (tmp_path / "work" / "rows").glob("*.json")}
+    assert rows == {"default", "0"}
