@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ddcli.bundle import Bundle, save_bundle
+from ddcli.catalog import METHODS
 from ddcli.cli.common import (
     ChannelsOpt,
     ConfigOpt,
@@ -24,16 +24,8 @@ from ddcli.cli.common import (
     SkipBadOpt,
     TrainFilesOpt,
     command_line,
-    device_label,
-    load_cli_dataset,
     print_json,
-    resolve_device,
 )
-from ddcli.data import sample_dir
-from ddcli.errors import InputError
-from ddcli.io import check_writable
-from ddcli.methods import create_method, list_methods
-from ddcli.methods.base import checkpoint_path_for, run_method
 
 
 def distill(
@@ -43,7 +35,7 @@ def distill(
                             "Fashion-MNIST sample (with a CPU preset).", show_default=False),
     ] = None,
     method: Annotated[
-        str, typer.Option("--method", "-m", help=f"One of: {', '.join(list_methods())}.")
+        str, typer.Option("--method", "-m", help=f"One of: {', '.join(METHODS)}.")
     ] = "dm",
     ipc: Annotated[
         int | None, typer.Option("--ipc", help="Images per class (default: 10).")
@@ -234,106 +226,27 @@ def distill(
     Example: [bold]ddcli distill data/cifar10 --train-files 'train_[123].npz' --ipc 10
     -o cifar10-dm-ipc10.safetensors[/]
     """
-    rep = Reporter(quiet or json_out)
-    dev = resolve_device(device)
-    overrides = {
-        k: v
-        for k, v in dict(ipc=ipc, iterations=iterations, lr=lr, batch_real=batch_real, init=init,
-                         model=model, width=width, amp=amp, channels_last=channels_last,
-                         optimizer=optimizer, kernel=kernel, sigma=sigma, num_freqs=num_freqs,
-                         reduction=reduction, scale=scale, alpha_schedule=alpha_schedule,
-                         alpha_head=alpha_head, alpha_tail=alpha_tail, extractor=extractor,
-                         pool_size=pool_size, pool_epochs=pool_epochs, factor=factor,
-                         alpha=alpha, window=window, num_experts=num_experts,
-                         expert_epochs=expert_epochs, step_mode=step_mode, backbone=backbone,
-                         backbone_weights=backbone_weights, augs=augs,
-                         pyramid_every=pyramid_every, golden_head_epochs=golden_head_epochs,
-                         flow_denominator=flow_denominator, prior=prior,
-                         prior_steps=prior_steps, sampling_steps=sampling_steps, sampler=sampler,
-                         prior_channels=_int_tuple(prior_channels, "--prior-channels"),
-                         cfg_scale=cfg_scale, ot_scale=ot_scale, ot_reg=ot_reg,
-                         dev_scale=dev_scale, real_per_class=real_per_class).items()
-        if v is not None
-    }
-    if out is not None:  # fail before a slow read
-        check_writable(out, force)
-    builtin = data is None
-    preset = "sample-cpu" if builtin else None
-    algo = create_method(method, preset=preset, **overrides)  # bad options fail before reading
+    from ddcli.api import distill as run_distill
 
-    path = sample_dir() if builtin else data
-    ds = load_cli_dataset(
-        rep, path, "train", files=train_files, image_size=image_size, channels=channels,
-        skip_bad=skip_bad, max_per_class=max_per_class, imbalance_factor=imbalance_factor,
-    )
-    if builtin:
-        ds.subset["builtin_sample"] = True
-    cfg = algo.config
-    if out is None:
-        out = Path(f"{ds.name}-{algo.name}-ipc{getattr(cfg, 'ipc', 0)}.safetensors")
-    check_writable(out, force)  # again: the default name is known only now
-    ckpt = checkpoint_path_for(out)
-    info = ds.info()
-    rep.info(
-        f"{algo.name} on {ds.name}: {len(ds)} images, {ds.num_classes} classes, "
-        f"{ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}, device {dev}"
-        + (f", preset {preset}" if preset else "")
-    )
-    algo.reporter = rep
-    with rep.progress(f"distilling ({algo.name})", algo.iterations) as update:
-        syn, stats = run_method(
-            algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-            resume=resume, progress=update, warn=rep.warn,
-        )
-    recorded = algo.recorded_config()
-    bundle = Bundle(
-        images=syn.images,
-        labels=syn.labels,
-        extras=syn.extras,
-        method=algo.name,
-        config={**recorded, "preset": preset},
-        dataset=info,
-        seed=seed,
-        device=device_label(dev),
-        provenance=[{"command": command_line(), "step": "distill", "method": algo.name,
-                     "config": recorded, "stats": stats,
-                     "parent_checksum": None}],
-    )
-    if relabel_after:  # the paper's pipeline in one command: LIA soft labels
-        bundle = _relabel(rep, bundle, ds, relabel_teacher or ["convnet"], dev, seed)
-    checksum = save_bundle(bundle, out, force=force, dtype=dtype)
-    if ckpt.exists():
-        ckpt.unlink()
-    rep.info(
-        f"wrote {out}: {syn.images.shape[0]} images, IPC {getattr(cfg, 'ipc', '?')}, "
-        f"{stats['wall_time_s']:.1f} s ({stats['iterations_per_s'] or 0:.1f} it/s)"
-    )
+    options = dict(ipc=ipc, iterations=iterations, lr=lr, batch_real=batch_real, init=init,
+                   model=model, width=width, amp=amp, channels_last=channels_last,
+                   optimizer=optimizer, kernel=kernel, sigma=sigma, num_freqs=num_freqs,
+                   reduction=reduction, scale=scale, alpha_schedule=alpha_schedule,
+                   alpha_head=alpha_head, alpha_tail=alpha_tail, extractor=extractor,
+                   pool_size=pool_size, pool_epochs=pool_epochs, factor=factor,
+                   alpha=alpha, window=window, num_experts=num_experts,
+                   expert_epochs=expert_epochs, step_mode=step_mode, backbone=backbone,
+                   backbone_weights=backbone_weights, augs=augs,
+                   pyramid_every=pyramid_every, golden_head_epochs=golden_head_epochs,
+                   flow_denominator=flow_denominator, prior=prior,
+                   prior_steps=prior_steps, sampling_steps=sampling_steps, sampler=sampler,
+                   prior_channels=prior_channels, cfg_scale=cfg_scale, ot_scale=ot_scale,
+                   ot_reg=ot_reg, dev_scale=dev_scale, real_per_class=real_per_class)
+    report = run_distill(
+        data, method=method, out=out, seed=seed, device=device, force=force,
+        train_files=train_files, image_size=image_size, channels=channels, skip_bad=skip_bad,
+        max_per_class=max_per_class, imbalance_factor=imbalance_factor, relabel=relabel_after,
+        relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every, resume=resume,
+        dtype=dtype, verbose=Reporter(quiet or json_out), command=command_line(), **options)
     if json_out:
-        print_json({"bundle": str(out), "checksum": checksum, "method": algo.name,
-                    "config": recorded, "seed": seed, "device": bundle.device,
-                    "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
-                    "stats": stats})
-
-
-def _relabel(rep: Reporter, bundle: Bundle, ds, archs: list[str], device: str, seed: int):
-    import torch
-
-    from ddcli.cli.relabel import train_teachers
-    from ddcli.relabel import RelabelSettings, relabel_bundle
-
-    teachers, _ = train_teachers(rep, ds, archs, torch.device(device), seed)
-    bundle.checksum = ""
-    return relabel_bundle(bundle, teachers, RelabelSettings(seed=seed),
-                          device=torch.device(device), command=command_line())
-
-
-def _int_tuple(text: str | None, flag: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-        assert values and min(values) > 0
-    except (ValueError, AssertionError):
-        raise InputError(f"{flag} must be positive integers separated by commas, got {text!r}")\
-            from None
-    return values
+        print_json(report)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
+from ddcli.catalog import EXPERT_EPOCHS
 from ddcli.cli.common import (
     ConfigOpt,
     DeviceOpt,
@@ -20,7 +20,6 @@ from ddcli.cli.common import (
     print_json,
     resolve_device,
 )
-from ddcli.experts import EXPERT_RECIPE, build_experts
 
 
 def experts(
@@ -28,7 +27,7 @@ def experts(
     num: Annotated[int, typer.Option("--num", help="Trajectories.")] = 5,
     epochs: Annotated[
         int, typer.Option("--epochs", help="Epochs per trajectory (a snapshot after each).")
-    ] = EXPERT_RECIPE.epochs,
+    ] = EXPERT_EPOCHS,
     model: Annotated[str, typer.Option("--model", help="Architecture.")] = "convnet",
     width: Annotated[int, typer.Option("--width", help="Network width.")] = 128,
     train_files: TrainFilesOpt = None,
@@ -41,6 +40,10 @@ def experts(
 
     Example: [bold]ddcli experts data/cifar10 --train-files 'train_[123].npz' --num 5[/]
     """
+    import torch
+
+    from ddcli.experts import build_experts
+
     rep = Reporter(quiet or json_out)
     dev = torch.device(resolve_device(device))
     ds = load_cli_dataset(rep, data, "train", files=train_files)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from ddcli.bundle import Bundle, load_bundle
 from ddcli.cli.common import JsonOpt, QuietOpt, Reporter, print_json, stdout_console
 from ddcli.errors import EXIT_FAILED
-from ddcli.viz import export_image_folder, save_grid, terminal_preview
+
+if TYPE_CHECKING:
+    from ddcli.bundle import Bundle
 
 
 def soft_label_stats(b: Bundle) -> dict | None:
@@ -150,6 +151,9 @@ def inspect(
 
     Example: [bold]ddcli inspect fmnist-dm.safetensors --preview --grid grid.png[/]
     """
+    from ddcli.bundle import load_bundle
+    from ddcli.viz import export_image_folder, save_grid, terminal_preview
+
     rep = Reporter(quiet or json_out)
     b = load_bundle(bundle, verify=False)
     s = summary(b, bundle)

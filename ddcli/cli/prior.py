@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
+from ddcli.catalog import PRIOR_BATCH, PRIOR_STEPS
 from ddcli.cli.common import (
     ConfigOpt,
     DeviceOpt,
@@ -20,13 +20,12 @@ from ddcli.cli.common import (
     print_json,
     resolve_device,
 )
-from ddcli.priors import PriorRecipe, train_prior
 
 
 def prior(
     data: Annotated[Path, typer.Argument(help="Dataset folder or shards.", show_default=False)],
-    steps: Annotated[int, typer.Option("--steps", help="Training steps.")] = PriorRecipe.steps,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 128,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps.")] = PRIOR_STEPS,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = PRIOR_BATCH,
     train_files: TrainFilesOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -38,6 +37,10 @@ def prior(
 
     Example: [bold]ddcli prior data/cifar10 --train-files 'train_[123].npz'[/]
     """
+    import torch
+
+    from ddcli.priors import PriorRecipe, train_prior
+
     rep = Reporter(quiet or json_out)
     dev = torch.device(resolve_device(device))
     ds = load_cli_dataset(rep, data, "train", files=train_files)

@@ -1,0 +1,20 @@
+"""Names and defaults that ``--help`` shows, without importing torch.
+
+The registries (:mod:`ddcli.methods`, :mod:`ddcli.teachers`, ...) import torch, which takes
+seconds; ``ddcli --help`` must not wait for it. These constants mirror them, and
+``tests/test_startup.py`` checks that they agree.
+"""
+
+from __future__ import annotations
+
+#: ddcli.methods.list_methods()
+METHODS: tuple[str, ...] = ("csdm", "dm", "lgm", "otgen", "sdm", "sfm", "tgdd")
+#: ddcli.teachers.RECIPES
+TEACHER_ARCHS: tuple[str, ...] = ("convnet", "convnet-bn", "resnet18", "resnet18-bn")
+#: ddcli.experts.EXPERT_RECIPE.epochs
+EXPERT_EPOCHS = 60
+#: ddcli.priors.PriorRecipe.steps / batch_size
+PRIOR_STEPS = 20000
+PRIOR_BATCH = 128
+#: ddcli.relabel.DEFAULT_LIA_SCHEDULE as the command line spells it
+LIA_SCHEDULE = "10:1,20:2,50:3"
