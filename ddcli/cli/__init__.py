@@ -12,6 +12,7 @@ from ddcli.cli.distill import distill
 from ddcli.cli.evaluate import evaluate
 from ddcli.cli.experts import experts
 from ddcli.cli.inspect import inspect
+from ddcli.cli.list import list_
 from ddcli.cli.prior import prior
 from ddcli.cli.relabel import relabel
 from ddcli.runtime import tune_cpu_allocator
@@ -53,6 +54,7 @@ app.command("evaluate")(evaluate)
 app.command("inspect")(inspect)
 app.command("experts")(experts)
 app.command("prior")(prior)
+app.command("list")(list_)
 
 
 def main() -> None:
