@@ -19,6 +19,8 @@ def bundle_file(tmp_path):
 
 
 def test_version_and_help(cli):
+    r = cli()
+    assert r.code == 0 and "Usage" in r.stdout and "error" not in r.stderr, r
     r = cli("--version")
     assert r.code == 0 and r.stdout.strip() == f"ddcli {__version__}"
     for cmd in ("distill", "relabel", "evaluate", "inspect"):

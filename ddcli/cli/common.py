@@ -64,6 +64,8 @@ class DDCliGroup(TyperGroup):
             code = rv if isinstance(rv, int) else 0
         except typer.Exit as e:
             code = e.exit_code
+        except click.exceptions.NoArgsIsHelpError:  # plain `ddcli`: the help, printed already
+            code = 0
         except typer.Abort:
             error_line("interrupted")
             code = EXIT_INTERRUPTED
