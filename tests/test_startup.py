@@ -21,7 +21,8 @@ def _heavy_modules_after(code: str) -> list[str]:
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["distill", "--help"],
                                   ["evaluate", "--help"], ["relabel", "--help"],
                                   ["experts", "--help"], ["prior", "--help"],
-                                  ["inspect", "--help"], []])
+                                  ["inspect", "--help"], ["list", "--help"],
+                                  ["env", "--help"], ["cache", "--help"], []])
 def test_help_and_version_import_no_heavy_module(args):
     code = ("import contextlib, io\nimport ddcli.cli\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
