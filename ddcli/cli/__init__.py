@@ -9,8 +9,8 @@ import typer
 from ddcli import __version__
 from ddcli.cli.common import DDCliGroup
 from ddcli.cli.distill import distill
-from ddcli.cli.evaluate import evaluate
 from ddcli.cli.env import cache_app, env
+from ddcli.cli.evaluate import evaluate
 from ddcli.cli.experts import experts
 from ddcli.cli.inspect import inspect
 from ddcli.cli.list import list_
