@@ -399,8 +399,10 @@ def _read_image_folder(
     warn: Callable[[str], None],
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     classes, items, non_images = _scan_image_folder(root)
-    if non_images and not skip_bad:
-        raise DataError(f"not an image file: {non_images[0]} (pass --skip-bad to skip such files)")
+    if non_images:  # a notes.txt beside the images: skipped, as torchvision's ImageFolder does
+        names = sorted({p.suffix.lower() or p.name for p in non_images})
+        warn(f"skipped {len(non_images)} non-image file(s) in {root} ({', '.join(names[:5])}"
+             + (", ..." if len(names) > 5 else "") + f"; images are {', '.join(IMG_EXTENSIONS)})")
     arrays: list[np.ndarray | None] = [None] * len(items)
     errors: list[tuple[Path, str]] = []
 
@@ -420,9 +422,8 @@ def _read_image_folder(
     if errors and not skip_bad:
         path, why = sorted(errors)[0]
         raise DataError(f"cannot read image {path}: {why} (pass --skip-bad to skip it)")
-    skipped = len(errors) + len(non_images)
-    if skipped:
-        warn(f"skipped {skipped} unreadable or non-image file(s) in {root}")
+    if errors:
+        warn(f"skipped {len(errors)} unreadable image(s) in {root}")
     keep = [i for i, a in enumerate(arrays) if a is not None]
     for label in range(len(classes)):
         if not any(items[i][1] == label for i in keep):
