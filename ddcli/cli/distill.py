@@ -130,11 +130,13 @@ def distill(
         str | None, typer.Option("--step-mode", help="tgdd: per-class (reference) | joint.")
     ] = None,
     backbone: Annotated[
-        str | None, typer.Option("--backbone", help="sfm/lgm: frozen backbone "
-                                                    "(default: efficientnet-lite0).")
+        str | None, typer.Option("--backbone", help="sfm/lgm: frozen backbone: "
+                                                    "efficientnet-lite0 (default), timm:NAME, "
+                                                    "a torchvision name, torchscript.")
     ] = None,
     backbone_weights: Annotated[
-        str | None, typer.Option("--backbone-weights", help="sfm/lgm: its weights file.")
+        str | None, typer.Option("--backbone-weights", help="sfm/lgm: its weights file "
+                                                            "(safetensors or state dict).")
     ] = None,
     augs: Annotated[
         int | None, typer.Option("--augs", help="sfm/lgm: augmented views per step "

@@ -93,7 +93,7 @@ def evaluate(
     ] = None,
     backbone: Annotated[
         str | None, typer.Option("--backbone", help="linear-probe: evaluation backbone "
-                                                    "(default: the bundle's).")
+                                                    "(default: the bundle's), e.g. timm:NAME.")
     ] = None,
     backbone_weights: Annotated[
         str | None, typer.Option("--backbone-weights", help="Weights file of --backbone.")

@@ -37,8 +37,9 @@ def _render(data: dict[str, list[dict]]) -> None:
             elif kind == "protocols":
                 con.print(f"    [dim]{escape(it['reference'])}[/]")
             elif kind == "backbones":
-                con.print(f"    weights: {escape(it['weights'])}; input "
-                          f"{_value(it['input_size']).replace(',', 'x')}")
+                size = it["input_size"]
+                con.print(f"    weights: {escape(it['weights'])}"
+                          + (f"; input {size[0]}x{size[1]}" if size else ""))
         con.print()
 
 
