@@ -16,5 +16,7 @@ EXPERT_EPOCHS = 60
 #: ddcli.priors.PriorRecipe.steps / batch_size
 PRIOR_STEPS = 20000
 PRIOR_BATCH = 128
+#: ddcli.priors.PriorRecipe.channels as the command line spells it
+PRIOR_CHANNELS = "64,128,128"
 #: ddcli.relabel.DEFAULT_LIA_SCHEDULE as the command line spells it
 LIA_SCHEDULE = "10:1,20:2,50:3"

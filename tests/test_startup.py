@@ -52,4 +52,5 @@ def test_catalog_matches_the_registries():
     assert catalog.EXPERT_EPOCHS == EXPERT_RECIPE.epochs
     assert (catalog.PRIOR_STEPS, catalog.PRIOR_BATCH) == (PriorRecipe.steps,
                                                           PriorRecipe.batch_size)
+    assert catalog.PRIOR_CHANNELS == ",".join(map(str, PriorRecipe.channels))
     assert catalog.LIA_SCHEDULE == ",".join(f"{a}:{b}" for a, b in DEFAULT_LIA_SCHEDULE)

@@ -98,8 +98,11 @@ class DDCliGroup(TyperGroup):
 def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | None):
     """Load a TOML file into the command's defaults: command-line flags still win.
 
-    Keys are option names (``batch-real`` or ``batch_real``) at the top level or under a table
-    named after the command (``[distill]``), which wins over the top level.
+    Keys are option names (``batch-real`` or ``batch_real``) at the top level, shared by every
+    command (a key a command does not take is ignored for it), or under a table named after the
+    command (``[distill]``), which wins over the top level and whose keys must all be options of
+    that command. A table named after no command is an error (a misspelling), and so is a value
+    of the wrong type, named with the file and the key.
     """
     if value is None:
         return None
@@ -110,19 +113,46 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
         raise click.exceptions.BadParameter(f"config file not found: {path}") from None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise click.exceptions.BadParameter(f"cannot read {path}: {e}") from None
-    merged = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    commands = _command_names(ctx)
+    for key, v in data.items():
+        if isinstance(v, dict) and key not in commands:
+            raise InputError(f"{path}: unknown section [{key}]; sections are command names: "
+                             f"{', '.join(sorted(commands))}")
+    params = {p.name: p for p in ctx.command.params if p.name != "config"}
+    merged = {k.replace("-", "_"): (k, v) for k, v in data.items() if not isinstance(v, dict)}
+    merged = {k: kv for k, kv in merged.items() if k in params}  # shared keys: where they apply
     section = data.get(ctx.info_name)
     if isinstance(section, dict):
-        merged.update(section)
-    known = {p.name for p in ctx.command.params if p.name not in ("config",)}
+        for key, v in section.items():
+            name = key.replace("-", "_")
+            if name not in params:
+                raise InputError(f"{path}: unknown option {key!r} in [{ctx.info_name}] (see "
+                                 f"'ddcli {ctx.info_name} --help')")
+            merged[name] = (key, v)
     defaults: dict[str, Any] = {}
-    for key, v in merged.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise click.exceptions.BadParameter(f"unknown option {key!r} in {path}")
+    for name, (key, v) in merged.items():
+        p = params[name]
+        if p.multiple and not isinstance(v, list):
+            v = [v]
+        try:
+            _coerce(p, ctx, v)
+        except click.exceptions.BadParameter as e:
+            raise InputError(f"{path}: {key} = {v!r}: {e.message}") from None
         defaults[name] = v
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _coerce(param: click.Parameter, ctx: click.Context, value: Any) -> Any:
+    """Convert a config value as the option's command-line value would be."""
+    if hasattr(param, "get_runtime_param"):  # typer >= 0.20: typer's own coercion
+        return param.get_runtime_param().coerce(value, param=param, ctx=ctx)
+    return param.type_cast_value(ctx, value)  # pragma: no cover - click's
+
+
+def _command_names(ctx: click.Context) -> set[str]:
+    """The command names of the root group: the config file's section names."""
+    return set(getattr(ctx.find_root().command, "commands", {}) or {ctx.info_name})
 
 
 ConfigOpt = Annotated[
@@ -268,3 +298,17 @@ def load_cli_dataset(rep: Reporter, path: Path, split: str, **kw):
             path, split, progress=lambda done, total: update(done, total=total), warn=rep.warn,
             **kw
         )
+
+
+def copy_folder(items: list[Path], out: Path, force: bool) -> None:
+    """Copy files or folders into the folder ``out`` (built aside, then moved into place)."""
+    import shutil
+
+    from ddcli.io import atomic_dir
+
+    with atomic_dir(Path(out), force) as tmp:
+        for item in items:
+            if item.is_dir():
+                shutil.copytree(item, tmp, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, tmp / item.name)

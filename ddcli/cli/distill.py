@@ -161,6 +161,10 @@ def distill(
     prior_steps: Annotated[
         int | None, typer.Option("--prior-steps", help="otgen: training steps of that prior.")
     ] = None,
+    prior_batch: Annotated[
+        int | None, typer.Option("--prior-batch", help="otgen: training batch size of that "
+                                                       "prior (128).")
+    ] = None,
     prior_channels: Annotated[
         str | None, typer.Option("--prior-channels", help="otgen: UNet block widths of that "
                                                           "prior, e.g. 64,128,128.")
@@ -241,7 +245,8 @@ def distill(
                    backbone_weights=backbone_weights, augs=augs,
                    pyramid_every=pyramid_every, golden_head_epochs=golden_head_epochs,
                    flow_denominator=flow_denominator, prior=prior,
-                   prior_steps=prior_steps, sampling_steps=sampling_steps, sampler=sampler,
+                   prior_steps=prior_steps, prior_batch=prior_batch,
+                   sampling_steps=sampling_steps, sampler=sampler,
                    prior_channels=prior_channels, cfg_scale=cfg_scale, ot_scale=ot_scale,
                    ot_reg=ot_reg, dev_scale=dev_scale, real_per_class=real_per_class)
     report = run_distill(

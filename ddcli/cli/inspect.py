@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from ddcli.cli.common import JsonOpt, QuietOpt, Reporter, print_json, stdout_console
+from ddcli.cli.common import ConfigOpt, JsonOpt, QuietOpt, Reporter, print_json, stdout_console
 from ddcli.errors import EXIT_FAILED
 
 if TYPE_CHECKING:
@@ -146,6 +146,7 @@ def inspect(
     force: Annotated[bool, typer.Option("--force", help="Overwrite --grid / --export.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Show what a bundle holds, check it, and export pictures of it.
 
