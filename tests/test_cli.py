@@ -123,7 +123,7 @@ def test_distill_data_errors_leave_no_output(cli, tmp_path, image_folder):
     assert_one_line_error(cli("distill", image_folder, "-o", out), 2, "bad.png")
     assert_one_line_error(cli("distill", image_folder, "--ipc", "0", "-o", out), 2, "--ipc")
     assert_one_line_error(cli("distill", image_folder, "--method", "magic", "-o", out), 2,
-                          "unknown method")
+                          "--method", "'magic' is not one of", "'dm'")
     assert not out.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -163,6 +163,24 @@ def test_config_rules_shared_keys_sections_and_types(cli, shards, tmp_path, bund
     cfg.write_text("ipc = 'ten'\n")  # top-level: checked where it applies
     assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg), "ipc")
     assert cli("inspect", bundle_file, "--config", cfg).code == 0
+
+
+def test_choices_are_validated_listed_and_case_insensitive(cli, shards, tmp_path, bundle_file):
+    help_text = cli("distill", "--help").stdout
+    for panel in ("Method", "DM family", "CSDM / SDM", "TGDD", "SFM / LGM", "otgen", "Data"):
+        assert f"─ {panel}" in help_text, panel
+    assert "real|noise" in help_text and "gaussian|laplacian" in help_text
+    for args, flag in ((["--init", "zeros"], "--init"), (["--kernel", "box"], "--kernel"),
+                       (["--amp", "fp8"], "--amp"), (["--dtype", "int8"], "--dtype")):
+        assert_one_line_error(cli("distill", shards, *args, "-o", tmp_path / "x.st"), 2, flag,
+                              "is not one of")
+    out = tmp_path / "o.safetensors"
+    r = cli("distill", shards, "-m", "DM", "--init", "Noise", "--ipc", "1", "--iterations", "1",
+            "--batch-real", "2", "--width", "8", "-o", out, "--device", "cpu", "--json")
+    assert r.code == 0 and r.json()["method"] == "dm" and r.json()["config"]["init"] == "noise"
+    assert_one_line_error(cli("evaluate", bundle_file, "-p", "nope"), 2, "--protocol")
+    assert_one_line_error(cli("evaluate", bundle_file, "--baseline", "best"), 2, "--baseline")
+    assert_one_line_error(cli("relabel", bundle_file, "--calibrate", "x"), 2, "--calibrate")
 
 
 def test_one_spelling_per_option_across_commands(cli):

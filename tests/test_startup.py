@@ -53,4 +53,10 @@ def test_catalog_matches_the_registries():
     assert (catalog.PRIOR_STEPS, catalog.PRIOR_BATCH) == (PriorRecipe.steps,
                                                           PriorRecipe.batch_size)
     assert catalog.PRIOR_CHANNELS == ",".join(map(str, PriorRecipe.channels))
+    from ddcli.bundle import STORAGE_DTYPES
+    from ddcli.losses import KERNELS
+    from ddcli.models import list_models
+
+    assert catalog.MODELS == tuple(list_models()) and catalog.KERNELS == KERNELS
+    assert catalog.DTYPES == tuple(STORAGE_DTYPES)
     assert catalog.LIA_SCHEDULE == ",".join(f"{a}:{b}" for a, b in DEFAULT_LIA_SCHEDULE)

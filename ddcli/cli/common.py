@@ -265,25 +265,30 @@ class Reporter:
 # data options shared by distill and evaluate
 
 TrainFilesOpt = Annotated[
-    str | None, typer.Option("--train-files", help="Glob choosing the training shards.")
+    str | None, typer.Option("--train-files", help="Glob choosing the training shards.",
+                             rich_help_panel="Data")
 ]
 ImageSizeOpt = Annotated[
     str | None, typer.Option("--image-size", help="Resize images to N or HxW (default: the "
-                                                  "most common size).")
+                                                  "most common size).", rich_help_panel="Data")
 ]
 ChannelsOpt = Annotated[
-    int | None, typer.Option("--channels", help="1 or 3 (default: the majority mode).")
+    int | None, typer.Option("--channels", help="1 or 3 (default: the majority mode).",
+                             rich_help_panel="Data")
 ]
 SkipBadOpt = Annotated[
-    bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning count.")
+    bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning count.",
+                       rich_help_panel="Data")
 ]
 MaxPerClassOpt = Annotated[
-    int | None, typer.Option("--max-per-class", help="Keep at most N images per class (seeded).")
+    int | None, typer.Option("--max-per-class", help="Keep at most N images per class (seeded).",
+                             rich_help_panel="Data")
 ]
 ImbalanceOpt = Annotated[
     float | None,
     typer.Option("--imbalance-factor", help="Build the long-tailed subset with this factor: "
-                                            "n_c = floor(n_min * IF^(-c/(C-1))).")
+                                            "n_c = floor(n_min * IF^(-c/(C-1))).",
+                 rich_help_panel="Data")
 ]
 
 

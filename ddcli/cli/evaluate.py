@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
+from ddcli.catalog import BASELINES
 from ddcli.cli.common import (
     ConfigOpt,
     DeviceOpt,
@@ -20,6 +21,8 @@ from ddcli.cli.common import (
     stdout_console,
 )
 from ddcli.protocols import list_protocols, protocol_summary
+
+PROTOCOLS = tuple(list_protocols())
 
 
 def _render(report: dict) -> None:
@@ -75,15 +78,20 @@ def evaluate(
         str | None, typer.Option("--test-files", help="Glob choosing the test shards.")
     ] = None,
     protocol: Annotated[
-        str, typer.Option("--protocol", "-p", help=f"One of: {', '.join(list_protocols())}.")
+        Literal[PROTOCOLS],
+        typer.Option("--protocol", "-p", help="The protocol (ddcli list protocols).",
+                     case_sensitive=False),
     ] = "dm",
     models: Annotated[int, typer.Option("--models", help="Fresh models to train.")] = 5,
     epochs: Annotated[
         int | None, typer.Option("--epochs", help="Override the protocol's epochs (recorded).")
     ] = None,
     baseline: Annotated[
-        str | None, typer.Option("--baseline", help="random: also evaluate random real images "
-                                                    "of the same IPC from --real.")
+        Literal[BASELINES] | None,
+        typer.Option("--baseline", help="random: also evaluate random real images of the same "
+                                        "IPC from --real; centroids (linear-probe): the real "
+                                        "images nearest the class means.",
+                     case_sensitive=False),
     ] = None,
     real: Annotated[
         Path | None, typer.Option("--real", help="Real data for --baseline random.")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from ddcli.catalog import LIA_SCHEDULE, TEACHER_ARCHS
+from ddcli.catalog import CALIBRATIONS, LIA_SCHEDULE, TEACHER_ARCHS
 from ddcli.cli.common import (
     ConfigOpt,
     DeviceOpt,
@@ -113,8 +113,9 @@ def relabel(
         str, typer.Option("--lia-schedule", help="IPC:teachers pairs: up to IPC a, average b.")
     ] = LIA_SCHEDULE,
     calibrate: Annotated[
-        str | None, typer.Option("--calibrate", help="adsa: class-prior calibration for "
-                                                     "long-tailed data.")
+        Literal[CALIBRATIONS] | None,
+        typer.Option("--calibrate", help="adsa: class-prior calibration for long-tailed data.",
+                     case_sensitive=False),
     ] = None,
     views: Annotated[
         int, typer.Option("--views", help="Also store labels for K recorded augmentations per "
