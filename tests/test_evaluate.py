@@ -160,7 +160,7 @@ def test_evaluate_refuses_mismatched_classes(cli, tmp_path):
     assert_one_line_error(cli("evaluate", b, "--test", other), 2, "do not match")
     assert_one_line_error(cli("evaluate", b), 2, "--test is required")
     assert_one_line_error(cli("evaluate", b, "--test", shards, "--protocol", "zz"), 2,
-                          "unknown protocol")
+                          "--protocol", "'zz' is not one of")
     assert_one_line_error(cli("evaluate", b, "--test", shards, "--baseline", "random"), 2,
                           "--real")
 
