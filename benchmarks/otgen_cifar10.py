@@ -22,7 +22,7 @@ def main() -> None:
     work = workdir(a, "ddcli-otgen-")
     data = [a.data, "--train-files", a.train_files]
     t0 = time.perf_counter()
-    p = ddcli("prior", *data, "--steps", str(a.prior_steps), "--device", a.device)
+    p = ddcli("prior", *data, "--prior-steps", str(a.prior_steps), "--device", a.device)
     prior_s = time.perf_counter() - t0
     lines = [f"## OT generative distillation — cifar10-30k (real = {a.train_files}, test = "
              f"{a.test_files})", "",

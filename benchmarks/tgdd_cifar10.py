@@ -24,7 +24,8 @@ def main() -> None:
     work = workdir(a, "ddcli-tgdd-")
     data = [a.data, "--train-files", a.train_files]
     t0 = time.perf_counter()
-    ddcli("experts", *data, "--num", str(a.num_experts), "--epochs", str(a.expert_epochs),
+    ddcli("experts", *data, "--num-experts", str(a.num_experts), "--expert-epochs",
+          str(a.expert_epochs),
           "--device", a.device)
     expert_s = time.perf_counter() - t0
     lines = [f"## TGDD — cifar10-30k (real = {a.train_files}, test = {a.test_files})", "",

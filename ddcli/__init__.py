@@ -1,3 +1,38 @@
-"""ddcli: dataset distillation from the command line."""
+"""ddcli: dataset distillation from the command line, and from Python.
+
+``import ddcli`` is light (no torch); the public API loads on first use:
+
+* :func:`ddcli.load_bundle` reads a bundle (a :class:`ddcli.Bundle`);
+* :class:`ddcli.BundleDataset` serves a bundle to a ``torch.utils.data.DataLoader``;
+* :func:`ddcli.distill` and :func:`ddcli.evaluate` do what the commands do and return what
+  they report.
+
+See ``docs/python-api.md``.
+"""
 
 __version__ = "0.2.0"
+
+_LAZY = {
+    "load_bundle": "ddcli.bundle",
+    "save_bundle": "ddcli.bundle",
+    "Bundle": "ddcli.bundle",
+    "BundleDataset": "ddcli.api",
+    "distill": "ddcli.api",
+    "evaluate": "ddcli.api",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ddcli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

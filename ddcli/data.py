@@ -512,8 +512,10 @@ def _read_image_folder(
     """Two passes: the headers give the sizes and modes (so the default size and channels are
     known first), then each image is decoded and resized straight into the output."""
     classes, items, non_images = _scan_image_folder(root)
-    if non_images and not skip_bad:
-        raise DataError(f"not an image file: {non_images[0]} (pass --skip-bad to skip such files)")
+    if non_images:  # a notes.txt beside the images: skipped, as torchvision's ImageFolder does
+        names = sorted({p.suffix.lower() or p.name for p in non_images})
+        warn(f"skipped {len(non_images)} non-image file(s) in {root} ({', '.join(names[:5])}"
+             + (", ..." if len(names) > 5 else "") + f"; images are {', '.join(IMG_EXTENSIONS)})")
     errors: list[tuple[Path, str]] = []
     workers = min(16, (os.cpu_count() or 2) * 2)
 
@@ -556,9 +558,8 @@ def _read_image_folder(
             if progress and (done % 256 == 0 or done == len(ok)):
                 progress(done, len(ok))
     fail_on_errors()
-    skipped = len(errors) + len(non_images)
-    if skipped:
-        warn(f"skipped {skipped} unreadable or non-image file(s) in {root}")
+    if errors:
+        warn(f"skipped {len(errors)} unreadable image(s) in {root}")
     keep = [ok[j] for j in range(len(ok)) if good[j]]
     for label in range(len(classes)):
         if not any(items[i][1] == label for i in keep):

@@ -7,10 +7,14 @@ stored in the JSON report, so a number always travels with how it was measured.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ddcli.augment import DSA_STRATEGY
 from ddcli.errors import InputError
+
+#: the DSA families of the DM reference (torch-free here so that protocols load without torch;
+#: ddcli.augment re-exports it)
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,65 @@ def get_protocol(name: str, **overrides) -> Protocol:
     if "epochs" in overrides and overrides["epochs"] < 1:
         raise InputError(f"--epochs must be >= 1, got {overrides['epochs']}")
     return dataclasses.replace(p, **overrides)
+
+
+#: protocol fields that only matter for some protocols: (field, applies?)
+_KNOB_APPLIES: dict[str, Callable[[dict], bool]] = {
+    "momentum": lambda p: p["optimizer"] == "sgd",
+    "lr_milestones": lambda p: p["schedule"] == "step",
+    "lr_gamma": lambda p: p["schedule"] in ("step", "evaluate_synset"),
+    "dsa_strategy": lambda p: p["augment"] in ("dsa", "dsa-all"),
+    "dsa_always": lambda p: p["augment"] in ("dsa", "dsa-all") and bool(p["dsa_always"]),
+    "cutmix_prob": lambda p: p["cutmix_prob"] > 0,
+    "cutmix_beta": lambda p: p["cutmix_prob"] > 0,
+    "temperature": lambda p: p["loss"] in ("kd", "kd-online", "otm"),
+    "w_ce": lambda p: p["loss"] == "otm",
+    "w_mse": lambda p: p["loss"] == "otm",
+    "w_ot": lambda p: p["loss"] == "otm",
+    "ot_reg": lambda p: p["loss"] == "otm",
+}
+
+
+def protocol_knobs(p: dict) -> dict:
+    """The knobs of a protocol record that its recipe uses (no reference text, no name)."""
+    skip = ("name", "reference", "metric")
+    return {k: v for k, v in p.items()
+            if k not in skip and _KNOB_APPLIES.get(k, lambda _: True)(p)}
+
+
+def protocol_summary(p: dict) -> str:
+    """One readable line: ``model convnet, 1000 epochs, batch 256, sgd lr 0.01 ...``."""
+    k = protocol_knobs(p)
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:g}"
+        if isinstance(v, list | tuple):
+            return "/".join(f"{x:.3g}" for x in v)
+        return str(v)
+
+    parts = [f"model {k['model']}", f"{k['epochs']} epochs", f"batch {k['batch_size']}",
+             f"{k['optimizer']} lr {fmt(k['lr'])}"
+             + (f" momentum {fmt(k['momentum'])}" if "momentum" in k else "")
+             + (f" wd {fmt(k['weight_decay'])}" if k["weight_decay"] else ""),
+             f"schedule {k['schedule']}"
+             + (f" at {fmt(k['lr_milestones'])}" if k.get("lr_milestones") else "")
+             + (f" x{fmt(k['lr_gamma'])}" if "lr_gamma" in k else ""),
+             f"augment {k['augment']}"
+             + (f" ({k['dsa_strategy']}" if "dsa_strategy" in k else "")
+             + (f"; always {k['dsa_always']}" if "dsa_always" in k else "")
+             + (")" if "dsa_strategy" in k else "")]
+    if "cutmix_prob" in k:
+        parts.append(f"cutmix p {fmt(k['cutmix_prob'])} beta {fmt(k['cutmix_beta'])}")
+    loss = f"loss {k['loss']}"
+    if "temperature" in k and k["temperature"] is not None:
+        loss += f" T {fmt(k['temperature'])}"
+    if "w_ce" in k:
+        loss += (f" ({fmt(k['w_ce'])} CE + {fmt(k['w_mse'])} MSE + {fmt(k['w_ot'])} OT, "
+                 f"reg {fmt(k['ot_reg'])})")
+    parts.append(loss)
+    parts.append(f"{k['labels']} labels")
+    return ", ".join(parts)
 
 
 _SOFT = dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, momentum=0.0, schedule="cosine",

@@ -32,3 +32,63 @@ def tune_cpu_allocator() -> bool:
 def cache_dir() -> Path:
     """Where teachers, experts and priors are cached: $DDCLI_CACHE or ~/.cache/ddcli."""
     return Path(os.environ.get("DDCLI_CACHE") or Path.home() / ".cache" / "ddcli")
+
+
+#: the caches under :func:`cache_dir`, one folder each: what fills them
+CACHES: dict[str, str] = {
+    "teachers": "trained teachers (relabel --train-teacher, distill --relabel)",
+    "experts": "expert trajectories (ddcli experts, distill -m tgdd) and csdm's network pools",
+    "priors": "diffusion priors (ddcli prior, distill -m otgen)",
+    "features": "backbone features of real data (distill -m sfm / lgm)",
+}
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """(files, bytes) under ``path``."""
+    files = total = 0
+    for p in path.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            files += 1
+            total += p.stat().st_size
+    return files, total
+
+
+def cache_usage() -> list[dict]:
+    """Each cache: name, path, entries (items at its top level), files, bytes."""
+    root = cache_dir()
+    out = []
+    for name, what in CACHES.items():
+        path = root / name
+        entries = sorted(path.iterdir()) if path.is_dir() else []
+        files, size = _size(path) if path.is_dir() else (0, 0)
+        out.append({"name": name, "path": str(path), "holds": what,
+                    "entries": len(entries), "files": files, "bytes": size})
+    return out
+
+
+def clear_cache(name: str | None = None) -> list[dict]:
+    """Delete one cache (or all four); return what was removed (name, entries, bytes). Only
+    the cache folders are touched, nothing else under the cache directory."""
+    import shutil
+
+    from ddcli.errors import InputError
+
+    if name is not None and name not in CACHES:
+        raise InputError(f"unknown cache {name!r}; choose from {', '.join(CACHES)}")
+    removed = []
+    for usage in cache_usage():
+        if name is not None and usage["name"] != name:
+            continue
+        path = Path(usage["path"])
+        if path.is_dir():
+            shutil.rmtree(path)
+        removed.append({k: usage[k] for k in ("name", "path", "entries", "bytes")})
+    return removed
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover

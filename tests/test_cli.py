@@ -19,6 +19,8 @@ def bundle_file(tmp_path):
 
 
 def test_version_and_help(cli):
+    r = cli()
+    assert r.code == 0 and "Usage" in r.stdout and "error" not in r.stderr, r
     r = cli("--version")
     assert r.code == 0 and r.stdout.strip() == f"ddcli {__version__}"
     for cmd in ("distill", "relabel", "evaluate", "inspect"):
@@ -123,7 +125,7 @@ def test_distill_data_errors_leave_no_output(cli, tmp_path, image_folder):
     assert_one_line_error(cli("distill", image_folder, "-o", out), 2, "bad.png")
     assert_one_line_error(cli("distill", image_folder, "--ipc", "0", "-o", out), 2, "--ipc")
     assert_one_line_error(cli("distill", image_folder, "--method", "magic", "-o", out), 2,
-                          "unknown method")
+                          "--method", "'magic' is not one of", "'dm'")
     assert not out.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -138,12 +140,65 @@ def test_config_file_supplies_options_and_flags_win(cli, shards, tmp_path):
     assert r.code == 0, r
     conf = r.json()["config"]
     assert conf["ipc"] == 2 and conf["iterations"] == 2 and conf["batch_real"] == 4
-    cfg.write_text("colour = 'red'\n")
-    assert_one_line_error(cli("distill", shards, "--config", cfg), 2, "unknown option 'colour'")
+    cfg.write_text("[distill]\ncolour = 'red'\n")
+    assert_one_line_error(cli("distill", shards, "--config", cfg), 2, "unknown option 'colour'",
+                          "[distill]", str(cfg))
     assert_one_line_error(cli("distill", shards, "--config", tmp_path / "none.toml"), 2,
                           "not found")
     cfg.write_text("ipc = [\n")
     assert_one_line_error(cli("distill", shards, "--config", cfg), 2, "cannot read")
+
+
+def test_config_rules_shared_keys_sections_and_types(cli, shards, tmp_path, bundle_file):
+    cfg = tmp_path / "recipe.toml"
+    # the README's recipe: a top-level key a command does not take is ignored for it
+    cfg.write_text("seed = 1\nipc = 2\n[distill]\nmethod = 'dm'\n[experts]\nnum-experts = 0\n")
+    r = cli("experts", shards, "--config", cfg, "--device", "cpu")
+    assert_one_line_error(r, 2, "--num-experts must be >= 1")  # [experts] applied, seed ignored
+    r = cli("inspect", bundle_file, "--config", cfg, "--json")  # inspect takes --config too
+    assert r.code == 0, r
+    cfg.write_text("seed = 1\n[distil]\nipc = 2\n")
+    assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg),
+                          "unknown section [distil]", "distill")
+    cfg.write_text("[distill]\nipc = 'ten'\n")
+    assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg), "ipc = 'ten'")
+    cfg.write_text("ipc = 'ten'\n")  # top-level: checked where it applies
+    assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg), "ipc")
+    assert cli("inspect", bundle_file, "--config", cfg).code == 0
+
+
+def test_choices_are_validated_listed_and_case_insensitive(cli, shards, tmp_path, bundle_file):
+    help_text = cli("distill", "--help").stdout
+    for panel in ("Method", "DM family", "CSDM / SDM", "TGDD", "SFM / LGM", "otgen", "Data"):
+        assert f"─ {panel}" in help_text, panel
+    assert "real|noise" in help_text and "gaussian|laplacian" in help_text
+    for args, flag in ((["--init", "zeros"], "--init"), (["--kernel", "box"], "--kernel"),
+                       (["--amp", "fp8"], "--amp"), (["--dtype", "int8"], "--dtype")):
+        assert_one_line_error(cli("distill", shards, *args, "-o", tmp_path / "x.st"), 2, flag,
+                              "is not one of")
+    out = tmp_path / "o.safetensors"
+    r = cli("distill", shards, "-m", "DM", "--init", "Noise", "--ipc", "1", "--iterations", "1",
+            "--batch-real", "2", "--width", "8", "-o", out, "--device", "cpu", "--json")
+    assert r.code == 0 and r.json()["method"] == "dm" and r.json()["config"]["init"] == "noise"
+    assert_one_line_error(cli("evaluate", bundle_file, "-p", "nope"), 2, "--protocol")
+    assert_one_line_error(cli("evaluate", bundle_file, "--baseline", "best"), 2, "--baseline")
+    assert_one_line_error(cli("relabel", bundle_file, "--calibrate", "x"), 2, "--calibrate")
+
+
+def test_one_spelling_per_option_across_commands(cli):
+    def options(cmd):
+        return set(cli(cmd, "--help").stdout.replace("│", " ").split())
+
+    distill, experts, prior = options("distill"), options("experts"), options("prior")
+    for opt in ("--num-experts", "--expert-epochs", "--model", "--width"):
+        assert opt in distill and opt in experts, opt
+    for opt in ("--prior-steps", "--prior-batch", "--prior-channels"):
+        assert opt in distill and opt in prior, opt
+    data_opts = ("--train-files", "--image-size", "--channels", "--skip-bad", "--max-per-class",
+                 "--imbalance-factor", "--out", "--force", "--device", "--config")
+    for opt in data_opts:
+        assert opt in distill and opt in experts and opt in prior, opt
+    assert "--num" not in experts and "--epochs" not in experts and "--steps" not in prior
 
 
 def test_json_goes_to_stdout_and_messages_to_stderr(cli, shards, tmp_path):

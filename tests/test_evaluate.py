@@ -133,6 +133,22 @@ def test_evaluate_report_holds_every_knob_and_the_baseline(cli, tmp_path):
         rep["result"]["accuracy_mean"] - rep["baseline"]["accuracy_mean"], abs=0.011)
     r = cli("evaluate", b, "--test", shards, "--epochs", "2", "--models", "1", "--device", "cpu")
     assert r.code == 0 and "protocol" in r.stdout and "test accuracy" in r.stdout, r
+    # the protocol once, one readable line, only the knobs it uses
+    out = r.stdout + r.stderr
+    assert out.count("protocol dm") == 1 and "{" not in out, r
+    assert "2 epochs" in out and "sgd lr 0.01 momentum 0.9" in out
+    assert "cutmix" not in out and "w_ce" not in out and "methods.md" not in out
+
+
+def test_protocol_summary_lists_only_the_knobs_used():
+    from ddcli.protocols import get_protocol, protocol_knobs, protocol_summary
+
+    otm = get_protocol("otm").to_dict()
+    assert "momentum" not in protocol_knobs(otm) and "w_ot" in protocol_knobs(otm)
+    assert "dsa_strategy" not in protocol_knobs(otm)
+    assert "OT" in protocol_summary(otm) and "momentum" not in protocol_summary(otm)
+    tgdd = protocol_summary(get_protocol("tgdd").to_dict())
+    assert "cutmix p 0.5" in tgdd and "always color_flip" in tgdd
 
 
 def test_evaluate_refuses_mismatched_classes(cli, tmp_path):
@@ -144,7 +160,7 @@ def test_evaluate_refuses_mismatched_classes(cli, tmp_path):
     assert_one_line_error(cli("evaluate", b, "--test", other), 2, "do not match")
     assert_one_line_error(cli("evaluate", b), 2, "--test is required")
     assert_one_line_error(cli("evaluate", b, "--test", shards, "--protocol", "zz"), 2,
-                          "unknown protocol")
+                          "--protocol", "'zz' is not one of")
     assert_one_line_error(cli("evaluate", b, "--test", shards, "--baseline", "random"), 2,
                           "--real")
 

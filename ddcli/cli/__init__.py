@@ -9,9 +9,11 @@ import typer
 from ddcli import __version__
 from ddcli.cli.common import DDCliGroup
 from ddcli.cli.distill import distill
+from ddcli.cli.env import cache_app, env
 from ddcli.cli.evaluate import evaluate
 from ddcli.cli.experts import experts
 from ddcli.cli.inspect import inspect
+from ddcli.cli.list import list_
 from ddcli.cli.prior import prior
 from ddcli.cli.relabel import relabel
 from ddcli.runtime import tune_cpu_allocator
@@ -24,7 +26,7 @@ app = typer.Typer(
     "[bold]ddcli evaluate fmnist.safetensors[/].",
     rich_markup_mode="rich",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -53,6 +55,9 @@ app.command("evaluate")(evaluate)
 app.command("inspect")(inspect)
 app.command("experts")(experts)
 app.command("prior")(prior)
+app.command("list")(list_)
+app.command("env")(env)
+app.add_typer(cache_app, name="cache")
 
 
 def main() -> None:

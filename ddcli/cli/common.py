@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shlex
 import sys
@@ -33,7 +31,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     import click
 
 from ddcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DDCliError, InputError
-from ddcli.io import regular_file
+from ddcli.io import regular_file, to_json  # noqa: F401  (to_json re-exported)
 from ddcli.runtime import cache_dir  # noqa: F401  (re-exported for commands)
 
 
@@ -65,8 +63,14 @@ class DDCliGroup(TyperGroup):
                 **extra,
             )
             code = rv if isinstance(rv, int) else 0
+            if code == EXIT_INTERRUPTED:  # typer returns a KeyboardInterrupt as the code 130
+                error_line("interrupted")
         except typer.Exit as e:
             code = e.exit_code
+            if code == EXIT_INTERRUPTED:  # a KeyboardInterrupt, as typer reports it
+                error_line("interrupted")
+        except click.exceptions.NoArgsIsHelpError:  # plain `ddcli`: the help, printed already
+            code = 0
         except typer.Abort:
             error_line("interrupted")
             code = EXIT_INTERRUPTED
@@ -99,8 +103,11 @@ class DDCliGroup(TyperGroup):
 def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | None):
     """Load a TOML file into the command's defaults: command-line flags still win.
 
-    Keys are option names (``batch-real`` or ``batch_real``) at the top level or under a table
-    named after the command (``[distill]``), which wins over the top level.
+    Keys are option names (``batch-real`` or ``batch_real``) at the top level, shared by every
+    command (a key a command does not take is ignored for it), or under a table named after the
+    command (``[distill]``), which wins over the top level and whose keys must all be options of
+    that command. A table named after no command is an error (a misspelling), and so is a value
+    of the wrong type, named with the file and the key.
     """
     if value is None:
         return None
@@ -114,19 +121,46 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
         raise click.exceptions.BadParameter(f"{path} is not UTF-8 text (a TOML file)") from None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise click.exceptions.BadParameter(f"cannot read {path}: {e}") from None
-    merged = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    commands = _command_names(ctx)
+    for key, v in data.items():
+        if isinstance(v, dict) and key not in commands:
+            raise InputError(f"{path}: unknown section [{key}]; sections are command names: "
+                             f"{', '.join(sorted(commands))}")
+    params = {p.name: p for p in ctx.command.params if p.name != "config"}
+    merged = {k.replace("-", "_"): (k, v) for k, v in data.items() if not isinstance(v, dict)}
+    merged = {k: kv for k, kv in merged.items() if k in params}  # shared keys: where they apply
     section = data.get(ctx.info_name)
     if isinstance(section, dict):
-        merged.update(section)
-    known = {p.name: p for p in ctx.command.params if p.name not in ("config",)}
+        for key, v in section.items():
+            name = key.replace("-", "_")
+            if name not in params:
+                raise InputError(f"{path}: unknown option {key!r} in [{ctx.info_name}] (see "
+                                 f"'ddcli {ctx.info_name} --help')")
+            merged[name] = (key, v)
     defaults: dict[str, Any] = {}
-    for key, v in merged.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise click.exceptions.BadParameter(f"unknown option {key!r} in {path}")
+    for name, (key, v) in merged.items():
+        p = params[name]
+        if p.multiple and not isinstance(v, list):
+            v = [v]
+        try:
+            _coerce(p, ctx, v)
+        except click.exceptions.BadParameter as e:
+            raise InputError(f"{path}: {key} = {v!r}: {e.message}") from None
         defaults[name] = v
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _coerce(param: click.Parameter, ctx: click.Context, value: Any) -> Any:
+    """Convert a config value as the option's command-line value would be."""
+    if hasattr(param, "get_runtime_param"):  # typer >= 0.20: typer's own coercion
+        return param.get_runtime_param().coerce(value, param=param, ctx=ctx)
+    return param.type_cast_value(ctx, value)  # pragma: no cover - click's
+
+
+def _command_names(ctx: click.Context) -> set[str]:
+    """The command names of the root group: the config file's section names."""
+    return set(getattr(ctx.find_root().command, "commands", {}) or {ctx.info_name})
 
 
 ConfigOpt = Annotated[
@@ -199,23 +233,6 @@ def device_label(device: str) -> str:
     return "cpu"
 
 
-def _finite(obj: Any) -> Any:
-    """``obj`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def to_json(obj: Any, indent: int | None = 2) -> str:
-    """Strict JSON (RFC 8259): NaN and infinities become null, never ``NaN``."""
-    return json.dumps(_finite(obj), indent=indent, sort_keys=False, default=str,
-                      allow_nan=False)
-
-
 def print_json(obj: Any) -> None:
     sys.stdout.write(to_json(obj) + "\n")
     sys.stdout.flush()
@@ -268,25 +285,30 @@ class Reporter:
 # data options shared by distill and evaluate
 
 TrainFilesOpt = Annotated[
-    str | None, typer.Option("--train-files", help="Glob choosing the training shards.")
+    str | None, typer.Option("--train-files", help="Glob choosing the training shards.",
+                             rich_help_panel="Data")
 ]
 ImageSizeOpt = Annotated[
     str | None, typer.Option("--image-size", help="Resize images to N or HxW (default: the "
-                                                  "most common size).")
+                                                  "most common size).", rich_help_panel="Data")
 ]
 ChannelsOpt = Annotated[
-    int | None, typer.Option("--channels", help="1 or 3 (default: the majority mode).")
+    int | None, typer.Option("--channels", help="1 or 3 (default: the majority mode).",
+                             rich_help_panel="Data")
 ]
 SkipBadOpt = Annotated[
-    bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning count.")
+    bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning count.",
+                       rich_help_panel="Data")
 ]
 MaxPerClassOpt = Annotated[
-    int | None, typer.Option("--max-per-class", help="Keep at most N images per class (seeded).")
+    int | None, typer.Option("--max-per-class", help="Keep at most N images per class (seeded).",
+                             rich_help_panel="Data")
 ]
 ImbalanceOpt = Annotated[
     float | None,
     typer.Option("--imbalance-factor", help="Build the long-tailed subset with this factor: "
-                                            "n_c = floor(n_min * IF^(-c/(C-1))).")
+                                            "n_c = floor(n_min * IF^(-c/(C-1))).",
+                 rich_help_panel="Data")
 ]
 
 
@@ -302,3 +324,17 @@ def load_cli_dataset(rep: Reporter, path: Path, split: str, **kw):
             path, split, progress=lambda done, total: update(done, total=total), warn=rep.warn,
             **kw
         )
+
+
+def copy_folder(items: list[Path], out: Path, force: bool) -> None:
+    """Copy files or folders into the folder ``out`` (built aside, then moved into place)."""
+    import shutil
+
+    from ddcli.io import atomic_dir
+
+    with atomic_dir(Path(out), force) as tmp:
+        for item in items:
+            if item.is_dir():
+                shutil.copytree(item, tmp, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, tmp / item.name)

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from ddcli.bundle import Bundle, save_bundle
+from ddcli.catalog import (
+    ALPHA_SCHEDULES,
+    AMPS,
+    DTYPES,
+    EXTRACTORS,
+    FLOW_DENOMINATORS,
+    INITS,
+    KERNELS,
+    METHODS,
+    MODELS,
+    OPTIMIZERS,
+    REDUCTIONS,
+    SAMPLERS,
+    STEP_MODES,
+)
 from ddcli.cli.common import (
     ChannelsOpt,
     ConfigOpt,
@@ -24,196 +38,428 @@ from ddcli.cli.common import (
     SkipBadOpt,
     TrainFilesOpt,
     command_line,
-    device_label,
-    load_cli_dataset,
     print_json,
-    resolve_device,
 )
-from ddcli.data import sample_dir
-from ddcli.errors import InputError
-from ddcli.io import check_writable
-from ddcli.methods import create_method, list_methods
-from ddcli.methods.base import checkpoint_path_for, run_method
+
+PANEL_METHOD = "Method"
+PANEL_DM = "DM family (dm, csdm, sdm, tgdd)"
+PANEL_CSDM = "CSDM / SDM"
+PANEL_TGDD = "TGDD"
+PANEL_SFM = "SFM / LGM"
+PANEL_OTGEN = "otgen"
+PANEL_SOFT = "Soft labels"
+PANEL_RUN = "Run and output"
 
 
 def distill(
     data: Annotated[
         Path | None,
-        typer.Argument(help="Dataset folder or .npz shard; omit it for the built-in "
-                            "Fashion-MNIST sample (with a CPU preset).", show_default=False),
+        typer.Argument(
+            help="Dataset folder or .npz shard; omit it for the built-in "
+            "Fashion-MNIST sample (with a CPU preset).",
+            show_default=False,
+        ),
     ] = None,
     method: Annotated[
-        str, typer.Option("--method", "-m", help=f"One of: {', '.join(list_methods())}.")
+        Literal[METHODS],
+        typer.Option(
+            "--method",
+            "-m",
+            help=f"One of: {', '.join(METHODS)}.",
+            rich_help_panel=PANEL_METHOD,
+            case_sensitive=False,
+        ),
     ] = "dm",
     ipc: Annotated[
-        int | None, typer.Option("--ipc", help="Images per class (default: 10).")
+        int | None,
+        typer.Option("--ipc", help="Images per class (default: 10).", rich_help_panel=PANEL_METHOD),
     ] = None,
     iterations: Annotated[
         int | None,
-        typer.Option("--iterations", help="Iterations (default: 20000; sample: 150)."),
+        typer.Option(
+            "--iterations",
+            help="Iterations (default: 20000; sample: 150).",
+            rich_help_panel=PANEL_METHOD,
+        ),
     ] = None,
     lr: Annotated[
-        float | None, typer.Option("--lr", help="Learning rate on pixels (default: 1).")
+        float | None,
+        typer.Option(
+            "--lr", help="Learning rate on pixels (default: 1).", rich_help_panel=PANEL_METHOD
+        ),
     ] = None,
     batch_real: Annotated[
         int | None,
-        typer.Option("--batch-real",
-                     help="Real images per class per iteration (default: 256; sample: 32)."),
+        typer.Option(
+            "--batch-real",
+            help="Real images per class per iteration (default: 256; sample: 32).",
+            rich_help_panel=PANEL_DM,
+        ),
     ] = None,
     init: Annotated[
-        str | None, typer.Option("--init", help="real | noise (default: real).")
+        Literal[INITS] | None,
+        typer.Option(
+            "--init",
+            help="real | noise (default: real).",
+            rich_help_panel=PANEL_DM,
+            case_sensitive=False,
+        ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="Feature-extractor model (default: convnet).")
+        Literal[MODELS] | None,
+        typer.Option(
+            "--model",
+            help="Feature-extractor model (default: convnet).",
+            rich_help_panel=PANEL_DM,
+            case_sensitive=False,
+        ),
     ] = None,
     width: Annotated[
-        int | None, typer.Option("--width", help="Feature-extractor width (default: 128).")
+        int | None,
+        typer.Option(
+            "--width",
+            help="Feature-extractor width (default: 128).",
+            rich_help_panel=PANEL_DM,
+        ),
     ] = None,
-    amp: Annotated[str | None, typer.Option("--amp", help="off | bf16 (default: off).")] = None,
+    amp: Annotated[
+        Literal[AMPS] | None,
+        typer.Option(
+            "--amp",
+            help="bf16 autocast of the network (default: off).",
+            rich_help_panel=PANEL_METHOD,
+            case_sensitive=False,
+        ),
+    ] = None,
     channels_last: Annotated[
-        bool | None, typer.Option("--channels-last/--no-channels-last",
-                                  help="Channels-last memory format (default: off).")
+        bool | None,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help="Channels-last memory format (default: off).",
+            rich_help_panel=PANEL_DM,
+        ),
     ] = None,
     optimizer: Annotated[
-        str | None, typer.Option("--optimizer", help="csdm/sdm: adamw | sgd (default: adamw).")
+        Literal[OPTIMIZERS] | None,
+        typer.Option(
+            "--optimizer",
+            help="csdm/sdm: adamw | sgd (default: adamw).",
+            rich_help_panel=PANEL_CSDM,
+            case_sensitive=False,
+        ),
     ] = None,
     kernel: Annotated[
-        str | None, typer.Option("--kernel", help="csdm/sdm: gaussian | laplacian | cauchy | "
-                                                  "matern-0.5 | matern-1.5 | matern-2.5.")
+        Literal[KERNELS] | None,
+        typer.Option(
+            "--kernel",
+            help="csdm/sdm: gaussian | laplacian | cauchy | matern-0.5 | matern-1.5 | matern-2.5.",
+            rich_help_panel=PANEL_CSDM,
+            case_sensitive=False,
+        ),
     ] = None,
     sigma: Annotated[
-        str | None, typer.Option("--sigma", help="csdm/sdm: kernel bandwidth or 'median' "
-                                                 "(default: 1.0).")
+        str | None,
+        typer.Option(
+            "--sigma",
+            help="csdm/sdm: kernel bandwidth or 'median' (default: 1.0).",
+            rich_help_panel=PANEL_CSDM,
+        ),
     ] = None,
     num_freqs: Annotated[
-        int | None, typer.Option("--num-freqs", help="csdm/sdm: frequencies per iteration "
-                                                     "(default: 4096).")
+        int | None,
+        typer.Option(
+            "--num-freqs",
+            help="csdm/sdm: frequencies per iteration (default: 4096).",
+            rich_help_panel=PANEL_CSDM,
+        ),
     ] = None,
     reduction: Annotated[
-        str | None, typer.Option("--reduction", help="csdm/sdm: sqrt-mean | mean.")
+        Literal[REDUCTIONS] | None,
+        typer.Option(
+            "--reduction",
+            help="csdm/sdm: sqrt-mean | mean.",
+            rich_help_panel=PANEL_CSDM,
+            case_sensitive=False,
+        ),
     ] = None,
     scale: Annotated[
-        float | None, typer.Option("--scale", help="csdm/sdm: loss scale (default: 300).")
+        float | None,
+        typer.Option(
+            "--scale", help="csdm/sdm: loss scale (default: 300).", rich_help_panel=PANEL_CSDM
+        ),
     ] = None,
     alpha_schedule: Annotated[
-        str | None, typer.Option("--alpha-schedule", help="csdm: log-linear | two-group | "
-                                                          "constant.")
+        Literal[ALPHA_SCHEDULES] | None,
+        typer.Option(
+            "--alpha-schedule",
+            help="csdm: log-linear | two-group | constant.",
+            rich_help_panel=PANEL_CSDM,
+            case_sensitive=False,
+        ),
     ] = None,
     alpha_head: Annotated[
-        float | None, typer.Option("--alpha-head", help="csdm: amplitude weight of the largest "
-                                                        "class (default: 0.7).")
+        float | None,
+        typer.Option(
+            "--alpha-head",
+            help="csdm: amplitude weight of the largest class (default: 0.7).",
+            rich_help_panel=PANEL_CSDM,
+        ),
     ] = None,
     alpha_tail: Annotated[
-        float | None, typer.Option("--alpha-tail", help="csdm: amplitude weight of the smallest "
-                                                        "class (default: 0.3).")
+        float | None,
+        typer.Option(
+            "--alpha-tail",
+            help="csdm: amplitude weight of the smallest class (default: 0.3).",
+            rich_help_panel=PANEL_CSDM,
+        ),
     ] = None,
     extractor: Annotated[
-        str | None, typer.Option("--extractor", help="csdm/sdm: random | pool (networks "
-                                                     "pre-trained on the data, cached).")
+        Literal[EXTRACTORS] | None,
+        typer.Option(
+            "--extractor",
+            help="csdm/sdm: random | pool (networks pre-trained on the data, cached).",
+            rich_help_panel=PANEL_CSDM,
+            case_sensitive=False,
+        ),
     ] = None,
     pool_size: Annotated[
-        int | None, typer.Option("--pool-size", help="csdm/sdm: networks in the pool (10).")
+        int | None,
+        typer.Option(
+            "--pool-size",
+            help="csdm/sdm: networks in the pool (20).",
+            rich_help_panel=PANEL_CSDM,
+        ),
     ] = None,
     pool_epochs: Annotated[
-        int | None, typer.Option("--pool-epochs", help="csdm/sdm: their epochs (20).")
+        int | None,
+        typer.Option(
+            "--pool-epochs", help="csdm/sdm: their epochs (60).", rich_help_panel=PANEL_CSDM
+        ),
     ] = None,
     factor: Annotated[
-        int | None, typer.Option("--factor", help="Multi-formation: each stored image holds "
-                                                  "f×f sub-images (default: 1; tgdd: by IPC).")
+        int | None,
+        typer.Option(
+            "--factor",
+            help="Multi-formation: each stored image holds "
+            "f×f sub-images (default: 1; tgdd: by IPC).",
+            rich_help_panel=PANEL_DM,
+        ),
     ] = None,
     alpha: Annotated[
-        float | None, typer.Option("--alpha", help="tgdd: weight of the constraint "
-                                                   "cross-entropy (default: by IPC).")
+        float | None,
+        typer.Option(
+            "--alpha",
+            help="tgdd: weight of the constraint cross-entropy (default: by IPC).",
+            rich_help_panel=PANEL_TGDD,
+        ),
     ] = None,
     window: Annotated[
-        int | None, typer.Option("--window", help="tgdd: expert window in epochs (7).")
+        int | None,
+        typer.Option(
+            "--window", help="tgdd: expert window in epochs (7).", rich_help_panel=PANEL_TGDD
+        ),
     ] = None,
     num_experts: Annotated[
-        int | None, typer.Option("--num-experts", help="tgdd: expert trajectories (5).")
+        int | None,
+        typer.Option(
+            "--num-experts", help="tgdd: expert trajectories (5).", rich_help_panel=PANEL_TGDD
+        ),
     ] = None,
     expert_epochs: Annotated[
-        int | None, typer.Option("--expert-epochs", help="tgdd: epochs per trajectory (60).")
+        int | None,
+        typer.Option(
+            "--expert-epochs", help="tgdd: epochs per trajectory (60).", rich_help_panel=PANEL_TGDD
+        ),
     ] = None,
     step_mode: Annotated[
-        str | None, typer.Option("--step-mode", help="tgdd: per-class (reference) | joint.")
+        Literal[STEP_MODES] | None,
+        typer.Option(
+            "--step-mode",
+            help="tgdd: per-class (reference) | joint.",
+            rich_help_panel=PANEL_TGDD,
+            case_sensitive=False,
+        ),
     ] = None,
     backbone: Annotated[
-        str | None, typer.Option("--backbone", help="sfm/lgm: frozen backbone "
-                                                    "(default: efficientnet-lite0).")
+        str | None,
+        typer.Option(
+            "--backbone",
+            help="sfm/lgm: frozen backbone: "
+            "efficientnet-lite0 (default), timm:NAME, "
+            "a torchvision name, torchscript.",
+            rich_help_panel=PANEL_SFM,
+        ),
     ] = None,
     backbone_weights: Annotated[
-        str | None, typer.Option("--backbone-weights", help="sfm/lgm: its weights file.")
+        str | None,
+        typer.Option(
+            "--backbone-weights",
+            help="sfm/lgm: its weights file (safetensors or state dict).",
+            rich_help_panel=PANEL_SFM,
+        ),
     ] = None,
     augs: Annotated[
-        int | None, typer.Option("--augs", help="sfm/lgm: augmented views per step "
-                                                "(sfm 1, lgm 10).")
+        int | None,
+        typer.Option(
+            "--augs",
+            help="sfm/lgm: augmented views per step (sfm 1, lgm 10).",
+            rich_help_panel=PANEL_SFM,
+        ),
     ] = None,
     pyramid_every: Annotated[
-        int | None, typer.Option("--pyramid-every", help="sfm/lgm: add a pyramid level every "
-                                                         "N steps (200).")
+        int | None,
+        typer.Option(
+            "--pyramid-every",
+            help="sfm/lgm: add a pyramid level every N steps (200).",
+            rich_help_panel=PANEL_SFM,
+        ),
     ] = None,
     golden_head_epochs: Annotated[
-        int | None, typer.Option("--golden-head-epochs", help="sfm/lgm: epochs of the stored "
-                                                              "full-data head (10; 0: none).")
+        int | None,
+        typer.Option(
+            "--golden-head-epochs",
+            help="sfm/lgm: epochs of the stored full-data head (10; 0: none).",
+            rich_help_panel=PANEL_SFM,
+        ),
     ] = None,
     flow_denominator: Annotated[
-        str | None, typer.Option("--flow-denominator", help="sfm: images (N − 1, the "
-                                                             "official code's) | classes.")
+        Literal[FLOW_DENOMINATORS] | None,
+        typer.Option(
+            "--flow-denominator",
+            help="sfm: images (N − 1, the official code's) | classes.",
+            rich_help_panel=PANEL_SFM,
+            case_sensitive=False,
+        ),
     ] = None,
     prior: Annotated[
-        str | None, typer.Option("--prior", help="otgen: a local diffusers pipeline folder "
-                                                 "(default: train a UNet prior on the data).")
+        str | None,
+        typer.Option(
+            "--prior",
+            help="otgen: a local diffusers pipeline folder "
+            "(default: train a UNet prior on the data).",
+            rich_help_panel=PANEL_OTGEN,
+        ),
     ] = None,
     prior_steps: Annotated[
-        int | None, typer.Option("--prior-steps", help="otgen: training steps of that prior.")
+        int | None,
+        typer.Option(
+            "--prior-steps",
+            help="otgen: training steps of that prior.",
+            rich_help_panel=PANEL_OTGEN,
+        ),
+    ] = None,
+    prior_batch: Annotated[
+        int | None,
+        typer.Option(
+            "--prior-batch",
+            help="otgen: training batch size of that prior (128).",
+            rich_help_panel=PANEL_OTGEN,
+        ),
     ] = None,
     prior_channels: Annotated[
-        str | None, typer.Option("--prior-channels", help="otgen: UNet block widths of that "
-                                                          "prior, e.g. 64,128,128.")
+        str | None,
+        typer.Option(
+            "--prior-channels",
+            help="otgen: UNet block widths of that prior, e.g. 64,128,128.",
+            rich_help_panel=PANEL_OTGEN,
+        ),
     ] = None,
     sampler: Annotated[
-        str | None, typer.Option("--sampler", help="otgen: ddpm (ancestral, IGD's) | ddim.")
+        Literal[SAMPLERS] | None,
+        typer.Option(
+            "--sampler",
+            help="otgen: ddpm (ancestral, IGD's) | ddim.",
+            rich_help_panel=PANEL_OTGEN,
+            case_sensitive=False,
+        ),
     ] = None,
     sampling_steps: Annotated[
-        int | None, typer.Option("--sampling-steps", help="otgen: sampling steps per sample "
-                                                          "(50).")
+        int | None,
+        typer.Option(
+            "--sampling-steps",
+            help="otgen: sampling steps per sample (50).",
+            rich_help_panel=PANEL_OTGEN,
+        ),
     ] = None,
     cfg_scale: Annotated[
-        float | None, typer.Option("--cfg-scale", help="otgen: classifier-free guidance (4 "
-                                                       "for DiT priors as IGD, 2 for UNets).")
+        float | None,
+        typer.Option(
+            "--cfg-scale",
+            help="otgen: classifier-free guidance (4 for DiT priors as IGD, 2 for UNets).",
+            rich_help_panel=PANEL_OTGEN,
+        ),
     ] = None,
     ot_scale: Annotated[
-        float | None, typer.Option("--ot-scale", help="otgen: OT guidance in units of IGD's "
-                                                      "step (5, IGD's k; 0: off).")
+        float | None,
+        typer.Option(
+            "--ot-scale",
+            help="otgen: OT guidance in units of IGD's step (5, IGD's k; 0: off).",
+            rich_help_panel=PANEL_OTGEN,
+        ),
     ] = None,
     ot_reg: Annotated[
-        float | None, typer.Option("--ot-reg", help="otgen: Sinkhorn regulariser (0.05).")
+        float | None,
+        typer.Option(
+            "--ot-reg", help="otgen: Sinkhorn regulariser (0.05).", rich_help_panel=PANEL_OTGEN
+        ),
     ] = None,
     dev_scale: Annotated[
-        float | None, typer.Option("--dev-scale", help="otgen: IGD's deviation guidance "
-                                                       "(0: off; IGD 50-120 for DiT).")
+        float | None,
+        typer.Option(
+            "--dev-scale",
+            help="otgen: IGD's deviation guidance (0: off; IGD 50-120 for DiT).",
+            rich_help_panel=PANEL_OTGEN,
+        ),
     ] = None,
     real_per_class: Annotated[
-        int | None, typer.Option("--real-per-class", help="otgen: real samples per class in "
-                                                          "the OT cost (256).")
+        int | None,
+        typer.Option(
+            "--real-per-class",
+            help="otgen: real samples per class in the OT cost (256).",
+            rich_help_panel=PANEL_OTGEN,
+        ),
     ] = None,
     relabel_after: Annotated[
-        bool, typer.Option("--relabel", help="Then relabel with the LIA teacher set of "
-                                             "--relabel-teacher (trained on DATA, cached).")
+        bool,
+        typer.Option(
+            "--relabel",
+            help="Then relabel with the LIA teacher set of "
+            "--relabel-teacher (trained on DATA, cached).",
+            rich_help_panel=PANEL_SOFT,
+        ),
     ] = False,
     relabel_teacher: Annotated[
-        list[str] | None, typer.Option("--relabel-teacher", help="Teacher architectures for "
-                                                                 "--relabel (default convnet).")
+        list[str] | None,
+        typer.Option(
+            "--relabel-teacher",
+            help="Teacher architectures for --relabel (default convnet).",
+            rich_help_panel=PANEL_SOFT,
+        ),
     ] = None,
     checkpoint_every: Annotated[
-        int, typer.Option("--checkpoint-every", help="Save a checkpoint next to the output "
-                                                     "every N iterations (0: never).")
+        int,
+        typer.Option(
+            "--checkpoint-every",
+            help="Save a checkpoint next to the output every N iterations (0: never).",
+            rich_help_panel=PANEL_RUN,
+        ),
     ] = 1000,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the checkpoint next to the output.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue from the checkpoint next to the output.",
+            rich_help_panel=PANEL_RUN,
+        ),
     ] = False,
     dtype: Annotated[
-        str, typer.Option("--dtype", help="Storage dtype of the images: float32 | float16.")
+        Literal[DTYPES],
+        typer.Option(
+            "--dtype",
+            help="Storage dtype of the images: float32 | float16.",
+            rich_help_panel=PANEL_RUN,
+            case_sensitive=False,
+        ),
     ] = "float32",
     train_files: TrainFilesOpt = None,
     image_size: ImageSizeOpt = None,
@@ -234,106 +480,75 @@ def distill(
     Example: [bold]ddcli distill data/cifar10 --train-files 'train_[123].npz' --ipc 10
     -o cifar10-dm-ipc10.safetensors[/]
     """
-    rep = Reporter(quiet or json_out)
-    dev = resolve_device(device)
-    overrides = {
-        k: v
-        for k, v in dict(ipc=ipc, iterations=iterations, lr=lr, batch_real=batch_real, init=init,
-                         model=model, width=width, amp=amp, channels_last=channels_last,
-                         optimizer=optimizer, kernel=kernel, sigma=sigma, num_freqs=num_freqs,
-                         reduction=reduction, scale=scale, alpha_schedule=alpha_schedule,
-                         alpha_head=alpha_head, alpha_tail=alpha_tail, extractor=extractor,
-                         pool_size=pool_size, pool_epochs=pool_epochs, factor=factor,
-                         alpha=alpha, window=window, num_experts=num_experts,
-                         expert_epochs=expert_epochs, step_mode=step_mode, backbone=backbone,
-                         backbone_weights=backbone_weights, augs=augs,
-                         pyramid_every=pyramid_every, golden_head_epochs=golden_head_epochs,
-                         flow_denominator=flow_denominator, prior=prior,
-                         prior_steps=prior_steps, sampling_steps=sampling_steps, sampler=sampler,
-                         prior_channels=_int_tuple(prior_channels, "--prior-channels"),
-                         cfg_scale=cfg_scale, ot_scale=ot_scale, ot_reg=ot_reg,
-                         dev_scale=dev_scale, real_per_class=real_per_class).items()
-        if v is not None
-    }
-    if out is not None:  # fail before a slow read
-        check_writable(out, force)
-    builtin = data is None
-    preset = "sample-cpu" if builtin else None
-    algo = create_method(method, preset=preset, **overrides)  # bad options fail before reading
+    from ddcli.api import distill as run_distill
 
-    path = sample_dir() if builtin else data
-    ds = load_cli_dataset(
-        rep, path, "train", files=train_files, image_size=image_size, channels=channels,
-        skip_bad=skip_bad, max_per_class=max_per_class, imbalance_factor=imbalance_factor,
+    options = dict(
+        ipc=ipc,
+        iterations=iterations,
+        lr=lr,
+        batch_real=batch_real,
+        init=init,
+        model=model,
+        width=width,
+        amp=amp,
+        channels_last=channels_last,
+        optimizer=optimizer,
+        kernel=kernel,
+        sigma=sigma,
+        num_freqs=num_freqs,
+        reduction=reduction,
+        scale=scale,
+        alpha_schedule=alpha_schedule,
+        alpha_head=alpha_head,
+        alpha_tail=alpha_tail,
+        extractor=extractor,
+        pool_size=pool_size,
+        pool_epochs=pool_epochs,
+        factor=factor,
+        alpha=alpha,
+        window=window,
+        num_experts=num_experts,
+        expert_epochs=expert_epochs,
+        step_mode=step_mode,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+        augs=augs,
+        pyramid_every=pyramid_every,
+        golden_head_epochs=golden_head_epochs,
+        flow_denominator=flow_denominator,
+        prior=prior,
+        prior_steps=prior_steps,
+        prior_batch=prior_batch,
+        sampling_steps=sampling_steps,
+        sampler=sampler,
+        prior_channels=prior_channels,
+        cfg_scale=cfg_scale,
+        ot_scale=ot_scale,
+        ot_reg=ot_reg,
+        dev_scale=dev_scale,
+        real_per_class=real_per_class,
     )
-    if builtin:
-        ds.subset["builtin_sample"] = True
-    cfg = algo.config
-    if out is None:
-        out = Path(f"{ds.name}-{algo.name}-ipc{getattr(cfg, 'ipc', 0)}.safetensors")
-    check_writable(out, force)  # again: the default name is known only now
-    ckpt = checkpoint_path_for(out)
-    info = ds.info()
-    rep.info(
-        f"{algo.name} on {ds.name}: {len(ds)} images, {ds.num_classes} classes, "
-        f"{ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}, device {dev}"
-        + (f", preset {preset}" if preset else "")
-    )
-    algo.reporter = rep
-    with rep.progress(f"distilling ({algo.name})", algo.iterations) as update:
-        syn, stats = run_method(
-            algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-            resume=resume, progress=update, warn=rep.warn,
-        )
-    recorded = algo.recorded_config()
-    bundle = Bundle(
-        images=syn.images,
-        labels=syn.labels,
-        extras=syn.extras,
-        method=algo.name,
-        config={**recorded, "preset": preset},
-        dataset=info,
+    report = run_distill(
+        data,
+        method=method,
+        out=out,
         seed=seed,
-        device=device_label(dev),
-        provenance=[{"command": command_line(), "step": "distill", "method": algo.name,
-                     "config": recorded, "stats": stats,
-                     "parent_checksum": None}],
-    )
-    if relabel_after:  # the paper's pipeline in one command: LIA soft labels
-        bundle = _relabel(rep, bundle, ds, relabel_teacher or ["convnet"], dev, seed)
-    checksum = save_bundle(bundle, out, force=force, dtype=dtype)
-    if ckpt.exists():
-        ckpt.unlink()
-    rep.info(
-        f"wrote {out}: {syn.images.shape[0]} images, IPC {getattr(cfg, 'ipc', '?')}, "
-        f"{stats['wall_time_s']:.1f} s ({stats['iterations_per_s'] or 0:.1f} it/s)"
+        device=device,
+        force=force,
+        train_files=train_files,
+        image_size=image_size,
+        channels=channels,
+        skip_bad=skip_bad,
+        max_per_class=max_per_class,
+        imbalance_factor=imbalance_factor,
+        relabel=relabel_after,
+        relabel_teacher=relabel_teacher,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        dtype=dtype,
+        verbose=Reporter(quiet or json_out),
+        command=command_line(),
+        **options,
     )
     if json_out:
-        print_json({"bundle": str(out), "checksum": checksum, "method": algo.name,
-                    "config": recorded, "seed": seed, "device": bundle.device,
-                    "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
-                    "stats": stats})
-
-
-def _relabel(rep: Reporter, bundle: Bundle, ds, archs: list[str], device: str, seed: int):
-    import torch
-
-    from ddcli.cli.relabel import train_teachers
-    from ddcli.relabel import RelabelSettings, relabel_bundle
-
-    teachers, _ = train_teachers(rep, ds, archs, torch.device(device), seed)
-    bundle.checksum = ""
-    return relabel_bundle(bundle, teachers, RelabelSettings(seed=seed),
-                          device=torch.device(device), command=command_line())
-
-
-def _int_tuple(text: str | None, flag: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-        assert values and min(values) > 0
-    except (ValueError, AssertionError):
-        raise InputError(f"{flag} must be positive integers separated by commas, got {text!r}")\
-            from None
-    return values
+        print_json(report)

@@ -5,51 +5,83 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
+from ddcli.catalog import EXPERT_EPOCHS
 from ddcli.cli.common import (
+    ChannelsOpt,
     ConfigOpt,
     DeviceOpt,
+    ForceOpt,
+    ImageSizeOpt,
+    ImbalanceOpt,
     JsonOpt,
+    MaxPerClassOpt,
     QuietOpt,
     Reporter,
+    SkipBadOpt,
     TrainFilesOpt,
     cache_dir,
+    copy_folder,
     load_cli_dataset,
     print_json,
     resolve_device,
 )
-from ddcli.experts import EXPERT_RECIPE, build_experts
 
 
 def experts(
     data: Annotated[Path, typer.Argument(help="Dataset folder or shards.", show_default=False)],
-    num: Annotated[int, typer.Option("--num", help="Trajectories.")] = 5,
-    epochs: Annotated[
-        int, typer.Option("--epochs", help="Epochs per trajectory (a snapshot after each).")
-    ] = EXPERT_RECIPE.epochs,
-    model: Annotated[str, typer.Option("--model", help="Architecture.")] = "convnet",
-    width: Annotated[int, typer.Option("--width", help="Network width.")] = 128,
+    num_experts: Annotated[
+        int, typer.Option("--num-experts", help="Expert trajectories (as distill -m tgdd).")
+    ] = 5,
+    expert_epochs: Annotated[
+        int, typer.Option("--expert-epochs",
+                          help="Epochs per trajectory, a snapshot after each (as distill).")
+    ] = EXPERT_EPOCHS,
+    model: Annotated[str, typer.Option("--model", help="Architecture (as distill).")] = "convnet",
+    width: Annotated[int, typer.Option("--width", help="Network width (as distill).")] = 128,
     train_files: TrainFilesOpt = None,
+    image_size: ImageSizeOpt = None,
+    channels: ChannelsOpt = None,
+    skip_bad: SkipBadOpt = False,
+    max_per_class: MaxPerClassOpt = None,
+    imbalance_factor: ImbalanceOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also copy the trajectories into this "
+                                                      "folder.")
+    ] = None,
     device: DeviceOpt = "auto",
+    force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Train and cache expert trajectories for `distill -m tgdd` (CI jobs prepare them once).
 
-    Example: [bold]ddcli experts data/cifar10 --train-files 'train_[123].npz' --num 5[/]
+    The data options must be those of the later distill: the cache is keyed by the data's
+    fingerprint. Example: [bold]ddcli experts data/cifar10 --train-files 'train_[123].npz'
+    --num-experts 5[/]
     """
+    import torch
+
+    from ddcli.experts import build_experts
+
     rep = Reporter(quiet or json_out)
     dev = torch.device(resolve_device(device))
-    ds = load_cli_dataset(rep, data, "train", files=train_files)
-    with rep.progress(f"experts ({num} x {model})", epochs) as update:
-        paths = build_experts(ds, num=num, device=dev, cache=cache_dir(), arch=model,
-                              epochs=epochs, width=width, progress=update,
+    ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,
+                          channels=channels, skip_bad=skip_bad, max_per_class=max_per_class,
+                          imbalance_factor=imbalance_factor)
+    with rep.progress(f"experts ({num_experts} x {model})", expert_epochs) as update:
+        paths = build_experts(ds, num=num_experts, device=dev, cache=cache_dir(), arch=model,
+                              epochs=expert_epochs, width=width, progress=update,
                               info=rep.info)
-    rep.info(f"{len(paths)} trajectories in {paths[0].parent}")
+    folder = paths[0].parent
+    rep.info(f"{len(paths)} trajectories in {folder}")
+    if out is not None:
+        copy_folder(paths, out, force)
+        rep.info(f"copied them into {out}")
     if json_out:
-        print_json({"folder": str(paths[0].parent), "trajectories": [str(p) for p in paths],
-                    "fingerprint": ds.fingerprint, "model": model, "epochs": epochs,
+        print_json({"folder": str(folder), "trajectories": [str(p) for p in paths],
+                    "out": str(out) if out else None, "fingerprint": ds.fingerprint,
+                    "model": model, "num_experts": num_experts, "expert_epochs": expert_epochs,
                     "width": width})

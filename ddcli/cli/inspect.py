@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from ddcli.bundle import Bundle, load_bundle
-from ddcli.cli.common import JsonOpt, QuietOpt, Reporter, print_json, stdout_console
+from ddcli.cli.common import ConfigOpt, JsonOpt, QuietOpt, Reporter, print_json, stdout_console
 from ddcli.errors import RunError
-from ddcli.viz import export_image_folder, save_grid, terminal_preview
+
+if TYPE_CHECKING:
+    from ddcli.bundle import Bundle
 
 
 def soft_label_stats(b: Bundle) -> dict | None:
@@ -146,11 +147,15 @@ def inspect(
     force: Annotated[bool, typer.Option("--force", help="Overwrite --grid / --export.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Show what a bundle holds, check it, and export pictures of it.
 
     Example: [bold]ddcli inspect fmnist-dm.safetensors --preview --grid grid.png[/]
     """
+    from ddcli.bundle import load_bundle
+    from ddcli.viz import export_image_folder, save_grid, terminal_preview
+
     rep = Reporter(quiet or json_out)
     b = load_bundle(bundle, verify=False, warn=rep.warn)
     s = summary(b, bundle)

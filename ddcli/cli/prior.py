@@ -5,47 +5,82 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
+from ddcli.catalog import PRIOR_BATCH, PRIOR_CHANNELS, PRIOR_STEPS
 from ddcli.cli.common import (
+    ChannelsOpt,
     ConfigOpt,
     DeviceOpt,
+    ForceOpt,
+    ImageSizeOpt,
+    ImbalanceOpt,
     JsonOpt,
+    MaxPerClassOpt,
     QuietOpt,
     Reporter,
+    SkipBadOpt,
     TrainFilesOpt,
     cache_dir,
+    copy_folder,
     load_cli_dataset,
     print_json,
     resolve_device,
 )
-from ddcli.priors import PriorRecipe, train_prior
 
 
 def prior(
     data: Annotated[Path, typer.Argument(help="Dataset folder or shards.", show_default=False)],
-    steps: Annotated[int, typer.Option("--steps", help="Training steps.")] = PriorRecipe.steps,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 128,
+    prior_steps: Annotated[
+        int, typer.Option("--prior-steps", help="Training steps (as distill -m otgen).")
+    ] = PRIOR_STEPS,
+    prior_batch: Annotated[
+        int, typer.Option("--prior-batch", help="Training batch size (as distill).")
+    ] = PRIOR_BATCH,
+    prior_channels: Annotated[
+        str, typer.Option("--prior-channels", help="UNet block widths (as distill).")
+    ] = PRIOR_CHANNELS,
     train_files: TrainFilesOpt = None,
+    image_size: ImageSizeOpt = None,
+    channels: ChannelsOpt = None,
+    skip_bad: SkipBadOpt = False,
+    max_per_class: MaxPerClassOpt = None,
+    imbalance_factor: ImbalanceOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also copy the pipeline into this folder "
+                                                      "(for distill --prior OUT).")
+    ] = None,
     device: DeviceOpt = "auto",
+    force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Fit a small class-conditional UNet diffusion prior (diffusers) on the data, cached; a
-    killed run resumes from its last checkpoint.
+    """Fit a small class-conditional UNet diffusion prior (diffusers) on the data, cached; a killed run resumes from its last checkpoint.
 
-    Example: [bold]ddcli prior data/cifar10 --train-files 'train_[123].npz'[/]
-    """
+    With the data options and prior options of a later [bold]distill -m otgen[/], that run
+    finds it in the cache. Example: [bold]ddcli prior data/cifar10 --train-files
+    'train_[123].npz'[/]
+    """  # noqa: E501  (rich help shows the first paragraph's line breaks)
+    import torch
+
+    from ddcli.api import _int_tuple
+    from ddcli.priors import PriorRecipe, train_prior
+
     rep = Reporter(quiet or json_out)
     dev = torch.device(resolve_device(device))
-    ds = load_cli_dataset(rep, data, "train", files=train_files)
-    recipe = PriorRecipe(steps=steps, batch_size=batch_size)
-    with rep.progress("diffusion prior", steps) as update:
+    widths = _int_tuple(prior_channels, "--prior-channels")
+    ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,
+                          channels=channels, skip_bad=skip_bad, max_per_class=max_per_class,
+                          imbalance_factor=imbalance_factor)
+    recipe = PriorRecipe(steps=prior_steps, batch_size=prior_batch, channels=widths)
+    with rep.progress("diffusion prior", prior_steps) as update:
         folder, cached = train_prior(ds, device=dev, cache=cache_dir(), recipe=recipe,
                                      progress=update)
-    rep.info(f"prior {'found' if cached else 'trained'}: {folder} (use --prior {folder})")
+    rep.info(f"prior {'found' if cached else 'trained'}: {folder}")
+    if out is not None:
+        copy_folder([folder], out, force)
+        rep.info(f"copied it into {out} (use --prior {out})")
     if json_out:
-        print_json({"prior": str(folder), "cached": cached, "fingerprint": ds.fingerprint,
-                    "recipe": recipe.key()})
+        print_json({"prior": str(folder), "cached": cached, "out": str(out) if out else None,
+                    "fingerprint": ds.fingerprint, "recipe": recipe.key()})

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
 import typer
 
-from ddcli.bundle import load_bundle, save_bundle
+from ddcli.catalog import CALIBRATIONS, LIA_SCHEDULE, TEACHER_ARCHS
 from ddcli.cli.common import (
     ConfigOpt,
     DeviceOpt,
@@ -26,24 +25,17 @@ from ddcli.cli.common import (
     print_json,
     resolve_device,
 )
-from ddcli.data import sample_dir
 from ddcli.errors import InputError
-from ddcli.evaluation import check_classes
-from ddcli.io import check_writable
-from ddcli.relabel import (
-    DEFAULT_LIA_SCHEDULE,
-    RelabelSettings,
-    check_relabelable,
-    parse_schedule,
-    relabel_bundle,
-    views_storage_bytes,
-)
-from ddcli.teachers import RECIPES, load_teacher, train_teacher
+
+if TYPE_CHECKING:
+    import torch
 
 
 def train_teachers(rep: Reporter, ds, archs: list[str], device: torch.device, seed: int,
                    epochs: int | None = None) -> tuple[list, list[dict]]:
     """Train (or fetch cached) one teacher per architecture on ``ds``, with progress."""
+    from ddcli.teachers import RECIPES, train_teacher
+
     teachers, log = [], []
     for arch in archs:
         if arch not in RECIPES:
@@ -67,6 +59,10 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
                  train_files: str | None, bundle, device: torch.device, seed: int,
                  epochs: int | None) -> tuple[list, list[dict]]:
     """Load ``--teacher`` files and train (or fetch cached) ``--train-teacher`` ones."""
+    from ddcli.data import sample_dir
+    from ddcli.evaluation import check_classes
+    from ddcli.teachers import load_teacher
+
     teachers = [load_teacher(f).to(device) for f in files]
     log = [{"teacher": str(f), "source": "file", "val_accuracy": t.val_accuracy}
            for f, t in zip(files, teachers, strict=True)]
@@ -94,8 +90,9 @@ def relabel(
     ] = None,
     train_teacher_arch: Annotated[
         list[str] | None,
-        typer.Option("--train-teacher", help=f"Train (or reuse a cached) teacher of this "
-                                             f"architecture (repeatable): {', '.join(RECIPES)}."),
+        typer.Option("--train-teacher",
+                     help="Train (or reuse a cached) teacher of this architecture "
+                          f"(repeatable): {', '.join(TEACHER_ARCHS)}."),
     ] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="Real data to train teachers on (default for "
@@ -114,10 +111,11 @@ def relabel(
     ] = None,
     lia_schedule: Annotated[
         str, typer.Option("--lia-schedule", help="IPC:teachers pairs: up to IPC a, average b.")
-    ] = ",".join(f"{a}:{b}" for a, b in DEFAULT_LIA_SCHEDULE),
+    ] = LIA_SCHEDULE,
     calibrate: Annotated[
-        str | None, typer.Option("--calibrate", help="adsa: class-prior calibration for "
-                                                     "long-tailed data.")
+        Literal[CALIBRATIONS] | None,
+        typer.Option("--calibrate", help="adsa: class-prior calibration for long-tailed data.",
+                     case_sensitive=False),
     ] = None,
     views: Annotated[
         int, typer.Option("--views", help="Also store labels for K recorded augmentations per "
@@ -136,6 +134,18 @@ def relabel(
     Example: [bold]ddcli relabel dm.safetensors --data data/cifar10 --train-files
     'train_[123].npz' --train-teacher convnet -o dm-soft.safetensors[/]
     """
+    import torch
+
+    from ddcli.bundle import load_bundle, save_bundle
+    from ddcli.io import check_writable
+    from ddcli.relabel import (
+        RelabelSettings,
+        check_relabelable,
+        parse_schedule,
+        relabel_bundle,
+        views_storage_bytes,
+    )
+
     rep = Reporter(quiet or json_out)
     dev = torch.device(resolve_device(device))
     settings = RelabelSettings(temperature=temperature, calibrate=calibrate, views=views,

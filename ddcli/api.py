@@ -1,0 +1,460 @@
+"""The Python API: what the commands do, callable from a script.
+
+``ddcli.distill(...)`` and ``ddcli.evaluate(...)`` are the functions behind ``ddcli distill``
+and ``ddcli evaluate`` (the commands parse options, call them and print what they return);
+``ddcli.load_bundle`` reads a bundle and ``ddcli.BundleDataset`` serves one to a
+``torch.utils.data.DataLoader``. See ``docs/python-api.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils.data
+
+from ddcli import __version__
+from ddcli.bundle import Bundle, load_bundle, save_bundle
+from ddcli.errors import InputError
+
+__all__ = ["BundleDataset", "distill", "evaluate", "load_bundle"]
+
+PYTHON_COMMAND = "ddcli.{}() (Python API)"
+
+
+def _reporter(verbose: bool | Any):
+    """A Reporter: the one given (the CLI's), or a quiet one unless ``verbose``."""
+    from ddcli.cli.common import Reporter
+
+    if isinstance(verbose, bool):
+        return Reporter(quiet=not verbose)
+    return verbose
+
+
+# --------------------------------------------------------------------------------------------
+# a bundle as a torch Dataset
+
+
+class BundleDataset(torch.utils.data.Dataset):
+    """The images of a bundle as a ``torch.utils.data.Dataset`` of ``(image, target)``.
+
+    ``image`` is a float32 (C, H, W) tensor in pixel scale (0..1 for real images; synthetic
+    pixels may leave that range and are not clamped), multi-formation images decoded.
+    ``target`` is the class index (an ``int``), or with ``soft_labels=True`` the stored soft
+    label (a float32 vector over the classes). ``transform`` (if given) is applied to the image.
+
+    Attributes: ``classes`` (names), ``num_classes``, ``mean`` / ``std`` (the real data's
+    per-channel normalisation, to normalise in ``transform``), ``bundle`` (the :class:`Bundle`).
+    """
+
+    def __init__(self, path: str | Path | Bundle, transform: Callable | None = None,
+                 soft_labels: bool = False):
+        self.bundle = path if isinstance(path, Bundle) else load_bundle(path)
+        images, labels, soft = self.bundle.decoded()
+        if soft_labels and soft is None:
+            raise InputError(f"{path}: the bundle has no soft labels (run 'ddcli relabel')")
+        self.images = images.float().contiguous()
+        self.labels = labels
+        self.soft = soft.float() if soft_labels else None
+        self.transform = transform
+        self.classes = self.bundle.classes
+        self.num_classes = self.bundle.num_classes
+        self.mean = self.bundle.dataset.get("mean")
+        self.std = self.bundle.dataset.get("std")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int):
+        x = self.images[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        y = self.soft[i] if self.soft is not None else int(self.labels[i])
+        return x, y
+
+
+# --------------------------------------------------------------------------------------------
+# distill
+
+
+def _int_tuple(value: str | Sequence[int] | None, flag: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            values = tuple(int(v) for v in value.split(",") if v.strip())
+        else:
+            values = tuple(int(v) for v in value)
+        assert values and min(values) > 0
+    except (ValueError, TypeError, AssertionError):
+        raise InputError(f"{flag} must be positive integers separated by commas, got "
+                         f"{value!r}") from None
+    return values
+
+
+def distill(
+    data: str | Path | None = None,
+    *,
+    method: str = "dm",
+    out: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    train_files: str | None = None,
+    image_size: str | int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    skip_bad: bool = False,
+    max_per_class: int | None = None,
+    imbalance_factor: float | None = None,
+    relabel: bool = False,
+    relabel_teacher: Sequence[str] | None = None,
+    checkpoint_every: int = 1000,
+    resume: bool = False,
+    dtype: str = "float32",
+    verbose: bool = False,
+    command: str | None = None,
+    **options: Any,
+) -> dict:
+    """Distill ``data`` (a dataset folder or .npz shard; None: the built-in sample) with
+    ``method`` and write a bundle; return what ``ddcli distill --json`` prints (``bundle``,
+    ``checksum``, ``config``, ``stats``, ...).
+
+    ``options`` are the method's options with underscores (``ipc=10``, ``iterations=500``,
+    ``batch_real=64``, ...; ``ddcli list methods`` shows them). ``verbose`` shows progress on
+    stderr.
+    """
+    from ddcli.cli.common import device_label, load_cli_dataset, resolve_device
+    from ddcli.data import sample_dir
+    from ddcli.io import check_writable
+    from ddcli.methods import create_method
+    from ddcli.methods.base import checkpoint_path_for, run_method
+
+    rep = _reporter(verbose)
+    dev = resolve_device(device)
+    overrides = {k: v for k, v in options.items() if v is not None}
+    if "prior_channels" in overrides:
+        overrides["prior_channels"] = _int_tuple(overrides["prior_channels"], "--prior-channels")
+    out = Path(out) if out is not None else None
+    if out is not None:  # fail before a slow read
+        check_writable(out, force)
+    builtin = data is None
+    preset = "sample-cpu" if builtin else None
+    algo = create_method(method.lower(), preset=preset, **overrides)  # fails before reading
+
+    path = sample_dir() if builtin else Path(data)
+    ds = load_cli_dataset(
+        rep, path, "train", files=train_files, image_size=image_size, channels=channels,
+        skip_bad=skip_bad, max_per_class=max_per_class, imbalance_factor=imbalance_factor,
+    )
+    if builtin:
+        ds.subset["builtin_sample"] = True
+    cfg = algo.config
+    if out is None:
+        out = Path(f"{ds.name}-{algo.name}-ipc{getattr(cfg, 'ipc', 0)}.safetensors")
+    check_writable(out, force)  # again: the default name is known only now
+    ckpt = checkpoint_path_for(out)
+    info = ds.info()
+    rep.info(
+        f"{algo.name} on {ds.name}: {len(ds)} images, {ds.num_classes} classes, "
+        f"{ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}, device {dev}"
+        + (f", preset {preset}" if preset else "")
+    )
+    algo.reporter = rep
+    if command is None:
+        command = PYTHON_COMMAND.format("distill")
+    with rep.progress(f"distilling ({algo.name})", algo.iterations) as update:
+        syn, stats = run_method(
+            algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+            resume=resume, progress=update, warn=rep.warn,
+        )
+    recorded = algo.recorded_config()
+    bundle = Bundle(
+        images=syn.images,
+        labels=syn.labels,
+        extras=syn.extras,
+        method=algo.name,
+        config={**recorded, "preset": preset},
+        dataset=info,
+        seed=seed,
+        device=device_label(dev),
+        provenance=[{"command": command, "step": "distill", "method": algo.name,
+                     "config": recorded, "stats": stats,
+                     "parent_checksum": None}],
+    )
+    if relabel:  # the paper's pipeline in one command: LIA soft labels
+        bundle = _relabel(rep, bundle, ds, list(relabel_teacher or ["convnet"]), dev, seed,
+                          command)
+    checksum = save_bundle(bundle, out, force=force, dtype=dtype)
+    if ckpt.exists():
+        ckpt.unlink()
+    rep.info(
+        f"wrote {out}: {syn.images.shape[0]} images, IPC {getattr(cfg, 'ipc', '?')}, "
+        f"{stats['wall_time_s']:.1f} s ({stats['iterations_per_s'] or 0:.1f} it/s)"
+    )
+    return {"bundle": str(out), "checksum": checksum, "method": algo.name,
+            "config": recorded, "seed": seed, "device": bundle.device,
+            "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
+            "stats": stats}
+
+
+def _relabel(rep, bundle: Bundle, ds, archs: list[str], device: str, seed: int, command: str):
+    from ddcli.cli.relabel import train_teachers
+    from ddcli.relabel import RelabelSettings, relabel_bundle
+
+    teachers, _ = train_teachers(rep, ds, archs, torch.device(device), seed)
+    bundle.checksum = ""
+    return relabel_bundle(bundle, teachers, RelabelSettings(seed=seed),
+                          device=torch.device(device), command=command)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+
+
+def evaluate(
+    bundle: str | Path,
+    *,
+    test: str | Path | None = None,
+    test_files: str | None = None,
+    protocol: str = "dm",
+    models: int = 5,
+    epochs: int | None = None,
+    baseline: str | None = None,
+    real: str | Path | None = None,
+    real_files: str | None = None,
+    backbone: str | None = None,
+    backbone_weights: str | Path | None = None,
+    inherit: bool = False,
+    teacher: Sequence[str | Path] | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    verbose: bool = False,
+) -> dict:
+    """Train ``models`` fresh models on ``bundle`` under ``protocol`` and test them; return
+    the report ``ddcli evaluate --json`` prints (``result.accuracy_mean``, ``per_class``,
+    ``baseline``, ...). ``out`` also writes it as JSON. ``test`` may be omitted for bundles
+    of the built-in sample."""
+    from ddcli.cli.common import load_cli_dataset, resolve_device
+    from ddcli.data import imbalance_ratio, is_long_tailed, sample_dir
+    from ddcli.evaluation import (
+        bundle_views,
+        check_classes,
+        check_no_test_leak,
+        evaluate_images,
+        random_real_subset,
+        teachers_for,
+        views_from,
+    )
+    from ddcli.io import check_writable
+    from ddcli.protocols import get_protocol
+    from ddcli.relabel import RelabelSettings, last_relabel_step, relabel_images
+
+    rep = _reporter(verbose)
+    dev = torch.device(resolve_device(device))
+    bundle = Path(bundle)
+    out = Path(out) if out is not None else None
+    real = Path(real) if real is not None else None
+    protocol = protocol.lower()
+    if models < 1:
+        raise InputError(f"--models must be >= 1, got {models}")
+    if baseline not in (None, "random", "centroids"):
+        raise InputError(f"--baseline must be random or centroids, got {baseline!r}")
+    if baseline == "centroids" and protocol != "linear-probe":
+        raise InputError("--baseline centroids goes with --protocol linear-probe")
+    proto = get_protocol(protocol, epochs=epochs)
+    if out is not None:
+        check_writable(out, force)
+    b = load_bundle(bundle, warn=rep.warn)
+    ds_info = b.dataset
+    builtin = bool(ds_info.get("subset", {}).get("builtin_sample"))
+    if test is None:
+        if not builtin:
+            raise InputError("--test is required (the test data to measure accuracy on)")
+        test = sample_dir()
+    if baseline is not None and real is None:
+        if not builtin:
+            raise InputError(f"--baseline {baseline} needs --real DATA (the real training data)")
+        real = sample_dir()
+    size = tuple(ds_info.get("image_size") or b.images.shape[2:])
+    chans = int(ds_info.get("channels") or b.images.shape[1])
+    test_ds = load_cli_dataset(rep, Path(test), "test", files=test_files, image_size=size,
+                               channels=chans)
+    check_classes(b, test_ds)
+    if is_long_tailed(ds_info.get("class_counts")) and imbalance_ratio(test_ds.class_counts) > 1.1:
+        rep.warn("the test set is not balanced: long-tailed results assume a balanced test set")
+    if test_ds.fingerprint == ds_info.get("fingerprint"):
+        rep.warn("the test data is the data the bundle was distilled from")
+    mean, std = ds_info["mean"], ds_info["std"]
+    ipc = b.ipc
+    if proto.name == "linear-probe":
+        report = _linear_probe_report(rep, b, bundle, test_ds, proto, models, seed, dev, backbone,
+                                      backbone_weights, inherit, baseline, real, real_files,
+                                      size, chans)
+        return _finish(rep, report, out)
+    if inherit:
+        raise InputError("--inherit goes with --protocol linear-probe")
+    soft_protocol = proto.loss in ("kd", "otm")
+    if soft_protocol and b.soft_labels is None:
+        raise InputError(f"protocol {proto.name} needs soft labels: run 'ddcli relabel' first")
+    step = last_relabel_step(b)
+    temperature = float(step["temperature"]) if step else 1.0
+    needs_teachers = proto.loss == "kd-online" or (baseline == "random" and soft_protocol)
+    teachers = teachers_for(b, [Path(t) for t in teacher or []], dev) if needs_teachers else []
+    check_no_test_leak(b, teachers, test_ds)
+
+    def run(images, labels, label, soft=None, views=None):
+        with rep.progress(f"training {models} models ({label})",
+                          proto.train_epochs()) as update:
+            return evaluate_images(images, labels, mean=mean, std=std, test=test_ds,
+                                   protocol=proto, num_models=models, seed=seed, device=dev,
+                                   progress=update, soft=soft, views=views, teachers=teachers,
+                                   temperature=temperature,
+                                   class_counts=ds_info.get("class_counts"),
+                                   calibration=(step or {}).get("calibrate"))
+
+    views = bundle_views(b) if soft_protocol else None
+    images, labels, soft_labels = b.decoded()  # multi-formation images, decoded
+    if b.factor > 1:
+        rep.info(f"decoding factor {b.factor}: {len(b.labels)} stored images -> "
+                 f"{len(labels)} training images")
+    result = run(images, labels, "bundle", soft_labels, views)
+    report = _report_head(b, bundle, proto, models, seed, dev, test_ds)
+    report["soft_labels"] = {
+        "temperature": temperature, "views": bool(views),
+        "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")},
+    } if step else None
+    report["result"] = result
+    if baseline == "random":
+        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans)
+        sub = random_real_subset(real_ds, ipc, seed)  # the same storage: IPC images
+        pixels = sub.images.float() / 255.0
+        soft, extras = None, {}
+        if soft_protocol:  # relabelled by the same teachers, with the same settings
+            rec = step or {}
+            settings = RelabelSettings(
+                temperature=temperature,
+                calibrate=(rec.get("calibrate") or {}).get("method"),
+                views=(rec.get("views") or {}).get("k", 0), num_teachers=len(teachers),
+                seed=seed)
+            prior = torch.tensor(ds_info.get("class_counts") or [1] * b.num_classes,
+                                 dtype=torch.float32).clamp_min(1)
+            soft, extras, _ = relabel_images(pixels, sub.labels, teachers, settings, ipc=ipc,
+                                             prior=prior, mean=mean, std=std, device=dev)
+        base = run(pixels, sub.labels, "random real", soft, views_from(extras, step))
+        base.update(ipc=ipc, source=real_ds.source, selection_seed=seed,
+                    relabelled=soft_protocol)
+        _attach_baseline(report, base)
+    return _finish(rep, report, out)
+
+
+def _report_head(b, bundle_path, proto, models, seed, dev, test_ds) -> dict:
+    """What every evaluation report starts with: the bundle, the protocol, the run, the test."""
+    from ddcli.cli.common import device_label
+
+    return {
+        "bundle": str(bundle_path),
+        "bundle_checksum": b.checksum,
+        "method": b.method,
+        "ipc": b.ipc,
+        "factor": b.factor,
+        "classes": b.classes,
+        "protocol": proto.to_dict(),
+        "num_models": models,
+        "seed": seed,
+        "device": device_label(str(dev)),
+        "torch": torch.__version__,
+        "ddcli_version": __version__,
+        "test": {"source": test_ds.source, "fingerprint": test_ds.fingerprint,
+                 "num_images": len(test_ds)},
+    }
+
+
+def _baseline_real_data(rep, b, baseline, real, real_files, size, chans):
+    """The real data a baseline draws from: the bundle's classes, and its recorded subset."""
+    from ddcli.cli.common import load_cli_dataset
+    from ddcli.evaluation import check_classes, same_subset
+
+    if b.ipc is None:
+        raise InputError(f"--baseline {baseline} needs a bundle with the same IPC in every class")
+    real_ds = load_cli_dataset(rep, real, "train", files=real_files, image_size=size,
+                               channels=chans)
+    check_classes(b, real_ds, "real")
+    real_ds = same_subset(real_ds, b.dataset.get("subset") or {})
+    if real_ds.fingerprint != b.dataset.get("fingerprint"):
+        rep.warn("the --real data is not the data the bundle was distilled from "
+                 "(fingerprints differ)")
+    return real_ds
+
+
+def _attach_baseline(report: dict, base: dict) -> None:
+    report["baseline"] = base
+    report["improvement_points"] = round(
+        report["result"]["accuracy_mean"] - base["accuracy_mean"], 2)
+
+
+def _finish(rep, report: dict, out: Path | None) -> dict:
+    from ddcli.io import atomic_write_bytes, to_json
+
+    if out is not None:
+        atomic_write_bytes(out, (to_json(report) + "\n").encode())
+        rep.info(f"wrote report {out}")
+    return report
+
+
+def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev, backbone,
+                         backbone_weights, inherit, baseline, real, real_files, size, chans):
+    """The linear-probe protocol (frozen backbone), with or without classifier inheritance."""
+    from ddcli.backbones import create_backbone
+    from ddcli.evaluation import random_real_subset
+    from ddcli.probe import centroid_indices, golden_head_accuracy, linear_probe
+
+    distill_bb = b.config.get("backbone")
+    name = backbone or distill_bb
+    if not name:
+        raise InputError("--protocol linear-probe needs --backbone (the bundle names none)")
+    weights = backbone_weights or (b.config.get("backbone_weights") if name == distill_bb
+                                   else None)
+    bb = create_backbone(name, weights).to(dev)
+    golden, golden_bb = None, None
+    if "golden_head.weight" in b.extras:
+        golden_bb = bb if name == distill_bb and not backbone_weights else create_backbone(
+            distill_bb, b.config.get("backbone_weights")).to(dev)
+        golden = (b.extras["golden_head.weight"], b.extras["golden_head.bias"])
+    elif inherit:
+        raise InputError("--inherit needs a bundle with a golden head (distill sfm/lgm with "
+                         "--golden-head-epochs > 0)")
+    images, labels, _ = b.decoded()
+    counts = b.dataset.get("class_counts")
+
+    def run(pixels, labs, label, golden_arg):
+        with rep.progress(f"{models} linear probes ({label})", proto.epochs) as update:
+            return linear_probe(pixels, labs, test_ds.images, test_ds.labels, b.num_classes, bb,
+                                num_models=models, epochs=proto.epochs, seed=seed, device=dev,
+                                golden=golden_arg, golden_bb=golden_bb, class_counts=counts,
+                                progress=update)
+
+    result = run(images, labels, "bundle", golden if inherit else None)
+    report = _report_head(b, bundle_path, proto, models, seed, dev, test_ds)
+    report.update(
+        mode=result["mode"],
+        result=result,
+        golden_head_test_accuracy=golden_head_accuracy(
+            golden, golden_bb, test_ds.images, test_ds.labels, dev) if golden else None,
+    )
+    if baseline is not None:
+        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans)
+        if baseline == "random":
+            sub = random_real_subset(real_ds, b.ipc, seed)
+        else:  # the real images nearest the class means, in the evaluation backbone
+            feats = bb.embed_all(real_ds.images.float() / 255, dev)
+            sub = real_ds.select(centroid_indices(feats, real_ds.labels.to(dev), b.num_classes,
+                                                  b.ipc).cpu())
+        base = run(sub.images.float() / 255, sub.labels, f"{baseline} real",
+                   golden if inherit else None)
+        base.update(ipc=b.ipc, source=real_ds.source, selection_seed=seed, kind=baseline)
+        _attach_baseline(report, base)
+    return report

@@ -1,0 +1,41 @@
+"""Names and defaults that ``--help`` shows, without importing torch.
+
+The registries (:mod:`ddcli.methods`, :mod:`ddcli.teachers`, ...) import torch, which takes
+seconds; ``ddcli --help`` must not wait for it. These constants mirror them, and
+``tests/test_startup.py`` checks that they agree.
+"""
+
+from __future__ import annotations
+
+#: ddcli.methods.list_methods()
+METHODS: tuple[str, ...] = ("csdm", "dm", "lgm", "otgen", "sdm", "sfm", "tgdd")
+#: ddcli.teachers.RECIPES
+TEACHER_ARCHS: tuple[str, ...] = ("convnet", "convnet-bn", "resnet18", "resnet18-bn")
+#: ddcli.experts.EXPERT_RECIPE.epochs
+EXPERT_EPOCHS = 60
+#: ddcli.priors.PriorRecipe.steps / batch_size
+PRIOR_STEPS = 20000
+PRIOR_BATCH = 128
+#: ddcli.priors.PriorRecipe.channels as the command line spells it
+PRIOR_CHANNELS = "64,128,128"
+#: ddcli.relabel.DEFAULT_LIA_SCHEDULE as the command line spells it
+LIA_SCHEDULE = "10:1,20:2,50:3"
+#: ddcli.models.list_models()
+MODELS: tuple[str, ...] = ("convnet", "convnet-bn", "resnet18", "resnet18-bn")
+
+# the choices of distill's options (each method's config validates them too)
+INITS = ("real", "noise")
+AMPS = ("off", "bf16")
+OPTIMIZERS = ("adamw", "sgd")
+#: ddcli.losses.KERNELS
+KERNELS = ("gaussian", "laplacian", "cauchy", "matern-0.5", "matern-1.5", "matern-2.5")
+REDUCTIONS = ("sqrt-mean", "mean")
+ALPHA_SCHEDULES = ("log-linear", "two-group", "constant")
+EXTRACTORS = ("random", "pool")
+STEP_MODES = ("per-class", "joint")
+FLOW_DENOMINATORS = ("images", "classes")
+SAMPLERS = ("ddpm", "ddim")
+#: ddcli.bundle.STORAGE_DTYPES
+DTYPES = ("float32", "float16")
+BASELINES = ("random", "centroids")
+CALIBRATIONS = ("adsa",)

@@ -1,0 +1,62 @@
+"""``ddcli --help`` and ``--version`` stay fast: no torch (or other heavy module) at start-up."""
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "torchvision", "numpy", "diffusers", "timm", "safetensors.torch", "PIL", "ot")
+
+
+def _heavy_modules_after(code: str) -> list[str]:
+    probe = (code + "\nimport sys\nprint(','.join(m for m in " + repr(HEAVY)
+             + " if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    return [m for m in line.split(",") if m]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["distill", "--help"],
+                                  ["evaluate", "--help"], ["relabel", "--help"],
+                                  ["experts", "--help"], ["prior", "--help"],
+                                  ["inspect", "--help"], ["list", "--help"],
+                                  ["env", "--help"], ["cache", "--help"], []])
+def test_help_and_version_import_no_heavy_module(args):
+    code = ("import contextlib, io\nimport ddcli.cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n"
+            f"        ddcli.cli.app({args!r})\n"
+            "    except SystemExit:\n"
+            "        pass\n")
+    assert _heavy_modules_after(code) == []
+
+
+def test_import_ddcli_is_light_and_the_api_loads_lazily():
+    assert _heavy_modules_after("import ddcli") == []
+    code = "import ddcli\nassert callable(ddcli.load_bundle) and callable(ddcli.distill)"
+    assert "torch" in _heavy_modules_after(code)
+
+
+def test_catalog_matches_the_registries():
+    from ddcli import catalog
+    from ddcli.experts import EXPERT_RECIPE
+    from ddcli.methods import list_methods
+    from ddcli.priors import PriorRecipe
+    from ddcli.relabel import DEFAULT_LIA_SCHEDULE
+    from ddcli.teachers import RECIPES
+
+    assert catalog.METHODS == tuple(list_methods())
+    assert catalog.TEACHER_ARCHS == tuple(RECIPES)
+    assert catalog.EXPERT_EPOCHS == EXPERT_RECIPE.epochs
+    assert (catalog.PRIOR_STEPS, catalog.PRIOR_BATCH) == (PriorRecipe.steps,
+                                                          PriorRecipe.batch_size)
+    assert catalog.PRIOR_CHANNELS == ",".join(map(str, PriorRecipe.channels))
+    from ddcli.bundle import STORAGE_DTYPES
+    from ddcli.losses import KERNELS
+    from ddcli.models import list_models
+
+    assert catalog.MODELS == tuple(list_models()) and catalog.KERNELS == KERNELS
+    assert catalog.DTYPES == tuple(STORAGE_DTYPES)
+    assert catalog.LIA_SCHEDULE == ",".join(f"{a}:{b}" for a, b in DEFAULT_LIA_SCHEDULE)
