@@ -2,10 +2,11 @@
 
 Runs the same evaluation with the code of a git revision (``--before``, checked out into a
 temporary worktree) and with the working tree, one after the other, on an otherwise idle
-machine, and prints the training time and the per-model accuracies of both:
+machine, and prints the training time, the whole command's time (start-up, data, compilation,
+testing) and the per-model accuracies of both:
 
     python benchmarks/evaluate_speed_cpu.py fmnist-dm.safetensors --before 27600f0 \
-        --models 3 --epochs 300
+        --models 3 --epochs 300 --after-args '' --after-args '--compile off'
 """
 
 from __future__ import annotations
@@ -16,22 +17,26 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def evaluate(code: Path, bundle: str, models: int, epochs: int, seed: int) -> dict:
+def evaluate(code: Path, bundle: str, models: int, epochs: int, seed: int,
+             extra: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code)}
     cmd = [sys.executable, "-m", "ddcli", "evaluate", bundle, "--models", str(models),
            "--epochs", str(epochs), "--seed", str(seed), "--device", "cpu", "--json",
-           "--quiet"]
+           "--quiet", *extra]
+    t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)
     if r.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr}")
     rep = json.loads(r.stdout)
     res = rep["result"]
-    return {"ddcli": rep["ddcli_version"], "train_s": res["train_time_s"],
+    return {"ddcli": rep["ddcli_version"], "args": " ".join(extra),
+            "command_s": round(time.perf_counter() - t0, 1), "train_s": res["train_time_s"],
             "acc": res["accuracy_per_model"], "mean": res["accuracy_mean"],
             "std": res["accuracy_std"], "execution": res.get("execution", "vmap")}
 
@@ -44,6 +49,9 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--after-args", action="append", default=None,
+                    help="extra evaluate options for a run of the working tree (repeatable; "
+                         "one run per value, e.g. '' and '--compile off')")
     a = ap.parse_args()
     bundle = str(Path(a.bundle).resolve())
     with tempfile.TemporaryDirectory(prefix="ddcli-before-") as tmp:
@@ -51,12 +59,15 @@ def main() -> None:
                        check=True, capture_output=True)
         try:
             before = evaluate(Path(tmp), bundle, a.models, a.epochs, a.seed)
-            after = evaluate(ROOT, bundle, a.models, a.epochs, a.seed)
+            after = [evaluate(ROOT, bundle, a.models, a.epochs, a.seed, tuple(x.split()))
+                     for x in (a.after_args or [""])]
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp],
                            capture_output=True)
-    print(json.dumps({"before": {"rev": a.before, **before}, "after": after,
-                      "speedup": round(before["train_s"] / after["train_s"], 2)}, indent=1))
+    for r in after:
+        r["speedup_train"] = round(before["train_s"] / r["train_s"], 2)
+        r["speedup_command"] = round(before["command_s"] / r["command_s"], 2)
+    print(json.dumps({"before": {"rev": a.before, **before}, "after": after}, indent=1))
 
 
 if __name__ == "__main__":

@@ -233,6 +233,7 @@ def evaluate(
     device: str = "auto",
     force: bool = False,
     verbose: bool = False,
+    compile: str = "auto",
 ) -> dict:
     """Train ``models`` fresh models on ``bundle`` under ``protocol`` and test them; return
     the report ``ddcli evaluate --json`` prints (``result.accuracy_mean``, ``per_class``,
@@ -314,7 +315,8 @@ def evaluate(
                                    progress=update, soft=soft, views=views, teachers=teachers,
                                    temperature=temperature,
                                    class_counts=ds_info.get("class_counts"),
-                                   calibration=(step or {}).get("calibrate"))
+                                   calibration=(step or {}).get("calibrate"),
+                                   compile=compile)
 
     views = bundle_views(b) if soft_protocol else None
     images, labels, soft_labels = b.decoded()  # multi-formation images, decoded

@@ -15,7 +15,14 @@ from ddcli.protocols import Protocol
 from ddcli.relabel import apply_tau, last_relabel_step, mean_probs
 from ddcli.seeding import derive_seed
 from ddcli.teachers import Teacher, check_teacher, load_teacher
-from ddcli.training import Views, accuracy_report, build_ensemble, predict, train_ensemble
+from ddcli.training import (
+    Views,
+    accuracy_report,
+    build_ensemble,
+    predict,
+    should_compile,
+    train_ensemble,
+)
 
 
 def check_classes(bundle: Bundle, test: Dataset, what: str = "test") -> None:
@@ -146,6 +153,7 @@ def evaluate_images(
     temperature: float = 1.0,
     class_counts: list[int] | None = None,
     calibration: dict | None = None,
+    compile: str = "auto",
 ) -> dict:
     """Train ``num_models`` fresh models on pixel-scale ``images`` and test them on ``test``.
 
@@ -156,6 +164,8 @@ def evaluate_images(
     y = labels.to(device)
     seeds = model_seeds(seed, num_models)
     ens = build_ensemble(protocol, test.num_classes, c, tuple(images.shape[2:]), seeds, device)
+    if should_compile(compile, ens, protocol, int(images.shape[0])):
+        ens.compile()
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     teacher_fn = None
@@ -178,8 +188,11 @@ def evaluate_images(
         train_time_per_model_s=round(result.train_time_s / num_models, 3),
         train_steps=result.steps,
         batched=result.ensemble.vmapped,
-        execution=("stacked, one model after another" if result.ensemble.serial else
-                   "stacked, vmap") if result.ensemble.vmapped else "separate modules",
+        execution=(("stacked, one model after another"
+                    + (", compiled" if result.ensemble.compiled else "")
+                    if result.ensemble.serial else "stacked, vmap")
+                   if result.ensemble.vmapped else "separate modules"),
+        compile_fallback=result.ensemble.compile_error if result.ensemble.vmapped else None,
         num_train_images=int(images.shape[0]),
     )
     return report

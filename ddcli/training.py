@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +58,8 @@ class Ensemble:
                 return functional_call(base, (p, b), (x,))
 
             self._f = f
+            self._train_f = f  # the serial training forward: ``f``, or ``f`` compiled
+            self.compile_error: str | None = None
             self._train_fwd = torch.vmap(f)
             self._eval_fwd = torch.vmap(f, in_dims=(0, 0, None))
         else:
@@ -75,9 +79,36 @@ class Ensemble:
         return ({k: v[i] for k, v in self.params.items()},
                 {k: v[i] for k, v in self.buffers.items()})
 
+    def compile(self) -> bool:
+        """Train through a ``torch.compile``-d forward (the serial CPU path only): inductor
+        fuses each block's norm, ReLU and pooling, which are memory-bound passes over the
+        activations on a CPU (about 1.4× per step; ``benchmarks/evaluate_speed_cpu.py``).
+        The arithmetic is the same up to float rounding; prediction stays eager. Returns
+        whether it is on: it falls back to eager where inductor cannot build (no C++
+        compiler)."""
+        if not (self.vmapped and self.serial) or self._train_f is not self._f:
+            return self._train_f is not self._f
+        self._train_f = torch.compile(self._f, dynamic=False)
+        return True
+
+    def _serial_forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return torch.stack([self._train_f(*self._model(i), x[i]) for i in range(self.n)])
+        except Exception as e:  # inductor failed to build: eager gives the same arithmetic
+            if self._train_f is self._f or not _is_compile_failure(e):
+                raise
+            self._train_f = self._f
+            first = (str(e).splitlines() or [""])[0][:200]
+            self.compile_error = f"{type(e).__name__}: {first}"
+            return torch.stack([self._f(*self._model(i), x[i]) for i in range(self.n)])
+
+    @property
+    def compiled(self) -> bool:
+        return self._train_f is not self._f
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.vmapped and self.serial:
-            return torch.stack([self._f(*self._model(i), x[i]) for i in range(self.n)])
+            return self._serial_forward(x)
         if self.vmapped:
             return self._train_fwd(self.params, self.buffers, x)
         return torch.stack([m(x[i]) for i, m in enumerate(self.models)])
@@ -90,6 +121,32 @@ class Ensemble:
         if self.vmapped:
             return self._eval_fwd(self.params, self.buffers, x)
         return torch.stack([m(x) for m in self.models])
+
+
+def _is_compile_failure(e: Exception) -> bool:
+    """An error of torch.compile's machinery (no C++ compiler, a backend failure), as opposed
+    to an error of the model's own arithmetic."""
+    mod = type(e).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor")) or isinstance(
+        e, (OSError, subprocess.CalledProcessError))
+
+
+#: ``compile="auto"`` compiles the serial CPU step when the run passes at least this many
+#: images through the models: enough eager work (about a minute on 2 cores) to repay
+#: inductor's first-use build (about 20 s; seconds once its on-disk cache is warm)
+AUTO_COMPILE_MIN_IMAGES = 30_000
+
+
+def should_compile(mode: str, ens: Ensemble, protocol: Protocol, num_images: int) -> bool:
+    """``mode``: ``on``, ``off`` or ``auto`` (on for a long enough serial CPU run)."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"unknown compile mode {mode!r}")
+    if mode == "off" or not (ens.vmapped and ens.serial):
+        return False
+    if mode == "on":
+        return True
+    work = ens.n * protocol.train_epochs() * num_images
+    return work >= AUTO_COMPILE_MIN_IMAGES and shutil.which("c++") is not None
 
 
 def build_ensemble(

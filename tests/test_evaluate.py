@@ -178,3 +178,62 @@ def test_random_baseline_needs_the_same_ipc_in_every_class(cli, tmp_path):
     r = cli("evaluate", tmp_path / "u.safetensors", "--test", data, "--epochs", "1",
             "--models", "1", "--device", "cpu", "--baseline", "random", "--real", data)
     assert_one_line_error(r, 2, "same IPC in every class")
+
+
+def _tiny_ensemble(serial: bool = True) -> Ensemble:
+    ms = []
+    for s in (5, 6):
+        m = create_model("convnet", 3, 3, 8, width=8)
+        m.reset_parameters(torch.Generator().manual_seed(s))
+        ms.append(m)
+    return Ensemble(ms, torch.device("cpu"), serial=serial)
+
+
+def test_compiled_cpu_step_trains_the_same_models_as_eager():
+    """``evaluate --compile``: the inductor-compiled serial step is the same arithmetic."""
+    data_x = torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    data_y = torch.arange(3).repeat_interleave(4)
+    proto = get_protocol("dm", epochs=3)
+    eager, compiled = _tiny_ensemble(), _tiny_ensemble()
+    assert compiled.compile() and compiled.compiled and not eager.compiled
+    for ens in (eager, compiled):
+        train_ensemble(ens, data_x, data_y, proto, torch.Generator().manual_seed(1))
+    assert compiled.compiled, compiled.compile_error  # it did not fall back
+    for k, v in eager.params.items():
+        assert torch.allclose(v, compiled.params[k], atol=1e-5), k
+
+
+def test_compile_falls_back_to_eager_when_inductor_cannot_build(monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def broken(fn, **kw):
+        def run(*a):
+            raise BackendCompilerFailed.__new__(BackendCompilerFailed)
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    data_x = torch.randn(6, 3, 8, 8)
+    data_y = torch.arange(3).repeat_interleave(2)
+    ens, ref = _tiny_ensemble(), _tiny_ensemble()
+    ens.compile()
+    proto = get_protocol("dm", epochs=1)
+    train_ensemble(ens, data_x, data_y, proto, torch.Generator().manual_seed(1))
+    train_ensemble(ref, data_x, data_y, proto, torch.Generator().manual_seed(1))
+    assert not ens.compiled and ens.compile_error.startswith("BackendCompilerFailed")
+    for k, v in ref.params.items():
+        assert torch.equal(v, ens.params[k]), k
+
+
+def test_auto_compile_only_for_long_serial_cpu_runs():
+    from ddcli.training import AUTO_COMPILE_MIN_IMAGES, should_compile
+
+    proto = get_protocol("dm", epochs=300)  # 301 epochs
+    ens = _tiny_ensemble()
+    assert should_compile("auto", ens, proto, 100)  # the sample's evaluation: 2 x 301 x 100
+    assert not should_compile("auto", ens, get_protocol("dm", epochs=2), 100)
+    assert not should_compile("off", ens, proto, 10**6)
+    assert should_compile("on", ens, get_protocol("dm", epochs=1), 1)
+    assert not should_compile("on", _tiny_ensemble(serial=False), proto, 100)  # vmap path
+    assert 2 * 301 * 50 >= AUTO_COMPILE_MIN_IMAGES
+    with pytest.raises(ValueError):
+        should_compile("sometimes", ens, proto, 1)
