@@ -234,6 +234,7 @@ def evaluate(
     force: bool = False,
     verbose: bool = False,
     compile: str = "auto",
+    amp: str = "off",
 ) -> dict:
     """Train ``models`` fresh models on ``bundle`` under ``protocol`` and test them; return
     the report ``ddcli evaluate --json`` prints (``result.accuracy_mean``, ``per_class``,
@@ -316,7 +317,7 @@ def evaluate(
                                    temperature=temperature,
                                    class_counts=ds_info.get("class_counts"),
                                    calibration=(step or {}).get("calibrate"),
-                                   compile=compile)
+                                   compile=compile, amp=amp)
 
     views = bundle_views(b) if soft_protocol else None
     images, labels, soft_labels = b.decoded()  # multi-formation images, decoded

@@ -154,6 +154,7 @@ def evaluate_images(
     class_counts: list[int] | None = None,
     calibration: dict | None = None,
     compile: str = "auto",
+    amp: str = "off",
 ) -> dict:
     """Train ``num_models`` fresh models on pixel-scale ``images`` and test them on ``test``.
 
@@ -164,7 +165,8 @@ def evaluate_images(
     y = labels.to(device)
     seeds = model_seeds(seed, num_models)
     ens = build_ensemble(protocol, test.num_classes, c, tuple(images.shape[2:]), seeds, device)
-    if should_compile(compile, ens, protocol, int(images.shape[0])):
+    if should_compile(compile if amp == "off" else "off" if compile == "auto" else compile,
+                      ens, protocol, int(images.shape[0])):  # bf16 gains nothing from it
         ens.compile()
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -177,7 +179,7 @@ def evaluate_images(
         ens, x, y, protocol, gen, progress,
         soft=soft.to(device).float() if soft is not None else None,
         views=views.to(device) if views is not None else None,
-        teacher=teacher_fn, temperature=temperature,
+        teacher=teacher_fn, temperature=temperature, amp=amp,
     )
     test_x = normalize(test.images.to(device).float() / 255.0, mean, std)
     preds = predict(result.ensemble, test_x)
@@ -192,6 +194,7 @@ def evaluate_images(
                     + (", compiled" if result.ensemble.compiled else "")
                     if result.ensemble.serial else "stacked, vmap")
                    if result.ensemble.vmapped else "separate modules"),
+        amp=amp,
         compile_fallback=result.ensemble.compile_error if result.ensemble.vmapped else None,
         num_train_images=int(images.shape[0]),
     )

@@ -237,3 +237,25 @@ def test_auto_compile_only_for_long_serial_cpu_runs():
     assert 2 * 301 * 50 >= AUTO_COMPILE_MIN_IMAGES
     with pytest.raises(ValueError):
         should_compile("sometimes", ens, proto, 1)
+
+
+def test_amp_bf16_is_a_recorded_opt_in(cli, tmp_path):
+    data_x = torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    data_y = torch.arange(3).repeat_interleave(4)
+    proto = get_protocol("dm", epochs=2)
+    fp32, bf16 = _tiny_ensemble(), _tiny_ensemble()
+    train_ensemble(fp32, data_x, data_y, proto, torch.Generator().manual_seed(1))
+    train_ensemble(bf16, data_x, data_y, proto, torch.Generator().manual_seed(1), amp="bf16")
+    k = next(iter(fp32.params))
+    assert not torch.equal(fp32.params[k], bf16.params[k])  # autocast was on
+    assert torch.allclose(fp32.params[k], bf16.params[k], atol=0.05)  # and near fp32
+    assert all(v.dtype == torch.float32 for v in bf16.params.values())
+    shards = write_shards(tmp_path / "shards")
+    out = tmp_path / "d.safetensors"
+    assert cli("distill", shards, "--ipc", "1", "--iterations", "1", "--batch-real", "4",
+               "--width", "8", "-o", out, "--device", "cpu").code == 0
+    r = cli("evaluate", out, "--test", shards, "--models", "1", "--epochs", "1", "--device",
+            "cpu", "--amp", "BF16", "--json")
+    assert r.code == 0, r
+    assert r.json()["result"]["amp"] == "bf16"
+    assert_one_line_error(cli("evaluate", out, "--test", shards, "--amp", "fp8"), 2, "--amp")
