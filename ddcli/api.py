@@ -8,6 +8,7 @@ and ``ddcli evaluate`` (the commands parse options, call them and print what the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch.utils.data
 
 from ddcli import __version__
 from ddcli.bundle import Bundle, load_bundle, save_bundle
-from ddcli.errors import InputError
+from ddcli.errors import DDCliError, InputError, Interrupted
 
 __all__ = ["BundleDataset", "distill", "evaluate", "load_bundle"]
 
@@ -125,11 +126,38 @@ def distill(
     ``batch_real=64``, ...; ``ddcli list methods`` shows them). ``verbose`` shows progress on
     stderr.
     """
-    from ddcli.cli.common import device_label, load_cli_dataset, resolve_device
-    from ddcli.data import sample_dir
+
+    from ddcli.distributed import env_world_size
+
+    world = env_world_size()
+    if world > 1 and os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        try:
+            return _distill(data, method=method, out=out, seed=seed, device=device,
+                            force=force, train_files=train_files, image_size=image_size,
+                            channels=channels, skip_bad=skip_bad, max_per_class=max_per_class,
+                            imbalance_factor=imbalance_factor, relabel=relabel,
+                            relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every,
+                            resume=resume, dtype=dtype, verbose=False, command=command,
+                            world=world, **options)
+        except Interrupted:
+            raise SystemExit(Interrupted.exit_code) from None  # rank 0 says it
+        except DDCliError as e:
+            raise type(e)(f"rank {os.environ['RANK']}: {e}", e.exit_code) from None
+    return _distill(data, method=method, out=out, seed=seed, device=device, force=force,
+                    train_files=train_files, image_size=image_size, channels=channels,
+                    skip_bad=skip_bad, max_per_class=max_per_class,
+                    imbalance_factor=imbalance_factor, relabel=relabel,
+                    relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every,
+                    resume=resume, dtype=dtype, verbose=verbose, command=command, world=world,
+                    **options)
+
+
+def _distill(data, *, method, out, seed, device, force, train_files, image_size, channels,
+             skip_bad, max_per_class, imbalance_factor, relabel, relabel_teacher,
+             checkpoint_every, resume, dtype, verbose, command, world, **options) -> dict:
+    from ddcli.cli.common import resolve_device
     from ddcli.io import check_writable
     from ddcli.methods import create_method
-    from ddcli.methods.base import checkpoint_path_for, run_method
 
     rep = _reporter(verbose)
     dev = resolve_device(device)
@@ -142,7 +170,37 @@ def distill(
     builtin = data is None
     preset = "sample-cpu" if builtin else None
     algo = create_method(method.lower(), preset=preset, **overrides)  # fails before reading
+    if world > 1:
+        why = algo.split_refusal()
+        if why is None and relabel:
+            why = "--relabel does not run under torchrun; run 'ddcli relabel' on the bundle after"
+        if why is not None:
+            raise InputError(f"{why} (WORLD_SIZE={world}); run it as one process, without "
+                             "torchrun")
+        from ddcli.distributed import init_distributed
 
+        ctx = init_distributed(dev)
+        try:
+            return _distill_run(rep, algo, data, builtin, preset, out, seed, ctx.device, force,
+                                train_files, image_size, channels, skip_bad, max_per_class,
+                                imbalance_factor, relabel, relabel_teacher, checkpoint_every,
+                                resume, dtype, command, ctx)
+        finally:
+            ctx.close()
+    return _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_files,
+                        image_size, channels, skip_bad, max_per_class, imbalance_factor, relabel,
+                        relabel_teacher, checkpoint_every, resume, dtype, command, None)
+
+
+def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_files,
+                 image_size, channels, skip_bad, max_per_class, imbalance_factor, relabel,
+                 relabel_teacher, checkpoint_every, resume, dtype, command, ctx) -> dict:
+    from ddcli.cli.common import device_label, load_cli_dataset
+    from ddcli.data import sample_dir
+    from ddcli.io import check_writable
+    from ddcli.methods.base import checkpoint_path_for, run_method
+
+    dev = str(dev)
     path = sample_dir() if builtin else Path(data)
     ds = load_cli_dataset(
         rep, path, "train", files=train_files, image_size=image_size, channels=channels,
@@ -150,6 +208,9 @@ def distill(
     )
     if builtin:
         ds.subset["builtin_sample"] = True
+    if ctx is not None and ds.num_classes < ctx.world_size:
+        raise InputError(f"{ctx.world_size} processes for {ds.num_classes} classes: use at "
+                         "most one process per class")
     cfg = algo.config
     if out is None:
         out = Path(f"{ds.name}-{algo.name}-ipc{getattr(cfg, 'ipc', 0)}.safetensors")
@@ -167,9 +228,15 @@ def distill(
     with rep.progress(f"distilling ({algo.name})", algo.iterations) as update:
         syn, stats = run_method(
             algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-            resume=resume, progress=update, warn=rep.warn,
+            resume=resume, progress=update, warn=rep.warn, dist=ctx,
         )
+    if ctx is not None and not ctx.is_main:  # rank 0 alone writes
+        return {}
     recorded = algo.recorded_config()
+    step = {"command": command, "step": "distill", "method": algo.name, "config": recorded,
+            "stats": stats, "parent_checksum": None}
+    if ctx is not None:
+        step["world_size"] = ctx.world_size
     bundle = Bundle(
         images=syn.images,
         labels=syn.labels,
@@ -179,9 +246,7 @@ def distill(
         dataset=info,
         seed=seed,
         device=device_label(dev),
-        provenance=[{"command": command, "step": "distill", "method": algo.name,
-                     "config": recorded, "stats": stats,
-                     "parent_checksum": None}],
+        provenance=[step],
     )
     if relabel:  # the paper's pipeline in one command: LIA soft labels
         bundle = _relabel(rep, bundle, ds, list(relabel_teacher or ["convnet"]), dev, seed,

@@ -550,5 +550,5 @@ def distill(
         command=command_line(),
         **options,
     )
-    if json_out:
+    if json_out and report:  # under torchrun only rank 0 reports
         print_json(report)

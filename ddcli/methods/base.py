@@ -130,10 +130,14 @@ class ClassPool:
         perm = perm % self.counts.view(-1, 1)
         return self.offsets.view(-1, 1) + perm
 
-    def sample(self, per_class: int, generator: torch.Generator) -> torch.Tensor:
-        """Normalised real images, (C * per_class, ch, H, W), grouped by class."""
-        idx = self.sample_index(per_class, generator).flatten()
-        return self.normalize(self.images[idx])
+    def sample(self, per_class: int, generator: torch.Generator,
+               classes: tuple[int, int] | None = None) -> torch.Tensor:
+        """Normalised real images, (C * per_class, ch, H, W), grouped by class. With
+        ``classes`` (lo, hi) only those classes' images, from the same draws as all classes'."""
+        idx = self.sample_index(per_class, generator)
+        if classes is not None:
+            idx = idx[classes[0]:classes[1]]
+        return self.normalize(self.images[idx.flatten()])
 
     def init_images(self, ipc: int, generator: torch.Generator, noise: float = 0.1) -> torch.Tensor:
         """Random real images per class (normalised). Where a class has fewer than ``ipc``
@@ -167,10 +171,27 @@ class Method:
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
+    #: whether the classes can be split among torchrun ranks (independent per-class losses;
+    #: the method honours :attr:`classes` and :meth:`class_state_keys`)
+    splits_classes: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig):
         self.config = config
         self.reporter = None  # set by the CLI: progress bars for long setup work
+        #: the classes [lo, hi) this process computes and updates (None: all of them); set by
+        #: the harness before ``setup`` under torchrun
+        self.classes: tuple[int, int] | None = None
+
+    def split_refusal(self) -> str | None:
+        """Why this method (with this config) cannot split its classes among ranks, or None."""
+        if not self.splits_classes:
+            return f"method {self.name} cannot split its work among processes"
+        return None
+
+    def class_state_keys(self) -> set[str]:
+        """The keys of :meth:`state` whose tensors hold one block of rows per class (gathered
+        from the ranks that own them); the other tensors are the same on every rank."""
+        return set()
 
     def setup_progress(self, description: str, total: int | None):
         """A progress context for setup work (experts, priors): the reporter's, or silent."""
@@ -225,8 +246,10 @@ def _run_key(method: Method, data: Dataset, seed: int, device: torch.device) -> 
     }
 
 
-def _save_checkpoint(path: Path, method: Method, gen: torch.Generator, it: int, key: dict) -> None:
-    tensors = {k: v.detach().contiguous() for k, v in method.state().items()}
+def _save_checkpoint(path: Path, method: Method, gen: torch.Generator, it: int, key: dict,
+                     state: dict[str, torch.Tensor] | None = None) -> None:
+    state = method.state() if state is None else state
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
     tensors = {k: v.cpu() for k, v in tensors.items()}
     tensors["_generator"] = gen.get_state()
     with atomic_path(path) as tmp:
@@ -264,6 +287,40 @@ def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict
     return int(it)
 
 
+def _gathered_state(method: Method, dist, num_classes: int) -> dict[str, torch.Tensor]:
+    """The whole state on every rank: the class-split tensors assembled from their owners."""
+    keys = method.class_state_keys()
+    return {k: dist.gather_classes(v, num_classes) if k in keys else v
+            for k, v in method.state().items()}
+
+
+def _resume_distributed(checkpoint: Path, method: Method, gen: torch.Generator, key: dict,
+                        dist, warn: Callable[[str], None]) -> int:
+    """Rank 0 reads and checks the checkpoint and hands it to every rank."""
+    payload: tuple = ("missing",)
+    if dist.is_main:
+        try:
+            if checkpoint.exists():
+                it = _load_checkpoint(checkpoint, method, gen, key)
+                payload = ("ok", it, {k: v.detach().cpu() for k, v in method.state().items()},
+                           gen.get_state())
+            else:
+                warn(f"no checkpoint at {checkpoint}; starting from iteration 0")
+        except InputError as e:
+            payload = ("error", str(e))
+    payload = dist.broadcast(payload)
+    if payload[0] == "error":
+        if dist.is_main:
+            raise InputError(payload[1])
+        raise SystemExit(InputError.exit_code)  # rank 0 says why
+    if payload[0] == "missing":
+        return 0
+    if not dist.is_main:
+        gen.set_state(payload[3])
+        method.load_state({k: v.to(method_device(method)) for k, v in payload[2].items()})
+    return int(payload[1])
+
+
 def method_device(method: Method) -> torch.device:
     return getattr(method, "device", torch.device("cpu"))
 
@@ -283,6 +340,7 @@ def run_method(
     progress: ProgressFn | None = None,
     log_every: int = 50,
     warn: Callable[[str], None] = lambda m: None,
+    dist=None,
 ) -> tuple[SyntheticSet, dict[str, Any]]:
     """Run ``method`` on ``data``; return the synthetic set and run statistics.
 
@@ -290,16 +348,25 @@ def run_method(
     state is checkpointed with the method's state, so a resumed run equals an uninterrupted
     one. Ctrl-C (SIGINT) finishes the current iteration, saves a checkpoint and raises
     :class:`Interrupted`.
+
+    With ``dist`` (a :class:`ddcli.distributed.DistContext`, under torchrun) this process
+    computes only its block of classes; the ranks meet at log points (the loss summed over
+    them, the non-finite check, Ctrl-C), at checkpoints and at the end, and only rank 0 writes
+    checkpoints. The result (on every rank) equals the single-process one.
     """
     device = torch.device(device)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     mean, std = data.mean_std()
     method.device = device
+    if dist is not None:
+        method.classes = dist.classes(data.num_classes)
     method.setup(data, device, gen, mean, std)
     key = _run_key(method, data, seed, device)
     start = 0
-    if resume and checkpoint is not None:
+    if resume and checkpoint is not None and dist is not None:
+        start = _resume_distributed(checkpoint, method, gen, key, dist, warn)
+    elif resume and checkpoint is not None:
         if checkpoint.exists():
             start = _load_checkpoint(checkpoint, method, gen, key)
         else:
@@ -328,12 +395,28 @@ def run_method(
     first_bad = torch.zeros((), dtype=torch.int64, device=device)
 
     def check_finite() -> None:
-        bad = int(first_bad)
+        if dist is None:
+            bad = int(first_bad)
+        else:  # the first bad iteration of any rank (a collective: every rank calls it here)
+            never = torch.full((), 2**62, dtype=torch.int64, device=device)
+            bad = int(dist.all_reduce(torch.where(first_bad > 0, first_bad, never), "min"))
+            bad = 0 if bad == 2**62 else bad
         if bad:
+            if dist is not None and not dist.is_main:
+                raise SystemExit(RunError.exit_code)  # rank 0 says it
             raise RunError(
                 f"the loss became non-finite (NaN or infinity) at iteration {bad}/{total}; "
                 "no bundle was written (a smaller --lr may help)"
             )
+
+    def save(at: int) -> None:
+        if dist is None:
+            _save_checkpoint(checkpoint, method, gen, at, key)
+            return
+        state = _gathered_state(method, dist, data.num_classes)
+        if dist.is_main:
+            _save_checkpoint(checkpoint, method, gen, at, key, state)
+        dist.barrier()  # the checkpoint is complete before any rank goes on
 
     try:
         loss = None
@@ -345,8 +428,12 @@ def run_method(
                                        it)
             elif loss is not None and not math.isfinite(float(loss)) and not int(first_bad):
                 first_bad.fill_(it)
-            if it % log_every == 0 or it == total:
-                value = float(loss)  # the only host sync, every log_every iterations
+            log_point = it % log_every == 0 or it == total
+            if log_point:
+                if dist is None:
+                    value = float(loss)  # the only host sync, every log_every iterations
+                else:  # the loss summed over the ranks' classes
+                    value = float(dist.all_reduce(loss.detach().float().reshape(())))
                 check_finite()
                 losses.append(value)
                 if progress:
@@ -354,11 +441,15 @@ def run_method(
             if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 \
                     and it < total:
                 check_finite()
-                _save_checkpoint(checkpoint, method, gen, it, key)
-            if stop["flag"]:
+                save(it)
+            stopping = stop["flag"]
+            if dist is not None:  # the ranks agree on stopping at log points only
+                stopping = log_point and bool(dist.all_reduce(
+                    torch.tensor(float(stopping)), "max"))
+            if stopping:
                 check_finite()
                 if checkpoint is not None:
-                    _save_checkpoint(checkpoint, method, gen, it, key)
+                    save(it)
                     raise Interrupted(
                         f"interrupted at iteration {it}/{total}; checkpoint saved to {checkpoint}"
                         "; rerun with --resume to continue"
@@ -381,6 +472,8 @@ def run_method(
         "peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         if device.type == "cuda" else None,
     }
+    if dist is not None:  # every rank's classes, assembled (bit-exact) on every rank
+        method.load_state(_gathered_state(method, dist, data.num_classes))
     result = method.result()
     if not bool(torch.isfinite(result.images).all()):
         raise RunError(f"the synthetic images are not finite (NaN or infinity) after iteration "

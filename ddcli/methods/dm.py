@@ -104,6 +104,7 @@ class DMConfig(MethodConfig):
 class DM(Method):
     name = "dm"
     Config = DMConfig
+    splits_classes = True
     #: optimise [0, 1] pixels, clamped at the start of every iteration (:meth:`clamp_pixels`)
     #: as TGDD and NCFM do, instead of normalised values as DM does
     pixel_space: ClassVar[bool] = False
@@ -165,16 +166,34 @@ class DM(Method):
         with self.autocast:
             return net.embed(x).float()
 
+    def split_refusal(self) -> str | None:
+        if type(self).step is not DM.step:  # a subclass with its own loop
+            return f"method {self.name} cannot split its work among processes yet"
+        if self.config.model.endswith("-bn"):
+            return (f"--model {self.config.model} cannot be split among processes (batch norm "
+                    "mixes the classes' images); use convnet or resnet18")
+        return None
+
+    def class_state_keys(self) -> set[str]:
+        return {k for k, v in self.state().items() if v.shape == self.syn.shape}
+
     def step(self, it: int) -> torch.Tensor:
         cfg: DMConfig = self.config
-        c = self.num_classes
         net = self.extractor()
-        real = self.pool.sample(cfg.batch_real, self.gen)
-        params = augment.sample_params(c, self.gen, cfg.dsa_strategy)  # one row per class
+        real = self.pool.sample(cfg.batch_real, self.gen, self.classes)
+        params = augment.sample_params(self.num_classes, self.gen, cfg.dsa_strategy)  # per class
+        syn, real_rows, dec_labels = self.syn, self.real_rows, self.dec_labels
+        c = self.num_classes
+        if self.classes is not None:  # torchrun: this rank's classes only, same draws
+            lo, hi = self.classes
+            c, n_syn, n_dec = hi - lo, len(self.syn_labels), len(self.dec_labels)
+            syn = syn[lo * n_syn // self.num_classes:hi * n_syn // self.num_classes]
+            real_rows = real_rows[lo * cfg.batch_real:hi * cfg.batch_real]
+            dec_labels = dec_labels[lo * n_dec // self.num_classes:hi * n_dec // self.num_classes]
         with torch.no_grad():
-            f_real = self._embed(net, augment.apply(real, params, self.real_rows))
-        syn = formation.decode(self.syn, self.factor)
-        f_syn = self._embed(net, augment.apply(syn, params, self.dec_labels))
+            f_real = self._embed(net, augment.apply(real, params, real_rows))
+        syn = formation.decode(syn, self.factor)
+        f_syn = self._embed(net, augment.apply(syn, params, dec_labels))
         loss = self.match_loss(f_real.view(c, cfg.batch_real, -1),
                                f_syn.view(c, -1, f_syn.shape[-1]))
         self.opt.zero_grad(set_to_none=True)

@@ -1,0 +1,160 @@
+"""Several processes through ``torchrun``: the classes split among the ranks.
+
+``torchrun --nproc-per-node N -m ddcli distill ...`` starts N copies of the command with
+``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` set. For the methods whose per-class losses are
+independent (:attr:`ddcli.methods.base.Method.splits_classes`), rank r owns a contiguous block
+of classes: every rank makes the same random draws as a single process would (the shared seed),
+but computes the network passes and updates only for its own classes' synthetic images. Rank 0
+gathers the images and alone writes checkpoints and the bundle. Collectives happen only at log
+points, checkpoints and the end, never per iteration.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ddcli.errors import InputError, RunError
+
+FAILED = ("another process of the distributed run failed or was killed (torchrun's report "
+          "names it); no bundle was written")
+
+
+def env_world_size() -> int:
+    """The world size torchrun set (1 outside torchrun); a bad value is refused."""
+    raw = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    try:
+        n = int(raw)
+    except ValueError:
+        raise InputError(f"bad WORLD_SIZE {raw!r} in the environment") from None
+    if n < 1:
+        raise InputError(f"bad WORLD_SIZE {raw!r} in the environment")
+    return n
+
+
+def class_block(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The classes [lo, hi) rank ``rank`` owns: contiguous blocks, sizes differing by at most
+    one (``torch.tensor_split``'s rule); a rank may own none when ranks outnumber classes."""
+    base, extra = divmod(num_classes, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+@dataclass
+class DistContext:
+    """This process's place in a torchrun run (a process group is initialised)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def classes(self, num_classes: int) -> tuple[int, int]:
+        return class_block(num_classes, self.rank, self.world_size)
+
+    # -- collectives, each turning a dead peer into one RunError --------------------------
+
+    def _call(self, fn, *args, **kwargs):
+        import torch.distributed as dist
+
+        try:
+            return fn(*args, **kwargs)
+        except (RuntimeError, dist.DistError) as e:
+            raise RunError(FAILED) from e
+
+    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        import torch.distributed as dist
+
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        t = t.to(self.device).clone()
+        self._call(dist.all_reduce, t, op=ops[op])
+        return t
+
+    def gather_classes(self, t: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Every rank's own class rows of ``t`` ((C * k, ...), grouped by class), assembled on
+        every rank: row blocks are exchanged as they are (no arithmetic), so the result is
+        bit-exact."""
+        import torch.distributed as dist
+
+        k = t.shape[0] // num_classes
+        blocks = [class_block(num_classes, r, self.world_size) for r in range(self.world_size)]
+        most = max(hi - lo for lo, hi in blocks) * k
+        lo, hi = blocks[self.rank]
+        mine = t[lo * k:hi * k].detach().to(self.device)
+        pad = torch.zeros((most, *t.shape[1:]), dtype=t.dtype, device=self.device)
+        pad[:mine.shape[0]] = mine
+        parts = [torch.empty_like(pad) for _ in range(self.world_size)]
+        self._call(dist.all_gather, parts, pad)
+        rows = [p[:(b_hi - b_lo) * k] for p, (b_lo, b_hi) in zip(parts, blocks, strict=True)]
+        return torch.cat(rows).to(t.device)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (pickled)."""
+        import torch.distributed as dist
+
+        box = [obj if self.is_main else None]
+        self._call(dist.broadcast_object_list, box, src=0, device=self.device
+                   if self.device.type == "cuda" else None)
+        return box[0]
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        self._call(dist.barrier)
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device: str) -> DistContext:
+    """Join the process group torchrun set up: gloo on the CPU, nccl on CUDA (one GPU per
+    process, ``cuda:LOCAL_RANK``). A SIGTERM (torchrun stopping the survivors after a rank
+    failed) becomes a :class:`RunError`, so the run ends with one line, not a traceback."""
+    import torch.distributed as dist
+
+    world = env_world_size()
+    try:
+        rank = int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        raise InputError("WORLD_SIZE is set but RANK is not: start several processes with "
+                         "torchrun (see the README, 'Several GPUs / machines')") from None
+    if device.startswith("cuda"):
+        if local >= torch.cuda.device_count():
+            raise InputError(f"LOCAL_RANK {local} has no GPU (this machine has "
+                             f"{torch.cuda.device_count()}); use --nproc-per-node <= that")
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    else:
+        dev = torch.device("cpu")
+        backend = "gloo"
+    if "MASTER_ADDR" not in os.environ:
+        raise InputError("WORLD_SIZE is set but MASTER_ADDR is not: start several processes "
+                         "with torchrun")
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world)
+    except (RuntimeError, ValueError) as e:
+        raise RunError(f"cannot join the process group ({backend}): {e}") from None
+
+    def on_term(signum, frame):  # rank 0 says it once; the others end quietly
+        if rank == 0:
+            raise RunError(FAILED)
+        raise SystemExit(1)
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        pass
+    return DistContext(rank, world, local, dev)

@@ -1,0 +1,134 @@
+"""Several processes through torchrun (gloo, CPU): the classes split among the ranks.
+
+The 2-process bundle holds the same tensors as the 1-process one, bit for bit. Its checksum
+differs, as the checksum covers the provenance: the command line and ``"world_size": 2``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_one_line_error, write_shards
+
+from ddcli.bundle import load_bundle
+from ddcli.distributed import class_block
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--ipc", "2", "--iterations", "8", "--batch-real", "4", "--width", "8", "--seed", "3",
+        "--quiet"]
+CLASSES5 = ["a", "b", "c", "d", "e"]  # 5 classes: 3 on rank 0, 2 on rank 1
+
+# a launcher that SIGKILLs rank $KILL_RANK in DM's iteration $KILL_AT, then runs the CLI
+KILLER = """
+import os, signal
+from ddcli.methods.dm import DM
+_step = DM.step
+def step(self, it):
+    if os.environ["RANK"] == os.environ["KILL_RANK"] and it == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _step(self, it)
+DM.step = step
+from ddcli.__main__ import main
+main()
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", **extra)
+    return env
+
+
+def _torchrun(n: int, target: list[str], args: list, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={n}", *target, "distill", *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=_env(**env), capture_output=True, text=True,
+                          timeout=240)
+
+
+def _single(args: list) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ddcli", "distill", *map(str, args)], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture
+def data5(tmp_path: Path) -> Path:
+    return write_shards(tmp_path / "data5", n_train=12, classes=CLASSES5)
+
+
+def test_class_blocks_cover_the_classes_once():
+    for classes in (1, 2, 5, 10, 11):
+        for world in range(1, classes + 1):
+            blocks = [class_block(classes, r, world) for r in range(world)]
+            assert blocks[0][0] == 0 and blocks[-1][1] == classes
+            assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
+            sizes = [hi - lo for lo, hi in blocks]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_two_processes_give_the_one_process_images(data5: Path, tmp_path: Path):
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    r = _single([data5, *ARGS, "--factor", "2", "-o", one])
+    assert r.returncode == 0, r.stderr
+    r = _torchrun(2, ["-m", "ddcli"], [data5, *ARGS, "--factor", "2", "--json", "-o", two])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count('"checksum"') == 1  # rank 0 alone reports
+    a, b = load_bundle(one), load_bundle(two)
+    assert torch.equal(a.images, b.images)  # bit-identical on the CPU
+    assert torch.equal(a.labels, b.labels)
+    assert b.provenance[0]["world_size"] == 2
+    assert "world_size" not in a.provenance[0]
+    assert not Path(str(two) + ".ckpt.safetensors").exists()
+
+
+def test_killed_rank_fails_the_run_and_resume_continues(data5: Path, tmp_path: Path):
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    out, full = tmp_path / "k.safetensors", tmp_path / "full.safetensors"
+    ckpt = Path(str(out) + ".ckpt.safetensors")
+    args = [data5, *ARGS, "--checkpoint-every", "2", "-o", out]
+    r = _torchrun(2, [str(killer)], args, KILL_RANK="1", KILL_AT="5")
+    assert r.returncode != 0
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, r.stderr
+    assert "no bundle was written" in errors[0]
+    assert not out.exists()
+    assert ckpt.exists()  # rank 0's, from iteration 4
+
+    r = _torchrun(2, ["-m", "ddcli"], [*args, "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert not ckpt.exists()
+    r = _single([data5, *ARGS, "-o", full])
+    assert r.returncode == 0, r.stderr
+    b = load_bundle(out)
+    assert b.provenance[0]["stats"]["resumed_from"] == 4
+    assert torch.equal(load_bundle(full).images, b.images)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["-m", "sfm"], "method sfm cannot split"),
+    (["-m", "tgdd"], "method tgdd cannot split"),
+    (["--model", "convnet-bn"], "batch norm"),
+    (["--relabel"], "--relabel does not run under torchrun"),
+])
+def test_unsplittable_runs_are_refused(cli, shards: Path, tmp_path: Path, monkeypatch,
+                                       extra: list[str], fragment: str):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    out = tmp_path / "x.safetensors"
+    run = cli("distill", shards, "--ipc", "1", "--iterations", "2", *extra, "-o", out)
+    assert_one_line_error(run, 2, fragment, "WORLD_SIZE=2")
+    assert not out.exists()
+
+
+def test_bad_world_size_is_refused(cli, shards: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    run = cli("distill", shards, "--ipc", "1", "--iterations", "2", "-o", tmp_path / "x")
+    assert_one_line_error(run, 2, "WORLD_SIZE")
