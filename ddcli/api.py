@@ -225,7 +225,10 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
     algo.reporter = rep
     if command is None:
         command = PYTHON_COMMAND.format("distill")
-    with rep.progress(f"distilling ({algo.name})", algo.iterations) as update:
+    cpu_hint = ("a GPU (--device cuda) or fewer --iterations is faster"
+                if dev == "cpu" else None)
+    with rep.progress(f"distill ({algo.name})", algo.iterations, unit="iterations",
+                      estimate=True, cpu_hint=cpu_hint) as update:
         syn, stats = run_method(
             algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
             resume=resume, progress=update, warn=rep.warn, dist=ctx,
@@ -373,12 +376,21 @@ def evaluate(
     teachers = teachers_for(b, [Path(t) for t in teacher or []], dev) if needs_teachers else []
     check_no_test_leak(b, teachers, test_ds)
 
+    cpu_hint = ("a GPU (--device cuda), fewer --models or fewer --epochs is faster"
+                if dev.type == "cpu" else None)
+
     def run(images, labels, label, soft=None, views=None):
-        with rep.progress(f"training {models} models ({label})",
-                          proto.train_epochs()) as update:
+        with rep.progress(f"training {models} models ({label})", proto.train_epochs(),
+                          unit="epochs", estimate=True, cpu_hint=cpu_hint) as update:
+            def test_progress(done: int, total: int) -> None:
+                update(done, total=total, description=f"testing {models} models on "
+                                                      f"{len(test_ds)} images ({label})",
+                       unit="batches")
+
             return evaluate_images(images, labels, mean=mean, std=std, test=test_ds,
                                    protocol=proto, num_models=models, seed=seed, device=dev,
-                                   progress=update, soft=soft, views=views, teachers=teachers,
+                                   progress=update, test_progress=test_progress,
+                                   soft=soft, views=views, teachers=teachers,
                                    temperature=temperature,
                                    class_counts=ds_info.get("class_counts"),
                                    calibration=(step or {}).get("calibrate"),
@@ -499,11 +511,16 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
     counts = b.dataset.get("class_counts")
 
     def run(pixels, labs, label, golden_arg):
-        with rep.progress(f"{models} linear probes ({label})", proto.epochs) as update:
+        with rep.progress(f"{models} linear probes ({label})", proto.epochs, unit="epochs",
+                          estimate=True) as update:
+            def test_progress(done: int, total: int) -> None:
+                update(done, total=total, unit="images",
+                       description=f"testing {models} probes on {total} images ({label})")
+
             return linear_probe(pixels, labs, test_ds.images, test_ds.labels, b.num_classes, bb,
                                 num_models=models, epochs=proto.epochs, seed=seed, device=dev,
                                 golden=golden_arg, golden_bb=golden_bb, class_counts=counts,
-                                progress=update)
+                                progress=update, test_progress=test_progress)
 
     result = run(images, labels, "bundle", golden if inherit else None)
     report = _report_head(b, bundle_path, proto, models, seed, dev, test_ds)

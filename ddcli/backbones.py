@@ -84,8 +84,14 @@ class Backbone:
         return self.features(self.prepare(pixels))
 
     @torch.no_grad()
-    def embed_all(self, pixels: torch.Tensor, device, chunk: int = 256) -> torch.Tensor:
-        out = [self.embed(pixels[i : i + chunk].to(device)) for i in range(0, len(pixels), chunk)]
+    def embed_all(self, pixels: torch.Tensor, device, chunk: int = 256,
+                  progress: Callable[..., None] | None = None) -> torch.Tensor:
+        """Features of every image, ``chunk`` at a time; ``progress(done_images, total)``."""
+        out = []
+        for i in range(0, len(pixels), chunk):
+            out.append(self.embed(pixels[i : i + chunk].to(device)))
+            if progress:
+                progress(min(i + chunk, len(pixels)), len(pixels))
         return torch.cat(out) if out else torch.zeros((0, self.feature_dim), device=device)
 
 

@@ -147,6 +147,7 @@ def evaluate_images(
     seed: int,
     device: torch.device,
     progress: Callable[..., None] | None = None,
+    test_progress: Callable[[int, int], None] | None = None,
     soft: torch.Tensor | None = None,
     views: Views | None = None,
     teachers: list[Teacher] | None = None,
@@ -159,7 +160,9 @@ def evaluate_images(
     """Train ``num_models`` fresh models on pixel-scale ``images`` and test them on ``test``.
 
     ``soft`` / ``views`` feed the soft-label losses; ``teachers`` run on every augmented batch
-    for ``kd-online``, with the relabel step's ``calibration`` (ADSA τ) applied."""
+    for ``kd-online``, with the relabel step's ``calibration`` (ADSA τ) applied.
+    ``progress(epoch)`` follows the training, ``test_progress(done, total)`` the test
+    prediction (chunks of test images)."""
     c = images.shape[1]
     x = normalize(images.to(device), mean, std)
     y = labels.to(device)
@@ -182,7 +185,7 @@ def evaluate_images(
         teacher=teacher_fn, temperature=temperature, amp=amp,
     )
     test_x = normalize(test.images.to(device).float() / 255.0, mean, std)
-    preds = predict(result.ensemble, test_x)
+    preds = predict(result.ensemble, test_x, progress=test_progress)
     report = accuracy_report(preds, test.labels.to(device), test.num_classes, class_counts)
     report.update(
         model_seeds=seeds,

@@ -270,8 +270,10 @@ def train_prior(
         loss.backward()
         opt.step()
         done = step + 1
-        if progress and (done % 50 == 0 or done == recipe.steps):
+        if progress and (done % 50 == 0 or done == recipe.steps):  # the loss: a host sync
             progress(done, status=f"loss {float(loss.detach()):.4f}")
+        elif progress:
+            progress(done)
         if done % recipe.checkpoint_every == 0 and done < recipe.steps:
             checkpoint(done)
         if should_stop():

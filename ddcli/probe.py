@@ -44,8 +44,11 @@ def linear_probe(
     golden_bb: Backbone | None = None,
     class_counts: list[int] | None = None,
     progress: Callable[..., None] | None = None,
+    test_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Train ``num_models`` heads (or projectors, with ``golden``) and test them."""
+    """Train ``num_models`` heads (or projectors, with ``golden``) and test them;
+    ``progress(epoch)`` follows the training, ``test_progress(done, total)`` the test
+    images' features."""
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     x = train_pixels.to(device).float()
@@ -99,7 +102,7 @@ def linear_probe(
             progress(epoch + 1)
     train_s = time.perf_counter() - t0
     with torch.no_grad():
-        f_test = bb.embed_all(test_pixels.float() / 255, device)
+        f_test = bb.embed_all(test_pixels.float() / 255, device, progress=test_progress)
         if inherit:
             projected = torch.einsum("mde,ne->mnd", proj, f_test) + proj_b[:, None, :]
             logits = projected @ w_star.T + b_star

@@ -350,9 +350,19 @@ def train_ensemble(
 
 
 @torch.no_grad()
-def predict(ens: Ensemble, images: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
-    """Predicted classes (N, n) of every model; ``images`` normalised on the device."""
-    preds = [ens.predict(images[s : s + chunk]).argmax(-1) for s in range(0, len(images), chunk)]
+def predict(ens: Ensemble, images: torch.Tensor, chunk: int = 1000,
+            progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Predicted classes (N, n) of every model; ``images`` normalised on the device.
+    ``progress(done, total)`` is called once with 0 and after each chunk of ``chunk``
+    images."""
+    starts = range(0, len(images), chunk)
+    if progress:
+        progress(0, len(starts))
+    preds = []
+    for k, s in enumerate(starts):
+        preds.append(ens.predict(images[s : s + chunk]).argmax(-1))
+        if progress:
+            progress(k + 1, len(starts))
     return torch.cat(preds, dim=1)
 
 

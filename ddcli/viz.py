@@ -50,29 +50,44 @@ def terminal_preview(
     per_class: int = 8,
     cell: int = 16,
     width: int | None = None,
+    gap: int = 1,
 ) -> Text:
-    """A true-colour picture of the grid made of Unicode upper-half blocks (2 pixels a cell);
-    with ``width`` (terminal columns) the images shrink so that a row fits."""
-    tiles, ncols = class_rows(_display(images), labels, len(classes), per_class)
+    """A true-colour picture of the grid made of Unicode upper-half blocks (2 pixels a cell),
+    tiles ``gap`` cells apart (and class rows a blank line apart), under a line saying how many
+    of how many images per class it shows. With ``width`` (terminal columns) the images
+    shrink, and if need be fewer are shown, so that a row fits."""
+    counts = torch.bincount(labels, minlength=len(classes))
+    most = max(int(counts.max()), 1)
     label_w = max(len(c) for c in classes) + 1
     if width is not None:
-        cell = max(2, min(cell, (width - label_w) // ncols) // 2 * 2)
+        per_class = max(1, min(per_class, (width - label_w) // (2 + gap)))
+    tiles, ncols = class_rows(_display(images), labels, len(classes), per_class)
+    if width is not None:
+        cell = max(2, min(cell, (width - label_w) // ncols - gap) // 2 * 2)
     x = torch.nn.functional.interpolate(tiles, size=(cell, cell), mode="area")
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     x = (x * 255).round().to(torch.uint8)
-    out = Text()
+    least = int(counts.min())
+    of = str(most) if least == most else f"{least}-{most}"
+    out = Text(f"preview: {min(ncols, most)} of {of} images per class "
+               f"({len(classes)} classes)\n")
     width = max(len(c) for c in classes)
     for k, name in enumerate(classes):
-        row = torch.cat(list(x[k * ncols : (k + 1) * ncols]), dim=2)  # (3, cell, ncols*cell)
+        if k:
+            out.append("\n")  # a blank line between classes
         for y in range(0, cell, 2):
             label = name[:width].ljust(width) if y == 0 else " " * width
             out.append(label + " ")
-            for col in range(row.shape[2]):
-                top = row[:, y, col].tolist()
-                bot = row[:, y + 1, col].tolist() if y + 1 < cell else top
-                out.append("▀", style=f"rgb({top[0]},{top[1]},{top[2]}) on "
-                                      f"rgb({bot[0]},{bot[1]},{bot[2]})")
+            for j in range(ncols):
+                if j:
+                    out.append(" " * gap)
+                tile = x[k * ncols + j]  # (3, cell, cell)
+                for col in range(cell):
+                    top = tile[:, y, col].tolist()
+                    bot = tile[:, y + 1, col].tolist() if y + 1 < cell else top
+                    out.append("▀", style=f"rgb({top[0]},{top[1]},{top[2]}) on "
+                                          f"rgb({bot[0]},{bot[1]},{bot[2]})")
             out.append("\n")
     return out
 

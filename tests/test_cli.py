@@ -67,7 +67,8 @@ def test_inspect_grid_preview_export(cli, bundle_file, tmp_path):
     assert r.code == 0, r
     w, h = Image.open(grid).size
     assert (w, h) == (2 + 2 * (8 + 2), 2 + 3 * (8 + 2))  # 2 per row, one row per class
-    assert "▀" in r.stdout
+    assert "▀" not in r.stdout  # stdout is no terminal here: one line instead of the picture
+    assert "preview: stdout is not a terminal; use --grid FILE.png" in r.stdout
     folders = sorted(p.name for p in (tmp_path / "exp").iterdir() if p.is_dir())
     assert folders == ["0_a", "1_b", "2_c"]
     assert len(list((tmp_path / "exp" / "0_a").glob("*.png"))) == 2

@@ -546,7 +546,7 @@ def distill(
         checkpoint_every=checkpoint_every,
         resume=resume,
         dtype=dtype,
-        verbose=Reporter(quiet or json_out),
+        verbose=Reporter(quiet, json_out),
         command=command_line(),
         **options,
     )

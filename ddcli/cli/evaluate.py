@@ -147,7 +147,7 @@ def evaluate(
         bundle, test=test, test_files=test_files, protocol=protocol, models=models,
         epochs=epochs, baseline=baseline, real=real, real_files=real_files, backbone=backbone,
         backbone_weights=backbone_weights, inherit=inherit, teacher=teacher, out=out, seed=seed,
-        device=device, force=force, verbose=Reporter(quiet or json_out),
+        device=device, force=force, verbose=Reporter(quiet, json_out),
         compile=compile_mode.lower(), amp=amp.lower())
     if json_out:
         print_json(report)

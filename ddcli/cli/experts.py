@@ -66,12 +66,13 @@ def experts(
 
     from ddcli.experts import build_experts
 
-    rep = Reporter(quiet or json_out)
+    rep = Reporter(quiet, json_out)
     dev = torch.device(resolve_device(device))
     ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,
                           channels=channels, skip_bad=skip_bad, max_per_class=max_per_class,
                           imbalance_factor=imbalance_factor)
-    with rep.progress(f"experts ({num_experts} x {model})", expert_epochs) as update:
+    with rep.progress(f"experts ({num_experts} x {model})", expert_epochs,
+                      unit="epochs") as update:
         paths = build_experts(ds, num=num_experts, device=dev, cache=cache_dir(), arch=model,
                               epochs=expert_epochs, width=width, progress=update,
                               info=rep.info)

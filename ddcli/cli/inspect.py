@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ddcli.cli.common import ConfigOpt, JsonOpt, QuietOpt, Reporter, print_json, stdout_console
@@ -68,12 +70,28 @@ def summary(b: Bundle, path: Path) -> dict:
     }
 
 
-def _render(s: dict) -> None:
+#: the width the summary is laid out at when stdout is not a terminal (a log, a pipe, a file):
+#: wide enough that no row wraps (rich would use 80 columns and wrap paths mid-word)
+LOG_WIDTH = 10_000
+
+
+def summary_console() -> Console:
+    """stdout's console: a terminal's width, or :data:`LOG_WIDTH` for a log or a pipe."""
     con = stdout_console()
+    if not con.is_terminal:
+        con = Console(highlight=False, soft_wrap=True, width=LOG_WIDTH)
+    return con
+
+
+def _render(s: dict, con: Console | None = None) -> None:
+    """The summary: on a terminal, values wrap at spaces (a word longer than the line, such
+    as a path, folds); elsewhere each row is one line."""
+    con = con or summary_console()
+    wrap = not con.is_terminal  # soft_wrap: long lines stay whole in a log
     ok = "[green]ok[/]" if s["checksum_ok"] else "[bold red]MISMATCH[/]"
     t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column()
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
     ds = s["dataset"]
     rows = [
         ("bundle", s["path"]),
@@ -107,10 +125,11 @@ def _render(s: dict) -> None:
         t.add_row(*r)
     con.print(t)
     if s["config"]:
-        con.print("[bold]config[/]  " + json.dumps(s["config"], sort_keys=True))
+        con.print("[bold]config[/]  " + escape(json.dumps(s["config"], sort_keys=True)),
+                  soft_wrap=wrap)
     ct = Table(title="classes", title_justify="left")
-    ct.add_column("#", justify="right")
-    ct.add_column("class")
+    ct.add_column("#", justify="right", no_wrap=True)
+    ct.add_column("class", overflow="fold")
     ct.add_column("real images", justify="right")
     ct.add_column("synthetic", justify="right")
     counts = ds.get("class_counts") or [None] * len(ds["classes"] or [])
@@ -121,9 +140,9 @@ def _render(s: dict) -> None:
     if s["provenance"]:
         con.print("[bold]provenance[/]")
         for i, step in enumerate(s["provenance"]):
-            con.print(f"  {i + 1}. {step.get('command', '?')}"
+            con.print(f"  {i + 1}. {escape(str(step.get('command', '?')))}"
                       + (f"  (parent {step['parent_checksum'][:12]}…)"
-                         if step.get("parent_checksum") else ""))
+                         if step.get("parent_checksum") else ""), soft_wrap=wrap)
 
 
 def inspect(
@@ -132,7 +151,8 @@ def inspect(
         Path | None, typer.Option("--grid", help="Write an image grid PNG, one row per class.")
     ] = None,
     preview: Annotated[
-        bool, typer.Option("--preview", help="Draw a small grid in the terminal (true colour).")
+        bool, typer.Option("--preview", help="Draw a small grid in the terminal (true colour; "
+                                             "only when stdout is a terminal).")
     ] = False,
     export: Annotated[
         Path | None,
@@ -156,7 +176,7 @@ def inspect(
     from ddcli.bundle import load_bundle
     from ddcli.viz import export_image_folder, save_grid, terminal_preview
 
-    rep = Reporter(quiet or json_out)
+    rep = Reporter(quiet, json_out)
     b = load_bundle(bundle, verify=False, warn=rep.warn)
     s = summary(b, bundle)
     if not b.checksum_ok:
@@ -178,9 +198,11 @@ def inspect(
     if json_out:
         print_json(s)
     else:
-        _render(s)
-        if preview:
-            con = stdout_console()
+        con = summary_console()
+        _render(s, con)
+        if preview and con.is_terminal:
             con.print(terminal_preview(images.float(), labels, b.classes, width=con.width),
                       soft_wrap=True)
+        elif preview:
+            con.print("preview: stdout is not a terminal; use --grid FILE.png", soft_wrap=True)
 

@@ -67,14 +67,14 @@ def prior(
     from ddcli.api import _int_tuple
     from ddcli.priors import PriorRecipe, train_prior
 
-    rep = Reporter(quiet or json_out)
+    rep = Reporter(quiet, json_out)
     dev = torch.device(resolve_device(device))
     widths = _int_tuple(prior_channels, "--prior-channels")
     ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,
                           channels=channels, skip_bad=skip_bad, max_per_class=max_per_class,
                           imbalance_factor=imbalance_factor)
     recipe = PriorRecipe(steps=prior_steps, batch_size=prior_batch, channels=widths)
-    with rep.progress("diffusion prior", prior_steps) as update:
+    with rep.progress("diffusion prior", prior_steps, unit="steps") as update:
         folder, cached = train_prior(ds, device=dev, cache=cache_dir(), recipe=recipe,
                                      progress=update)
     rep.info(f"prior {'found' if cached else 'trained'}: {folder}")

@@ -42,7 +42,7 @@ def train_teachers(rep: Reporter, ds, archs: list[str], device: torch.device, se
             raise InputError(f"no teacher recipe for {arch!r}; choose from {', '.join(RECIPES)}")
         t0 = time.perf_counter()
         epochs_ = epochs if epochs is not None else RECIPES[arch].epochs
-        with rep.progress(f"teacher {arch}", epochs_) as update:
+        with rep.progress(f"teacher {arch}", epochs_, unit="epochs") as update:
             t, cached = train_teacher(ds, arch, device=device, seed=seed, epochs=epochs,
                                       cache=cache_dir(), progress=update)
         took = time.perf_counter() - t0
@@ -146,7 +146,7 @@ def relabel(
         views_storage_bytes,
     )
 
-    rep = Reporter(quiet or json_out)
+    rep = Reporter(quiet, json_out)
     dev = torch.device(resolve_device(device))
     settings = RelabelSettings(temperature=temperature, calibrate=calibrate, views=views,
                                num_teachers=num_teachers, schedule=parse_schedule(lia_schedule),

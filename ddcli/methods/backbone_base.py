@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,8 +140,10 @@ def standard_views(x: torch.Tensor, size: tuple[int, int], gen: torch.Generator)
     return torch.where((u[:, 5] < 0.5).view(n, 1, 1, 1), out + noise, out)
 
 
-def real_features(data: Dataset, backbone: Backbone, device) -> torch.Tensor:
-    """Backbone features of every real image (no augmentation), cached per (data, backbone)."""
+def real_features(data: Dataset, backbone: Backbone, device,
+                  progress: Callable[..., None] | None = None) -> torch.Tensor:
+    """Backbone features of every real image (no augmentation), cached per (data, backbone);
+    ``progress(done_images, total)`` while computing them."""
     key = json.dumps({"fingerprint": data.fingerprint, "backbone": backbone.identity},
                      sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
@@ -148,7 +151,7 @@ def real_features(data: Dataset, backbone: Backbone, device) -> torch.Tensor:
     if path.exists():
         tensors, _ = read_safetensors(path, "feature cache")
         return tensors["features"].to(device)
-    feats = backbone.embed_all(data.images.float() / 255, device)
+    feats = backbone.embed_all(data.images.float() / 255, device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file({"features": feats.cpu().contiguous()}, str(tmp), metadata={"key": key})
@@ -193,7 +196,10 @@ class BackboneMethod(Method):
         self.gen = generator
         self.bb = create_backbone(cfg.backbone, cfg.backbone_weights).to(device)
         self.num_classes = c = data.num_classes
-        self.real_feats = real_features(data, self.bb, device)
+        with self.setup_progress(f"backbone features ({cfg.backbone})", len(data),
+                                 unit="images", transient=True) as update:
+            self.real_feats = real_features(data, self.bb, device,
+                                            progress=lambda done, total: update(done))
         self.real_labels = data.labels.to(device)
         self.real_means = class_means(self.real_feats, self.real_labels, c)
         self.real_images = data.images.to(device)  # uint8, sampled on the device

@@ -193,13 +193,14 @@ class Method:
         from the ranks that own them); the other tensors are the same on every rank."""
         return set()
 
-    def setup_progress(self, description: str, total: int | None):
-        """A progress context for setup work (experts, priors): the reporter's, or silent."""
+    def setup_progress(self, description: str, total: int | None, **kw: Any):
+        """A progress context for setup work (experts, priors, features): the reporter's
+        (``kw``: its ``unit`` and the like), or silent."""
         from contextlib import nullcontext
 
         if self.reporter is None:
             return nullcontext(lambda *a, **k: None)
-        return self.reporter.progress(description, total)
+        return self.reporter.progress(description, total, **kw)
 
     def recorded_config(self) -> dict[str, Any]:
         """The config as stored in the bundle: every field, with values chosen "by IPC" (or
@@ -438,6 +439,8 @@ def run_method(
                 losses.append(value)
                 if progress:
                     progress(it, total=total, status=f"loss {value:.4g}")
+            elif progress:  # every iteration: the count only (no host sync)
+                progress(it, total=total)
             if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 \
                     and it < total:
                 check_finite()

@@ -207,7 +207,7 @@ class CSDM(DM):
         from ddcli.experts import build_experts, load_trajectory
 
         cfg: CSDMConfig = self.config
-        with self.setup_progress("extractor pool", cfg.pool_epochs) as update:
+        with self.setup_progress("extractor pool", cfg.pool_epochs, unit="epochs") as update:
             paths = build_experts(data, num=cfg.pool_size, device=device, cache=cache_dir(),
                                   arch=cfg.model, epochs=cfg.pool_epochs, width=cfg.width,
                                   progress=update, recipe=POOL_RECIPE, stream="pool",

@@ -135,7 +135,8 @@ class OTGen(Method):
         self.channels = data.channels
         folder = cfg.prior
         if folder is None:
-            with self.setup_progress("diffusion prior", cfg.prior_steps) as update:
+            with self.setup_progress("diffusion prior", cfg.prior_steps,
+                                     unit="steps") as update:
                 folder, _ = train_prior(data, device=device, cache=cache_dir(),
                                         recipe=PriorRecipe(steps=cfg.prior_steps,
                                                            batch_size=cfg.prior_batch,

@@ -135,7 +135,8 @@ class TGDD(DM):
         cfg: TGDDConfig = self.config
         r = cfg.resolved()
         self.lr, self.alpha = float(r["lr"]), float(r["alpha"])
-        with self.setup_progress("expert trajectories", cfg.expert_epochs) as update:
+        with self.setup_progress("expert trajectories", cfg.expert_epochs,
+                                 unit="epochs") as update:
             paths = build_experts(data, num=cfg.num_experts, device=device, cache=cache_dir(),
                                   arch=cfg.model, epochs=cfg.expert_epochs, width=cfg.width,
                                   progress=update)
