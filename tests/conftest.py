@@ -133,3 +133,15 @@ def assert_one_line_error(run: Run, code: int, *fragments: str) -> None:
     assert "Traceback" not in run.stderr
     for f in fragments:
         assert f in errors[0], run
+
+
+@pytest.fixture
+def bundle_file(tmp_path):
+    """A small bundle (tests/test_bundle.py's make_bundle) saved to a file."""
+    from test_bundle import make_bundle
+
+    from ddcli.bundle import save_bundle
+
+    path = tmp_path / "b.safetensors"
+    save_bundle(make_bundle(), path)
+    return path

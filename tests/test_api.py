@@ -9,13 +9,6 @@ from ddcli.bundle import save_bundle
 from ddcli.errors import InputError
 
 
-@pytest.fixture
-def bundle_file(tmp_path):
-    path = tmp_path / "b.safetensors"
-    save_bundle(make_bundle(), path)
-    return path
-
-
 def test_bundle_dataset_batches_with_a_plain_dataloader(bundle_file):
     ds = ddcli.BundleDataset(bundle_file)
     assert len(ds) == 6 and ds.classes == ["a", "b", "c"] and ds.num_classes == 3

@@ -5,17 +5,8 @@ import json
 import pytest
 import torch
 from conftest import assert_one_line_error
-from test_bundle import make_bundle
 
 from ddcli import __version__
-from ddcli.bundle import save_bundle
-
-
-@pytest.fixture
-def bundle_file(tmp_path):
-    path = tmp_path / "b.safetensors"
-    save_bundle(make_bundle(), path)
-    return path
 
 
 def test_version_and_help(cli):

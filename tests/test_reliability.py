@@ -25,13 +25,6 @@ from ddcli.errors import BundleError, DataError, InputError, RunError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def bundle_file(tmp_path):
-    path = tmp_path / "b.safetensors"
-    save_bundle(make_bundle(), path)
-    return path
-
-
 def leftovers(folder: Path) -> list[str]:
     """Temporary files or folders ddcli may have left in ``folder``."""
     return [p.name for p in folder.iterdir() if "ddcli-tmp" in p.name or ".tmp-" in p.name]
