@@ -168,8 +168,7 @@ def evaluate_images(
     y = labels.to(device)
     seeds = model_seeds(seed, num_models)
     ens = build_ensemble(protocol, test.num_classes, c, tuple(images.shape[2:]), seeds, device)
-    if should_compile(compile if amp == "off" else "off" if compile == "auto" else compile,
-                      ens, protocol, int(images.shape[0])):  # bf16 gains nothing from it
+    if should_compile(compile, ens, protocol, int(images.shape[0]), amp):
         ens.compile()
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -198,7 +197,7 @@ def evaluate_images(
                     if result.ensemble.serial else "stacked, vmap")
                    if result.ensemble.vmapped else "separate modules"),
         amp=amp,
-        compile_fallback=result.ensemble.compile_error if result.ensemble.vmapped else None,
+        compile_fallback=result.ensemble.compile_error,
         num_train_images=int(images.shape[0]),
     )
     return report

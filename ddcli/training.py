@@ -49,6 +49,8 @@ class Ensemble:
         self.vmapped = not _has_batchnorm(models[0])  # parameters stacked
         #: run the stacked models one after another (default: on a CPU) instead of under vmap
         self.serial = torch.device(device).type == "cpu" if serial is None else serial
+        #: why torch.compile was given up for eager (None: it was not, or never asked for)
+        self.compile_error: str | None = None
         if self.vmapped:
             params, buffers = stack_module_state([m.to(device) for m in models])
             self.params, self.buffers = params, buffers
@@ -59,7 +61,6 @@ class Ensemble:
 
             self._f = f
             self._train_f = f  # the serial training forward: ``f``, or ``f`` compiled
-            self.compile_error: str | None = None
             self._train_fwd = torch.vmap(f)
             self._eval_fwd = torch.vmap(f, in_dims=(0, 0, None))
         else:
@@ -84,27 +85,28 @@ class Ensemble:
         fuses each block's norm, ReLU and pooling, which are memory-bound passes over the
         activations on a CPU (about 1.4× per step; ``benchmarks/evaluate_speed_cpu.py``).
         The arithmetic is the same up to float rounding; prediction stays eager. Returns
-        whether it is on: it falls back to eager where inductor cannot build (no C++
-        compiler)."""
-        if not (self.vmapped and self.serial) or self._train_f is not self._f:
-            return self._train_f is not self._f
-        self._train_f = torch.compile(self._f, dynamic=False)
+        whether it is on; the first step falls back to eager where inductor cannot build (no
+        C++ compiler), recording why in ``compile_error``."""
+        if not (self.vmapped and self.serial):
+            return False
+        if not self.compiled:
+            self._train_f = torch.compile(self._f, dynamic=False)
         return True
+
+    @property
+    def compiled(self) -> bool:
+        return self.vmapped and self._train_f is not self._f
 
     def _serial_forward(self, x: torch.Tensor) -> torch.Tensor:
         try:
             return torch.stack([self._train_f(*self._model(i), x[i]) for i in range(self.n)])
         except Exception as e:  # inductor failed to build: eager gives the same arithmetic
-            if self._train_f is self._f or not _is_compile_failure(e):
+            if not self.compiled or not _is_compile_failure(e):
                 raise
-            self._train_f = self._f
             first = (str(e).splitlines() or [""])[0][:200]
             self.compile_error = f"{type(e).__name__}: {first}"
-            return torch.stack([self._f(*self._model(i), x[i]) for i in range(self.n)])
-
-    @property
-    def compiled(self) -> bool:
-        return self._train_f is not self._f
+            self._train_f = self._f
+            return self._serial_forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.vmapped and self.serial:
@@ -137,14 +139,18 @@ def _is_compile_failure(e: Exception) -> bool:
 AUTO_COMPILE_MIN_IMAGES = 30_000
 
 
-def should_compile(mode: str, ens: Ensemble, protocol: Protocol, num_images: int) -> bool:
-    """``mode``: ``on``, ``off`` or ``auto`` (on for a long enough serial CPU run)."""
+def should_compile(mode: str, ens: Ensemble, protocol: Protocol, num_images: int,
+                   amp: str = "off") -> bool:
+    """``mode``: ``on``, ``off`` or ``auto`` (on for a long enough serial CPU run in float32;
+    under ``amp`` bf16 compiling gained nothing, so ``auto`` leaves it off)."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"unknown compile mode {mode!r}")
     if mode == "off" or not (ens.vmapped and ens.serial):
         return False
     if mode == "on":
         return True
+    if amp != "off":
+        return False
     work = ens.n * protocol.train_epochs() * num_images
     return work >= AUTO_COMPILE_MIN_IMAGES and shutil.which("c++") is not None
 

@@ -234,6 +234,10 @@ def test_auto_compile_only_for_long_serial_cpu_runs():
     assert not should_compile("off", ens, proto, 10**6)
     assert should_compile("on", ens, get_protocol("dm", epochs=1), 1)
     assert not should_compile("on", _tiny_ensemble(serial=False), proto, 100)  # vmap path
+    assert not should_compile("auto", ens, proto, 100, amp="bf16")  # no gain under bf16
+    assert should_compile("on", ens, proto, 100, amp="bf16")
+    bn = Ensemble([create_model("convnet-bn", 3, 3, 8, width=8)], torch.device("cpu"))
+    assert not bn.compile() and not bn.compiled and bn.compile_error is None  # separate modules
     assert 2 * 301 * 50 >= AUTO_COMPILE_MIN_IMAGES
     with pytest.raises(ValueError):
         should_compile("sometimes", ens, proto, 1)
