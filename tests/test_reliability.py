@@ -89,6 +89,35 @@ def test_real_sigint_during_start_up(tmp_path):
     assert len([ln for ln in err.splitlines() if ln.startswith("error: ")]) == 1
 
 
+
+def test_ctrl_c_during_shutdown_changes_nothing(tmp_path):
+    """A Ctrl-C after the command has finished (while the interpreter shuts down, slow after torch)
+    left a KeyboardInterrupt traceback, or killed the process by SIGINT (exit status -2, seen in
+    CI) instead of the exit code the command had already chosen."""
+    code = (
+        "import atexit, sys, time\n"
+        "atexit.register(lambda: (sys.stderr.write('finalizing\\n'), sys.stderr.flush(),"
+        " time.sleep(5)))\n"
+        f"sys.argv = ['ddcli', 'inspect', {str(tmp_path / 'missing.safetensors')!r}]\n"
+        "from ddcli.__main__ import main\n"
+        "main()\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE,
+                         text=True)
+    lines = []
+    for line in p.stderr:
+        lines.append(line)
+        if line.startswith("finalizing"):
+            p.send_signal(signal.SIGINT)
+    p.wait(timeout=120)
+    err = "".join(lines)
+    assert "Traceback" not in err, err
+    assert p.returncode == 2, err
+    assert [ln for ln in lines if ln.startswith("error: ")] == [
+        f"error: bundle not found: {tmp_path / 'missing.safetensors'}\n"
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # FIFOs and other non-regular files are refused before they are opened
 
