@@ -73,6 +73,7 @@ class Suite:
     models: int
     seed: int = 0
     rows: dict[str, dict] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)  # rows computed by this invocation
 
     # -- datasets and judges --------------------------------------------------------------
 
@@ -121,6 +122,7 @@ class Suite:
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(path)  # a killed run loses at most the row in progress
         self.rows[name] = result
+        self.ran.append(name)
         return result
 
     def distill_eval(self, spec: dict, tag: str, *distill: str, protocol: str = "dm",
@@ -223,13 +225,18 @@ def tgdd_rows(s: Suite) -> None:
                    num_experts=2, expert_epochs=4)
     flags = [*_dm_flags(spec), "--num-experts", str(spec["num_experts"]), "--expert-epochs",
              str(spec["expert_epochs"])]
-    tg = s.row("tgdd", spec, lambda sp: s.distill_eval(sp, "tgdd", "-m", "tgdd", *flags))
+    # random real under the dm judge is dm-cifar's baseline; under the tgdd judge, evaluated
+    # once with the DM set (BASELINE_OF)
+    tg = s.row("tgdd", spec, lambda sp: s.distill_eval(sp, "tgdd", "-m", "tgdd", *flags,
+                                                       baseline=False))
     _, targs, rargs, _ = s.data("cifar10")
     for name, src in (("tgdd", tg), ("dm-cifar", dm)):
-        s.row(f"{name}@tgdd-judge", {**src["spec"], "judge": "tgdd"}, lambda sp, src=src: {
-            "distill": src["distill"],
-            "eval": _eval_summary(run("evaluate", src["bundle"], *targs, *s.judge("tgdd"),
-                                      "--baseline", "random", *rargs))})
+        base = ["--baseline", "random", *rargs] if name == "dm-cifar" else []
+        s.row(f"{name}@tgdd-judge", {**src["spec"], "judge": "tgdd"},
+              lambda sp, src=src, base=base: {
+                  "distill": src["distill"],
+                  "eval": _eval_summary(run("evaluate", src["bundle"], *targs,
+                                            *s.judge("tgdd"), *base))})
 
 
 def probe_test(s: Suite, per_class: int = 100) -> Path:
@@ -277,13 +284,15 @@ def backbone_rows(s: Suite, ipcs: tuple[int, ...] = (1, 10)) -> None:
                 return {"bundle": str(out), "distill": _distill_summary(d)}
 
             made = s.row(f"{name}-distill", spec, distill)
+            # random real under each judge is evaluated once, with SFM (BASELINE_OF)
+            base = ["--baseline", "random", *rargs] if m == "sfm" else []
             for mode, extra in (("", ()), ("+inherit", ("--inherit",))):
                 s.row(f"{name}{mode}", {**spec, "mode": mode or "probe"},
-                      lambda sp, made=made, extra=extra: {
+                      lambda sp, made=made, extra=extra, base=base: {
                           "distill": made["distill"],
                           "eval": _eval_summary(run("evaluate", made["bundle"], *test,
                                                     *s.judge("linear-probe"), *extra,
-                                                    "--baseline", "random", *rargs))})
+                                                    *base))})
         s.row(f"centroids-ipc{ipc}", {"ipc": ipc, "of": f"sfm-ipc{ipc}"},
               lambda sp, ipc=ipc: {
                   "distill": s.rows[f"sfm-ipc{ipc}-distill"]["distill"],
@@ -344,11 +353,20 @@ VERSUS_DM = {"lt50-csdm": "lt50-dm", "lt50-sdm": "lt50-dm", "tgdd": "dm-cifar",
 #: rows compared with another baseline row under the same judge: (row, what it is)
 VERSUS_OTHER = {"otgen": ("otgen-noot", "unguided")}
 #: rows whose random baseline is another row's (the same data, judge and IPC)
-BASELINE_OF = {"lt50-csdm": "lt50-dm", "lt50-sdm": "lt50-dm", "otgen-noot": "otgen"}
+BASELINE_OF = {"lt50-csdm": "lt50-dm", "lt50-sdm": "lt50-dm", "otgen-noot": "otgen",
+               "tgdd": "dm-cifar", "tgdd@tgdd-judge": "dm-cifar@tgdd-judge",
+               **{f"lgm-ipc{i}{m}": f"sfm-ipc{i}{m}" for i in (1, 10) for m in ("", "+inherit")}}
 
 
-def table(s: Suite) -> list[str]:
-    lines = [HEADING, "",
+def table(s: Suite, elapsed_s: float | None = None) -> list[str]:
+    total = sum(r.get("row_s") or 0 for r in s.rows.values())
+    run_line = (f"Time: {total / 60:.0f} min for all rows (the sum of their times, each "
+                "measured when it ran, caches of teachers, experts, priors and features "
+                "included when that row built them)"
+                + (f"; this invocation: {elapsed_s / 60:.0f} min, {len(s.ran)} rows run, "
+                   f"{len(s.rows) - len(s.ran)} from the row cache." if elapsed_s is not None
+                   else "."))
+    lines = [HEADING, "", run_line, "",
              f"`python benchmarks/quality_cpu.py --data-root DATA` on {platform.node()}, "
              f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; seed {s.seed}, "
              f"{s.models} models per row, mean ± population std, test accuracy after the last "
@@ -411,9 +429,10 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     a.workdir.mkdir(parents=True, exist_ok=True)
     s = Suite(a.data_root, a.workdir, a.smoke, 2 if a.smoke else a.models, a.seed)
+    t0 = time.perf_counter()
     for name in a.rows:
         ROWS[name](s)
-    lines = table(s)
+    lines = table(s, time.perf_counter() - t0)
     write_section(a.out, lines)
     print("\n".join(lines))
 

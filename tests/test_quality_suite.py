@@ -59,3 +59,32 @@ def test_suite_otgen_rows_compare_guided_with_unguided(tmp_path, monkeypatch):
     rows = {json.loads(p.read_text())["spec"]["ot_scale"]
             for p in (tmp_path / "work" / "rows").glob("*.json")}
     assert rows == {"default", "0"}
+
+
+def _row(mean: float, baseline: float | None = None, row_s: float = 60.0) -> dict:
+    e = {"protocol": "dm", "epochs": 300, "models": 3,
+         "acc": {"mean": mean, "std": 0.5, "per_model": [mean] * 3}, "groups": {}}
+    if baseline is not None:
+        e["baseline"] = {"mean": baseline, "std": 0.4, "per_model": [baseline] * 3}
+    return {"spec": {"data": "cifar10"}, "distill": {"wall_s": 1.0, "peak_rss_mb": 10.0},
+            "eval": e, "row_s": row_s}
+
+
+def test_table_takes_shared_baselines_and_reports_the_suite_time(tmp_path):
+    """Random real under one judge is evaluated once: the rows without their own baseline take
+    it from the row named in BASELINE_OF (a missing link would print a dash and no verdict)."""
+    s = quality_cpu.Suite(tmp_path, tmp_path, smoke=False, models=3)
+    s.rows = {"dm-cifar": _row(44.0, 32.0), "tgdd": _row(45.0),
+              "dm-cifar@tgdd-judge": _row(40.0, 30.0), "tgdd@tgdd-judge": _row(42.0),
+              "sfm-ipc1": _row(50.0, 43.0), "lgm-ipc1": _row(47.0),
+              "sfm-ipc1+inherit": _row(62.0, 68.0), "lgm-ipc1+inherit": _row(60.0)}
+    s.ran = ["tgdd"]
+    lines = quality_cpu.table(s, elapsed_s=120.0)
+    row = {ln.split("|")[1].strip(): ln.split("|") for ln in lines if ln.startswith("| ")}
+    assert row["tgdd"][4].strip() == "32.00 ± 0.40" and row["tgdd"][5].strip() == "+13.00"
+    assert row["tgdd@tgdd-judge"][4].strip() == "30.00 ± 0.40"
+    assert row["tgdd@tgdd-judge"][7].strip() == "+2.00"  # against DM under the same judge
+    assert row["lgm-ipc1"][4].strip() == "43.00 ± 0.40"
+    assert row["lgm-ipc1+inherit"][6].strip() == "NO"
+    assert "8 min for all rows" in lines[2]
+    assert "2 min, 1 rows run, 7 from the row cache" in lines[2]
