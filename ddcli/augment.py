@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ddcli.protocols import DSA_STRATEGY  # noqa: F401  (defined there, torch-free)
-
-FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+# defined there, torch-free (method configs check a strategy without importing torch)
+from ddcli.protocols import DSA_STRATEGY, FAMILIES, parse_strategy  # noqa: F401
 
 SCALE = 1.2
 ROTATE_DEG = 15.0
@@ -40,14 +39,6 @@ CONTRAST = 0.5
 
 # the uniform draws of one row, in order
 _SLOTS = ("bright", "sat", "contrast", "tx", "ty", "cx", "cy", "flip", "sx", "sy", "rot")
-
-
-def parse_strategy(strategy: str) -> tuple[str, ...]:
-    fams = tuple(s for s in strategy.split("_") if s)
-    bad = [f for f in fams if f not in FAMILIES]
-    if bad or not fams:
-        raise ValueError(f"unknown DSA family {bad[0] if bad else strategy!r}; use {FAMILIES}")
-    return fams
 
 
 STANDARD_STRATEGY = "crop_flip"  # "standard" augmentation: pad-4 random crop + flip, both

@@ -4,9 +4,10 @@ defaults and presets (``ddcli list``)."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 import sys
+
+from ddcli.configs import field_docs
 
 KINDS = ("methods", "models", "protocols", "backbones")
 
@@ -15,28 +16,6 @@ def _first_sentence(doc: str | None) -> str:
     text = " ".join((doc or "").strip().split("\n\n")[0].split())
     m = re.match(r"(.+?\.)(\s|$)", text)
     return (m.group(1) if m else text).strip()
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Field -> help text from the ``Attributes:`` sections of ``cls`` and its bases (the
-    nearest class wins); ``a, b: text`` documents both fields."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        doc = inspect.cleandoc(klass.__dict__.get("__doc__") or "")
-        if "Attributes:" not in doc:
-            continue
-        body = doc.split("Attributes:", 1)[1]
-        entries: list[tuple[list[str], list[str]]] = []
-        for line in body.splitlines():
-            m = re.match(r"^\s{0,8}([a-z_][a-z0-9_]*(?:,\s*[a-z_][a-z0-9_]*)*):\s*(.*)$", line)
-            if m and not line.startswith(" " * 9):
-                entries.append(([n.strip() for n in m.group(1).split(",")], [m.group(2)]))
-            elif entries and line.strip():
-                entries[-1][1].append(line.strip())
-        for names, text in entries:
-            for n in names:
-                docs[n] = " ".join(text).strip()
-    return docs
 
 
 def _jsonable(v):
@@ -63,6 +42,7 @@ def methods() -> list[dict]:
             "defaults": defaults,
             "presets": {k: {n: _jsonable(v) for n, v in p.items()}
                         for k, p in cfg.presets.items()},
+            "choices": {k: list(v) for k, v in cfg.choices.items()},
             "help": {k: docs[k] for k in defaults if k in docs},
         })
     return out

@@ -15,6 +15,17 @@ from ddcli.errors import InputError
 #: the DSA families of the DM reference (torch-free here so that protocols load without torch;
 #: ddcli.augment re-exports it)
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+#: the DSA families ddcli.augment implements
+FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+
+
+def parse_strategy(strategy: str) -> tuple[str, ...]:
+    """``color_crop`` -> ("color", "crop"); ValueError on an unknown family."""
+    fams = tuple(s for s in strategy.split("_") if s)
+    bad = [f for f in fams if f not in FAMILIES]
+    if bad or not fams:
+        raise ValueError(f"unknown DSA family {bad[0] if bad else strategy!r}; use {FAMILIES}")
+    return fams
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ class RelabelSettings:
     seed: int = 0
 
     def validate(self) -> None:
-        from ddcli.methods.base import check_option_value
+        from ddcli.configs import check_option_value
 
         for key in ("temperature", "views", "num_teachers"):
             check_option_value("--" + key.replace("_", "-"), getattr(self, key))

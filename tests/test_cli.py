@@ -214,3 +214,43 @@ def test_preview_fits_the_terminal_width():
     labels = torch.arange(3).repeat_interleave(8)
     text = terminal_preview(torch.rand(24, 3, 16, 16), labels, ["a", "bb", "c"], width=60)
     assert max(len(line) for line in text.plain.splitlines()) <= 60
+
+
+def test_distill_options_are_generated_from_the_method_configs(cli, shards, tmp_path):
+    """Every command-line field of every method config is a distill option, in the panel of the
+    methods that take it, with each method's default (and sample preset) in its help: the
+    config is the one place where a name, default and help are written."""
+    import dataclasses
+
+    import typer.main
+
+    from ddcli.cli import app
+    from ddcli.cli.method_options import method_options, parameters
+    from ddcli.configs import CONFIGS, TGDDConfig
+
+    command = typer.main.get_command(app).commands["distill"]
+    flags = {o for p in command.params for o in p.opts}
+    fields = {f.name for cfg in CONFIGS.values() for f in dataclasses.fields(cfg)
+              if f.name not in cfg.internal}
+    assert {"--" + n.replace("_", "-") for n in fields} <= flags
+    assert "--dsa-strategy" not in flags  # recorded, not offered
+    opts = {o.name: o for o in method_options()}
+    assert opts["iterations"].panel == "Method" and opts["kernel"].panel == "CSDM / SDM"
+    assert opts["window"].panel == "TGDD" and opts["ot_scale"].panel == "otgen"
+    assert opts["flow_denominator"].help.startswith("sfm: ")
+    assert f"tgdd {TGDDConfig.iterations}" in opts["iterations"].help
+    assert "built-in sample: dm/csdm/sdm 150, tgdd 50" in opts["iterations"].help
+    assert "Default: dm/csdm/sdm 256, tgdd 128" in opts["batch_real"].help
+    assert opts["kernel"].choices == CONFIGS["csdm"].choices["kernel"]
+    with pytest.raises(TypeError, match="clashes"):
+        parameters({"ipc"})
+    # an option that had no flag before the configs generated them reaches the bundle
+    out = tmp_path / "m.safetensors"
+    r = cli("distill", shards, "--momentum", "0.25", "--ipc", "1", "--iterations", "1",
+            "--batch-real", "2", "--width", "8", "-o", out, "--device", "cpu", "--json")
+    assert r.code == 0, r
+    assert r.json()["config"]["momentum"] == 0.25
+    assert_one_line_error(cli("distill", shards, "--momentum", "1.5", "-o", tmp_path / "y.st"),
+                          2, "--momentum")
+    assert_one_line_error(cli("distill", shards, "--window-end", "0.5", "-o",
+                              tmp_path / "z.st"), 2, "--window-end", "does not apply")

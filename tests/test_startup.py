@@ -48,6 +48,10 @@ def test_catalog_matches_the_registries():
     from ddcli.teachers import RECIPES
 
     assert catalog.METHODS == tuple(list_methods())
+    from ddcli.configs import CONFIGS
+    from ddcli.methods import get_method
+
+    assert {n: get_method(n).Config for n in list_methods()} == CONFIGS
     assert catalog.TEACHER_ARCHS == tuple(RECIPES)
     assert catalog.EXPERT_EPOCHS == EXPERT_RECIPE.epochs
     assert (catalog.PRIOR_STEPS, catalog.PRIOR_BATCH) == (PriorRecipe.steps,

@@ -8,7 +8,6 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,56 +15,15 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ddcli.backbones import Backbone, create_backbone
+from ddcli.configs import BackboneConfig
 from ddcli.data import Dataset
-from ddcli.errors import InputError
 from ddcli.io import atomic_path, read_safetensors
-from ddcli.methods.base import Method, MethodConfig, SyntheticSet
+from ddcli.methods.base import Method, SyntheticSet
 from ddcli.runtime import cache_dir
 
 #: Lucid's colour decorrelation matrix (square root of the ImageNet colour covariance)
 COLOR_CORRELATION = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 COLOR_MATRIX = COLOR_CORRELATION / COLOR_CORRELATION.norm(dim=0).max()
-
-
-@dataclass(frozen=True)
-class BackboneConfig(MethodConfig):
-    """Shared knobs of LGM and SFM.
-
-    Attributes:
-        ipc: synthetic images per class.
-        iterations: optimisation steps (reference 5000).
-        lr: Adam learning rate on the pyramid (reference 2e-3).
-        backbone, backbone_weights: the frozen feature extractor (see ddcli.backbones).
-        augs: augmented views of the synthetic set per step (LGM 10, SFM 1).
-        pyramid_every: add a pyramid level of double resolution every N steps (200).
-        decorrelate: apply the colour decorrelation matrix (RGB only).
-        amp: ``off`` or ``bf16`` autocast of the backbone.
-        golden_head_epochs: train the full-data linear head for classifier inheritance for
-            this many epochs and store it in the bundle (0: do not).
-    """
-
-    ipc: int = 1
-    iterations: int = 5000
-    lr: float = 2e-3
-    backbone: str = "efficientnet-lite0"
-    backbone_weights: str | None = None
-    augs: int = 1
-    pyramid_every: int = 200
-    decorrelate: bool = True
-    amp: str = "off"
-    golden_head_epochs: int = 10
-
-    presets = {"sample-cpu": {"iterations": 60, "pyramid_every": 10}}
-
-    def validate(self) -> None:
-        if self.ipc < 1 or self.iterations < 0 or self.augs < 1 or self.pyramid_every < 1:
-            raise InputError("--ipc, --augs, --pyramid-every must be >= 1 and --iterations >= 0")
-        if not self.lr > 0:
-            raise InputError(f"--lr must be > 0, got {self.lr}")
-        if self.amp not in ("off", "bf16"):
-            raise InputError(f"--amp must be off or bf16, got {self.amp!r}")
-        if self.golden_head_epochs < 0:
-            raise InputError("--golden-head-epochs must be >= 0")
 
 
 class Pyramid:

@@ -16,75 +16,13 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import save_file
 
+from ddcli.configs import MAX_INT_OPTION, MethodConfig, check_option_value  # noqa: F401
 from ddcli.data import Dataset
 from ddcli.errors import InputError, Interrupted, RunError
 from ddcli.io import atomic_path, read_safetensors
 
 # --------------------------------------------------------------------------------------------
 # configs (diffusers' register_to_config idea: every knob captured and stored in the bundle)
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """Base of method configs: frozen, JSON round-trip, named presets."""
-
-    presets: ClassVar[dict[str, dict[str, Any]]] = {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def build(cls, preset: str | None = None, **overrides: Any) -> MethodConfig:
-        values: dict[str, Any] = {}
-        if preset is not None:
-            if preset not in cls.presets:
-                raise InputError(f"unknown preset {preset!r}")
-            values.update(cls.presets[preset])
-        unknown = [k for k in overrides if k not in cls.fields()]
-        if unknown:
-            opt = "--" + unknown[0].replace("_", "-")
-            raise InputError(f"option {opt} does not apply to this method")
-        values.update(overrides)
-        cfg = cls(**values)
-        cfg.check_values()
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.fields()})
-
-    def check_values(self) -> None:
-        """What holds for every option of every method: numbers are finite and integers fit in
-        32 bits (ranges particular to an option are :meth:`validate`'s)."""
-        for f in dataclasses.fields(self):
-            check_option_value("--" + f.name.replace("_", "-"), getattr(self, f.name))
-
-    def validate(self) -> None:
-        """Raise InputError on a bad value (subclasses extend)."""
-
-
-#: the largest integer an option takes (iterations, widths, counts)
-MAX_INT_OPTION = 2**31 - 1
-
-
-def check_option_value(flag: str, value: Any) -> None:
-    """Refuse a non-finite float or an integer beyond :data:`MAX_INT_OPTION` for ``flag``."""
-    if isinstance(value, bool) or value is None:
-        return
-    if isinstance(value, (tuple, list)):
-        for v in value:
-            check_option_value(flag, v)
-    elif isinstance(value, int):
-        if abs(value) > MAX_INT_OPTION:
-            raise InputError(f"{flag} is out of range: {value}")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise InputError(f"{flag} must be a finite number, got {value}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from ddcli import augment, formation
-from ddcli.errors import InputError
+from ddcli.configs import CSDMConfig, SDMConfig
 from ddcli.experts import EXPERT_RECIPE
-from ddcli.losses import KERNELS, alpha_schedule, sample_frequencies, spectral_loss
+from ddcli.losses import alpha_schedule, sample_frequencies, spectral_loss
 from ddcli.methods import register_method
-from ddcli.methods.dm import DM, DMConfig
+from ddcli.methods.dm import DM
 from ddcli.runtime import cache_dir
 
 
@@ -76,91 +75,6 @@ def sequential_optimizer_steps(
         opt.step()
     param.grad = None
     return losses.detach()
-
-
-@dataclass(frozen=True)
-class CSDMConfig(DMConfig):
-    """CSDM hyper-parameters (DM's, plus):
-
-    Attributes:
-        lr: the image learning rate (NCFM's effective AdamW lr 1e-3).
-        weight_decay: AdamW's weight decay (NCFM 5e-4).
-        optimizer: ``adamw`` (default, NCFM's) or ``sgd`` (with ``momentum``).
-        step_mode: ``per-class`` (NCFM: one optimiser step per class) or ``joint``.
-        plateau_patience: ReduceLROnPlateau patience in iterations (NCFM 500; 0: off), factor
-            ``plateau_factor`` (0.5).
-        kernel: one of gaussian, laplacian, cauchy, matern-0.5, matern-1.5, matern-2.5.
-        sigma: the bandwidth, a number or ``median`` (median pairwise distance of normalised
-            real features, measured once at the start).
-        num_freqs: frequencies drawn per iteration (shared by the classes).
-        reduction: ``sqrt-mean`` (NCFM's, scaled by ``scale``) or ``mean`` (unbiased SDD).
-        scale: loss scale.
-        alpha_schedule: ``log-linear``, ``two-group`` or ``constant`` (α = ½).
-        alpha_head, alpha_tail: α of the largest and of the smallest class.
-        extractor: ``random`` (a fresh network per iteration) or ``pool`` (one of
-            ``pool_size`` networks trained ``pool_epochs`` epochs on the real data, cached, its
-            weights blended with its initial ones, NCFM-style).
-    """
-
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    optimizer: str = "adamw"
-    step_mode: str = "per-class"
-    plateau_patience: int = 500
-    plateau_factor: float = 0.5
-    dsa_strategy: str = "color_crop_cutout"
-    kernel: str = "gaussian"
-    sigma: str = "1.0"
-    num_freqs: int = 4096
-    reduction: str = "sqrt-mean"
-    scale: float = 300.0
-    alpha_schedule: str = "log-linear"
-    alpha_head: float = 0.7
-    alpha_tail: float = 0.3
-    extractor: str = "random"
-    pool_size: int = 20
-    pool_epochs: int = 60
-
-    presets = {"sample-cpu": {"iterations": 150, "batch_real": 32, "width": 64,
-                              "channels_last": True, "num_freqs": 1024}}
-
-    def validate(self) -> None:
-        super().validate()
-        if self.optimizer not in ("adamw", "sgd"):
-            raise InputError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if self.kernel not in KERNELS:
-            raise InputError(f"--kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
-        if self.sigma != "median":
-            try:
-                assert float(self.sigma) > 0
-            except (ValueError, AssertionError):
-                raise InputError(f"--sigma must be > 0 or 'median', got {self.sigma!r}") from None
-        if self.num_freqs < 1:
-            raise InputError(f"--num-freqs must be >= 1, got {self.num_freqs}")
-        if self.reduction not in ("mean", "sqrt-mean"):
-            raise InputError(f"--reduction must be mean or sqrt-mean, got {self.reduction!r}")
-        if self.alpha_schedule not in ("log-linear", "two-group", "constant"):
-            raise InputError(f"--alpha-schedule must be log-linear, two-group or constant, got "
-                             f"{self.alpha_schedule!r}")
-        if not (0 <= self.alpha_tail <= 1 and 0 <= self.alpha_head <= 1):
-            raise InputError("--alpha-head and --alpha-tail must lie in [0, 1]")
-        if self.extractor not in ("random", "pool"):
-            raise InputError(f"--extractor must be random or pool, got {self.extractor!r}")
-        if self.pool_size < 1 or self.pool_epochs < 1:
-            raise InputError("--pool-size and --pool-epochs must be >= 1")
-        if self.step_mode not in ("per-class", "joint"):
-            raise InputError(f"--step-mode must be per-class or joint, got {self.step_mode!r}")
-        if self.weight_decay < 0 or self.plateau_patience < 0 or \
-                not 0 < self.plateau_factor <= 1:
-            raise InputError("--weight-decay and the plateau patience must be >= 0, the plateau "
-                             "factor in (0, 1]")
-
-
-@dataclass(frozen=True)
-class SDMConfig(CSDMConfig):
-    """SDM: CSDM with α = ½ for every class (kernel MMD through the spectrum)."""
-
-    alpha_schedule: str = "constant"
 
 
 #: NCFM's extractor pool: TGDD's expert recipe (SGD 0.01, x0.2 at 2/3 and 5/6, colour + crop,

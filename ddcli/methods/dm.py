@@ -21,83 +21,17 @@ same step) and stored in pixel scale.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from ddcli import augment, formation
+from ddcli.configs import DMConfig
 from ddcli.data import Dataset
-from ddcli.errors import InputError
 from ddcli.losses import dm_loss
 from ddcli.methods import register_method
-from ddcli.methods.base import ClassPool, Method, MethodConfig, SyntheticSet
+from ddcli.methods.base import ClassPool, Method, SyntheticSet
 from ddcli.models import create_model
-
-
-@dataclass(frozen=True)
-class DMConfig(MethodConfig):
-    """DM hyper-parameters; defaults are the reference's (methods.md §1.4).
-
-    Attributes:
-        ipc: synthetic images per class.
-        iterations: outer iterations, one SGD step on the synthetic set each (reference 20,000).
-        lr: SGD learning rate on the (normalised) pixels (reference 1; 10 for IPC >= 100).
-        momentum: SGD momentum (reference 0.5).
-        batch_real: real images per class per iteration (reference 256).
-        init: ``real`` (random real images of the class) or ``noise`` (standard normal).
-        model: the registry name of the random feature extractor.
-        width: its width (reference 128).
-        dsa_strategy: the DSA families, underscore-separated.
-        amp: ``off`` or ``bf16`` (autocast of the network; the loss stays in float32).
-        channels_last: run the network in channels-last memory format.
-        factor: multi-formation (IDC): each stored image holds factor×factor sub-images,
-            decoded to full size at use time (1: off).
-    """
-
-    ipc: int = 10
-    iterations: int = 20000
-    lr: float = 1.0
-    momentum: float = 0.5
-    batch_real: int = 256
-    init: str = "real"
-    model: str = "convnet"
-    width: int = 128
-    dsa_strategy: str = augment.DSA_STRATEGY
-    amp: str = "off"
-    channels_last: bool = False
-    factor: int = 1
-
-    presets = {
-        # the built-in sample on a 2-core CPU in about a minute (see README); lr 1 (the
-        # reference's) beat 10 and 30 on a validation split of Fashion-MNIST images outside
-        # the sample (81.4 / 79.7 / 78.8 %, 3 models, dm protocol at 200 epochs)
-        "sample-cpu": {"iterations": 150, "batch_real": 32, "width": 64, "channels_last": True},
-    }
-
-    def validate(self) -> None:
-        if self.ipc < 1:
-            raise InputError(f"--ipc must be >= 1, got {self.ipc}")
-        if self.iterations < 0:
-            raise InputError(f"--iterations must be >= 0, got {self.iterations}")
-        if self.batch_real < 1:
-            raise InputError(f"--batch-real must be >= 1, got {self.batch_real}")
-        if self.width < 1:
-            raise InputError(f"--width must be >= 1, got {self.width}")
-        if not 0 <= self.momentum < 1:
-            raise InputError(f"the momentum must lie in [0, 1), got {self.momentum}")
-        if not self.lr > 0:
-            raise InputError(f"--lr must be > 0, got {self.lr}")
-        if self.init not in ("real", "noise"):
-            raise InputError(f"--init must be real or noise, got {self.init!r}")
-        if self.factor is not None and self.factor < 1:
-            raise InputError(f"--factor must be >= 1, got {self.factor}")
-        if self.amp not in ("off", "bf16"):
-            raise InputError(f"--amp must be off or bf16, got {self.amp!r}")
-        try:
-            augment.parse_strategy(self.dsa_strategy)
-        except ValueError as e:
-            raise InputError(str(e)) from None
 
 
 @register_method

@@ -8,20 +8,12 @@ synthetic set: L = 1 − cos(g_real, g_syn), backpropagated to the pyramid throu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from ddcli.configs import LGMConfig
 from ddcli.losses import lgm_loss
 from ddcli.methods import register_method
-from ddcli.methods.backbone_base import BackboneConfig, BackboneMethod, standard_views
-
-
-@dataclass(frozen=True)
-class LGMConfig(BackboneConfig):
-    augs: int = 10
-
-    presets = {"sample-cpu": {"iterations": 60, "pyramid_every": 10, "augs": 2}}
+from ddcli.methods.backbone_base import BackboneMethod, standard_views
 
 
 @register_method

@@ -26,15 +26,13 @@ UNet trained on the data (cached; ddcli.priors). Then ``relabel`` + ``evaluate -
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ddcli.errors import InputError
+from ddcli.configs import OTGenConfig
 from ddcli.losses import deviation_cost, ot_guidance_cost
 from ddcli.methods import register_method
-from ddcli.methods.base import Method, MethodConfig, SyntheticSet
+from ddcli.methods.base import Method, SyntheticSet
 from ddcli.priors import PriorRecipe, load_prior, train_prior
 from ddcli.runtime import cache_dir
 
@@ -43,61 +41,6 @@ IGD_STEP = 0.0015
 #: classifier-free guidance by prior kind when --cfg-scale is not given: IGD samples DiT at 4.0;
 #: ddcli's own UNet priors at 2.0 (ddcli choice, not yet measured against 4.0)
 DEFAULT_CFG = {"dit": 4.0, "unet": 2.0}
-
-
-@dataclass(frozen=True)
-class OTGenConfig(MethodConfig):
-    """Attributes:
-        ipc: samples per class.
-        prior: a local diffusers pipeline folder (None: train a UNet prior on the data).
-        prior_steps: training steps of that prior.
-        prior_channels: its UNet's block widths.
-        prior_batch: its training batch size.
-        sampler: ``ddpm`` (ancestral, IGD's) or ``ddim``.
-        sampling_steps: respaced sampling steps per sample (IGD 50).
-        cfg_scale: classifier-free guidance (None: 4.0 for DiT priors as IGD, 2.0 for UNets).
-        ot_scale: β₁, the OT guidance in units of IGD's step ρ_t (IGD's k = 5; 0: unguided).
-        ot_reg: λ₁, the Sinkhorn regulariser.
-        dev_scale: γ, IGD's deviation (diversity) guidance (0: off).
-        window_start, window_end: the guided respaced timesteps, as fractions of the steps
-            (IGD: 30..45 of 50).
-        real_per_class: real samples per class in the OT cost.
-    """
-
-    ipc: int = 10
-    prior: str | None = None
-    prior_steps: int = 20000
-    prior_channels: tuple[int, ...] = (64, 128, 128)
-    prior_batch: int = 128
-    sampler: str = "ddpm"
-    sampling_steps: int = 50
-    cfg_scale: float | None = None
-    ot_scale: float = 5.0
-    ot_reg: float = 0.05
-    dev_scale: float = 0.0
-    window_start: float = 0.6
-    window_end: float = 0.9
-    real_per_class: int = 256
-
-    # a demonstration on a 2-core CPU: a tiny prior, few steps (quality is not the point)
-    presets = {"sample-cpu": {"ipc": 2, "prior_steps": 150, "prior_batch": 32,
-                              "prior_channels": (16, 32), "sampling_steps": 10,
-                              "real_per_class": 64}}
-
-    def validate(self) -> None:
-        if min(self.ipc, self.sampling_steps, self.real_per_class, self.prior_batch) < 1:
-            raise InputError("--ipc, --sampling-steps, --real-per-class and the prior batch "
-                             "must be >= 1")
-        if self.prior_steps < 0 or self.ot_scale < 0 or self.dev_scale < 0:
-            raise InputError("--prior-steps, --ot-scale and --dev-scale must be >= 0")
-        if self.cfg_scale is not None and not self.cfg_scale >= 0:
-            raise InputError(f"--cfg-scale must be >= 0, got {self.cfg_scale}")
-        if not self.ot_reg > 0:
-            raise InputError(f"--ot-reg must be > 0, got {self.ot_reg}")
-        if not 0 <= self.window_start <= self.window_end <= 1:
-            raise InputError("the guidance window needs 0 <= start <= end <= 1")
-        if self.sampler not in ("ddpm", "ddim"):
-            raise InputError(f"--sampler must be ddpm or ddim, got {self.sampler!r}")
 
 
 def guided_indices(steps: int, start: float, end: float) -> list[int]:

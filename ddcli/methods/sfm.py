@@ -15,24 +15,12 @@ IPC 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ddcli.errors import InputError
+from ddcli.configs import SFMConfig
 from ddcli.losses import flow_loss
 from ddcli.methods import register_method
-from ddcli.methods.backbone_base import BackboneConfig, BackboneMethod, class_means
-
-
-@dataclass(frozen=True)
-class SFMConfig(BackboneConfig):
-    flow_denominator: str = "images"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.flow_denominator not in ("classes", "images"):
-            raise InputError("--flow-denominator must be classes or images")
+from ddcli.methods.backbone_base import BackboneMethod, class_means
 
 
 @register_method

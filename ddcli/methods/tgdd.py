@@ -22,16 +22,15 @@ window 7, lr 0.01 × IPC on pixels, momentum 0.5, 128 real images per class, 10,
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from ddcli import augment, formation
-from ddcli.errors import InputError
+from ddcli.configs import TGDDConfig
 from ddcli.experts import build_experts, load_trajectory
 from ddcli.losses import tgdd_loss
 from ddcli.methods import register_method
-from ddcli.methods.dm import DM, DMConfig
+from ddcli.methods.dm import DM
 from ddcli.models import create_model
 from ddcli.runtime import cache_dir
 
@@ -67,58 +66,6 @@ def sequential_class_steps(
         new = syn - lr * shift[num_classes] * buf - lr * grad_coef[class_of].view(view) * g
         new_buf = powers[num_classes] * buf + powers[num_classes - 1 - k] * g
     return new, new_buf, losses.detach()
-
-
-@dataclass(frozen=True)
-class TGDDConfig(DMConfig):
-    """TGDD hyper-parameters (DM's, plus). ``None`` means "by IPC" (see the module doc).
-
-    Attributes:
-        lr: learning rate on pixels (None: 0.01 × IPC).
-        alpha: weight of the constraint cross-entropy (None: by IPC).
-        window: expert window L (epochs between the extractor and the constraint snapshot).
-        num_experts, expert_epochs: the trajectories.
-        factor: multi-formation factor (None: 2, or 1 at IPC 1).
-        step_mode: ``per-class`` (the reference's sequential class steps) or ``joint``.
-    """
-
-    iterations: int = 10000
-    lr: float | None = None
-    batch_real: int = 128
-    dsa_strategy: str = "color_crop_cutout"
-    alpha: float | None = None
-    window: int = 7
-    num_experts: int = 5
-    expert_epochs: int = 60
-    factor: int | None = None
-    step_mode: str = "per-class"
-
-    presets = {"sample-cpu": {"iterations": 50, "batch_real": 32, "num_experts": 2,
-                              "expert_epochs": 5, "width": 64, "channels_last": True}}
-
-    def validate(self) -> None:
-        if self.lr is not None and not self.lr > 0:
-            raise InputError(f"--lr must be > 0, got {self.lr}")
-        self._dm_view().validate()
-        if self.alpha is not None and self.alpha < 0:
-            raise InputError(f"--alpha must be >= 0, got {self.alpha}")
-        if self.window < 1 or self.num_experts < 1 or self.expert_epochs < 1:
-            raise InputError("--window, --num-experts and --expert-epochs must be >= 1")
-        if self.step_mode not in ("per-class", "joint"):
-            raise InputError(f"--step-mode must be per-class or joint, got {self.step_mode!r}")
-
-    def _dm_view(self) -> DMConfig:
-        fields = {k: v for k, v in self.to_dict().items() if k in DMConfig.fields()}
-        return DMConfig(**{**fields, "lr": self.lr or 1.0, "factor": self.factor or 1})
-
-    def resolved(self) -> dict:
-        """The values "by IPC" made explicit (stored in the bundle's provenance)."""
-        return {
-            "lr": self.lr if self.lr is not None else 0.01 * self.ipc,
-            "alpha": self.alpha if self.alpha is not None else
-            (2.5 if self.ipc <= 10 else 0.5 if self.ipc >= 50 else 1.0),
-            "factor": self.factor if self.factor is not None else (1 if self.ipc == 1 else 2),
-        }
 
 
 @register_method

@@ -1,0 +1,190 @@
+"""``distill``'s method options, generated from the method configs (:mod:`ddcli.configs`).
+
+One option per config field (``batch_real`` -> ``--batch-real``), grouped into rich help panels
+by the methods that take it, with its help from the config's docstring and every method's
+default and built-in-sample preset listed; choices are validated by the CLI
+(case-insensitive). An option left out stays ``None``, so the method's own default (or preset)
+applies. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import typer
+
+from ddcli.configs import CONFIGS, MethodConfig, field_docs, flag
+
+PANEL_METHOD = "Method"
+PANEL_DM = "DM family (dm, csdm, sdm, tgdd)"
+PANEL_CSDM = "CSDM / SDM"
+PANEL_TGDD = "TGDD"
+PANEL_SFM = "SFM / LGM"
+PANEL_OTGEN = "otgen"
+#: the methods a panel is about (an option taken by all of them needs no "methods:" prefix)
+PANEL_METHODS = {PANEL_DM: ("dm", "csdm", "sdm", "tgdd"), PANEL_CSDM: ("csdm", "sdm"),
+                 PANEL_TGDD: ("tgdd",), PANEL_SFM: ("sfm", "lgm"), PANEL_OTGEN: ("otgen",)}
+
+#: the order of methods in help texts (families together)
+ORDER = ("dm", "csdm", "sdm", "tgdd", "sfm", "lgm", "otgen")
+FAMILY = {"dm": "dm", "csdm": "dm", "sdm": "dm", "tgdd": "dm", "sfm": "bb", "lgm": "bb",
+          "otgen": "gen"}
+#: the preset the built-in sample uses
+SAMPLE_PRESET = "sample-cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodOption:
+    name: str  # the field
+    methods: tuple[str, ...]  # the methods that take it, in ORDER
+    kind: str  # "int", "float", "str", "bool", "ints" (a comma-separated tuple)
+    choices: tuple[str, ...] | None
+    help: str
+    panel: str
+
+
+def _kind(cfg: type[MethodConfig], f: dataclasses.Field) -> str:
+    t = str(f.type).replace(" ", "")
+    for k in ("bool", "int", "float", "str"):
+        if t in (k, f"{k}|None"):
+            return k
+    if t.startswith("tuple[int"):
+        return "ints"
+    raise TypeError(f"{cfg.__name__}.{f.name}: no command-line type for {f.type!r}")
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (tuple, list)):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def _by_value(methods: tuple[str, ...], value_of: Callable[[str], Any],
+              every: tuple[str, ...]) -> str:
+    """``dm/csdm 1, tgdd 0.01`` — methods sharing a value named together; the value alone
+    when all of ``every`` share it."""
+    groups: dict[str, list[str]] = {}
+    for m in methods:
+        v = value_of(m)
+        if v is not None:
+            groups.setdefault(_show(v), []).append(m)
+    if len(groups) == 1 and set(next(iter(groups.values()))) == set(every):
+        return next(iter(groups))
+    return ", ".join(f"{'/'.join(ms)} {v}" for v, ms in groups.items())
+
+
+def _panel(methods: tuple[str, ...]) -> str:
+    fams = {FAMILY[m] for m in methods}
+    if len(fams) > 1:
+        return PANEL_METHOD
+    fam = fams.pop()
+    if fam == "bb":
+        return PANEL_SFM
+    if fam == "gen":
+        return PANEL_OTGEN
+    if set(methods) == {"csdm", "sdm"}:
+        return PANEL_CSDM
+    if set(methods) == {"tgdd"}:
+        return PANEL_TGDD
+    return PANEL_DM
+
+
+def method_options() -> list[MethodOption]:
+    """Every command-line field of every method, in the order of their first definition."""
+    users: dict[str, list[str]] = {}
+    first: dict[str, tuple[type[MethodConfig], dataclasses.Field]] = {}
+    for m in ORDER:
+        cfg = CONFIGS[m]
+        for f in dataclasses.fields(cfg):
+            if f.name in cfg.internal:
+                continue
+            users.setdefault(f.name, []).append(m)
+            first.setdefault(f.name, (cfg, f))
+    shared_docs = field_docs(MethodConfig)
+    out = []
+    for name, ms in users.items():
+        methods = tuple(ms)
+        cfg, f = first[name]
+        kinds = {_kind(CONFIGS[m], next(x for x in dataclasses.fields(CONFIGS[m])
+                                        if x.name == name)) for m in methods}
+        if len(kinds) > 1:
+            raise TypeError(f"--{name}: the methods disagree on its type ({kinds})")
+        choice_sets = {CONFIGS[m].choices.get(name) for m in methods}
+        if len(choice_sets) > 1:
+            raise TypeError(f"{flag(name)}: the methods disagree on its choices")
+        choices = choice_sets.pop()
+        # the help: a shared text (MethodConfig's docstring) for options of several families,
+        # else the defining config's; then every method's default and sample preset
+        docs = field_docs(CONFIGS[methods[0]])
+        text = shared_docs.get(name) if _panel(methods) == PANEL_METHOD else None
+        text = (text or docs.get(name) or name.replace("_", " ")).rstrip(".").replace("``", "")
+        text = text[:1].upper() + text[1:]
+        panel = _panel(methods)
+        every = PANEL_METHODS.get(panel, ORDER)
+        prefix = "" if set(methods) == set(every) else "/".join(methods) + ": "
+        defaults = _by_value(methods, lambda m, name=name: getattr(CONFIGS[m](), name), methods)
+        sample = _by_value(
+            tuple(m for m in methods if name in CONFIGS[m].presets.get(SAMPLE_PRESET, {})),
+            lambda m, name=name: CONFIGS[m].presets[SAMPLE_PRESET][name], methods)
+        help_text = f"{prefix}{text}."
+        if choices:
+            help_text += f" One of: {', '.join(choices)}."
+        if defaults:
+            help_text += f" Default: {defaults}"
+            help_text += f"; built-in sample: {sample}." if sample else "."
+        out.append(MethodOption(name, methods, _kind(cfg, f), choices, help_text, panel))
+    return out
+
+
+_TYPES = {"int": int, "float": float, "str": str, "ints": str, "bool": bool}
+
+
+def parameters(taken: set[str]) -> list[inspect.Parameter]:
+    """The options as keyword-only parameters for a typer command (all default ``None``);
+    ``taken``: the command's own parameter names, which no field may shadow."""
+    params = []
+    for o in method_options():
+        if o.name in taken:
+            raise TypeError(f"method option {flag(o.name)} clashes with a distill option")
+        if o.kind == "bool":
+            decl = f"{flag(o.name)}/--no-{flag(o.name)[2:]}"
+            info = typer.Option(decl, help=o.help, rich_help_panel=o.panel)
+        elif o.choices:
+            info = typer.Option(flag(o.name), help=o.help, rich_help_panel=o.panel,
+                                case_sensitive=False, show_default=False)
+        else:
+            info = typer.Option(flag(o.name), help=o.help, rich_help_panel=o.panel,
+                                show_default=False)
+        typ = Literal[o.choices] if o.choices else _TYPES[o.kind]
+        params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[typ | None, info]))
+    return params
+
+
+def with_method_options(after: str) -> Callable[[Callable], Callable]:
+    """Give ``func(..., **options)`` one typer option per method field (see module doc),
+    listed after its parameter ``after``."""
+
+    def wrap(func: Callable) -> Callable:
+        sig = inspect.signature(func, eval_str=True)
+        own = [p for p in sig.parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        cut = [p.name for p in own].index(after) + 1
+        kw = inspect.Parameter.KEYWORD_ONLY  # typer passes every option by name
+        head = [own[0], *(p.replace(kind=kw) for p in own[1:cut])]
+        tail = [p.replace(kind=kw) for p in own[cut:]]
+        generated = parameters({p.name for p in own})
+        func.__signature__ = sig.replace(parameters=[*head, *generated, *tail])
+        func.__annotations__ = {p.name: p.annotation
+                                for p in func.__signature__.parameters.values()}
+        return func
+
+    return wrap
+
