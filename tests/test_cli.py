@@ -254,3 +254,16 @@ def test_distill_options_are_generated_from_the_method_configs(cli, shards, tmp_
                           2, "--momentum")
     assert_one_line_error(cli("distill", shards, "--window-end", "0.5", "-o",
                               tmp_path / "z.st"), 2, "--window-end", "does not apply")
+
+
+def test_readme_lists_the_generated_distill_options():
+    """The README's method-option table is markdown_table() verbatim (regenerate it when a
+    config changes: the command is in the function's docstring)."""
+    from pathlib import Path
+
+    from ddcli.cli.method_options import markdown_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("<!-- method-options:")
+    body = readme[readme.index("\n", start) + 1:readme.index("<!-- /method-options -->")]
+    assert body.rstrip("\n") == markdown_table()

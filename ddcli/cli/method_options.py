@@ -42,8 +42,21 @@ class MethodOption:
     methods: tuple[str, ...]  # the methods that take it, in ORDER
     kind: str  # "int", "float", "str", "bool", "ints" (a comma-separated tuple)
     choices: tuple[str, ...] | None
-    help: str
+    text: str  # what it is (the config's docstring)
+    defaults: str  # every method's default, "" when all are "by ..." (None)
+    sample: str  # the built-in sample preset's values, "" when it sets none
     panel: str
+    prefix: str  # "csdm/sdm: " when not every method of its panel takes it
+
+    @property
+    def help(self) -> str:
+        out = f"{self.prefix}{self.text}."
+        if self.choices:
+            out += f" One of: {', '.join(self.choices)}."
+        if self.defaults:
+            out += f" Default: {self.defaults}"
+            out += f"; built-in sample: {self.sample}." if self.sample else "."
+        return out
 
 
 def _kind(cfg: type[MethodConfig], f: dataclasses.Field) -> str:
@@ -133,13 +146,8 @@ def method_options() -> list[MethodOption]:
         sample = _by_value(
             tuple(m for m in methods if name in CONFIGS[m].presets.get(SAMPLE_PRESET, {})),
             lambda m, name=name: CONFIGS[m].presets[SAMPLE_PRESET][name], methods)
-        help_text = f"{prefix}{text}."
-        if choices:
-            help_text += f" One of: {', '.join(choices)}."
-        if defaults:
-            help_text += f" Default: {defaults}"
-            help_text += f"; built-in sample: {sample}." if sample else "."
-        out.append(MethodOption(name, methods, _kind(cfg, f), choices, help_text, panel))
+        out.append(MethodOption(name, methods, _kind(cfg, f), choices, text, defaults, sample,
+                                panel, prefix))
     return out
 
 
@@ -188,3 +196,16 @@ def with_method_options(after: str) -> Callable[[Callable], Callable]:
 
     return wrap
 
+
+
+def markdown_table() -> str:
+    """The method options as the README's table (tests/test_cli.py keeps the two equal):
+    ``python -c "from ddcli.cli.method_options import markdown_table; print(markdown_table())"``.
+    """
+    rows = ["| option | methods | default (built-in sample) | meaning |", "|---|---|---|---|"]
+    for o in method_options():
+        name = f"`{flag(o.name)}`" + (f" ({' / '.join(o.choices)})" if o.choices else "")
+        methods = "all" if len(o.methods) == len(ORDER) else ", ".join(o.methods)
+        default = o.defaults + (f" ({o.sample})" if o.sample else "")
+        rows.append(f"| {name} | {methods} | {default} | {o.text} |")
+    return "\n".join(rows)
