@@ -146,7 +146,7 @@ def test_config_rules_shared_keys_sections_and_types(cli, shards, tmp_path, bund
     # the README's recipe: a top-level key a command does not take is ignored for it
     cfg.write_text("seed = 1\nipc = 2\n[distill]\nmethod = 'dm'\n[experts]\nnum-experts = 0\n")
     r = cli("experts", shards, "--config", cfg, "--device", "cpu")
-    assert_one_line_error(r, 2, "--num-experts must be >= 1")  # [experts] applied, seed ignored
+    assert_one_line_error(r, 2, "--num-experts must be >= 1")  # [experts] applied
     r = cli("inspect", bundle_file, "--config", cfg, "--json")  # inspect takes --config too
     assert r.code == 0, r
     cfg.write_text("seed = 1\n[distil]\nipc = 2\n")

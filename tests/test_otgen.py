@@ -148,3 +148,21 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     resumed, _ = run_method(create_method("otgen", ipc=1, **kw), ds, seed=1,
                             checkpoint=ckpt, resume=True)
     assert torch.allclose(resumed.images, full.images, atol=1e-5)
+
+
+def test_prior_command_prepares_the_cache_distill_uses_with_the_same_seed(cli, tmp_path):
+    """`ddcli prior --seed N` with distill's data and prior options trains the prior a later
+    `distill -m otgen --seed N` finds; another seed is another prior."""
+    data = write_shards(tmp_path / "d", n_train=12, n_test=6)
+    opts = ["--prior-steps", "2", "--prior-channels", "8,16", "--prior-batch", "4"]
+    r = cli("prior", data, *opts, "--seed", "2", "--device", "cpu", "--json")
+    assert r.code == 0 and r.json()["seed"] == 2 and r.json()["cached"] is False, r
+    priors = tmp_path / "cache" / "priors"
+    before = sorted(p.name for p in priors.iterdir())
+    r = cli("distill", data, "-m", "otgen", "--ipc", "1", *opts, "--sampling-steps", "2",
+            "--real-per-class", "4", "--seed", "2", "--device", "cpu", "-o",
+            tmp_path / "o.safetensors", "--json")
+    assert r.code == 0, r
+    assert sorted(p.name for p in priors.iterdir()) == before  # found, not trained again
+    r = cli("prior", data, *opts, "--seed", "3", "--device", "cpu", "--json")
+    assert r.code == 0 and r.json()["cached"] is False and len(list(priors.iterdir())) == 2

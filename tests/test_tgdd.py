@@ -117,16 +117,18 @@ def test_cutmix_mixes_a_box_and_reports_the_kept_fraction():
 def test_tgdd_end_to_end_with_multi_formation(cli, tmp_path):
     data = write_shards(tmp_path / "d", n_train=16, n_test=6)
     r = cli("experts", data, "--num-experts", "2", "--expert-epochs", "2", "--width", "8",
-            "--device", "cpu", "--json", "-o", tmp_path / "copy")
+            "--device", "cpu", "--json", "-o", tmp_path / "copy", "--seed", "3")
     assert r.code == 0 and len(r.json()["trajectories"]) == 2, r
+    assert r.json()["seed"] == 3
     assert len(list((tmp_path / "copy").glob("*.safetensors"))) == 2
     cached = set((tmp_path / "cache" / "experts").rglob("*.safetensors"))
     out = tmp_path / "t.safetensors"
     r = cli("distill", data, "-m", "tgdd", "--ipc", "2", "--iterations", "4", "--batch-real",
             "4", "--width", "8", "--num-experts", "2", "--expert-epochs", "2", "--device", "cpu",
-            "-o", out, "--json")
+            "-o", out, "--json", "--seed", "3")
     assert r.code == 0, r
-    assert set((tmp_path / "cache" / "experts").rglob("*.safetensors")) == cached  # reused
+    # the same seed finds what `ddcli experts` prepared: nothing new is trained
+    assert set((tmp_path / "cache" / "experts").rglob("*.safetensors")) == cached
     conf = r.json()["config"]
     assert conf["factor"] == 2 and conf["alpha"] == 2.5 and conf["lr"] == pytest.approx(0.02)
     r = cli("inspect", out, "--json")

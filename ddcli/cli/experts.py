@@ -19,6 +19,7 @@ from ddcli.cli.common import (
     MaxPerClassOpt,
     QuietOpt,
     Reporter,
+    SeedOpt,
     SkipBadOpt,
     TrainFilesOpt,
     cache_dir,
@@ -50,6 +51,7 @@ def experts(
         Path | None, typer.Option("--out", "-o", help="Also copy the trajectories into this "
                                                       "folder.")
     ] = None,
+    seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -58,9 +60,9 @@ def experts(
 ) -> None:
     """Train and cache expert trajectories for `distill -m tgdd` (CI jobs prepare them once).
 
-    The data options must be those of the later distill: the cache is keyed by the data's
-    fingerprint. Example: [bold]ddcli experts data/cifar10 --train-files 'train_[123].npz'
-    --num-experts 5[/]
+    The data options and --seed must be those of the later distill: the cache is keyed by
+    the data's fingerprint and the seed. Example: [bold]ddcli experts data/cifar10
+    --train-files 'train_[123].npz' --num-experts 5[/]
     """
     import torch
 
@@ -74,7 +76,7 @@ def experts(
     with rep.progress(f"experts ({num_experts} x {model})", expert_epochs,
                       unit="epochs") as update:
         paths = build_experts(ds, num=num_experts, device=dev, cache=cache_dir(), arch=model,
-                              epochs=expert_epochs, width=width, progress=update,
+                              epochs=expert_epochs, width=width, seed=seed, progress=update,
                               info=rep.info)
     folder = paths[0].parent
     rep.info(f"{len(paths)} trajectories in {folder}")
@@ -85,4 +87,4 @@ def experts(
         print_json({"folder": str(folder), "trajectories": [str(p) for p in paths],
                     "out": str(out) if out else None, "fingerprint": ds.fingerprint,
                     "model": model, "num_experts": num_experts, "expert_epochs": expert_epochs,
-                    "width": width})
+                    "width": width, "seed": seed})

@@ -19,6 +19,7 @@ from ddcli.cli.common import (
     MaxPerClassOpt,
     QuietOpt,
     Reporter,
+    SeedOpt,
     SkipBadOpt,
     TrainFilesOpt,
     cache_dir,
@@ -50,6 +51,7 @@ def prior(
         Path | None, typer.Option("--out", "-o", help="Also copy the pipeline into this folder "
                                                       "(for distill --prior OUT).")
     ] = None,
+    seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -58,8 +60,8 @@ def prior(
 ) -> None:
     """Fit a small class-conditional UNet diffusion prior (diffusers) on the data, cached; a killed run resumes from its last checkpoint.
 
-    With the data options and prior options of a later [bold]distill -m otgen[/], that run
-    finds it in the cache. Example: [bold]ddcli prior data/cifar10 --train-files
+    With the data options, prior options and --seed of a later [bold]distill -m otgen[/],
+    that run finds it in the cache. Example: [bold]ddcli prior data/cifar10 --train-files
     'train_[123].npz'[/]
     """  # noqa: E501  (rich help shows the first paragraph's line breaks)
     import torch
@@ -76,11 +78,11 @@ def prior(
     recipe = PriorRecipe(steps=prior_steps, batch_size=prior_batch, channels=widths)
     with rep.progress("diffusion prior", prior_steps, unit="steps") as update:
         folder, cached = train_prior(ds, device=dev, cache=cache_dir(), recipe=recipe,
-                                     progress=update)
+                                     seed=seed, progress=update)
     rep.info(f"prior {'found' if cached else 'trained'}: {folder}")
     if out is not None:
         copy_folder([folder], out, force)
         rep.info(f"copied it into {out} (use --prior {out})")
     if json_out:
         print_json({"prior": str(folder), "cached": cached, "out": str(out) if out else None,
-                    "fingerprint": ds.fingerprint, "recipe": recipe.key()})
+                    "fingerprint": ds.fingerprint, "recipe": recipe.key(), "seed": seed})

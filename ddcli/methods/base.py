@@ -119,6 +119,10 @@ class Method:
         #: the classes [lo, hi) this process computes and updates (None: all of them); set by
         #: the harness before ``setup`` under torchrun
         self.classes: tuple[int, int] | None = None
+        #: the run's seed, set by the harness before ``setup``: what a method builds and
+        #: caches (expert trajectories, an extractor pool, a prior) is seeded with it, so the
+        #: seed alone decides the bundle and ``ddcli experts/prior --seed`` prepare that cache
+        self.seed = 0
 
     def split_refusal(self) -> str | None:
         """Why this method (with this config) cannot split its classes among ranks, or None."""
@@ -298,6 +302,7 @@ def run_method(
     gen.manual_seed(seed)
     mean, std = data.mean_std()
     method.device = device
+    method.seed = seed
     if dist is not None:
         method.classes = dist.classes(data.num_classes)
     method.setup(data, device, gen, mean, std)

@@ -125,7 +125,7 @@ class CSDM(DM):
             paths = build_experts(data, num=cfg.pool_size, device=device, cache=cache_dir(),
                                   arch=cfg.model, epochs=cfg.pool_epochs, width=cfg.width,
                                   progress=update, recipe=POOL_RECIPE, stream="pool",
-                                  ends_only=True)
+                                  ends_only=True, seed=self.seed)
         pairs = []
         for path in paths:
             snaps = load_trajectory(path, data.fingerprint).snapshots

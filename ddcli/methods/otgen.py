@@ -84,7 +84,7 @@ class OTGen(Method):
                                         recipe=PriorRecipe(steps=cfg.prior_steps,
                                                            batch_size=cfg.prior_batch,
                                                            channels=tuple(cfg.prior_channels)),
-                                        progress=update)
+                                        seed=self.seed, progress=update)
         self.prior = load_prior(folder, data.classes).to(device)
         self.prior_source = str(folder)
         self.cfg = cfg.cfg_scale if cfg.cfg_scale is not None else DEFAULT_CFG[self.prior.kind]

@@ -86,7 +86,7 @@ class TGDD(DM):
                                  unit="epochs") as update:
             paths = build_experts(data, num=cfg.num_experts, device=device, cache=cache_dir(),
                                   arch=cfg.model, epochs=cfg.expert_epochs, width=cfg.width,
-                                  progress=update)
+                                  seed=self.seed, progress=update)
         self.trajectories = [
             [{k: v.to(device) for k, v in snap.items()}
              for snap in load_trajectory(p, data.fingerprint).snapshots]
