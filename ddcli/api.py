@@ -273,8 +273,9 @@ def _relabel(rep, bundle: Bundle, ds, archs: list[str], device: str, seed: int, 
 
     teachers, _ = train_teachers(rep, ds, archs, torch.device(device), seed)
     bundle.checksum = ""
-    return relabel_bundle(bundle, teachers, RelabelSettings(seed=seed),
-                          device=torch.device(device), command=command)
+    with rep.progress("labelling", None, unit="images") as update:
+        return relabel_bundle(bundle, teachers, RelabelSettings(seed=seed),
+                              device=torch.device(device), command=command, progress=update)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,9 +60,20 @@ def select_teachers(teachers: list[Teacher], ipc: int, num_teachers: int | None 
     return ranked[:k]
 
 
-def mean_probs(teachers: list[Teacher], pixels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over teachers of softmax(logits / T) on pixel-scale images."""
-    return torch.stack([t.probs(pixels, temperature) for t in teachers]).mean(0)
+def mean_probs(teachers: list[Teacher], pixels: torch.Tensor, temperature: float,
+               progress: Callable[[int], None] | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Mean over teachers of softmax(logits / T) on pixel-scale images; ``progress(n)`` after
+    every ``chunk`` images a teacher has labelled."""
+    out = []
+    for i in range(0, pixels.shape[0], chunk):
+        part = pixels[i : i + chunk]
+        probs = []
+        for t in teachers:
+            probs.append(t.probs(part, temperature))
+            if progress:
+                progress(part.shape[0])
+        out.append(torch.stack(probs).mean(0))
+    return torch.cat(out) if out else pixels.new_zeros((0, 0))
 
 
 def adsa_calibrate(probs: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor,
@@ -129,13 +141,25 @@ def relabel_images(
     mean: list[float],
     std: list[float],
     device: torch.device,
+    progress: Callable[..., None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
-    """Soft labels (and views) for pixel-scale images; returns (soft, extras, record)."""
+    """Soft labels (and views) for pixel-scale images; returns (soft, extras, record).
+    ``progress(done, total=...)`` counts teacher passes over images (views included)."""
     chosen = select_teachers(teachers, ipc, settings.num_teachers, settings.schedule)
     for t in chosen:
         t.to(device)
     x = pixels.to(device).float()
-    soft = mean_probs(chosen, x, settings.temperature)
+    total = x.shape[0] * (1 + settings.views) * len(chosen)
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total=total)
+
+    if progress:
+        progress(0, total=total)
+    soft = mean_probs(chosen, x, settings.temperature, advance)
     record: dict = {
         "teachers": [t.describe() for t in chosen],
         "teachers_available": len(teachers),
@@ -159,7 +183,7 @@ def relabel_images(
                                        all_families=True)
         normed = normalize(x, mean, std).repeat_interleave(k, dim=0)
         viewed = denormalize(augment.apply(normed, params), mean, std)  # what the student sees
-        vsoft = mean_probs(chosen, viewed, settings.temperature)
+        vsoft = mean_probs(chosen, viewed, settings.temperature, advance)
         if tau is not None:
             vsoft = apply_tau(vsoft, prior, tau)
         extras = {
@@ -180,7 +204,8 @@ def check_relabelable(bundle: Bundle) -> None:
 
 
 def relabel_bundle(bundle: Bundle, teachers: list[Teacher], settings: RelabelSettings, *,
-                   device: torch.device, command: str) -> Bundle:
+                   device: torch.device, command: str,
+                   progress: Callable[..., None] | None = None) -> Bundle:
     """A new bundle with soft labels from ``teachers`` and a provenance step appended."""
     settings.validate()
     check_relabelable(bundle)
@@ -192,6 +217,7 @@ def relabel_bundle(bundle: Bundle, teachers: list[Teacher], settings: RelabelSet
     soft, extras, record = relabel_images(
         bundle.images.float(), bundle.labels, teachers, settings, ipc=ipc, prior=prior,
         mean=bundle.dataset["mean"], std=bundle.dataset["std"], device=device,
+        progress=progress,
     )
     new = copy.copy(bundle)
     new.soft_labels = soft

@@ -294,7 +294,8 @@ def train_ensemble(
         for g in opt.param_groups:
             g["lr"] = _lr_at(protocol, epoch)
         perm = torch.rand((n_models, n), generator=generator, device=device).argsort(dim=1)
-        for start in range(0, n, bs):
+        batches = -(-n // bs)
+        for k, start in enumerate(range(0, n, bs)):
             idx = perm[:, start : start + bs]  # (N, b): each model its own batch
             b = idx.shape[1]
             flat = idx.flatten()
@@ -345,6 +346,8 @@ def train_ensemble(
             loss.backward()
             opt.step()
             steps += 1
+            if progress and k + 1 < batches:  # part-way through a long epoch (host side only)
+                progress(epoch + (k + 1) / batches)
         if progress:
             progress(epoch + 1)
         if epoch_end:

@@ -178,3 +178,43 @@ def test_evaluate_reports_training_and_test_prediction(cli, fast_progress, tmp_p
     assert any(ln.startswith("training 2 models (bundle): done") for ln in lines), r
     assert any(ln.startswith("testing 2 models on 18 images (bundle): 1/1 batches")
                for ln in lines), r
+
+
+def test_training_reports_part_way_through_an_epoch_of_several_batches(clock, capsys,
+                                                                       monkeypatch):
+    """An epoch of many batches (an expert or teacher epoch on a real set takes minutes on a
+    CPU) advances the progress after every batch, not only at its end."""
+    import torch
+
+    from ddcli.protocols import get_protocol
+    from ddcli.training import build_ensemble, train_ensemble
+
+    proto = get_protocol("dm", epochs=1, batch_size=4)
+    ens = build_ensemble(proto, 3, 3, (8, 8), [0], torch.device("cpu"))
+    x, y = torch.randn(10, 3, 8, 8), torch.arange(10) % 3
+    calls = []
+    train_ensemble(ens, x, y, proto, torch.Generator().manual_seed(0), calls.append)
+    epochs = proto.train_epochs()
+    assert calls == [e + f for e in range(epochs) for f in (1 / 3, 2 / 3, 1)]
+    monkeypatch.setenv("DDCLI_PROGRESS_INTERVAL", "0")
+    with Reporter(terminal=False).progress("experts", 60, unit="epochs") as update:
+        clock.t += 1
+        update(1.5)
+    assert "experts: 1.5/60 epochs (2%)" in capsys.readouterr().err
+
+
+def test_relabel_reports_its_labelling_step(cli, fast_progress, tmp_path):
+    """The teachers' pass over the images (and over every recorded view) shows progress: with
+    --views K it is (1 + K) passes per teacher, minutes on a CPU for a large bundle."""
+    shards = write_shards(tmp_path / "d")
+    out = tmp_path / "o.safetensors"
+    r = cli("distill", shards, "--ipc", "2", "--iterations", "1", "--batch-real", "4",
+            "--width", "8", "-o", out, "--device", "cpu", "--quiet")
+    assert r.code == 0, r
+    r = cli("relabel", out, "--data", shards, "--train-teacher", "convnet", "--teacher-epochs",
+            "1", "--views", "3", "--device", "cpu", "-o", tmp_path / "s.safetensors")
+    assert r.code == 0, r
+    n = 2 * 3  # IPC 2, 3 classes
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("labelling: ")]
+    assert f"labelling: {n * 4}/{n * 4} images (100%)" in " ".join(lines), r.stderr
+    assert lines[-1].startswith(f"labelling: done, {n * 4}/{n * 4} images"), lines

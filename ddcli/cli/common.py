@@ -306,11 +306,13 @@ class _Tracker:
         return (self.completed - self.c0) / (now - self.t_first)
 
     def line(self, now: float) -> str:
-        parts = [f"{self.description}: {self.completed}"]
+        # a fraction (an epoch part-way through its batches) shows one decimal
+        c = self.completed
+        done = str(int(c)) if float(c).is_integer() else f"{c:.1f}"
+        parts = [f"{self.description}: {done}"]
         if self.total:
             pct = 100 * self.completed / self.total
-            parts = [f"{self.description}: {self.completed}/{self.total} {self.unit} "
-                     f"({pct:.0f}%)"]
+            parts = [f"{parts[0]}/{self.total} {self.unit} ({pct:.0f}%)"]
         else:
             parts[0] += f" {self.unit}"
         rate = self.rate(now)
@@ -323,7 +325,7 @@ class _Tracker:
             parts.append(self.status)
         return ", ".join(parts)
 
-    def update(self, completed: int, total: int | None = None, status: str | None = None,
+    def update(self, completed: float, total: int | None = None, status: str | None = None,
                description: str | None = None, unit: str | None = None) -> None:
         now = time.monotonic()
         if description is not None and description != self.description:

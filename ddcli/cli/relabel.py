@@ -170,7 +170,9 @@ def relabel(
         rep.info(f"--views {views}: {n * views} labelled views add {cost / 1e6:.2f} MB to the "
                  "bundle")
     t1 = time.perf_counter()
-    new = relabel_bundle(b, teachers, settings, device=dev, command=command_line())
+    with rep.progress("labelling", None, unit="images") as update:
+        new = relabel_bundle(b, teachers, settings, device=dev, command=command_line(),
+                             progress=update)
     relabel_s = time.perf_counter() - t1
     save_bundle(new, out, force=force, dtype=str(b.images.dtype).replace("torch.", ""))
     step = new.provenance[-1]
