@@ -41,6 +41,42 @@ def evaluate(code: Path, bundle: str, models: int, epochs: int, seed: int,
             "std": res["accuracy_std"], "execution": res.get("execution", "vmap")}
 
 
+def training_flops(bundle: str, protocol: str, models: int, epochs: int) -> float:
+    """FLOPs of the whole training (forward + backward of every step, all models), counted by
+    torch's FlopCounterMode on one step of the protocol's network at the bundle's shape."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import ddcli
+    from ddcli.models import create_model
+    from ddcli.protocols import get_protocol
+
+    b = ddcli.load_bundle(bundle)
+    proto = get_protocol(protocol, epochs=epochs)
+    n, c, h, w = b.images.shape
+    net = create_model(proto.model, b.num_classes, c, (h, w))
+    bs = min(proto.batch_size, n)
+    steps_per_epoch = -(-n // bs)
+    with FlopCounterMode(display=False) as counter:
+        x = torch.randn(bs, c, h, w)
+        torch.nn.functional.cross_entropy(net(x), torch.zeros(bs, dtype=torch.long)).backward()
+    return counter.get_total_flops() * steps_per_epoch * proto.train_epochs() * models
+
+
+def gemm_rate(dtype: str = "float32", size: int = 2048, reps: int = 10) -> float:
+    """GFLOP/s of a square matrix product on this CPU (a reference for the rates above)."""
+    import torch
+
+    a = torch.randn(size, size, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, dtype=getattr(torch, dtype))
+    for _ in range(2):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
@@ -64,10 +100,17 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp],
                            capture_output=True)
+    flops = training_flops(bundle, "dm", a.models, a.epochs)
+    for r in (before, *after):
+        r["training_gflop_per_s"] = round(flops / r["train_s"] / 1e9, 1)
     for r in after:
         r["speedup_train"] = round(before["train_s"] / r["train_s"], 2)
         r["speedup_command"] = round(before["command_s"] / r["command_s"], 2)
-    print(json.dumps({"before": {"rev": a.before, **before}, "after": after}, indent=1))
+    print(json.dumps({"before": {"rev": a.before, **before}, "after": after,
+                      "training_tflop": round(flops / 1e12, 2),
+                      "gemm_gflop_per_s": {"float32": round(gemm_rate("float32"), 1),
+                                           "bfloat16": round(gemm_rate("bfloat16"), 1)}},
+                     indent=1))
 
 
 if __name__ == "__main__":
