@@ -27,7 +27,7 @@ PYTHON_COMMAND = "ddcli.{}() (Python API)"
 
 def _reporter(verbose: bool | Any):
     """A Reporter: the one given (the CLI's), or a quiet one unless ``verbose``."""
-    from ddcli.cli.common import Reporter
+    from ddcli.reporting import Reporter
 
     if isinstance(verbose, bool):
         return Reporter(quiet=not verbose)
@@ -155,9 +155,9 @@ def distill(
 def _distill(data, *, method, out, seed, device, force, train_files, image_size, channels,
              skip_bad, max_per_class, imbalance_factor, relabel, relabel_teacher,
              checkpoint_every, resume, dtype, verbose, command, world, **options) -> dict:
-    from ddcli.cli.common import resolve_device
     from ddcli.io import check_writable
     from ddcli.methods import create_method
+    from ddcli.reporting import resolve_device
 
     rep = _reporter(verbose)
     dev = resolve_device(device)
@@ -195,14 +195,14 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
 def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_files,
                  image_size, channels, skip_bad, max_per_class, imbalance_factor, relabel,
                  relabel_teacher, checkpoint_every, resume, dtype, command, ctx) -> dict:
-    from ddcli.cli.common import device_label, load_cli_dataset
     from ddcli.data import sample_dir
     from ddcli.io import check_writable
     from ddcli.methods.base import checkpoint_path_for, run_method
+    from ddcli.reporting import device_label, load_dataset_reported
 
     dev = str(dev)
     path = sample_dir() if builtin else Path(data)
-    ds = load_cli_dataset(
+    ds = load_dataset_reported(
         rep, path, "train", files=train_files, image_size=image_size, channels=channels,
         skip_bad=skip_bad, max_per_class=max_per_class, imbalance_factor=imbalance_factor,
     )
@@ -268,8 +268,8 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
 
 
 def _relabel(rep, bundle: Bundle, ds, archs: list[str], device: str, seed: int, command: str):
-    from ddcli.cli.relabel import train_teachers
     from ddcli.relabel import RelabelSettings, relabel_bundle
+    from ddcli.teachers import train_teachers
 
     teachers, _ = train_teachers(rep, ds, archs, torch.device(device), seed)
     bundle.checksum = ""
@@ -309,7 +309,6 @@ def evaluate(
     the report ``ddcli evaluate --json`` prints (``result.accuracy_mean``, ``per_class``,
     ``baseline``, ...). ``out`` also writes it as JSON. ``test`` may be omitted for bundles
     of the built-in sample."""
-    from ddcli.cli.common import load_cli_dataset, resolve_device
     from ddcli.data import imbalance_ratio, is_long_tailed, sample_dir
     from ddcli.evaluation import (
         bundle_views,
@@ -323,6 +322,7 @@ def evaluate(
     from ddcli.io import check_writable
     from ddcli.protocols import get_protocol
     from ddcli.relabel import RelabelSettings, last_relabel_step, relabel_images
+    from ddcli.reporting import load_dataset_reported, resolve_device
 
     rep = _reporter(verbose)
     dev = torch.device(resolve_device(device))
@@ -352,7 +352,7 @@ def evaluate(
         real = sample_dir()
     size = tuple(ds_info.get("image_size") or b.images.shape[2:])
     chans = int(ds_info.get("channels") or b.images.shape[1])
-    test_ds = load_cli_dataset(rep, Path(test), "test", files=test_files, image_size=size,
+    test_ds = load_dataset_reported(rep, Path(test), "test", files=test_files, image_size=size,
                                channels=chans)
     check_classes(b, test_ds)
     if is_long_tailed(ds_info.get("class_counts")) and imbalance_ratio(test_ds.class_counts) > 1.1:
@@ -434,7 +434,7 @@ def evaluate(
 
 def _report_head(b, bundle_path, proto, models, seed, dev, test_ds) -> dict:
     """What every evaluation report starts with: the bundle, the protocol, the run, the test."""
-    from ddcli.cli.common import device_label
+    from ddcli.reporting import device_label
 
     return {
         "bundle": str(bundle_path),
@@ -456,12 +456,12 @@ def _report_head(b, bundle_path, proto, models, seed, dev, test_ds) -> dict:
 
 def _baseline_real_data(rep, b, baseline, real, real_files, size, chans):
     """The real data a baseline draws from: the bundle's classes, and its recorded subset."""
-    from ddcli.cli.common import load_cli_dataset
     from ddcli.evaluation import check_classes, same_subset
+    from ddcli.reporting import load_dataset_reported
 
     if b.ipc is None:
         raise InputError(f"--baseline {baseline} needs a bundle with the same IPC in every class")
-    real_ds = load_cli_dataset(rep, real, "train", files=real_files, image_size=size,
+    real_ds = load_dataset_reported(rep, real, "train", files=real_files, image_size=size,
                                channels=chans)
     check_classes(b, real_ds, "real")
     real_ds = same_subset(real_ds, b.dataset.get("subset") or {})

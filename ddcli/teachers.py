@@ -16,9 +16,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -32,6 +34,10 @@ from ddcli.errors import InputError
 from ddcli.io import atomic_path, read_safetensors, regular_file
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
+from ddcli.runtime import cache_dir
+
+if TYPE_CHECKING:
+    from ddcli.reporting import Reporter
 from ddcli.seeding import SEED_SCHEME, derive_seed
 
 FORMAT = "ddcli.teacher"
@@ -280,3 +286,25 @@ def check_teacher(t: Teacher, classes: list[str], channels: int) -> None:
     if t.channels != channels:
         raise InputError(f"teacher {t.path or t.arch} takes {t.channels}-channel images, the "
                          f"bundle has {channels}")
+
+
+def train_teachers(rep: Reporter, ds, archs: list[str], device: torch.device, seed: int,
+                   epochs: int | None = None) -> tuple[list, list[dict]]:
+    """Train (or fetch cached) one teacher per architecture on ``ds``, with progress."""
+    teachers, log = [], []
+    for arch in archs:
+        if arch not in RECIPES:
+            raise InputError(f"no teacher recipe for {arch!r}; choose from {', '.join(RECIPES)}")
+        t0 = time.perf_counter()
+        epochs_ = epochs if epochs is not None else RECIPES[arch].epochs
+        with rep.progress(f"teacher {arch}", epochs_, unit="epochs") as update:
+            t, cached = train_teacher(ds, arch, device=device, seed=seed, epochs=epochs,
+                                      cache=cache_dir(), progress=update)
+        took = time.perf_counter() - t0
+        rep.info(f"teacher {arch}: validation accuracy {t.val_accuracy}% "
+                 f"({'cached' if cached else f'trained in {took:.1f} s'}) -> {t.path}")
+        teachers.append(t)
+        log.append({"teacher": t.path, "source": "cache" if cached else "trained",
+                    "arch": arch, "val_accuracy": t.val_accuracy,
+                    "train_time_s": None if cached else round(took, 2)})
+    return teachers, log

@@ -8,10 +8,10 @@ import json
 import pytest
 from conftest import tiny_dataset, write_shards
 
-from ddcli.cli import common
-from ddcli.cli.common import Reporter, format_duration
+from ddcli import reporting
 from ddcli.methods import create_method
 from ddcli.methods.base import run_method
+from ddcli.reporting import Reporter, format_duration
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     c = Clock()
-    monkeypatch.setattr(common.time, "monotonic", c)
+    monkeypatch.setattr(reporting.time, "monotonic", c)
     return c
 
 

@@ -19,7 +19,6 @@ from ddcli.cli.common import (
     Reporter,
     SeedOpt,
     TrainFilesOpt,
-    cache_dir,
     command_line,
     load_cli_dataset,
     print_json,
@@ -29,30 +28,6 @@ from ddcli.errors import InputError
 
 if TYPE_CHECKING:
     import torch
-
-
-def train_teachers(rep: Reporter, ds, archs: list[str], device: torch.device, seed: int,
-                   epochs: int | None = None) -> tuple[list, list[dict]]:
-    """Train (or fetch cached) one teacher per architecture on ``ds``, with progress."""
-    from ddcli.teachers import RECIPES, train_teacher
-
-    teachers, log = [], []
-    for arch in archs:
-        if arch not in RECIPES:
-            raise InputError(f"no teacher recipe for {arch!r}; choose from {', '.join(RECIPES)}")
-        t0 = time.perf_counter()
-        epochs_ = epochs if epochs is not None else RECIPES[arch].epochs
-        with rep.progress(f"teacher {arch}", epochs_, unit="epochs") as update:
-            t, cached = train_teacher(ds, arch, device=device, seed=seed, epochs=epochs,
-                                      cache=cache_dir(), progress=update)
-        took = time.perf_counter() - t0
-        rep.info(f"teacher {arch}: validation accuracy {t.val_accuracy}% "
-                 f"({'cached' if cached else f'trained in {took:.1f} s'}) -> {t.path}")
-        teachers.append(t)
-        log.append({"teacher": t.path, "source": "cache" if cached else "trained",
-                    "arch": arch, "val_accuracy": t.val_accuracy,
-                    "train_time_s": None if cached else round(took, 2)})
-    return teachers, log
 
 
 def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Path | None,
@@ -75,6 +50,8 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
         ds = load_cli_dataset(rep, data or sample_dir(), "train", files=train_files,
                               image_size=size, channels=chans)
         check_classes(bundle, ds, "--data")
+        from ddcli.teachers import train_teachers
+
         trained, trained_log = train_teachers(rep, ds, archs, device, seed, epochs)
         teachers += trained
         log += trained_log
