@@ -11,13 +11,6 @@ from __future__ import annotations
 METHODS: tuple[str, ...] = ("csdm", "dm", "lgm", "otgen", "sdm", "sfm", "tgdd")
 #: ddcli.teachers.RECIPES
 TEACHER_ARCHS: tuple[str, ...] = ("convnet", "convnet-bn", "resnet18", "resnet18-bn")
-#: ddcli.experts.EXPERT_RECIPE.epochs
-EXPERT_EPOCHS = 60
-#: ddcli.priors.PriorRecipe.steps / batch_size
-PRIOR_STEPS = 20000
-PRIOR_BATCH = 128
-#: ddcli.priors.PriorRecipe.channels as the command line spells it
-PRIOR_CHANNELS = "64,128,128"
 #: ddcli.relabel.DEFAULT_LIA_SCHEDULE as the command line spells it
 LIA_SCHEDULE = "10:1,20:2,50:3"
 #: ddcli.models.list_models()

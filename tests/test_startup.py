@@ -53,10 +53,12 @@ def test_catalog_matches_the_registries():
 
     assert {n: get_method(n).Config for n in list_methods()} == CONFIGS
     assert catalog.TEACHER_ARCHS == tuple(RECIPES)
-    assert catalog.EXPERT_EPOCHS == EXPERT_RECIPE.epochs
-    assert (catalog.PRIOR_STEPS, catalog.PRIOR_BATCH) == (PriorRecipe.steps,
-                                                          PriorRecipe.batch_size)
-    assert catalog.PRIOR_CHANNELS == ",".join(map(str, PriorRecipe.channels))
+    from ddcli.configs import OTGenConfig, TGDDConfig
+
+    # the configs (where the options of distill, experts and prior come from) and the recipes
+    assert TGDDConfig.expert_epochs == EXPERT_RECIPE.epochs
+    assert (OTGenConfig.prior_steps, OTGenConfig.prior_batch, OTGenConfig.prior_channels) == (
+        PriorRecipe.steps, PriorRecipe.batch_size, PriorRecipe.channels)
     from ddcli.bundle import STORAGE_DTYPES
     from ddcli.losses import KERNELS
     from ddcli.models import list_models

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ddcli.catalog import EXPERT_EPOCHS
 from ddcli.cli.common import (
     ChannelsOpt,
     ConfigOpt,
@@ -28,19 +27,12 @@ from ddcli.cli.common import (
     print_json,
     resolve_device,
 )
+from ddcli.cli.method_options import with_config_options
 
 
+@with_config_options("tgdd", ("num_experts", "expert_epochs", "model", "width"), after="data")
 def experts(
     data: Annotated[Path, typer.Argument(help="Dataset folder or shards.", show_default=False)],
-    num_experts: Annotated[
-        int, typer.Option("--num-experts", help="Expert trajectories (as distill -m tgdd).")
-    ] = 5,
-    expert_epochs: Annotated[
-        int, typer.Option("--expert-epochs",
-                          help="Epochs per trajectory, a snapshot after each (as distill).")
-    ] = EXPERT_EPOCHS,
-    model: Annotated[str, typer.Option("--model", help="Architecture (as distill).")] = "convnet",
-    width: Annotated[int, typer.Option("--width", help="Network width (as distill).")] = 128,
     train_files: TrainFilesOpt = None,
     image_size: ImageSizeOpt = None,
     channels: ChannelsOpt = None,
@@ -57,17 +49,19 @@ def experts(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
+    **options: Any,
 ) -> None:
     """Train and cache expert trajectories for `distill -m tgdd` (CI jobs prepare them once).
 
-    The data options and --seed must be those of the later distill: the cache is keyed by
-    the data's fingerprint and the seed. Example: [bold]ddcli experts data/cifar10
-    --train-files 'train_[123].npz' --num-experts 5[/]
+    Use the data options and --seed of the later distill: the cache is keyed by both.
+    Example: [bold]ddcli experts data/cifar10 --train-files 'train_[123].npz' --num-experts 5[/]
     """
     import torch
 
     from ddcli.experts import build_experts
 
+    num_experts, expert_epochs = options["num_experts"], options["expert_epochs"]
+    model, width = options["model"].lower(), options["width"]
     rep = Reporter(quiet, json_out)
     dev = torch.device(resolve_device(device))
     ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,

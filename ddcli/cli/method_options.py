@@ -181,18 +181,8 @@ def with_method_options(after: str) -> Callable[[Callable], Callable]:
     listed after its parameter ``after``."""
 
     def wrap(func: Callable) -> Callable:
-        sig = inspect.signature(func, eval_str=True)
-        own = [p for p in sig.parameters.values()
-               if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        cut = [p.name for p in own].index(after) + 1
-        kw = inspect.Parameter.KEYWORD_ONLY  # typer passes every option by name
-        head = [own[0], *(p.replace(kind=kw) for p in own[1:cut])]
-        tail = [p.replace(kind=kw) for p in own[cut:]]
-        generated = parameters({p.name for p in own})
-        func.__signature__ = sig.replace(parameters=[*head, *generated, *tail])
-        func.__annotations__ = {p.name: p.annotation
-                                for p in func.__signature__.parameters.values()}
-        return func
+        own = inspect.signature(func, eval_str=True).parameters
+        return _insert(func, after, parameters(set(own)))
 
     return wrap
 
@@ -209,3 +199,47 @@ def markdown_table() -> str:
         default = o.defaults + (f" ({o.sample})" if o.sample else "")
         rows.append(f"| {name} | {methods} | {default} | {o.text} |")
     return "\n".join(rows)
+
+
+def with_config_options(method: str, names: tuple[str, ...], after: str
+                        ) -> Callable[[Callable], Callable]:
+    """Give a command that prepares a method's cache (``experts``, ``prior``) the method's own
+    options ``names``, spelled, defaulted and documented as ``distill`` has them (the
+    method's defaults, not None: these commands have no method to fall back on)."""
+    cfg = CONFIGS[method]
+    docs = field_docs(cfg)
+    by_name = {o.name: o for o in method_options()}
+
+    def wrap(func: Callable) -> Callable:
+        params = []
+        for name in names:
+            o, default = by_name[name], getattr(cfg(), name)
+            text = docs.get(name, name).rstrip(".").replace("``", "")
+            text = f"{text[:1].upper()}{text[1:]} (as distill -m {method})."
+            if o.choices:
+                text += f" One of: {', '.join(o.choices)}."
+            info = typer.Option(flag(name), help=text, case_sensitive=False) if o.choices \
+                else typer.Option(flag(name), help=text)
+            typ = Literal[o.choices] if o.choices else _TYPES[o.kind]
+            params.append(inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[typ, info],
+                default=",".join(map(str, default)) if o.kind == "ints" else default))
+        return _insert(func, after, params)
+
+    return wrap
+
+
+def _insert(func: Callable, after: str, generated: list[inspect.Parameter]) -> Callable:
+    sig = inspect.signature(func, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    cut = [p.name for p in own].index(after) + 1
+    kw = inspect.Parameter.KEYWORD_ONLY  # typer passes every option by name
+    head = [own[0], *(p.replace(kind=kw) for p in own[1:cut])]
+    tail = [p.replace(kind=kw) for p in own[cut:]]
+    taken = {p.name for p in own}
+    clash = [p.name for p in generated if p.name in taken]
+    if clash:
+        raise TypeError(f"method option {flag(clash[0])} clashes with a command option")
+    func.__signature__ = sig.replace(parameters=[*head, *generated, *tail])
+    func.__annotations__ = {p.name: p.annotation for p in func.__signature__.parameters.values()}
+    return func

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ddcli.catalog import PRIOR_BATCH, PRIOR_CHANNELS, PRIOR_STEPS
 from ddcli.cli.common import (
     ChannelsOpt,
     ConfigOpt,
@@ -28,19 +27,12 @@ from ddcli.cli.common import (
     print_json,
     resolve_device,
 )
+from ddcli.cli.method_options import with_config_options
 
 
+@with_config_options("otgen", ("prior_steps", "prior_batch", "prior_channels"), after="data")
 def prior(
     data: Annotated[Path, typer.Argument(help="Dataset folder or shards.", show_default=False)],
-    prior_steps: Annotated[
-        int, typer.Option("--prior-steps", help="Training steps (as distill -m otgen).")
-    ] = PRIOR_STEPS,
-    prior_batch: Annotated[
-        int, typer.Option("--prior-batch", help="Training batch size (as distill).")
-    ] = PRIOR_BATCH,
-    prior_channels: Annotated[
-        str, typer.Option("--prior-channels", help="UNet block widths (as distill).")
-    ] = PRIOR_CHANNELS,
     train_files: TrainFilesOpt = None,
     image_size: ImageSizeOpt = None,
     channels: ChannelsOpt = None,
@@ -57,6 +49,7 @@ def prior(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
+    **options: Any,
 ) -> None:
     """Fit a small class-conditional UNet diffusion prior (diffusers) on the data, cached; a killed run resumes from its last checkpoint.
 
@@ -69,6 +62,8 @@ def prior(
     from ddcli.api import _int_tuple
     from ddcli.priors import PriorRecipe, train_prior
 
+    prior_steps, prior_batch = options["prior_steps"], options["prior_batch"]
+    prior_channels = options["prior_channels"]
     rep = Reporter(quiet, json_out)
     dev = torch.device(resolve_device(device))
     widths = _int_tuple(prior_channels, "--prior-channels")
