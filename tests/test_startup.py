@@ -66,3 +66,23 @@ def test_catalog_matches_the_registries():
     assert catalog.MODELS == tuple(list_models()) and catalog.KERNELS == KERNELS
     assert catalog.DTYPES == tuple(STORAGE_DTYPES)
     assert catalog.LIA_SCHEDULE == ",".join(f"{a}:{b}" for a, b in DEFAULT_LIA_SCHEDULE)
+
+
+def test_the_library_does_not_import_the_cli_layer():
+    """ddcli/cli/ is a thin layer over the library: no library module imports from it (the
+    Python API once borrowed the CLI's reporter and teacher training)."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parent.parent / "ddcli"
+    offenders = []
+    for f in pkg.rglob("*.py"):
+        rel = f.relative_to(pkg).as_posix()
+        if rel.startswith("cli/") or rel == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{rel}: {n}" for n in names if n == "ddcli.cli" or
+                          n.startswith("ddcli.cli.")]
+    assert offenders == []
