@@ -177,16 +177,13 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
         if why is not None:
             raise InputError(f"{why} (WORLD_SIZE={world}); run it as one process, without "
                              "torchrun")
-        from ddcli.distributed import init_distributed
+        from ddcli.distributed import joined
 
-        ctx = init_distributed(dev)
-        try:
+        with joined(dev) as ctx:
             return _distill_run(rep, algo, data, builtin, preset, out, seed, ctx.device, force,
                                 train_files, image_size, channels, skip_bad, max_per_class,
                                 imbalance_factor, relabel, relabel_teacher, checkpoint_every,
                                 resume, dtype, command, ctx)
-        finally:
-            ctx.close()
     return _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_files,
                         image_size, channels, skip_bad, max_per_class, imbalance_factor, relabel,
                         relabel_teacher, checkpoint_every, resume, dtype, command, None)
@@ -308,7 +305,61 @@ def evaluate(
     """Train ``models`` fresh models on ``bundle`` under ``protocol`` and test them; return
     the report ``ddcli evaluate --json`` prints (``result.accuracy_mean``, ``per_class``,
     ``baseline``, ...). ``out`` also writes it as JSON. ``test`` may be omitted for bundles
-    of the built-in sample."""
+    of the built-in sample.
+
+    Under ``torchrun`` the models are spread over the processes (each trains its block, with
+    the random draws of a single process, so every model's accuracy equals the one-process
+    figure on a CPU); rank 0 reports and writes ``out``, the others return ``{}``."""
+    from ddcli.distributed import env_world_size
+
+    args = {k: v for k, v in locals().items() if k != "env_world_size"}
+    world = env_world_size()
+    if world == 1:
+        return _evaluate(**args, ctx=None)
+    if protocol.lower() == "linear-probe":
+        raise InputError(f"the linear-probe protocol does not run under torchrun "
+                         f"(WORLD_SIZE={world}); run it as one process")
+    if models < world:
+        raise InputError(f"{world} processes for {models} models: use at most one process "
+                         "per model")
+    from ddcli.distributed import joined
+    from ddcli.reporting import resolve_device
+
+    with joined(resolve_device(device)) as ctx:
+        if ctx.is_main:
+            return _evaluate(**args, ctx=ctx)
+        try:
+            return _evaluate(**{**args, "verbose": False}, ctx=ctx)
+        except Interrupted:
+            raise SystemExit(Interrupted.exit_code) from None  # rank 0 says it
+        except DDCliError as e:
+            raise type(e)(f"rank {ctx.rank}: {e}", e.exit_code) from None
+
+
+def _evaluate(
+    bundle: str | Path,
+    *,
+    test: str | Path | None = None,
+    test_files: str | None = None,
+    protocol: str = "dm",
+    models: int = 5,
+    epochs: int | None = None,
+    baseline: str | None = None,
+    real: str | Path | None = None,
+    real_files: str | None = None,
+    backbone: str | None = None,
+    backbone_weights: str | Path | None = None,
+    inherit: bool = False,
+    teacher: Sequence[str | Path] | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    verbose: bool = False,
+    compile: str = "auto",
+    amp: str = "off",
+    ctx=None,
+) -> dict:
     from ddcli.data import imbalance_ratio, is_long_tailed, sample_dir
     from ddcli.evaluation import (
         bundle_views,
@@ -325,7 +376,7 @@ def evaluate(
     from ddcli.reporting import load_dataset_reported, resolve_device
 
     rep = _reporter(verbose)
-    dev = torch.device(resolve_device(device))
+    dev = ctx.device if ctx is not None else torch.device(resolve_device(device))
     bundle = Path(bundle)
     out = Path(out) if out is not None else None
     real = Path(real) if real is not None else None
@@ -395,7 +446,7 @@ def evaluate(
                                    temperature=temperature,
                                    class_counts=ds_info.get("class_counts"),
                                    calibration=(step or {}).get("calibrate"),
-                                   compile=compile, amp=amp)
+                                   compile=compile, amp=amp, dist=ctx)
 
     views = bundle_views(b) if soft_protocol else None
     images, labels, soft_labels = b.decoded()  # multi-formation images, decoded
@@ -429,6 +480,8 @@ def evaluate(
         base.update(ipc=ipc, source=real_ds.source, selection_seed=seed,
                     relabelled=soft_protocol)
         _attach_baseline(report, base)
+    if ctx is not None and not ctx.is_main:  # rank 0 alone reports and writes
+        return {}
     return _finish(rep, report, out)
 
 

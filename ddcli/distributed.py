@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,10 +112,18 @@ class DistContext:
 
         self._call(dist.barrier)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Leave the group; with ``wait`` (a normal end) after every rank has finished, so
+        that no rank tears its connections down while another still uses them (gloo then
+        aborts the process: 'terminate called without an active exception')."""
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if wait:
+                try:
+                    dist.barrier()
+                except (RuntimeError, dist.DistError):  # a peer already gone: nothing to wait for
+                    pass
             dist.destroy_process_group()
 
 
@@ -158,3 +168,17 @@ def init_distributed(device: str) -> DistContext:
     except ValueError:  # not the main thread
         pass
     return DistContext(rank, world, local, dev)
+
+
+@contextmanager
+def joined(device: str) -> Iterator[DistContext]:
+    """:func:`init_distributed`, left at the end: after every rank has finished when the
+    block ends normally, at once when it raises (a rank waiting for a failed peer would
+    hang)."""
+    ctx = init_distributed(device)
+    try:
+        yield ctx
+    except BaseException:
+        ctx.close(wait=False)
+        raise
+    ctx.close()

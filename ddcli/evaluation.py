@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from ddcli.training import (
     should_compile,
     train_ensemble,
 )
+
+if TYPE_CHECKING:
+    from ddcli.distributed import DistContext
 
 
 def check_classes(bundle: Bundle, test: Dataset, what: str = "test") -> None:
@@ -156,8 +160,13 @@ def evaluate_images(
     calibration: dict | None = None,
     compile: str = "auto",
     amp: str = "off",
+    dist: DistContext | None = None,
 ) -> dict:
     """Train ``num_models`` fresh models on pixel-scale ``images`` and test them on ``test``.
+
+    With ``dist`` (under torchrun) each process trains and tests its block of the models (the
+    random draws made for all of them, so every model trains as in one process) and the
+    predictions are gathered: every process returns the whole report.
 
     ``soft`` / ``views`` feed the soft-label losses; ``teachers`` run on every augmented batch
     for ``kd-online``, with the relabel step's ``calibration`` (ADSA τ) applied.
@@ -167,7 +176,9 @@ def evaluate_images(
     x = normalize(images.to(device), mean, std)
     y = labels.to(device)
     seeds = model_seeds(seed, num_models)
-    ens = build_ensemble(protocol, test.num_classes, c, tuple(images.shape[2:]), seeds, device)
+    lo, hi = dist.classes(num_models) if dist is not None else (0, num_models)  # same blocks
+    ens = build_ensemble(protocol, test.num_classes, c, tuple(images.shape[2:]), seeds[lo:hi],
+                         device)
     if should_compile(compile, ens, protocol, int(images.shape[0]), amp):
         ens.compile()
     gen = torch.Generator(device=device)
@@ -182,14 +193,21 @@ def evaluate_images(
         soft=soft.to(device).float() if soft is not None else None,
         views=views.to(device) if views is not None else None,
         teacher=teacher_fn, temperature=temperature, amp=amp,
+        models_total=num_models, own=(lo, hi),
     )
     test_x = normalize(test.images.to(device).float() / 255.0, mean, std)
     preds = predict(result.ensemble, test_x, progress=test_progress)
+    train_s = result.train_time_s
+    if dist is not None:  # every process's predictions, in model order (exchanged as they are)
+        full = preds.new_zeros((num_models, *preds.shape[1:]))
+        full[lo:hi] = preds
+        preds = dist.gather_classes(full, num_models)
+        train_s = float(dist.all_reduce(torch.tensor([train_s], dtype=torch.float64), "max"))
     report = accuracy_report(preds, test.labels.to(device), test.num_classes, class_counts)
     report.update(
         model_seeds=seeds,
-        train_time_s=round(result.train_time_s, 3),
-        train_time_per_model_s=round(result.train_time_s / num_models, 3),
+        train_time_s=round(train_s, 3),
+        train_time_per_model_s=round(train_s / num_models, 3),
         train_steps=result.steps,
         batched=result.ensemble.vmapped,
         execution=(("stacked, one model after another"
@@ -200,4 +218,6 @@ def evaluate_images(
         compile_fallback=result.ensemble.compile_error,
         num_train_images=int(images.shape[0]),
     )
+    if dist is not None:
+        report["world_size"] = dist.world_size
     return report

@@ -255,6 +255,8 @@ def train_ensemble(
     temperature: float = 1.0,
     epoch_end: Callable[[int], None] | None = None,
     amp: str = "off",
+    models_total: int | None = None,
+    own: tuple[int, int] | None = None,
 ) -> TrainResult:
     """Train every model of ``ens`` on (images, targets) under ``protocol``.
 
@@ -269,11 +271,18 @@ def train_ensemble(
         amp: ``off`` or ``bf16``: the models' forward passes under bfloat16 autocast (losses
             and the optimiser in float32); faster on CPUs with AVX512-BF16 and on GPUs, not
             the same arithmetic (evaluate's opt-in ``--amp bf16``).
+        models_total, own: under torchrun, ``ens`` holds models [lo, hi) of ``models_total``:
+            every random draw (data order, augmentation, CutMix) is made for all of them, as a
+            single process would, and only this process's models are trained, so each model
+            trains exactly as it would in one process.
     """
     if amp not in ("off", "bf16"):
         raise ValueError(f"unknown amp {amp!r}")
     device = images.device
-    n_models, n = ens.n, images.shape[0]
+    n_models, n = models_total or ens.n, images.shape[0]  # the draws are made for n_models
+    lo, hi = own or (0, n_models)
+    if hi - lo != ens.n:
+        raise ValueError(f"the ensemble holds {ens.n} models, own says {hi - lo}")
     bs = min(protocol.batch_size, n)
     opt = _optimizer(protocol, ens.parameters())
     model_of = torch.arange(n_models, device=device)
@@ -320,20 +329,27 @@ def train_ensemble(
             partner, lam = None, None
             if protocol.cutmix_prob > 0 and protocol.loss == "ce":
                 x, partner, lam = cutmix(x.view(n_models, b, *x.shape[1:]), protocol, generator)
+            # this process's models (all of them outside torchrun: a view, no copy)
+            x = x.view(n_models, b, *x.shape[1:])[lo:hi]
+            y = y[lo:hi]
+            if partner is not None:
+                partner, lam = partner[lo:hi], lam[lo:hi]
             if protocol.loss == "kd-online":
-                t = teacher(x)
+                t = teacher(x.flatten(0, 1))
+            elif t is not None:
+                t = t.view(n_models, b, -1)[lo:hi]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-                logits = ens.forward(x.view(n_models, b, *x.shape[1:]))
+                logits = ens.forward(x)
             logits = logits.float()
             if t is not None:
-                t = t.view(n_models, b, -1)
+                t = t.reshape(hi - lo, b, -1)
             if protocol.loss == "ce":
                 per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-                per_model = per.view(n_models, b).mean(dim=1)
+                per_model = per.view(hi - lo, b).mean(dim=1)
                 if partner is not None:
                     y2 = torch.gather(y, 1, partner)
                     per2 = F.cross_entropy(logits.flatten(0, 1), y2.flatten(), reduction="none")
-                    per_model = lam * per_model + (1 - lam) * per2.view(n_models, b).mean(dim=1)
+                    per_model = lam * per_model + (1 - lam) * per2.view(hi - lo, b).mean(dim=1)
             elif protocol.loss in ("kd", "kd-online"):
                 per_model = kd_loss(logits, t, t_kd).mean(dim=1)
             elif protocol.loss == "otm":

@@ -132,3 +132,28 @@ def test_bad_world_size_is_refused(cli, shards: Path, tmp_path: Path, monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "two")
     run = cli("distill", shards, "--ipc", "1", "--iterations", "2", "-o", tmp_path / "x")
     assert_one_line_error(run, 2, "WORLD_SIZE")
+
+
+@pytest.mark.parametrize("protocol", ["dm", "tgdd"])  # tgdd: CutMix draws as well as DSA
+def test_evaluate_spreads_its_models_over_the_processes(data5: Path, tmp_path: Path, protocol):
+    """Each process trains its block of the models with a single process's random draws, so
+    every model's accuracy is the one-process figure; rank 0 alone prints the report."""
+    import json
+
+    bundle = tmp_path / "b.safetensors"
+    assert _single([data5, *ARGS, "-o", bundle]).returncode == 0
+    ev = ["evaluate", bundle, "--test", data5, "-p", protocol, "--models", "3", "--epochs",
+          "12", "--seed", "1", "--json", "--quiet", "--compile", "off"]
+    one = subprocess.run([sys.executable, "-m", "ddcli", *map(str, ev)], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node=2", "-m", "ddcli", *map(str, ev)], cwd=REPO,
+                         env=_env(), capture_output=True, text=True, timeout=240)
+    assert two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)  # one JSON document: rank 0's
+    assert b["result"]["world_size"] == 2 and "world_size" not in a["result"]
+    assert b["result"]["accuracy_per_model"] == a["result"]["accuracy_per_model"]
+    assert b["result"]["per_class_accuracy"] == a["result"]["per_class_accuracy"]
+    assert len(set(a["result"]["accuracy_per_model"])) > 1  # the models differ: a real check
+    assert b["result"]["model_seeds"] == a["result"]["model_seeds"]

@@ -149,6 +149,8 @@ def evaluate(
         backbone_weights=backbone_weights, inherit=inherit, teacher=teacher, out=out, seed=seed,
         device=device, force=force, verbose=Reporter(quiet, json_out),
         compile=compile_mode.lower(), amp=amp.lower())
+    if not report:  # under torchrun only rank 0 reports
+        return
     if json_out:
         print_json(report)
     else:
