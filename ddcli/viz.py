@@ -113,8 +113,12 @@ def export_image_folder(
     classes: list[str],
     out_dir: Path,
     force: bool = False,
+    soft: torch.Tensor | None = None,
 ) -> list[str]:
-    """Write DIR/<class>/<index>.png (pixels clamped to 0..1 and rounded to 8 bits).
+    """Write DIR/<class>/<index>.png (pixels clamped to 0..1 and rounded to 8 bits), and
+    ``DIR/metadata.jsonl`` in the Hugging Face imagefolder convention (``file_name``,
+    ``label``, the class name, and ``soft_label`` when the bundle has soft labels), so that
+    ``datasets.load_dataset("imagefolder", data_dir=DIR)`` reads the labels.
 
     Folder names are the class names made safe for a file system (and shortened), prefixed
     with the class index so that sorted order is the bundle's class order; the real names go in
@@ -135,10 +139,45 @@ def export_image_folder(
         for folder in names:
             (tmp / folder).mkdir()
         counters = [0] * len(classes)
+        rows = []
         for i in range(pix.shape[0]):
             k = int(labels[i])
             arr = pix[i].permute(1, 2, 0).numpy()
             img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-            img.save(tmp / names[k] / f"{counters[k]:05d}.png")
+            name = f"{names[k]}/{counters[k]:05d}.png"
+            img.save(tmp / name)
             counters[k] += 1
+            row = {"file_name": name, "label": k, "class": classes[k]}
+            if soft is not None:
+                row["soft_label"] = [round(float(p), 6) for p in soft[i]]
+            rows.append(json.dumps(row))
+        (tmp / "metadata.jsonl").write_text("".join(r + "\n" for r in rows))
     return names
+
+
+def export_shards(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    out_dir: Path,
+    force: bool = False,
+    soft: torch.Tensor | None = None,
+) -> Path:
+    """Write ddcli's own shard format: ``DIR/train.npz`` (``images`` uint8 NHWC, pixels
+    clamped to 0..1 and rounded to 8 bits; ``labels`` int64; ``soft_labels`` float32 when
+    present) and ``DIR/classes.json``: any tool (or ``ddcli distill/evaluate``) that reads
+    shards reads the bundle. The folder is marked as ddcli's, like the PNG export."""
+    import json
+
+    import numpy as np
+
+    pix = (_display(images) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    arrays = {"images": pix, "labels": labels.to(torch.int64).numpy()}
+    if soft is not None:
+        arrays["soft_labels"] = soft.float().numpy()
+    with atomic_dir(Path(out_dir), force, marker=EXPORT_MARKER) as tmp:
+        (tmp / EXPORT_MARKER).write_text(json.dumps(
+            {"format": "ddcli.export.npz", "classes": list(classes)}, indent=1) + "\n")
+        np.savez_compressed(tmp / "train.npz", **arrays)
+        (tmp / "classes.json").write_text(json.dumps(list(classes)) + "\n")
+    return Path(out_dir) / "train.npz"

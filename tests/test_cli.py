@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line_error
@@ -74,6 +75,40 @@ def test_inspect_exported_folder_reads_back_as_a_dataset(cli, bundle_file, tmp_p
     assert cli("inspect", bundle_file, "--export", tmp_path / "exp").code == 0
     ds = load_dataset(tmp_path / "exp")
     assert ds.class_counts == [2, 2, 2] and ds.images.shape[1:] == (3, 8, 8)
+
+
+def test_inspect_exports_hugging_face_metadata_and_shards(cli, tmp_path):
+    """--export writes metadata.jsonl in the imagefolder convention (file_name, label, soft
+    label); --export-format npz writes ddcli's shard format, which reads back as a dataset."""
+    import json
+
+    from test_bundle import make_bundle
+
+    from ddcli.bundle import save_bundle
+    from ddcli.data import load_dataset
+
+    b = make_bundle()
+    b.soft_labels = torch.softmax(torch.randn(b.labels.shape[0], 3), 1)
+    path = tmp_path / "soft.safetensors"
+    save_bundle(b, path)
+    assert cli("inspect", path, "--export", tmp_path / "png").code == 0
+    rows = [json.loads(ln) for ln in (tmp_path / "png" / "metadata.jsonl").read_text()
+            .splitlines()]
+    assert len(rows) == b.labels.shape[0]
+    for row in rows:
+        assert (tmp_path / "png" / row["file_name"]).is_file()
+        assert row["file_name"].split("/")[0].startswith(f"{row['label']}_")
+        assert row["class"] == b.classes[row["label"]] and len(row["soft_label"]) == 3
+    r = cli("inspect", path, "--export", tmp_path / "npz", "--export-format", "NPZ", "--json")
+    assert r.code == 0, r
+    ds = load_dataset(tmp_path / "npz")
+    assert ds.classes == b.classes and torch.equal(ds.labels, b.labels.long())
+    assert ds.images.shape == b.images.shape
+    with np.load(tmp_path / "npz" / "train.npz") as z:
+        assert np.allclose(z["soft_labels"], b.soft_labels.numpy(), atol=1e-6)
+    # the exported folder is ddcli's: --force may replace it
+    assert cli("inspect", path, "--export", tmp_path / "npz", "--export-format", "npz",
+               "--force").code == 0
 
 
 def test_inspect_verify_and_tampering(cli, bundle_file):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -156,8 +156,15 @@ def inspect(
     ] = False,
     export: Annotated[
         Path | None,
-        typer.Option("--export", help="Write the images as an ImageFolder of PNGs into DIR."),
+        typer.Option("--export", help="Write the images into DIR: an ImageFolder of PNGs with a "
+                                       "Hugging Face metadata.jsonl, or shards (--export-format)."),
     ] = None,
+    export_format: Annotated[
+        Literal["png", "npz"],
+        typer.Option("--export-format", help="png: class folders of PNGs + metadata.jsonl; "
+                                             "npz: ddcli's shard format (train.npz + "
+                                             "classes.json).", case_sensitive=False),
+    ] = "png",
     decode: Annotated[
         bool, typer.Option("--decode", help="Show / export multi-formation images decoded.")
     ] = False,
@@ -174,7 +181,7 @@ def inspect(
     Example: [bold]ddcli inspect fmnist-dm.safetensors --preview --grid grid.png[/]
     """
     from ddcli.bundle import load_bundle
-    from ddcli.viz import export_image_folder, save_grid, terminal_preview
+    from ddcli.viz import export_image_folder, export_shards, save_grid, terminal_preview
 
     rep = Reporter(quiet, json_out)
     b = load_bundle(bundle, verify=False, warn=rep.warn)
@@ -184,16 +191,21 @@ def inspect(
         if verify:  # the one line, before anything is shown or written
             raise RunError(mismatch)
         rep.warn(mismatch)
-    images, labels = b.images, b.labels
+    images, labels, soft = b.images, b.labels, b.soft_labels
     if decode:
-        images, labels, _ = b.decoded()
+        images, labels, soft = b.decoded()
     if grid is not None:
         save_grid(images, labels, b.num_classes, grid, force=force)
         rep.info(f"wrote grid {grid}")
         s["grid"] = str(grid)
-    if export is not None:
-        names = export_image_folder(images, labels, b.classes, export, force=force)
-        rep.info(f"exported {images.shape[0]} PNGs into {export} ({len(names)} class folders)")
+    if export is not None and export_format.lower() == "npz":
+        shard = export_shards(images, labels, b.classes, export, force=force, soft=soft)
+        rep.info(f"exported {images.shape[0]} images into {shard}")
+        s["export"] = str(export)
+    elif export is not None:
+        names = export_image_folder(images, labels, b.classes, export, force=force, soft=soft)
+        rep.info(f"exported {images.shape[0]} PNGs into {export} ({len(names)} class folders, "
+                 "metadata.jsonl)")
         s["export"] = str(export)
     if json_out:
         print_json(s)
