@@ -441,8 +441,18 @@ def _read_shards(files: list[Path], classes: list[str]) -> tuple[torch.Tensor, t
             raise DataError(f"shard {f}: label {int(y.max())} outside the {len(classes)} classes")
         images.append(x)
         labels.append(y)
-    x = torch.from_numpy(np.concatenate(images)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.from_numpy(np.concatenate(labels))
+    # one NCHW tensor filled shard by shard, each shard dropped once copied: the pixels are
+    # held at most twice while reading (concatenating, then transposing held them three times)
+    n = sum(a.shape[0] for a in images)
+    h, w, c = shape0[0] if shape0 else (0, 0, 0)
+    out = torch.empty((n, c, h, w), dtype=torch.uint8)
+    start = 0
+    for i in range(len(images)):
+        part = torch.from_numpy(images[i])
+        out[start:start + part.shape[0]].copy_(part.permute(0, 3, 1, 2))
+        start += part.shape[0]
+        images[i] = part = None
+    return out, torch.from_numpy(np.concatenate(labels))
 
 
 # --------------------------------------------------------------------------------------------
