@@ -19,10 +19,7 @@ EXIT_INTERRUPTED = 130  # ddcli.errors.EXIT_INTERRUPTED, not imported: nothing b
 
 
 def _finish(code) -> None:
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except (ValueError, OSError):  # not the main thread / no signals here
-        pass
+    """Exit with ``code`` (SIGINT is already ignored: see :func:`main`)."""
     if code == EXIT_INTERRUPTED:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -43,7 +40,7 @@ def main() -> None:
         finally:  # from here on, Ctrl-C no longer changes the outcome
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-            except (ValueError, OSError):
+            except (ValueError, OSError):  # not the main thread / no signals here
                 pass
     except KeyboardInterrupt:  # before the CLI's own handling is installed
         sys.stderr.write("error: interrupted\n")

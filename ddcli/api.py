@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,26 +131,30 @@ def distill(
     from ddcli.distributed import env_world_size
 
     world = env_world_size()
-    if world > 1 and os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
-        try:
-            return _distill(data, method=method, out=out, seed=seed, device=device,
-                            force=force, train_files=train_files, image_size=image_size,
-                            channels=channels, skip_bad=skip_bad, max_per_class=max_per_class,
-                            imbalance_factor=imbalance_factor, relabel=relabel,
-                            relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every,
-                            resume=resume, dtype=dtype, verbose=False, command=command,
-                            world=world, **options)
-        except Interrupted:
-            raise SystemExit(Interrupted.exit_code) from None  # rank 0 says it
-        except DDCliError as e:
-            raise type(e)(f"rank {os.environ['RANK']}: {e}", e.exit_code) from None
-    return _distill(data, method=method, out=out, seed=seed, device=device, force=force,
-                    train_files=train_files, image_size=image_size, channels=channels,
-                    skip_bad=skip_bad, max_per_class=max_per_class,
-                    imbalance_factor=imbalance_factor, relabel=relabel,
-                    relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every,
-                    resume=resume, dtype=dtype, verbose=verbose, command=command, world=world,
-                    **options)
+    rank = os.environ.get("RANK", "0") if world > 1 else "0"
+    with _rank_errors(rank):  # torchrun: rank 0 reports
+        return _distill(data, method=method, out=out, seed=seed, device=device, force=force,
+                        train_files=train_files, image_size=image_size, channels=channels,
+                        skip_bad=skip_bad, max_per_class=max_per_class,
+                        imbalance_factor=imbalance_factor, relabel=relabel,
+                        relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every,
+                        resume=resume, dtype=dtype, verbose=verbose if rank == "0" else False,
+                        command=command, world=world, **options)
+
+
+@contextmanager
+def _rank_errors(rank: int | str):
+    """Under torchrun, on a rank other than 0: an interrupt ends it quietly (rank 0 says it)
+    and an error names the rank."""
+    if str(rank) == "0":
+        yield
+        return
+    try:
+        yield
+    except Interrupted:
+        raise SystemExit(Interrupted.exit_code) from None
+    except DDCliError as e:
+        raise type(e)(f"rank {rank}: {e}", e.exit_code) from None
 
 
 def _distill(data, *, method, out, seed, device, force, train_files, image_size, channels,
@@ -325,41 +330,13 @@ def evaluate(
     from ddcli.distributed import joined
     from ddcli.reporting import resolve_device
 
-    with joined(resolve_device(device)) as ctx:
-        if ctx.is_main:
-            return _evaluate(**args, ctx=ctx)
-        try:
-            return _evaluate(**{**args, "verbose": False}, ctx=ctx)
-        except Interrupted:
-            raise SystemExit(Interrupted.exit_code) from None  # rank 0 says it
-        except DDCliError as e:
-            raise type(e)(f"rank {ctx.rank}: {e}", e.exit_code) from None
+    with joined(resolve_device(device)) as ctx, _rank_errors(ctx.rank):
+        return _evaluate(**{**args, "verbose": verbose if ctx.is_main else False}, ctx=ctx)
 
 
-def _evaluate(
-    bundle: str | Path,
-    *,
-    test: str | Path | None = None,
-    test_files: str | None = None,
-    protocol: str = "dm",
-    models: int = 5,
-    epochs: int | None = None,
-    baseline: str | None = None,
-    real: str | Path | None = None,
-    real_files: str | None = None,
-    backbone: str | None = None,
-    backbone_weights: str | Path | None = None,
-    inherit: bool = False,
-    teacher: Sequence[str | Path] | None = None,
-    out: str | Path | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    force: bool = False,
-    verbose: bool = False,
-    compile: str = "auto",
-    amp: str = "off",
-    ctx=None,
-) -> dict:
+def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, real,
+              real_files, backbone, backbone_weights, inherit, teacher, out, seed, device,
+              force, verbose, compile, amp, ctx) -> dict:
     from ddcli.data import imbalance_ratio, is_long_tailed, sample_dir
     from ddcli.evaluation import (
         bundle_views,

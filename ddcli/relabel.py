@@ -65,7 +65,7 @@ def mean_probs(teachers: list[Teacher], pixels: torch.Tensor, temperature: float
     """Mean over teachers of softmax(logits / T) on pixel-scale images; ``progress(n)`` after
     every ``chunk`` images a teacher has labelled."""
     out = []
-    for i in range(0, pixels.shape[0], chunk):
+    for i in range(0, max(pixels.shape[0], 1), chunk):  # no images: one empty chunk
         part = pixels[i : i + chunk]
         probs = []
         for t in teachers:
@@ -73,7 +73,7 @@ def mean_probs(teachers: list[Teacher], pixels: torch.Tensor, temperature: float
             if progress:
                 progress(part.shape[0])
         out.append(torch.stack(probs).mean(0))
-    return torch.cat(out) if out else pixels.new_zeros((0, 0))
+    return torch.cat(out)
 
 
 def adsa_calibrate(probs: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor,

@@ -107,6 +107,18 @@ def safe_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     return s or "class"
 
 
+def _pixels_u8(images: torch.Tensor) -> torch.Tensor:
+    """Pixels clamped to 0..1 and rounded to 8 bits (NCHW uint8), as exports store them."""
+    return (_display(images) * 255).round().to(torch.uint8)
+
+
+def _mark_export(folder: Path, info: dict) -> None:
+    """The file that marks ``folder`` as a ddcli export (``--force`` replaces only such)."""
+    import json
+
+    (folder / EXPORT_MARKER).write_text(json.dumps(info, indent=1) + "\n")
+
+
 def export_image_folder(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -131,11 +143,10 @@ def export_image_folder(
 
     width = len(str(len(classes) - 1))
     names = [f"{k:0{width}d}_{safe_name(c)}" for k, c in enumerate(classes)]
-    pix = (_display(images) * 255).round().to(torch.uint8)
+    pix = _pixels_u8(images)
     with atomic_dir(Path(out_dir), force, marker=EXPORT_MARKER) as tmp:
-        (tmp / EXPORT_MARKER).write_text(json.dumps(
-            {"format": "ddcli.export", "classes": list(classes), "folders": names}, indent=1)
-            + "\n")
+        _mark_export(tmp, {"format": "ddcli.export", "classes": list(classes),
+                           "folders": names})
         for folder in names:
             (tmp / folder).mkdir()
         counters = [0] * len(classes)
@@ -171,13 +182,12 @@ def export_shards(
 
     import numpy as np
 
-    pix = (_display(images) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pix = _pixels_u8(images).permute(0, 2, 3, 1).numpy()
     arrays = {"images": pix, "labels": labels.to(torch.int64).numpy()}
     if soft is not None:
         arrays["soft_labels"] = soft.float().numpy()
     with atomic_dir(Path(out_dir), force, marker=EXPORT_MARKER) as tmp:
-        (tmp / EXPORT_MARKER).write_text(json.dumps(
-            {"format": "ddcli.export.npz", "classes": list(classes)}, indent=1) + "\n")
+        _mark_export(tmp, {"format": "ddcli.export.npz", "classes": list(classes)})
         np.savez_compressed(tmp / "train.npz", **arrays)
         (tmp / "classes.json").write_text(json.dumps(list(classes)) + "\n")
     return Path(out_dir) / "train.npz"

@@ -10,6 +10,7 @@ applies. Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -109,8 +110,10 @@ def _panel(methods: tuple[str, ...]) -> str:
     return PANEL_DM
 
 
-def method_options() -> list[MethodOption]:
-    """Every command-line field of every method, in the order of their first definition."""
+@functools.cache
+def method_options() -> tuple[MethodOption, ...]:
+    """Every command-line field of every method, in the order of their first definition
+    (computed once: distill, experts and prior all read it at start-up)."""
     users: dict[str, list[str]] = {}
     first: dict[str, tuple[type[MethodConfig], dataclasses.Field]] = {}
     for m in ORDER:
@@ -148,7 +151,7 @@ def method_options() -> list[MethodOption]:
             lambda m, name=name: CONFIGS[m].presets[SAMPLE_PRESET][name], methods)
         out.append(MethodOption(name, methods, _kind(cfg, f), choices, text, defaults, sample,
                                 panel, prefix))
-    return out
+    return tuple(out)
 
 
 _TYPES = {"int": int, "float": float, "str": str, "ints": str, "bool": bool}
