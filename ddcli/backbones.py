@@ -52,6 +52,10 @@ class Backbone:
     feature_dim: int
     weights: str | None = None
     weights_sha256: str | None = None
+    #: run in channels-last (NHWC) memory format: set by ``to`` on a CPU, where oneDNN's
+    #: convolutions (depthwise ones above all) are several times faster in NHWC; float32
+    #: either way, the same arithmetic up to rounding (benchmarks/backbone_speed_cpu.py)
+    channels_last: bool = False
 
     @property
     def identity(self) -> dict:
@@ -61,7 +65,10 @@ class Backbone:
                 "std": list(self.std)}
 
     def to(self, device) -> Backbone:
-        self.module.to(device)
+        self.channels_last = (torch.device(device).type == "cpu"
+                              and not isinstance(self.module, torch.jit.ScriptModule))
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.module.to(device, memory_format=fmt)
         return self
 
     def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -78,6 +85,8 @@ class Backbone:
 
     def features(self, normalized: torch.Tensor) -> torch.Tensor:
         """Features of images already at the input size and normalised (differentiable)."""
+        if self.channels_last:
+            normalized = normalized.contiguous(memory_format=torch.channels_last)
         return self.module(normalized).float()
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:

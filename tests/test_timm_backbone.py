@@ -72,3 +72,24 @@ def test_cli_sfm_on_a_timm_backbone_and_its_linear_probe(cli, timm_weights, tmp_
     r = cli("distill", data, "-m", "sfm", "--backbone", f"timm:{ARCH}", "-o",
             tmp_path / "x.safetensors", "--device", "cpu")
     assert_one_line_error(r, 2, "needs --backbone-weights")
+
+
+def test_backbone_runs_channels_last_on_a_cpu_with_the_same_features(timm_weights):
+    """On a CPU the backbone runs in NHWC (oneDNN's fast layout for depthwise convolutions):
+    the module's 4-d weights and the inputs are channels-last, the features those of the
+    NCHW module up to float rounding, gradients included."""
+    net, st, _ = timm_weights
+    bb = create_backbone(f"timm:{ARCH}", st)
+    x = torch.rand(3, 3, 8, 8)
+    ref = bb.embed(x)  # never moved: NCHW
+    assert not bb.channels_last
+    bb.to("cpu")
+    assert bb.channels_last
+    conv = next(p for p in bb.module.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    pix = x.clone().requires_grad_(True)
+    f = bb.embed(pix)
+    assert torch.allclose(f, ref, atol=1e-4)
+    f.sum().backward()
+    assert pix.grad is not None and torch.isfinite(pix.grad).all()
+

@@ -1,0 +1,106 @@
+"""The frozen-backbone methods' speed on a CPU, before and after, in the same run (issue 12).
+
+SFM and LGM distil through a frozen EfficientNet-Lite0 at 224 px, and the linear-probe judge
+embeds augmented images through it every epoch: on a 2-core CPU these dominate the quality
+suite's backbone rows. This runs the same three commands with the code of a git revision
+(``--before``, checked out into a temporary worktree) and with the working tree, one after the
+other, each with its own empty ``$DDCLI_CACHE`` (so SFM embeds the real set both times), and
+prints wall time, iterations per second and the probe's per-model accuracies:
+
+    python benchmarks/backbone_speed_cpu.py --data-root ../shared/datasets --before HEAD~1
+
+Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ddcli(code: Path, cache: Path, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code), "DDCLI_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "ddcli", *args, "--json", "--quiet"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)
+    if r.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr}")
+    out = json.loads(r.stdout)
+    out["_wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def workload(code: Path, work: Path, cifar: Path, test: Path, a: argparse.Namespace) -> dict:
+    cache = work / "cache"
+    work.mkdir(parents=True, exist_ok=True)
+    data = [str(cifar), "--train-files", "train_[123].npz", "--max-per-class",
+            str(a.per_class), "--ipc", "1", "--seed", "0", "--device", "cpu", "--force",
+            "--checkpoint-every", "0"]
+    res = {}
+    for m, augs in (("sfm", 1), ("lgm", 3)):
+        out = work / f"{m}.safetensors"
+        d = ddcli(code, cache, "distill", *data, "-m", m, "--iterations", str(a.iterations),
+                  "--augs", str(augs), "-o", str(out))
+        res[m] = {"wall_s": d["_wall_s"], "it_per_s": d["stats"]["iterations_per_s"]}
+    e = ddcli(code, cache, "evaluate", str(work / "sfm.safetensors"), "--test", str(test),
+              "-p", "linear-probe", "--models", "3", "--epochs", str(a.epochs), "--seed", "0",
+              "--device", "cpu")
+    r = e["result"]
+    res["probe"] = {"wall_s": e["_wall_s"], "train_s": r["train_time_s"],
+                    "acc": r["accuracy_per_model"]}
+    return res
+
+
+def probe_test(cifar: Path, dest: Path, per_class: int) -> Path:
+    import numpy as np
+
+    z = np.load(cifar / "train_4.npz")
+    keep = np.concatenate([np.nonzero(z["labels"] == c)[0][:per_class]
+                           for c in np.unique(z["labels"])])
+    dest.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(dest / "test.npz", images=z["images"][keep], labels=z["labels"][keep])
+    (dest / "classes.json").write_text((cifar / "classes.json").read_text())
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", required=True, type=Path)
+    ap.add_argument("--before", required=True, help="git revision to compare against")
+    ap.add_argument("--per-class", type=int, default=20, help="real images per class")
+    ap.add_argument("--iterations", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=30, help="linear-probe epochs")
+    a = ap.parse_args()
+    cifar = a.data_root.resolve() / "cifar10"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        test = probe_test(cifar, tmp / "test", 20)
+        before = tmp / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(before), a.before], cwd=ROOT,
+                       check=True, capture_output=True)
+        try:
+            rows = {"before": workload(before, tmp / "b", cifar, test, a),
+                    "after": workload(ROOT, tmp / "a", cifar, test, a)}
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT,
+                           capture_output=True)
+    print(json.dumps(rows, indent=1))
+    print("| code | sfm distill s (it/s) | lgm distill s (it/s) | probe train s | probe % |")
+    print("|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['sfm']['wall_s']} ({r['sfm']['it_per_s']}) | {r['lgm']['wall_s']} "
+              f"({r['lgm']['it_per_s']}) | {r['probe']['train_s']} | "
+              f"{', '.join(map(str, r['probe']['acc']))} |")
+
+
+if __name__ == "__main__":
+    main()
