@@ -5,16 +5,22 @@ distills each with DM for a few iterations on the CPU, and reports the peak resi
 the ddcli process, its wall time and iterations per second, so the growth of peak RSS with N
 shows what ddcli holds per real image:
 
-    python benchmarks/scale_data.py --sizes 2000 20000 100000 [--size 64]
+    python benchmarks/scale_data.py --sizes 2000 20000 100000 [--size 64] [--data-cache auto]
+
+With the memory-mapped data cache in play (``--data-cache on``, or ``auto`` for sets of 1 GiB
+of pixels and more) each size is distilled twice with a fresh ``$DDCLI_CACHE``: the first run
+builds the cache (its extra time is the build), the second reads it.
 
 Issue 16's targets: peak RSS grows by less than 100 MB from 2k to 20k images of 32 px, and by
-less than 1 GB from 10k to 1M (the memory-mapped data cache, not built yet).
+less than 1 GB from 10k to 1M.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -45,20 +51,36 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     ap.add_argument("--size", type=int, default=32, help="image side in pixels")
     ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--data-cache", default="auto", choices=["auto", "on", "off"])
     a = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ddcli-scale-") as tmp:
         for n in a.sizes:
             data = Path(tmp) / f"set{n}"
             make_set(data, n, a.size)
-            d = run("distill", str(data), "-m", "dm", "--ipc", "10", "--iterations",
-                    str(a.iterations), "--batch-real", "32", "--width", "32", "--device", "cpu",
-                    "--checkpoint-every", "0", "-o", str(Path(tmp) / f"b{n}.safetensors"))
-            rows.append({"images": n, "size": a.size,
-                         "pixels_mb": round(n * a.size * a.size * 3 / 2**20, 1),
-                         "peak_rss_mb": d["_peak_rss_mb"], "wall_s": d["_wall_s"],
-                         "it_per_s": d["stats"]["iterations_per_s"]})
+            cache = Path(tmp) / "cache"
+            os.environ["DDCLI_CACHE"] = str(cache)  # the children inherit it
+            runs = []
+            for _ in range(2):
+                runs.append(run("distill", str(data), "-m", "dm", "--ipc", "10", "--iterations",
+                                str(a.iterations), "--batch-real", "32", "--width", "32",
+                                "--device", "cpu", "--checkpoint-every", "0", "--data-cache",
+                                a.data_cache, "-o", str(Path(tmp) / f"b{n}.safetensors"),
+                                "--force"))
+                if not (cache / "data").exists():
+                    break  # in memory: one run says it all
+            d = runs[-1]
+            row = {"images": n, "size": a.size,
+                   "pixels_mb": round(n * a.size * a.size * 3 / 2**20, 1),
+                   "data_cache": len(runs) == 2, "peak_rss_mb": d["_peak_rss_mb"],
+                   "wall_s": d["_wall_s"], "it_per_s": d["stats"]["iterations_per_s"]}
+            if len(runs) == 2:
+                row.update(build_run_peak_rss_mb=runs[0]["_peak_rss_mb"],
+                           build_s=round(runs[0]["_wall_s"] - runs[1]["_wall_s"], 1))
+            rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
+            shutil.rmtree(data)
+            shutil.rmtree(cache, ignore_errors=True)
     base = rows[0]
     for r in rows[1:]:
         print(f"{base['images']} -> {r['images']} images: peak RSS "

@@ -117,6 +117,7 @@ def distill(
     dtype: str = "float32",
     verbose: bool = False,
     command: str | None = None,
+    data_cache: str = "auto",
     **options: Any,
 ) -> dict:
     """Distill ``data`` (a dataset folder or .npz shard; None: the built-in sample) with
@@ -139,7 +140,7 @@ def distill(
                         imbalance_factor=imbalance_factor, relabel=relabel,
                         relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every,
                         resume=resume, dtype=dtype, verbose=verbose if rank == "0" else False,
-                        command=command, world=world, **options)
+                        command=command, world=world, data_cache=data_cache, **options)
 
 
 @contextmanager
@@ -159,7 +160,8 @@ def _rank_errors(rank: int | str):
 
 def _distill(data, *, method, out, seed, device, force, train_files, image_size, channels,
              skip_bad, max_per_class, imbalance_factor, relabel, relabel_teacher,
-             checkpoint_every, resume, dtype, verbose, command, world, **options) -> dict:
+             checkpoint_every, resume, dtype, verbose, command, world, data_cache,
+             **options) -> dict:
     from ddcli.io import check_writable
     from ddcli.methods import create_method
     from ddcli.reporting import resolve_device
@@ -188,15 +190,17 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
             return _distill_run(rep, algo, data, builtin, preset, out, seed, ctx.device, force,
                                 train_files, image_size, channels, skip_bad, max_per_class,
                                 imbalance_factor, relabel, relabel_teacher, checkpoint_every,
-                                resume, dtype, command, ctx)
+                                resume, dtype, command, ctx, data_cache)
     return _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_files,
                         image_size, channels, skip_bad, max_per_class, imbalance_factor, relabel,
-                        relabel_teacher, checkpoint_every, resume, dtype, command, None)
+                        relabel_teacher, checkpoint_every, resume, dtype, command, None,
+                        data_cache)
 
 
 def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_files,
                  image_size, channels, skip_bad, max_per_class, imbalance_factor, relabel,
-                 relabel_teacher, checkpoint_every, resume, dtype, command, ctx) -> dict:
+                 relabel_teacher, checkpoint_every, resume, dtype, command, ctx,
+                 data_cache="auto") -> dict:
     from ddcli.data import sample_dir
     from ddcli.io import check_writable
     from ddcli.methods.base import checkpoint_path_for, run_method
@@ -207,7 +211,10 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
     ds = load_dataset_reported(
         rep, path, "train", files=train_files, image_size=image_size, channels=channels,
         skip_bad=skip_bad, max_per_class=max_per_class, imbalance_factor=imbalance_factor,
+        cache="off" if builtin else data_cache,
     )
+    if ds.mapped is not None:
+        rep.info(f"real images read through the data cache {ds.mapped.path.parent}")
     if builtin:
         ds.subset["builtin_sample"] = True
     if ctx is not None and ds.num_classes < ctx.world_size:
@@ -566,7 +573,7 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
         if baseline == "random":
             sub = random_real_subset(real_ds, b.ipc, seed)
         else:  # the real images nearest the class means, in the evaluation backbone
-            feats = bb.embed_all(real_ds.images.float() / 255, dev)
+            feats = bb.embed_all(real_ds.images, dev)
             sub = real_ds.select(centroid_indices(feats, real_ds.labels.to(dev), b.num_classes,
                                                   b.ipc).cpu())
         base = run(sub.images.float() / 255, sub.labels, f"{baseline} real",

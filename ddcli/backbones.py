@@ -95,10 +95,13 @@ class Backbone:
     @torch.no_grad()
     def embed_all(self, pixels: torch.Tensor, device, chunk: int = 256,
                   progress: Callable[..., None] | None = None) -> torch.Tensor:
-        """Features of every image, ``chunk`` at a time; ``progress(done_images, total)``."""
+        """Features of every image, ``chunk`` at a time; ``progress(done_images, total)``.
+        ``pixels`` in 0..1, or uint8 (converted chunk by chunk: a large or memory-mapped real
+        set is never copied whole into floats)."""
         out = []
         for i in range(0, len(pixels), chunk):
-            out.append(self.embed(pixels[i : i + chunk].to(device)))
+            x = pixels[i : i + chunk].to(device)
+            out.append(self.embed(x.float() / 255 if x.dtype == torch.uint8 else x))
             if progress:
                 progress(min(i + chunk, len(pixels)), len(pixels))
         return torch.cat(out) if out else torch.zeros((0, self.feature_dim), device=device)

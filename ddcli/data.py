@@ -52,6 +52,8 @@ class Dataset:
     name: str = "dataset"
     source: str = ""
     subset: dict = field(default_factory=dict)
+    #: the memory-mapped data cache holding ``images`` (ddcli.datacache.MappedImages), if any
+    mapped: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -90,15 +92,9 @@ class Dataset:
     def _mean_std(self) -> tuple[list[float], list[float]]:
         """Exact, from a 256-bin histogram of the uint8 values; computed once per dataset."""
         x = self.images
-        levels = torch.arange(256, dtype=torch.float64) / 255.0
-        mean, sq = [], []
-        for c in range(x.shape[1]):
-            hist = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
-            n = float(hist.sum())
-            mean.append(float((hist * levels).sum()) / n)
-            sq.append(float((hist * levels * levels).sum()) / n)
-        std = [math.sqrt(max(b - a * a, 1e-12)) for a, b in zip(mean, sq, strict=True)]
-        return [round(m, 6) for m in mean], [round(s, 6) for s in std]
+        return mean_std_from_hist(np.stack([
+            torch.bincount(x[:, c].reshape(-1), minlength=256).numpy()
+            for c in range(x.shape[1])]))
 
     def select(self, index: torch.Tensor, **subset_info) -> Dataset:
         index = torch.as_tensor(index, dtype=torch.long)
@@ -126,6 +122,19 @@ class Dataset:
         }
 
 
+def mean_std_from_hist(hist: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in 0..1 scale from (C, 256) counts of the uint8 values."""
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    mean, std = [], []
+    for row in np.asarray(hist, dtype=np.float64):
+        n = float(row.sum())
+        m = float((row * levels).sum()) / n
+        sq = float((row * levels * levels).sum()) / n
+        mean.append(round(m, 6))
+        std.append(round(math.sqrt(max(sq - m * m, 1e-12)), 6))
+    return mean, std
+
+
 def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     """Pixel-scale images (N, C, H, W) -> per-channel normalised, on the images' device."""
     m = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
@@ -151,15 +160,26 @@ def fingerprint(images: torch.Tensor, labels: torch.Tensor, classes: list[str]) 
     same images read from files in another order give the same fingerprint.
     """
     arr = images.contiguous().numpy()
-    lab = labels.tolist()
-    digests = [hashlib.sha256(arr[i].tobytes()).digest() for i in range(arr.shape[0])]
-    order = sorted(range(len(lab)), key=lambda i: (lab[i], digests[i]))
+    digests = np.frombuffer(b"".join(hashlib.sha256(arr[i].tobytes()).digest()
+                                     for i in range(arr.shape[0])), dtype=np.uint8)
+    return fingerprint_from_digests(digests.reshape(-1, 32), labels.numpy(), classes,
+                                    tuple(arr.shape[1:]))
+
+
+def fingerprint_from_digests(digests: np.ndarray, labels: np.ndarray, classes: list[str],
+                             shape: tuple[int, ...]) -> str:
+    """:func:`fingerprint` from the images' sha256 digests (N, 32) (the data cache's, made
+    chunk by chunk); the canonical order by one lexsort, the records hashed in one pass."""
+    digests = np.asarray(digests, dtype=np.uint8).reshape(-1, 32)
+    labels = np.asarray(labels, dtype="<i8").reshape(-1)
+    order = np.lexsort([digests[:, k] for k in range(31, -1, -1)] + [labels])
+    records = np.empty((len(labels), 40), dtype=np.uint8)  # label (8 bytes LE) + digest
+    records[:, :8] = labels.view(np.uint8).reshape(-1, 8)
+    records[:, 8:] = digests
     h = hashlib.sha256()
     h.update(json.dumps(list(classes)).encode())
-    h.update(json.dumps(list(arr.shape[1:])).encode())
-    for i in order:
-        h.update(int(lab[i]).to_bytes(8, "little"))
-        h.update(digests[i])
+    h.update(json.dumps([int(v) for v in shape]).encode())
+    h.update(records[order].tobytes())
     return h.hexdigest()
 
 
@@ -581,6 +601,110 @@ def _read_image_folder(
 
 
 # --------------------------------------------------------------------------------------------
+# the memory-mapped data cache (ddcli.datacache): the same sets, as chunks to convert
+
+
+def _shard_source(files: list[Path], classes: list[str], name: str, description: str,
+                  image_size: tuple[int, int] | None, channels: int | None):
+    from ddcli.datacache import Source, file_key
+
+    shape0, labels = None, []
+    for f in files:
+        regular_file(f, "shard")
+        header = _npz_header(f)
+        _check_shard_header(f, header)
+        shp = header["images"][0]
+        shp = (*shp[1:], 1) if len(shp) == 3 else tuple(shp[1:])
+        if shape0 is None:
+            shape0 = shp
+        elif shp != shape0:
+            raise DataError(f"inconsistent shards: {f} holds {shp} images, {files[0]} holds "
+                            f"{shape0}")
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                y = z["labels"].astype(np.int64)
+        except Exception as e:
+            raise DataError(f"cannot read shard {f}: {e}") from None
+        if y.size and (y.min() < 0 or y.max() >= len(classes)):
+            raise DataError(f"shard {f}: label {int(y.max())} outside the {len(classes)} classes")
+        labels.append(y)
+    h, w, c_in = shape0
+    c_in = 3 if c_in == 4 else c_in
+    size = tuple(image_size or (h, w))
+    c = channels or c_in
+    ends = np.cumsum([len(y) for y in labels]).tolist()
+    chunks = list(zip([0, *ends[:-1]], ends, strict=True))
+
+    def read(i: int) -> np.ndarray:
+        x, _ = _load_shard(files[i])
+        t = torch.from_numpy(x).permute(0, 3, 1, 2)
+        return resize_images(to_channels(t, c), size).contiguous().numpy()
+
+    key = {"kind": "shards", "files": file_key(files), "classes": classes,
+           "size": list(size), "channels": c}
+    return Source(key, name, description, classes, np.concatenate(labels), (c, *size), chunks,
+                  read)
+
+
+def _folder_source(root: Path, name: str, image_size: tuple[int, int] | None,
+                   channels: int | None, skip_bad: bool, warn: Callable[[str], None],
+                   chunk: int = 512):
+    from ddcli.datacache import Source, file_key
+
+    classes, items, _ = _scan_image_folder(root)
+    bad: list[tuple[Path, str]] = []
+
+    def probe(i: int):
+        try:
+            return _probe(items[i][0])
+        except Exception as e:  # PIL raises many kinds on bad files
+            bad.append((items[i][0], f"{type(e).__name__}: {e}"))
+            return None
+
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 2) * 2)) as pool:
+        heads = list(pool.map(probe, range(len(items))))
+    if bad and not skip_bad:
+        path, why = sorted(bad)[0]
+        raise DataError(f"cannot read image {path}: {why} (pass --skip-bad to skip it)")
+    if bad:
+        warn(f"skipped {len(bad)} unreadable image(s) in {root}")
+    ok = [i for i, hd in enumerate(heads) if hd is not None]
+    if not ok:
+        raise DataError(f"{root} has no readable images")
+    size = tuple(image_size or Counter(heads[i][0] for i in ok).most_common(1)[0][0])
+    c = channels or (1 if sum(heads[i][1] == 1 for i in ok) * 2 > len(ok) else 3)
+    paths = [items[i][0] for i in ok]
+    labels = np.array([items[i][1] for i in ok], dtype=np.int64)
+    for label in range(len(classes)):
+        if not (labels == label).any():
+            raise DataError(f"class folder {root / classes[label]} has no readable images")
+    chunks = [(lo, min(lo + chunk, len(paths))) for lo in range(0, len(paths), chunk)]
+
+    def read(i: int) -> np.ndarray:
+        lo, hi = chunks[i]
+        out = np.empty((hi - lo, c, *size), dtype=np.uint8)
+        for j in range(lo, hi):
+            try:
+                out[j - lo] = _decode(paths[j], size, c).numpy()
+            except Exception as e:  # its header read, its pixels do not
+                raise DataError(f"cannot decode image {paths[j]}: {type(e).__name__}: {e}") \
+                    from None
+        return out
+
+    key = {"kind": "folder", "files": file_key(paths), "labels": hashlib.sha256(
+        labels.tobytes()).hexdigest(), "classes": classes, "size": list(size), "channels": c}
+    return Source(key, name, str(root), classes, labels, (c, *size), chunks, read)
+
+
+def _cached(src, progress: ProgressFn | None) -> Dataset:
+    from ddcli.datacache import ensure, open_dataset
+    from ddcli.runtime import cache_dir
+
+    folder = ensure(src, cache_dir() / "data", progress=progress)
+    return open_dataset(folder, src.description)
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -596,6 +720,7 @@ def load_dataset(
     imbalance_factor: float | None = None,
     progress: ProgressFn | None = None,
     warn: Callable[[str], None] = lambda msg: None,
+    cache: str = "off",
 ) -> Dataset:
     """Read the ``split`` ("train" or "test") of a dataset folder, shard or image folder.
 
@@ -608,7 +733,14 @@ def load_dataset(
         skip_bad: skip unreadable images with a warning instead of failing.
         max_per_class: keep at most this many images per class (seeded, fixed).
         imbalance_factor: build the long-tailed subset with this factor (seeded, fixed).
+        cache: ``on``: read the images through the memory-mapped data cache
+            (:mod:`ddcli.datacache`, built on first use); ``auto``: so for a set of at least
+            :func:`ddcli.datacache.auto_min_bytes` of pixels; ``off``: into memory.
     """
+    from ddcli.datacache import CACHE_MODES, auto_min_bytes
+
+    if cache not in CACHE_MODES:
+        raise DataError(f"--data-cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
     if split not in SPLIT_DIRS:
         raise ValueError(f"unknown split {split!r}")
     root = Path(path).expanduser()
@@ -620,18 +752,25 @@ def load_dataset(
         raise DataError(f"--channels must be 1 or 3, got {channels}")
     check_subset_options(max_per_class, imbalance_factor)
 
+    src = None
     if root.is_file():
         if root.suffix != ".npz":
             raise DataError(f"{root} is neither a folder nor an .npz shard")
         classes = _read_classes(root.parent)
-        images, labels = _read_shards([root], classes)
-        name, source = root.parent.name, str(root)
+        shard_files, name, source = [root], root.parent.name, str(root)
     elif files or any(root.glob("*.npz")):
         classes = _read_classes(root)
         shard_files = _shard_files(root, split, files)
-        images, labels = _read_shards(shard_files, classes)
         name = root.name
         source = f"{root} [{', '.join(p.name for p in shard_files)}]"
+    else:
+        shard_files = None
+    if shard_files is not None:
+        if cache != "off":
+            src = _shard_source(shard_files, classes, name, source, image_size, channels)
+        if src is None or (cache == "auto" and src.nbytes < auto_min_bytes()):
+            src = None
+            images, labels = _read_shards(shard_files, classes)
     else:
         split_root = root
         for d in SPLIT_DIRS[split]:
@@ -642,10 +781,20 @@ def load_dataset(
             has_splits = any((root / d).is_dir() for ds in SPLIT_DIRS.values() for d in ds)
             if has_splits:
                 raise DataError(f"{root} has split folders but no {split} split")
-        classes, images, labels = _read_image_folder(
-            split_root, image_size, channels, skip_bad, progress, warn
-        )
         name, source = root.name, str(split_root)
+        if cache != "off":
+            src = _folder_source(split_root, name, image_size, channels, skip_bad, warn)
+            if cache == "auto" and src.nbytes < auto_min_bytes():
+                src = None
+        if src is None:
+            classes, images, labels = _read_image_folder(
+                split_root, image_size, channels, skip_bad, progress, warn
+            )
+    if src is not None:  # through the data cache: already at the size and channels asked
+        ds = _cached(src, progress)
+        classes = ds.classes
+        channels = image_size = None
+        images, labels = ds.images, ds.labels
 
     if len(classes) < 2:
         raise DataError(f"{root}: at least two classes are needed, found {len(classes)}")
@@ -656,7 +805,8 @@ def load_dataset(
         images = to_channels(images, channels)
     if image_size is not None:
         images = resize_images(images, tuple(image_size))
-    ds = Dataset(images, labels, classes, name=name, source=source)
+    if src is None:
+        ds = Dataset(images, labels, classes, name=name, source=source)
     empty = [classes[c] for c, n in enumerate(ds.class_counts) if n == 0]
     if empty and split == "train":
         raise DataError(f"{root}: class {empty[0]!r} has no images")

@@ -102,7 +102,7 @@ def linear_probe(
             progress(epoch + 1)
     train_s = time.perf_counter() - t0
     with torch.no_grad():
-        f_test = bb.embed_all(test_pixels.float() / 255, device, progress=test_progress)
+        f_test = bb.embed_all(test_pixels, device, progress=test_progress)
         if inherit:
             projected = torch.einsum("mde,ne->mnd", proj, f_test) + proj_b[:, None, :]
             logits = projected @ w_star.T + b_star
@@ -129,7 +129,7 @@ def golden_head_accuracy(golden: tuple[torch.Tensor, torch.Tensor], bb: Backbone
                          device: torch.device) -> float:
     """Test accuracy of the golden head itself (the full-data linear probe: the ceiling)."""
     w, b = (t.to(device) for t in golden)
-    f = bb.embed_all(test_pixels.float() / 255, device)
+    f = bb.embed_all(test_pixels, device)
     return round(float(((f @ w.T + b).argmax(1) == test_labels.to(device)).float().mean()) * 100,
                  2)
 

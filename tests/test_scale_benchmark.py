@@ -19,3 +19,10 @@ def test_scale_benchmark_reports_memory_and_speed_per_set_size(capsys, tmp_path,
     assert [r["images"] for r in rows] == [100, 300]
     assert all(r["peak_rss_mb"] > 0 and r["it_per_s"] for r in rows)
     assert out[-1].startswith("100 -> 300 images: peak RSS ")
+
+
+def test_scale_benchmark_through_the_data_cache(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "cache"))
+    scale_data.main(["--sizes", "100", "--size", "8", "--iterations", "1", "--data-cache", "on"])
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert rows[0]["data_cache"] and "build_s" in rows[0] and rows[0]["build_run_peak_rss_mb"]

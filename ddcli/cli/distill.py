@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from ddcli.catalog import DTYPES, METHODS
+from ddcli.catalog import CACHE_MODES, DTYPES, METHODS
 from ddcli.cli.common import (
     ChannelsOpt,
     ConfigOpt,
@@ -85,6 +85,18 @@ def distill(
             rich_help_panel=PANEL_RUN,
         ),
     ] = False,
+    data_cache: Annotated[
+        Literal[CACHE_MODES],
+        typer.Option(
+            "--data-cache",
+            help="Read the real images through a memory-mapped uint8 cache under "
+                 "$DDCLI_CACHE/data, built once (resumable): on | off | auto (sets of 1 GiB "
+                 "of pixels or more; $DDCLI_DATA_CACHE_MIN_BYTES). Resident memory then stays "
+                 "flat however large the set.",
+            rich_help_panel="Data",
+            case_sensitive=False,
+        ),
+    ] = "auto",
     dtype: Annotated[
         Literal[DTYPES],
         typer.Option(
@@ -134,6 +146,7 @@ def distill(
         checkpoint_every=checkpoint_every,
         resume=resume,
         dtype=dtype,
+        data_cache=data_cache.lower(),
         verbose=Reporter(quiet, json_out),
         command=command_line(),
         **options,

@@ -109,7 +109,7 @@ def real_features(data: Dataset, backbone: Backbone, device,
     if path.exists():
         tensors, _ = read_safetensors(path, "feature cache")
         return tensors["features"].to(device)
-    feats = backbone.embed_all(data.images.float() / 255, device, progress=progress)
+    feats = backbone.embed_all(data.images, device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file({"features": feats.cpu().contiguous()}, str(tmp), metadata={"key": key})

@@ -29,24 +29,53 @@ from ddcli.io import atomic_path, read_safetensors
 # real images resident on the device, sampled per class without a host round trip
 
 
+def streams(data: Dataset, device: torch.device) -> bool:
+    """Whether a pool draws its batches from ``data``'s memory-mapped cache instead of holding
+    the set on the device: always on a CPU (the page cache is as fast as a copy, and resident
+    memory stays flat), on a GPU when the set would take more than half its free memory."""
+    if data.mapped is None:
+        return False
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return data.mapped.nbytes > free // 2
+
+
 class ClassPool:
-    """The real images on the device, sorted by class, sampled for all classes at once."""
+    """The real images on the device, sorted by class, sampled for all classes at once; or,
+    for a set in the memory-mapped data cache (:func:`streams`), each batch gathered from the
+    cache through the class index (a pinned host buffer to a GPU)."""
 
     def __init__(self, data: Dataset, device: torch.device, mean: list[float], std: list[float]):
         order = torch.argsort(data.labels, stable=True)
-        self.images = data.images[order].to(device)  # uint8, kept small on the device
+        self.mapped = data.mapped if streams(data, device) else None
+        if self.mapped is not None:
+            self.order = order  # class-sorted position -> row of the cache (on the host)
+            self.images = None
+        else:
+            self.images = data.images[order].to(device)  # uint8, kept small on the device
         counts = torch.bincount(data.labels, minlength=data.num_classes)
         self.counts = counts.to(device)
         self.offsets = (torch.cumsum(counts, 0) - counts).to(device)
         self.n_max = int(counts.max())
         self.num_classes = data.num_classes
-        self.device = device
+        self.device = torch.device(device)
         c = data.channels
         self.mean = torch.tensor(mean, device=device).view(1, c, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, c, 1, 1)
 
     def normalize(self, u8: torch.Tensor) -> torch.Tensor:
         return (u8.float() / 255.0 - self.mean) / self.std
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 images at class-sorted positions ``idx`` (1-d), on the device."""
+        if self.mapped is None:
+            return self.images[idx]
+        x = self.mapped.gather(self.order[idx.cpu()].numpy())
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
 
     def normalize_float(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels - self.mean) / self.std
@@ -75,14 +104,14 @@ class ClassPool:
         idx = self.sample_index(per_class, generator)
         if classes is not None:
             idx = idx[classes[0]:classes[1]]
-        return self.normalize(self.images[idx.flatten()])
+        return self.normalize(self.rows(idx.flatten()))
 
     def init_images(self, ipc: int, generator: torch.Generator, noise: float = 0.1) -> torch.Tensor:
         """Random real images per class (normalised). Where a class has fewer than ``ipc``
         images the repeats get Gaussian noise (std ``noise`` in normalised units) so they do
         not stay identical under Siamese augmentation."""
         idx = self.sample_index(ipc, generator)  # (C, ipc)
-        x = self.normalize(self.images[idx.flatten()])
+        x = self.normalize(self.rows(idx.flatten()))
         slot = torch.arange(ipc, device=self.device).view(1, -1)
         repeat = (slot >= self.counts.view(-1, 1)).flatten().view(-1, 1, 1, 1)
         jitter = torch.randn(x.shape, generator=generator, device=self.device) * noise

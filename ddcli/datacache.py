@@ -1,0 +1,259 @@
+"""Real sets larger than memory: a dataset converted once into a memory-mapped uint8 cache.
+
+On first use (``distill --data-cache on``, or ``auto`` for a set of at least
+:func:`auto_min_bytes` of pixels) the images of an npz-shard folder or an image folder are
+decoded, brought to the working size and channels, and written to
+``$DDCLI_CACHE/data/<key>/``, where ``key`` hashes what identifies the source (its files with
+their sizes and modification times, the size and channels asked for):
+
+    images.u8        the pixels, uint8 (N, C, H, W), in the source's order, no header
+    labels.npy       int64 (N,)
+    class_index.npy  int64 (N,): the rows sorted by class (stable); class c's rows are
+                     ``class_index[offsets[c] : offsets[c] + counts[c]]``
+    digests.u8       (N, 32) sha256 of every image (for the dataset fingerprint)
+    hist.u8          int64 (chunks, C, 256) pixel histograms per chunk (the normalisation)
+    done.u8          one byte per chunk written: a killed build resumes where it stopped
+    meta.json        written last; the cache is complete when it exists
+
+Chunks (a shard, or a block of image files) are decoded and written by a pool of threads
+(decoding, zlib and hashing release the GIL), each straight to its place in the file with
+``pwrite``, so building never holds more than a few chunks. Reading maps the file
+copy-on-write: the :class:`~ddcli.data.Dataset` sees an ordinary uint8 tensor, the fingerprint
+and mean / std come from ``meta.json`` (nothing is read for them), and
+:class:`~ddcli.methods.base.ClassPool` gathers its real batches from the mapping and hands the
+pages back after each batch (:meth:`MappedImages.gather`), so resident memory stays flat
+however large the set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import mmap
+import os
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddcli.catalog import CACHE_MODES  # noqa: F401  (re-exported)
+from ddcli.errors import DataError
+
+CACHE_VERSION = 1
+
+
+def auto_min_bytes() -> int:
+    """``--data-cache auto`` caches a set with at least this many bytes of pixels:
+    ``$DDCLI_DATA_CACHE_MIN_BYTES``, default 1 GiB (CIFAR-10's 150 MB stays in memory)."""
+    env = os.environ.get("DDCLI_DATA_CACHE_MIN_BYTES")
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise DataError(f"DDCLI_DATA_CACHE_MIN_BYTES must be a number of bytes, got {env!r}") \
+                from None
+    return 1 << 30
+
+
+@dataclass
+class Source:
+    """A dataset as chunks to convert: ``read(i)`` gives chunk i's images as uint8
+    (k, C, H, W) at the working size, rows ``chunks[i]`` of the set."""
+
+    key: dict
+    name: str
+    description: str
+    classes: list[str]
+    labels: np.ndarray
+    shape: tuple[int, int, int]
+    chunks: list[tuple[int, int]]
+    read: Callable[[int], np.ndarray]
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        c, h, w = self.shape
+        return self.n * c * h * w
+
+
+def cache_key(src: Source) -> str:
+    blob = json.dumps({"version": CACHE_VERSION, **src.key}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def file_key(paths: list[Path]) -> list[list]:
+    """What identifies files without reading them: name, size, modification time."""
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# building
+
+
+def _open_sized(path: Path, size: int) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if os.fstat(fd).st_size != size:
+        os.ftruncate(fd, size)  # sparse: the blocks arrive chunk by chunk
+    return fd
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def build(src: Source, folder: Path, workers: int | None = None,
+          progress: Callable[[int, int], None] | None = None) -> None:
+    """Convert ``src`` into ``folder`` (resuming a killed build); ``progress(rows, total)``."""
+    from ddcli.data import fingerprint_from_digests, mean_std_from_hist
+
+    folder.mkdir(parents=True, exist_ok=True)
+    c, h, w = src.shape
+    row = c * h * w
+    n_chunks = len(src.chunks)
+    done_path = folder / "done.u8"
+    if not done_path.exists() or done_path.stat().st_size != n_chunks:
+        done_path.write_bytes(bytes(n_chunks))
+    done = np.memmap(done_path, dtype=np.uint8, mode="r+", shape=(n_chunks,))
+    hist_path = folder / "hist.u8"
+    hist = np.memmap(hist_path, dtype=np.int64, mode="r+" if hist_path.exists() else "w+",
+                     shape=(n_chunks, c, 256))
+    fd = _open_sized(folder / "images.u8", src.n * row)
+    dfd = _open_sized(folder / "digests.u8", src.n * 32)
+    try:
+        rows_done = sum(hi - lo for (lo, hi), d in zip(src.chunks, done, strict=True) if d)
+        if progress:
+            progress(rows_done, src.n)
+
+        def convert(i: int) -> int:
+            lo, hi = src.chunks[i]
+            x = np.ascontiguousarray(src.read(i), dtype=np.uint8)
+            if x.shape != (hi - lo, c, h, w):
+                raise DataError(f"{src.description}: chunk {i} gave {x.shape} images, "
+                                f"expected {(hi - lo, c, h, w)}")
+            flat = x.reshape(hi - lo, row)
+            _pwrite_all(fd, memoryview(flat).cast("B"), lo * row)
+            digests = b"".join(hashlib.sha256(r.tobytes()).digest() for r in flat)
+            _pwrite_all(dfd, memoryview(digests), lo * 32)
+            hist[i] = np.stack([np.bincount(x[:, k].reshape(-1), minlength=256)
+                                for k in range(c)])
+            return i
+
+        todo = [i for i in range(n_chunks) if not done[i]]
+        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 1)) as pool:
+            for i in pool.map(convert, todo):
+                hist.flush()
+                os.fdatasync(fd)
+                os.fdatasync(dfd)
+                done[i] = 1  # only once its pixels, digests and histogram are on disk
+                done.flush()
+                rows_done += src.chunks[i][1] - src.chunks[i][0]
+                if progress:
+                    progress(rows_done, src.n)
+    finally:
+        os.close(fd)
+        os.close(dfd)
+    labels = src.labels.astype(np.int64)
+    counts = np.bincount(labels, minlength=len(src.classes))
+    order = np.argsort(labels, kind="stable")
+    np.save(folder / "labels.npy", labels)
+    np.save(folder / "class_index.npy", order.astype(np.int64))
+    digests = np.fromfile(folder / "digests.u8", dtype=np.uint8).reshape(src.n, 32)
+    mean, std = mean_std_from_hist(np.asarray(hist).sum(axis=0))
+    meta = {"version": CACHE_VERSION, "name": src.name, "source": src.description,
+            "classes": list(src.classes), "shape": [src.n, c, h, w],
+            "counts": counts.tolist(), "offsets": (np.cumsum(counts) - counts).tolist(),
+            "fingerprint": fingerprint_from_digests(digests, labels, src.classes, (c, h, w)),
+            "mean": mean, "std": std, "key": src.key}
+    tmp = folder / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    tmp.replace(folder / "meta.json")
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """One builder per cache folder (torchrun ranks, two shells): the others wait for it."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure(src: Source, root: Path, progress: Callable[[int, int], None] | None = None) -> Path:
+    """The complete cache folder of ``src`` under ``root``, built (or resumed) if need be."""
+    folder = root / cache_key(src)
+    if (folder / "meta.json").exists():
+        return folder
+    with _locked(folder):
+        if not (folder / "meta.json").exists():
+            build(src, folder, progress=progress)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+class MappedImages:
+    """The cache's pixels mapped copy-on-write: ``tensor`` (N, C, H, W) uint8 reads lazily;
+    :meth:`gather` copies rows out and returns the mapped pages to the kernel."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int, int]):
+        self.path = path
+        self.shape = shape
+        with open(path, "rb") as f:
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        arr = np.frombuffer(self._mm, dtype=np.uint8).reshape(shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.tensor = torch.from_numpy(arr)
+        self._arr = arr
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def gather(self, rows: np.ndarray) -> torch.Tensor:
+        """uint8 (len(rows), C, H, W) in memory, in the order of ``rows``."""
+        out = torch.from_numpy(self._arr[rows])  # numpy fancy indexing copies
+        self.release()
+        return out
+
+    def release(self) -> None:
+        """Drop the mapped pages from this process (the page cache keeps the file): resident
+        memory stays flat while batches are drawn from a set larger than memory."""
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            self._mm.madvise(mmap.MADV_DONTNEED)
+
+
+def open_dataset(folder: Path, source: str):
+    """The cached set as a :class:`~ddcli.data.Dataset` over the mapping."""
+    from ddcli.data import Dataset
+
+    meta = json.loads((folder / "meta.json").read_text())
+    shape = tuple(meta["shape"])
+    mapped = MappedImages(folder / "images.u8", shape)
+    labels = torch.from_numpy(np.load(folder / "labels.npy"))
+    ds = Dataset(mapped.tensor, labels, meta["classes"], name=meta["name"], source=source,
+                 mapped=mapped)
+    ds.__dict__["fingerprint"] = meta["fingerprint"]  # cached_property values, not recomputed
+    ds.__dict__["_mean_std"] = (meta["mean"], meta["std"])
+    return ds

@@ -1,0 +1,145 @@
+"""The memory-mapped uint8 data cache (issue 16, item 1): built once per source, resumable,
+read lazily; the same dataset, fingerprint and bundles as reading into memory."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_image_folder, write_shards
+
+from ddcli import datacache
+from ddcli.data import load_dataset
+from ddcli.methods.base import ClassPool
+
+
+def _same(a, b):
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert a.classes == b.classes
+    assert a.info() == b.info()  # fingerprint, mean / std, counts, source, size
+
+
+def test_shards_through_the_cache_equal_the_in_memory_set(tmp_path):
+    data = write_shards(tmp_path / "d", n_train=20)
+    mem = load_dataset(data)
+    cached = load_dataset(data, cache="on")
+    assert cached.mapped is not None and mem.mapped is None
+    _same(cached, mem)
+    folder = cached.mapped.path.parent
+    meta = json.loads((folder / "meta.json").read_text())
+    order = np.load(folder / "class_index.npy")
+    labels = np.load(folder / "labels.npy")
+    for c, (lo, n) in enumerate(zip(meta["offsets"], meta["counts"], strict=True)):
+        assert (labels[order[lo:lo + n]] == c).all()  # the per-class index arrays
+    # resized / converted on the way in, exactly as the in-memory path does
+    _same(load_dataset(data, cache="on", image_size=(5, 6), channels=1),
+          load_dataset(data, image_size=(5, 6), channels=1))
+    # subsets of a cached set are the in-memory subsets
+    _same(load_dataset(data, cache="on", max_per_class=3), load_dataset(data, max_per_class=3))
+
+
+def test_image_folder_through_the_cache(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", n=5)
+    _same(load_dataset(root, cache="on"), load_dataset(root))
+
+
+def test_the_cache_is_built_once_and_resumes_a_killed_build(tmp_path, monkeypatch):
+    data = write_shards(tmp_path / "d", n_train=20)
+    reads = []
+    real_build = datacache.build
+
+    def failing_build(src, folder, workers=None, progress=None):
+        read = src.read
+
+        def flaky(i):
+            if i == 1 and "killed" not in reads and "resumed" not in reads:
+                reads.append("killed")
+                raise KeyboardInterrupt  # killed while converting the second shard
+            reads.append(i)
+            return read(i)
+
+        src.read = flaky
+        return real_build(src, folder, workers=1, progress=progress)
+
+    monkeypatch.setattr(datacache, "build", failing_build)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset(data, cache="on")
+    assert reads == [0, "killed"]
+    reads.clear()
+    reads.append("resumed")  # the next run converts only what is missing
+    ds = load_dataset(data, cache="on")
+    assert reads == ["resumed", 1]
+    _same(ds, load_dataset(data))
+    reads.clear()
+    reads.append("again")
+    load_dataset(data, cache="on")  # complete: nothing converted
+    assert reads == ["again"]
+
+
+def test_a_changed_source_gets_its_own_cache(tmp_path):
+    data = write_shards(tmp_path / "d", n_train=20)
+    a = load_dataset(data, cache="on")
+    write_shards(tmp_path / "d", n_train=26)  # rewritten: other sizes / mtimes
+    b = load_dataset(data, cache="on")
+    assert a.mapped.path != b.mapped.path and len(b) == len(load_dataset(data))
+
+
+def test_auto_caches_large_sets_only(tmp_path, monkeypatch):
+    data = write_shards(tmp_path / "d", n_train=20)
+    assert load_dataset(data, cache="auto").mapped is None  # far below 1 GiB
+    monkeypatch.setenv("DDCLI_DATA_CACHE_MIN_BYTES", "1")
+    assert load_dataset(data, cache="auto").mapped is not None
+
+
+def test_a_streaming_pool_draws_the_batches_of_the_device_pool(tmp_path):
+    data = write_shards(tmp_path / "d", n_train=20)
+    cached = load_dataset(data, cache="on")
+    mem = load_dataset(data)
+    mean, std = mem.mean_std()
+    a = ClassPool(cached, torch.device("cpu"), mean, std)
+    b = ClassPool(mem, torch.device("cpu"), mean, std)
+    assert a.mapped is not None and a.images is None and b.mapped is None
+    ga, gb = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(3):
+        assert torch.equal(a.sample(4, ga), b.sample(4, gb))
+    assert torch.equal(a.init_images(2, ga), b.init_images(2, gb))
+
+
+def test_distill_through_the_cache_writes_the_same_bundle(cli, tmp_path):
+    import ddcli
+
+    data = write_shards(tmp_path / "d", n_train=20)
+    bundles = {}
+    for mode in ("off", "on"):
+        r = cli("distill", data, "-m", "dm", "--ipc", "2", "--iterations", "3", "--batch-real",
+                "4", "--width", "8", "--device", "cpu", "--data-cache", mode, "-o",
+                tmp_path / f"{mode}.safetensors", "--json")
+        assert r.code == 0, r
+        bundles[mode] = ddcli.load_bundle(tmp_path / f"{mode}.safetensors")
+    on, off = bundles["on"], bundles["off"]  # the command lines differ, nothing else
+    assert torch.equal(on.images, off.images) and torch.equal(on.labels, off.labels)
+    assert on.dataset == off.dataset and on.config == off.config
+    r = cli("distill", data, "--data-cache", "sometimes", "-o", tmp_path / "x.safetensors")
+    assert r.code == 2 and "--data-cache" in r.stderr
+
+
+def test_fingerprint_from_digests_is_the_naive_canonical_hash():
+    """The vectorised canonical order (label, then digest) hashes what a per-image loop does."""
+    import hashlib
+
+    from ddcli.data import fingerprint
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, (40, 3, 4, 4), dtype=np.uint8))
+    x[7] = x[3]  # duplicates too
+    y = torch.from_numpy(rng.integers(0, 5, 40))
+    classes = [f"c{i}" for i in range(5)]
+    digests = [hashlib.sha256(x[i].numpy().tobytes()).digest() for i in range(40)]
+    h = hashlib.sha256()
+    h.update(json.dumps(classes).encode())
+    h.update(json.dumps([3, 4, 4]).encode())
+    for i in sorted(range(40), key=lambda i: (int(y[i]), digests[i])):
+        h.update(int(y[i]).to_bytes(8, "little") + digests[i])
+    assert fingerprint(x, y, classes) == h.hexdigest()
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    assert fingerprint(x[perm], y[perm], classes) == h.hexdigest()
