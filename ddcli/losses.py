@@ -189,7 +189,7 @@ def alpha_schedule(class_counts: list[int], schedule: str = "log-linear", head: 
 
 
 def tgdd_loss(real_feats: torch.Tensor, syn_feats: torch.Tensor, syn_logits: torch.Tensor,
-              alpha: float) -> torch.Tensor:
+              alpha: float, first_class: int = 0) -> torch.Tensor:
     """TGDD (methods.md §3.1), per class c:
 
     L_c = ‖ mean f_ext(A(x_c)) − mean f_ext(A(s_c)) ‖² + α · mean_j CE(g_exp(A(s_{c,j})), c)
@@ -199,12 +199,15 @@ def tgdd_loss(real_feats: torch.Tensor, syn_feats: torch.Tensor, syn_logits: tor
 
     Args:
         real_feats: (C, B, D); syn_feats: (C, M, D); syn_logits: (C, M, K); alpha: α.
+        first_class: the class index of the first row (the rows are classes first_class ..
+            first_class + C − 1: a torchrun rank's block).
     Returns:
         (C,) the loss of every class.
     """
     c, m, k = syn_logits.shape
     mmd = ((real_feats.mean(1) - syn_feats.mean(1)) ** 2).sum(-1)
-    target = torch.arange(c, device=syn_logits.device).repeat_interleave(m)
+    target = torch.arange(first_class, first_class + c,
+                          device=syn_logits.device).repeat_interleave(m)
     ce = torch.nn.functional.cross_entropy(syn_logits.reshape(c * m, k), target,
                                            reduction="none").view(c, m).mean(1)
     return mmd + alpha * ce

@@ -40,6 +40,7 @@ CACHES: dict[str, str] = {
     "experts": "expert trajectories (ddcli experts, distill -m tgdd) and csdm's network pools",
     "priors": "diffusion priors (ddcli prior, distill -m otgen)",
     "features": "backbone features of real data (distill -m sfm / lgm)",
+    "data": "memory-mapped uint8 copies of real sets (distill --data-cache)",
 }
 
 
@@ -67,7 +68,7 @@ def cache_usage() -> list[dict]:
 
 
 def clear_cache(name: str | None = None) -> list[dict]:
-    """Delete one cache (or all four); return what was removed (name, entries, bytes). Only
+    """Delete one cache (or all of them); return what was removed (name, entries, bytes). Only
     the cache folders are touched, nothing else under the cache directory."""
     import shutil
 

@@ -23,7 +23,8 @@ def test_env_json_has_versions_devices_and_caches(cli):
     assert e["ddcli"] == __version__ and e["packages"]["torch"]
     assert e["devices"][0]["device"] == "cpu"
     assert e["cache_dir"] == os.environ["DDCLI_CACHE"]
-    assert [c["name"] for c in e["caches"]] == ["teachers", "experts", "priors", "features"]
+    assert [c["name"] for c in e["caches"]] == ["teachers", "experts", "priors", "features",
+                                               "data"]
     r = cli("env")
     assert r.code == 0 and "torch" in r.stdout and "cache" in r.stdout, r
 

@@ -104,7 +104,7 @@ def cache_list(json_out: JsonOpt = False) -> None:
 def cache_clear(
     name: Annotated[
         str | None,
-        typer.Argument(help=f"The cache to clear: {' | '.join(CACHES)} (default: all four).",
+        typer.Argument(help=f"The cache to clear: {' | '.join(CACHES)} (default: all of them).",
                        show_default=False),
     ] = None,
     json_out: JsonOpt = False,

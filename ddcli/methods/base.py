@@ -148,6 +148,8 @@ class Method:
         #: the classes [lo, hi) this process computes and updates (None: all of them); set by
         #: the harness before ``setup`` under torchrun
         self.classes: tuple[int, int] | None = None
+        #: the torchrun context (ddcli.distributed.DistContext) when :attr:`classes` is set
+        self.dist = None
         #: the run's seed, set by the harness before ``setup``: what a method builds and
         #: caches (expert trajectories, an extractor pool, a prior) is seeded with it, so the
         #: seed alone decides the bundle and ``ddcli experts/prior --seed`` prepare that cache
@@ -334,6 +336,7 @@ def run_method(
     method.seed = seed
     if dist is not None:
         method.classes = dist.classes(data.num_classes)
+        method.dist = dist
     method.setup(data, device, gen, mean, std)
     key = _run_key(method, data, seed, device)
     start = 0

@@ -114,7 +114,10 @@ class CSDM(DM):
             self.pick_gen = torch.Generator().manual_seed(seed)
         self.sigma = self._bandwidth() if cfg.sigma == "median" else float(cfg.sigma)
         self.plateau = {"best": float("inf"), "bad": 0}
-        self.pending: list[torch.Tensor] = []  # iteration losses not yet read back
+        # per-class losses of the iterations not yet read back (a column each; under torchrun
+        # each rank fills its classes' rows, gathered at read-back)
+        self.pending = torch.zeros((data.num_classes, self.PLATEAU_EVERY), device=device)
+        self.pending_n = 0
 
     def _pretrained_pool(self, data, device) -> list[tuple[dict, dict]]:
         """(initial, trained) weights of ``pool_size`` networks (cached, ddcli.experts)."""
@@ -160,26 +163,34 @@ class CSDM(DM):
             v.copy_(torch.lerp(trained[k], init[k], lam))
         return self.net
 
+    #: the plateau scheduler reads the losses back every this many iterations
+    PLATEAU_EVERY = 10
+
+    def class_state_keys(self) -> set[str]:
+        return super().class_state_keys() | {"pending"}
+
     def step(self, it: int) -> torch.Tensor:
         cfg: CSDMConfig = self.config
         c = self.num_classes
+        mine = self.own_classes  # torchrun: this rank's classes, from every class's draws
         self.clamp_pixels()
         net = self.extractor()
-        real = self.pool.sample(cfg.batch_real, self.gen)
+        real = self.pool.sample(cfg.batch_real, self.gen, self.classes)
         # one draw of every family per class, shared by its real and synthetic images (NCFM:
         # DiffAug(color_crop_cutout, batch=True) on cat([real, syn]) of the class)
         params = augment.sample_params(c, self.gen, cfg.dsa_strategy, all_families=True)
         with torch.no_grad():
-            f_real = self._embed(net, augment.apply(real, params, self.real_rows))
-        f_real = torch.nn.functional.normalize(f_real.view(c, cfg.batch_real, -1), dim=-1)
+            f_real = self._embed(net, augment.apply(real, params, self.own_rows(self.real_rows)))
+        f_real = torch.nn.functional.normalize(f_real.view(mine, cfg.batch_real, -1), dim=-1)
         freqs = sample_frequencies(cfg.kernel, cfg.num_freqs, f_real.shape[-1], self.sigma,
                                    self.gen)
+        alpha, dec_labels = self.own_rows(self.alpha), self.own_rows(self.dec_labels)
 
         def class_losses(pixels: torch.Tensor) -> torch.Tensor:
-            x = formation.decode(self.pool.normalize_float(pixels), self.factor)
-            f_syn = self._embed(net, augment.apply(x, params, self.dec_labels))
-            f_syn = torch.nn.functional.normalize(f_syn.view(c, -1, f_syn.shape[-1]), dim=-1)
-            return spectral_loss(f_real, f_syn, freqs, self.alpha, cfg.reduction, cfg.scale)
+            x = formation.decode(self.pool.normalize_float(self.own_rows(pixels)), self.factor)
+            f_syn = self._embed(net, augment.apply(x, params, dec_labels))
+            f_syn = torch.nn.functional.normalize(f_syn.view(mine, -1, f_syn.shape[-1]), dim=-1)
+            return spectral_loss(f_real, f_syn, freqs, alpha, cfg.reduction, cfg.scale)
 
         if cfg.step_mode == "per-class":
             losses = sequential_optimizer_steps(self.opt, self.syn, self.syn_labels, c,
@@ -190,33 +201,39 @@ class CSDM(DM):
             losses.sum().backward()
             self.opt.step()
             losses = losses.detach()
-        self._plateau_step(losses.sum() / c)
+        self._plateau_step(losses)
         return losses.sum()
 
-    def _plateau_step(self, loss: torch.Tensor, every: int = 10) -> None:
+    def _plateau_step(self, class_losses: torch.Tensor) -> None:
         """NCFM's ReduceLROnPlateau on the iteration's mean class loss. The losses are read
-        back every ``every`` iterations (not every one: no device sync per iteration), so a
-        reduction takes effect at most ``every`` − 1 iterations late."""
+        back every :attr:`PLATEAU_EVERY` iterations (not every one: no device sync per
+        iteration), so a reduction takes effect at most that many − 1 iterations late. Under
+        torchrun the ranks' class rows are gathered then (bit-exact), so every rank sums the
+        same C losses in the same order as one process."""
         cfg: CSDMConfig = self.config
         if not cfg.plateau_patience:
             return
-        self.pending.append(loss.detach())
-        if len(self.pending) < every:
+        self.own_rows(self.pending)[:, self.pending_n] = class_losses.detach()
+        self.pending_n += 1
+        if self.pending_n < self.PLATEAU_EVERY:
             return
+        full = self.pending if self.dist is None else self.dist.gather_classes(
+            self.pending, self.num_classes)
         group = self.opt.param_groups[0]
         lr, best, bad = group["lr"], self.plateau["best"], self.plateau["bad"]
-        for v in torch.stack(self.pending).tolist():
+        for v in (full.sum(dim=0) / self.num_classes).tolist():
             lr, best, bad = plateau_update(lr, best, bad, v, cfg.plateau_patience,
                                            cfg.plateau_factor)
         group["lr"], self.plateau = lr, {"best": best, "bad": bad}
-        self.pending = []
+        self.pending_n = 0
 
     def state(self) -> dict[str, torch.Tensor]:
         st = super().state()
         st["lr"] = torch.tensor(self.opt.param_groups[0]["lr"], dtype=torch.float64)
         st["plateau"] = torch.tensor([self.plateau["best"], self.plateau["bad"]],
                                      dtype=torch.float64)
-        st["pending"] = torch.stack(self.pending) if self.pending else torch.zeros(0)
+        st["pending"] = self.pending
+        st["pending_n"] = torch.tensor(self.pending_n)
         if self.members is not None:
             st["pick_gen"] = self.pick_gen.get_state()
         return st
@@ -228,7 +245,8 @@ class CSDM(DM):
         self.opt.param_groups[0]["lr"] = float(state.pop("lr"))
         best, bad = state.pop("plateau").tolist()
         self.plateau = {"best": best, "bad": int(bad)}
-        self.pending = list(state.pop("pending").to(self.syn.device).unbind(0))
+        self.pending.copy_(state.pop("pending"))
+        self.pending_n = int(state.pop("pending_n"))
         super().load_state(state)
 
 

@@ -101,8 +101,6 @@ class DM(Method):
             return net.embed(x).float()
 
     def split_refusal(self) -> str | None:
-        if type(self).step is not DM.step:  # a subclass with its own loop
-            return f"method {self.name} cannot split its work among processes yet"
         if self.config.model.endswith("-bn"):
             return (f"--model {self.config.model} cannot be split among processes (batch norm "
                     "mixes the classes' images); use convnet or resnet18")
@@ -111,23 +109,30 @@ class DM(Method):
     def class_state_keys(self) -> set[str]:
         return {k for k, v in self.state().items() if v.shape == self.syn.shape}
 
+    @property
+    def own_classes(self) -> int:
+        """How many classes this process computes (all of them outside torchrun)."""
+        return self.num_classes if self.classes is None else self.classes[1] - self.classes[0]
+
+    def own_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """The rows of ``t`` (grouped by class, as many per class) of this process's classes:
+        under torchrun each rank computes its classes' losses from the draws every rank makes
+        for all classes; ``t`` itself outside torchrun."""
+        if self.classes is None:
+            return t
+        k = t.shape[0] // self.num_classes
+        return t[self.classes[0] * k:self.classes[1] * k]
+
     def step(self, it: int) -> torch.Tensor:
         cfg: DMConfig = self.config
         net = self.extractor()
         real = self.pool.sample(cfg.batch_real, self.gen, self.classes)
         params = augment.sample_params(self.num_classes, self.gen, cfg.dsa_strategy)  # per class
-        syn, real_rows, dec_labels = self.syn, self.real_rows, self.dec_labels
-        c = self.num_classes
-        if self.classes is not None:  # torchrun: this rank's classes only, same draws
-            lo, hi = self.classes
-            c, n_syn, n_dec = hi - lo, len(self.syn_labels), len(self.dec_labels)
-            syn = syn[lo * n_syn // self.num_classes:hi * n_syn // self.num_classes]
-            real_rows = real_rows[lo * cfg.batch_real:hi * cfg.batch_real]
-            dec_labels = dec_labels[lo * n_dec // self.num_classes:hi * n_dec // self.num_classes]
+        c = self.own_classes  # torchrun: this rank's classes only, from the same draws
         with torch.no_grad():
-            f_real = self._embed(net, augment.apply(real, params, real_rows))
-        syn = formation.decode(syn, self.factor)
-        f_syn = self._embed(net, augment.apply(syn, params, dec_labels))
+            f_real = self._embed(net, augment.apply(real, params, self.own_rows(self.real_rows)))
+        syn = formation.decode(self.own_rows(self.syn), self.factor)
+        f_syn = self._embed(net, augment.apply(syn, params, self.own_rows(self.dec_labels)))
         loss = self.match_loss(f_real.view(c, cfg.batch_real, -1),
                                f_syn.view(c, -1, f_syn.shape[-1]))
         self.opt.zero_grad(set_to_none=True)

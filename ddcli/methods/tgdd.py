@@ -114,25 +114,32 @@ class TGDD(DM):
     def step(self, it: int) -> torch.Tensor:
         cfg: TGDDConfig = self.config
         c = self.num_classes
+        mine = self.own_classes  # torchrun: this rank's classes, from every class's draws
         self.clamp_pixels()
         i, js, jf = self._pick()
         self.net.load_state_dict(self.trajectories[i][js])
         self.con.load_state_dict(self.trajectories[i][jf])
-        real = self.pool.sample(cfg.batch_real, self.gen)
+        real = self.pool.sample(cfg.batch_real, self.gen, self.classes)
         params = augment.sample_params(c, self.gen, cfg.dsa_strategy, all_families=True)
         with torch.no_grad():
-            f_real = self._embed(self.net, augment.apply(real, params, self.real_rows))
+            f_real = self._embed(self.net, augment.apply(real, params,
+                                                         self.own_rows(self.real_rows)))
+        dec_labels = self.own_rows(self.dec_labels)
 
         def class_losses(pixels: torch.Tensor) -> torch.Tensor:
-            x = formation.decode(self.pool.normalize_float(pixels), self.factor)
-            x = augment.apply(x, params, self.dec_labels)
+            # this rank's classes; the other rows of ``pixels`` get no gradient, and the
+            # updates below are element-wise, so its classes' rows move exactly as in one
+            # process (the others' are replaced by their owners' when gathered)
+            x = formation.decode(self.pool.normalize_float(self.own_rows(pixels)), self.factor)
+            x = augment.apply(x, params, dec_labels)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast:
                 f_syn, logits = self.net.embed(x).float(), self.con(x).float()
-            return tgdd_loss(f_real.view(c, cfg.batch_real, -1),
-                             f_syn.view(c, -1, f_syn.shape[-1]),
-                             logits.view(c, -1, logits.shape[-1]), self.alpha)
+            return tgdd_loss(f_real.view(mine, cfg.batch_real, -1),
+                             f_syn.view(mine, -1, f_syn.shape[-1]),
+                             logits.view(mine, -1, logits.shape[-1]), self.alpha,
+                             first_class=self.classes[0] if self.classes else 0)
 
         if cfg.step_mode == "per-class":
             new, buf, losses = sequential_class_steps(self.syn.detach(), self.buf,
