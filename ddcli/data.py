@@ -608,11 +608,12 @@ def _shard_source(files: list[Path], classes: list[str], name: str, description:
                   image_size: tuple[int, int] | None, channels: int | None):
     from ddcli.datacache import Source, file_key
 
-    shape0, labels = None, []
+    shape0, labels, most = None, [], 0
     for f in files:
         regular_file(f, "shard")
         header = _npz_header(f)
         _check_shard_header(f, header)
+        most = max(most, header["images"][2])
         shp = header["images"][0]
         shp = (*shp[1:], 1) if len(shp) == 3 else tuple(shp[1:])
         if shape0 is None:
@@ -642,8 +643,9 @@ def _shard_source(files: list[Path], classes: list[str], name: str, description:
 
     key = {"kind": "shards", "files": file_key(files), "classes": classes,
            "size": list(size), "channels": c}
+    n_max = max(hi - lo for lo, hi in chunks)  # the shard as read, then as converted
     return Source(key, name, description, classes, np.concatenate(labels), (c, *size), chunks,
-                  read)
+                  read, chunk_bytes=most + n_max * c * size[0] * size[1])
 
 
 def _folder_source(root: Path, name: str, image_size: tuple[int, int] | None,
@@ -693,7 +695,8 @@ def _folder_source(root: Path, name: str, image_size: tuple[int, int] | None,
 
     key = {"kind": "folder", "files": file_key(paths), "labels": hashlib.sha256(
         labels.tobytes()).hexdigest(), "classes": classes, "size": list(size), "channels": c}
-    return Source(key, name, str(root), classes, labels, (c, *size), chunks, read)
+    return Source(key, name, str(root), classes, labels, (c, *size), chunks, read,
+                  chunk_bytes=chunk * c * size[0] * size[1])
 
 
 def _cached(src, progress: ProgressFn | None) -> Dataset:

@@ -20,9 +20,9 @@ Chunks (a shard, or a block of image files) are decoded and written by a pool of
 ``pwrite``, so building never holds more than a few chunks. Reading maps the file
 copy-on-write: the :class:`~ddcli.data.Dataset` sees an ordinary uint8 tensor, the fingerprint
 and mean / std come from ``meta.json`` (nothing is read for them), and
-:class:`~ddcli.methods.base.ClassPool` gathers its real batches from the mapping and hands the
-pages back after each batch (:meth:`MappedImages.gather`), so resident memory stays flat
-however large the set.
+:class:`~ddcli.methods.base.ClassPool` reads its real batches from the file image by image
+(:meth:`MappedImages.gather`, ``pread``: nothing of the set is mapped into the process), so
+resident memory stays flat however large the set.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from ddcli.catalog import CACHE_MODES  # noqa: F401  (re-exported)
 from ddcli.errors import DataError
 
 CACHE_VERSION = 1
+#: the most bytes of decoded chunks a build holds at once (large shards: fewer threads)
+BUILD_MEMORY = 512 << 20
 
 
 def auto_min_bytes() -> int:
@@ -73,6 +75,8 @@ class Source:
     shape: tuple[int, int, int]
     chunks: list[tuple[int, int]]
     read: Callable[[int], np.ndarray]
+    #: the most bytes one chunk holds while converted (its decoded arrays): sizes the pool
+    chunk_bytes: int = 0
 
     @property
     def n(self) -> int:
@@ -153,7 +157,10 @@ def build(src: Source, folder: Path, workers: int | None = None,
             return i
 
         todo = [i for i in range(n_chunks) if not done[i]]
-        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 1)) as pool:
+        if workers is None:  # enough to keep the cores busy, within BUILD_MEMORY at once
+            workers = min(8, (os.cpu_count() or 2) + 1,
+                          max(1, BUILD_MEMORY // max(src.chunk_bytes, 1)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             for i in pool.map(convert, todo):
                 hist.flush()
                 os.fdatasync(fd)
@@ -219,6 +226,7 @@ class MappedImages:
     def __init__(self, path: Path, shape: tuple[int, int, int, int]):
         self.path = path
         self.shape = shape
+        self._fd = os.open(path, os.O_RDONLY)
         with open(path, "rb") as f:
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         arr = np.frombuffer(self._mm, dtype=np.uint8).reshape(shape)
@@ -232,16 +240,27 @@ class MappedImages:
         return int(np.prod(self.shape))
 
     def gather(self, rows: np.ndarray) -> torch.Tensor:
-        """uint8 (len(rows), C, H, W) in memory, in the order of ``rows``."""
-        out = torch.from_numpy(self._arr[rows])  # numpy fancy indexing copies
-        self.release()
-        return out
+        """uint8 (len(rows), C, H, W) in memory, in the order of ``rows``: read with one
+        ``pread`` per image, not through the mapping (a page fault there maps a whole large
+        page-cache folio into the process: 320 random 3 KB images mapped 460 MB, measured),
+        so the process holds nothing of the set but the batch (2,560 images of 32 px: 7 ms)."""
+        out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
+        flat = out.reshape(len(rows), -1)
+        size = flat.shape[1]
+        for i, r in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
+            if os.preadv(self._fd, [flat[i]], r * size) != size:
+                raise DataError(f"{self.path}: short read at image {r} (file truncated?)")
+        return torch.from_numpy(out)
 
     def release(self) -> None:
-        """Drop the mapped pages from this process (the page cache keeps the file): resident
-        memory stays flat while batches are drawn from a set larger than memory."""
+        """Drop the pages mapped into this process by reads through :attr:`tensor` (the page
+        cache keeps the file)."""
         with contextlib.suppress(AttributeError, OSError, ValueError):
             self._mm.madvise(mmap.MADV_DONTNEED)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):
+            os.close(self._fd)
 
 
 def open_dataset(folder: Path, source: str):

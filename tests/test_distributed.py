@@ -139,7 +139,7 @@ def test_killed_rank_fails_the_run_and_resume_continues(data5: Path, tmp_path: P
 
 @pytest.mark.parametrize("extra, fragment", [
     (["-m", "sfm"], "method sfm cannot split"),
-    (["-m", "otgen"], "method otgen cannot split"),
+    (["-m", "lgm"], "method lgm cannot split"),
     (["--model", "convnet-bn"], "batch norm"),
     (["--relabel"], "--relabel does not run under torchrun"),
 ])

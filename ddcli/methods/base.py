@@ -50,11 +50,15 @@ class ClassPool:
     def __init__(self, data: Dataset, device: torch.device, mean: list[float], std: list[float]):
         order = torch.argsort(data.labels, stable=True)
         self.mapped = data.mapped if streams(data, device) else None
-        if self.mapped is not None:
-            self.order = order  # class-sorted position -> row of the cache (on the host)
+        #: class-sorted position -> row of ``data`` (None: ``images`` is sorted itself)
+        self.order: torch.Tensor | None = order
+        if self.mapped is not None:  # batches gathered from the cache, on the host
             self.images = None
+        elif torch.device(device).type == "cpu":  # the set itself, read through ``order``:
+            self.images = data.images  # no class-sorted copy of it in memory
         else:
-            self.images = data.images[order].to(device)  # uint8, kept small on the device
+            self.images = data.images[order].to(device)  # uint8, sorted once on the device
+            self.order = None
         counts = torch.bincount(data.labels, minlength=data.num_classes)
         self.counts = counts.to(device)
         self.offsets = (torch.cumsum(counts, 0) - counts).to(device)
@@ -71,7 +75,7 @@ class ClassPool:
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """uint8 images at class-sorted positions ``idx`` (1-d), on the device."""
         if self.mapped is None:
-            return self.images[idx]
+            return self.images[idx if self.order is None else self.order[idx]]
         x = self.mapped.gather(self.order[idx.cpu()].numpy())
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True)
