@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import per_class_subset  # noqa: E402
 
 
 def ddcli(code: Path, cache: Path, *args: str) -> dict:
@@ -59,18 +61,6 @@ def workload(code: Path, work: Path, cifar: Path, test: Path, a: argparse.Namesp
     return res
 
 
-def probe_test(cifar: Path, dest: Path, per_class: int) -> Path:
-    import numpy as np
-
-    z = np.load(cifar / "train_4.npz")
-    keep = np.concatenate([np.nonzero(z["labels"] == c)[0][:per_class]
-                           for c in np.unique(z["labels"])])
-    dest.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(dest / "test.npz", images=z["images"][keep], labels=z["labels"][keep])
-    (dest / "classes.json").write_text((cifar / "classes.json").read_text())
-    return dest
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,7 +73,7 @@ def main() -> None:
     cifar = a.data_root.resolve() / "cifar10"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        test = probe_test(cifar, tmp / "test", 20)
+        test = per_class_subset(cifar, tmp / "test", 20)
         before = tmp / "before"
         subprocess.run(["git", "worktree", "add", "--detach", str(before), a.before], cwd=ROOT,
                        check=True, capture_output=True)

@@ -54,3 +54,17 @@ def append_results(path: str, lines: list[str]) -> None:
     old = out.read_text() if out.exists() else "# Benchmark results\n\n"
     out.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def per_class_subset(src: Path, dest: Path, per_class: int, shard: str = "train_4.npz") -> Path:
+    """The first ``per_class`` images of every class of ``src/shard`` as ``dest/test.npz`` (plus
+    ``classes.json``): a smaller test set by a fixed rule, not a choice."""
+    import numpy as np
+
+    z = np.load(src / shard)
+    keep = np.concatenate([np.nonzero(z["labels"] == c)[0][:per_class]
+                           for c in np.unique(z["labels"])])
+    dest.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(dest / "test.npz", images=z["images"][keep], labels=z["labels"][keep])
+    (dest / "classes.json").write_text((src / "classes.json").read_text())
+    return dest

@@ -246,19 +246,12 @@ def probe_test(s: Suite, per_class: int = 100) -> Path:
     """A fixed, smaller test set for the linear-probe rows: the first ``per_class`` images of
     every class of the cifar10-30k test split (train_4), so that embedding it at the backbone's
     224 px stays affordable on a CPU. A subset of the test split by a fixed rule, not a choice."""
-    import numpy as np
+    from common import per_class_subset
 
     folder = s.work / "probe-test"
     if (folder / "test.npz").exists():
         return folder
-    src = s.data_root / "cifar10"
-    z = np.load(src / "train_4.npz")
-    keep = np.concatenate([np.nonzero(z["labels"] == c)[0][:per_class]
-                           for c in np.unique(z["labels"])])
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(folder / "test.npz", images=z["images"][keep], labels=z["labels"][keep])
-    (folder / "classes.json").write_text((src / "classes.json").read_text())
-    return folder
+    return per_class_subset(s.data_root / "cifar10", folder, per_class)
 
 
 def backbone_rows(s: Suite, ipcs: tuple[int, ...] = (1, 10)) -> None:
