@@ -91,10 +91,7 @@ class Dataset:
     @cached_property
     def _mean_std(self) -> tuple[list[float], list[float]]:
         """Exact, from a 256-bin histogram of the uint8 values; computed once per dataset."""
-        x = self.images
-        return mean_std_from_hist(np.stack([
-            torch.bincount(x[:, c].reshape(-1), minlength=256).numpy()
-            for c in range(x.shape[1])]))
+        return mean_std_from_hist(pixel_histogram(self.images))
 
     def select(self, index: torch.Tensor, **subset_info) -> Dataset:
         index = torch.as_tensor(index, dtype=torch.long)
@@ -120,6 +117,12 @@ class Dataset:
             "std": std,
             "subset": dict(self.subset),
         }
+
+
+def pixel_histogram(images: torch.Tensor) -> np.ndarray:
+    """(C, 256) counts of the uint8 values of (N, C, H, W) ``images``, per channel."""
+    return np.stack([torch.bincount(images[:, c].reshape(-1), minlength=256).numpy()
+                     for c in range(images.shape[1])])
 
 
 def mean_std_from_hist(hist: np.ndarray) -> tuple[list[float], list[float]]:
@@ -160,10 +163,15 @@ def fingerprint(images: torch.Tensor, labels: torch.Tensor, classes: list[str]) 
     same images read from files in another order give the same fingerprint.
     """
     arr = images.contiguous().numpy()
-    digests = np.frombuffer(b"".join(hashlib.sha256(arr[i].tobytes()).digest()
-                                     for i in range(arr.shape[0])), dtype=np.uint8)
-    return fingerprint_from_digests(digests.reshape(-1, 32), labels.numpy(), classes,
+    return fingerprint_from_digests(image_digests(arr), labels.numpy(), classes,
                                     tuple(arr.shape[1:]))
+
+
+def image_digests(arr: np.ndarray) -> np.ndarray:
+    """(N, 32) sha256 of every image of the uint8 (N, ...) array (the fingerprint's)."""
+    flat = arr.reshape(arr.shape[0], -1)
+    return np.frombuffer(b"".join(hashlib.sha256(r.tobytes()).digest() for r in flat),
+                         dtype=np.uint8).reshape(-1, 32)
 
 
 def fingerprint_from_digests(digests: np.ndarray, labels: np.ndarray, classes: list[str],
@@ -338,16 +346,23 @@ def _read_classes(folder: Path) -> list[str]:
     return classes
 
 
+def env_bytes(name: str) -> int | None:
+    """A number of bytes from the environment variable ``name`` (None when unset)."""
+    env = os.environ.get(name)
+    if not env:
+        return None
+    try:
+        return int(env)
+    except ValueError:
+        raise DataError(f"{name} must be a number of bytes, got {env!r}") from None
+
+
 def max_shard_bytes() -> int:
     """The most bytes of arrays ddcli inflates from npz shards in one read:
     ``$DDCLI_MAX_SHARD_BYTES``, else half the machine's memory (at most 64 GiB)."""
-    env = os.environ.get("DDCLI_MAX_SHARD_BYTES")
-    if env:
-        try:
-            return int(env)
-        except ValueError:
-            raise DataError(f"DDCLI_MAX_SHARD_BYTES must be a number of bytes, got {env!r}") \
-                from None
+    env = env_bytes("DDCLI_MAX_SHARD_BYTES")
+    if env is not None:
+        return env
     try:
         ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
@@ -443,6 +458,20 @@ def _shard_files(folder: Path, split: str, pattern: str | None) -> list[Path]:
     raise DataError(f"{folder} has no {split} shards; choose them with {other}")
 
 
+def _check_shard_fits(f: Path, shape: tuple, labels: np.ndarray, first: tuple[tuple, Path],
+                      classes: list[str]) -> None:
+    """What every shard of a set holds: images of the first shard's (H, W, C) shape (as read:
+    grey gets C = 1, alpha dropped), labels among the classes."""
+    if tuple(shape) != tuple(first[0]):
+        raise DataError(
+            f"inconsistent shards: {f} holds {tuple(shape)} images, {first[1]} holds "
+            f"{tuple(first[0])}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise DataError(f"shard {f}: label {int(labels.max())} outside the {len(classes)} "
+                        "classes")
+
+
 def _read_shards(files: list[Path], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     shape0 = None
@@ -450,15 +479,8 @@ def _read_shards(files: list[Path], classes: list[str]) -> tuple[torch.Tensor, t
     for f in files:
         x, y = _load_shard(f, budget)
         budget -= x.nbytes + y.nbytes
-        if shape0 is None:
-            shape0 = (x.shape[1:], files[0])
-        elif x.shape[1:] != shape0[0]:
-            raise DataError(
-                f"inconsistent shards: {f} holds {x.shape[1:]} images, {shape0[1]} holds "
-                f"{shape0[0]}"
-            )
-        if y.size and (y.min() < 0 or y.max() >= len(classes)):
-            raise DataError(f"shard {f}: label {int(y.max())} outside the {len(classes)} classes")
+        shape0 = shape0 or (x.shape[1:], f)
+        _check_shard_fits(f, x.shape[1:], y, shape0, classes)
         images.append(x)
         labels.append(y)
     # one NCHW tensor filled shard by shard, each shard dropped once copied: the pixels are
@@ -531,6 +553,61 @@ def _decode(path: Path, size: tuple[int, int], channels: int) -> torch.Tensor:
     return resize_images(to_channels(t, channels), tuple(size))[0]
 
 
+def _plan_image_folder(
+    root: Path,
+    image_size: tuple[int, int] | None,
+    channels: int | None,
+    skip_bad: bool,
+    warn: Callable[[str], None],
+    pool: ThreadPoolExecutor,
+) -> tuple[list[str], list[tuple[Path, int]], tuple[int, int] | None, int | None,
+           list[tuple[Path, str]]]:
+    """The headers pass over an image folder: (classes, the (path, label) of every image whose
+    header reads, the size and channels to use — given, or the most common size and the
+    majority mode —, the unreadable files with why). Non-image files are skipped with a
+    warning; an unreadable image is an error unless ``skip_bad``."""
+    classes, items, non_images = _scan_image_folder(root)
+    if non_images:  # a notes.txt beside the images: skipped, as torchvision's ImageFolder does
+        names = sorted({p.suffix.lower() or p.name for p in non_images})
+        warn(f"skipped {len(non_images)} non-image file(s) in {root} ({', '.join(names[:5])}"
+             + (", ..." if len(names) > 5 else "") + f"; images are {', '.join(IMG_EXTENSIONS)})")
+    errors: list[tuple[Path, str]] = []
+
+    def probe(i: int):
+        try:
+            return _probe(items[i][0])
+        except Exception as e:  # PIL raises many kinds on bad files
+            errors.append((items[i][0], f"{type(e).__name__}: {e}"))
+            return None
+
+    heads = list(pool.map(probe, range(len(items))))
+    _fail_on_bad(errors, skip_bad)
+    ok = [i for i, h in enumerate(heads) if h is not None]
+    if ok and image_size is None:
+        image_size = Counter(heads[i][0] for i in ok).most_common(1)[0][0]
+    if ok and channels is None:
+        n_gray = sum(heads[i][1] == 1 for i in ok)
+        channels = 1 if n_gray * 2 > len(ok) else 3
+    return classes, [items[i] for i in ok], image_size, channels, errors
+
+
+def _fail_on_bad(errors: list[tuple[Path, str]], skip_bad: bool) -> None:
+    if errors and not skip_bad:
+        path, why = sorted(errors)[0]
+        raise DataError(f"cannot read image {path}: {why} (pass --skip-bad to skip it)")
+
+
+def _check_classes_readable(root: Path, classes: list[str], labels) -> None:
+    present = set(int(v) for v in labels)
+    for label in range(len(classes)):
+        if label not in present:
+            raise DataError(f"class folder {root / classes[label]} has no readable images")
+
+
+def _folder_workers() -> int:
+    return min(16, (os.cpu_count() or 2) * 2)
+
+
 def _read_image_folder(
     root: Path,
     image_size: tuple[int, int] | None,
@@ -541,62 +618,35 @@ def _read_image_folder(
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Two passes: the headers give the sizes and modes (so the default size and channels are
     known first), then each image is decoded and resized straight into the output."""
-    classes, items, non_images = _scan_image_folder(root)
-    if non_images:  # a notes.txt beside the images: skipped, as torchvision's ImageFolder does
-        names = sorted({p.suffix.lower() or p.name for p in non_images})
-        warn(f"skipped {len(non_images)} non-image file(s) in {root} ({', '.join(names[:5])}"
-             + (", ..." if len(names) > 5 else "") + f"; images are {', '.join(IMG_EXTENSIONS)})")
-    errors: list[tuple[Path, str]] = []
-    workers = min(16, (os.cpu_count() or 2) * 2)
-
-    def guarded(fn, i):
-        try:
-            return fn(i)
-        except Exception as e:  # PIL raises many kinds on bad files
-            errors.append((items[i][0], f"{type(e).__name__}: {e}"))
-            return None
-
-    def fail_on_errors() -> None:
-        if errors and not skip_bad:
-            path, why = sorted(errors)[0]
-            raise DataError(f"cannot read image {path}: {why} (pass --skip-bad to skip it)")
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        heads = list(pool.map(lambda i: guarded(lambda j: _probe(items[j][0]), i),
-                              range(len(items))))
-        fail_on_errors()
-        ok = [i for i, h in enumerate(heads) if h is not None]
-        if ok and image_size is None:
-            image_size = Counter(heads[i][0] for i in ok).most_common(1)[0][0]
-        if ok and channels is None:
-            n_gray = sum(heads[i][1] == 1 for i in ok)
-            channels = 1 if n_gray * 2 > len(ok) else 3
-        if ok:
-            check_pixel_budget(len(ok), channels, image_size, root)
-        out = torch.empty((len(ok), channels or 3, *(image_size or (1, 1))), dtype=torch.uint8)
-        good = [False] * len(ok)
+    with ThreadPoolExecutor(max_workers=_folder_workers()) as pool:
+        classes, items, image_size, channels, errors = _plan_image_folder(
+            root, image_size, channels, skip_bad, warn, pool)
+        if items:
+            check_pixel_budget(len(items), channels, image_size, root)
+        out = torch.empty((len(items), channels or 3, *(image_size or (1, 1))),
+                          dtype=torch.uint8)
+        good = [False] * len(items)
 
         def work(j: int) -> None:
-            t = guarded(lambda i: _decode(items[i][0], image_size, channels), ok[j])
-            if t is not None:
-                out[j] = t
+            try:
+                out[j] = _decode(items[j][0], image_size, channels)
                 good[j] = True
+            except Exception as e:  # PIL raises many kinds on bad files
+                errors.append((items[j][0], f"{type(e).__name__}: {e}"))
 
         done = 0
-        for _ in pool.map(work, range(len(ok))):
+        for _ in pool.map(work, range(len(items))):
             done += 1
-            if progress and (done % 256 == 0 or done == len(ok)):
-                progress(done, len(ok))
-    fail_on_errors()
+            if progress and (done % 256 == 0 or done == len(items)):
+                progress(done, len(items))
+    _fail_on_bad(errors, skip_bad)
     if errors:
         warn(f"skipped {len(errors)} unreadable image(s) in {root}")
-    keep = [ok[j] for j in range(len(ok)) if good[j]]
-    for label in range(len(classes)):
-        if not any(items[i][1] == label for i in keep):
-            raise DataError(f"class folder {root / classes[label]} has no readable images")
-    if len(keep) < len(ok):
+    keep = [j for j in range(len(items)) if good[j]]
+    _check_classes_readable(root, classes, (items[j][1] for j in keep))
+    if len(keep) < len(items):
         out = out[torch.tensor(good)]
-    labels = torch.tensor([items[i][1] for i in keep], dtype=torch.int64)
+    labels = torch.tensor([items[j][1] for j in keep], dtype=torch.int64)
     return classes, out, labels
 
 
@@ -614,23 +664,17 @@ def _shard_source(files: list[Path], classes: list[str], name: str, description:
         header = _npz_header(f)
         _check_shard_header(f, header)
         most = max(most, header["images"][2])
-        shp = header["images"][0]
-        shp = (*shp[1:], 1) if len(shp) == 3 else tuple(shp[1:])
-        if shape0 is None:
-            shape0 = shp
-        elif shp != shape0:
-            raise DataError(f"inconsistent shards: {f} holds {shp} images, {files[0]} holds "
-                            f"{shape0}")
+        shp = header["images"][0]  # (N, H, W[, C]) -> (H, W, C) as _load_shard returns them
+        shp = (*shp[1:], 1) if len(shp) == 3 else (*shp[1:3], 3 if shp[3] == 4 else shp[3])
         try:
             with np.load(f, allow_pickle=False) as z:
                 y = z["labels"].astype(np.int64)
         except Exception as e:
             raise DataError(f"cannot read shard {f}: {e}") from None
-        if y.size and (y.min() < 0 or y.max() >= len(classes)):
-            raise DataError(f"shard {f}: label {int(y.max())} outside the {len(classes)} classes")
+        shape0 = shape0 or (shp, f)
+        _check_shard_fits(f, shp, y, shape0, classes)
         labels.append(y)
-    h, w, c_in = shape0
-    c_in = 3 if c_in == 4 else c_in
+    h, w, c_in = shape0[0]
     size = tuple(image_size or (h, w))
     c = channels or c_in
     ends = np.cumsum([len(y) for y in labels]).tolist()
@@ -653,33 +697,17 @@ def _folder_source(root: Path, name: str, image_size: tuple[int, int] | None,
                    chunk: int = 512):
     from ddcli.datacache import Source, file_key
 
-    classes, items, _ = _scan_image_folder(root)
-    bad: list[tuple[Path, str]] = []
-
-    def probe(i: int):
-        try:
-            return _probe(items[i][0])
-        except Exception as e:  # PIL raises many kinds on bad files
-            bad.append((items[i][0], f"{type(e).__name__}: {e}"))
-            return None
-
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 2) * 2)) as pool:
-        heads = list(pool.map(probe, range(len(items))))
-    if bad and not skip_bad:
-        path, why = sorted(bad)[0]
-        raise DataError(f"cannot read image {path}: {why} (pass --skip-bad to skip it)")
-    if bad:
-        warn(f"skipped {len(bad)} unreadable image(s) in {root}")
-    ok = [i for i, hd in enumerate(heads) if hd is not None]
-    if not ok:
+    with ThreadPoolExecutor(max_workers=_folder_workers()) as pool:
+        classes, items, size, c, errors = _plan_image_folder(root, image_size, channels,
+                                                             skip_bad, warn, pool)
+    if errors:
+        warn(f"skipped {len(errors)} unreadable image(s) in {root}")
+    if not items:
         raise DataError(f"{root} has no readable images")
-    size = tuple(image_size or Counter(heads[i][0] for i in ok).most_common(1)[0][0])
-    c = channels or (1 if sum(heads[i][1] == 1 for i in ok) * 2 > len(ok) else 3)
-    paths = [items[i][0] for i in ok]
-    labels = np.array([items[i][1] for i in ok], dtype=np.int64)
-    for label in range(len(classes)):
-        if not (labels == label).any():
-            raise DataError(f"class folder {root / classes[label]} has no readable images")
+    size = tuple(size)
+    paths = [p for p, _ in items]
+    labels = np.array([label for _, label in items], dtype=np.int64)
+    _check_classes_readable(root, classes, labels)
     chunks = [(lo, min(lo + chunk, len(paths))) for lo in range(0, len(paths), chunk)]
 
     def read(i: int) -> np.ndarray:

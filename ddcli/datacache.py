@@ -32,7 +32,6 @@ import hashlib
 import json
 import mmap
 import os
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,14 +51,10 @@ BUILD_MEMORY = 512 << 20
 def auto_min_bytes() -> int:
     """``--data-cache auto`` caches a set with at least this many bytes of pixels:
     ``$DDCLI_DATA_CACHE_MIN_BYTES``, default 1 GiB (CIFAR-10's 150 MB stays in memory)."""
-    env = os.environ.get("DDCLI_DATA_CACHE_MIN_BYTES")
-    if env:
-        try:
-            return int(env)
-        except ValueError:
-            raise DataError(f"DDCLI_DATA_CACHE_MIN_BYTES must be a number of bytes, got {env!r}") \
-                from None
-    return 1 << 30
+    from ddcli.data import env_bytes
+
+    env = env_bytes("DDCLI_DATA_CACHE_MIN_BYTES")
+    return (1 << 30) if env is None else env
 
 
 @dataclass
@@ -122,7 +117,12 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 def build(src: Source, folder: Path, workers: int | None = None,
           progress: Callable[[int, int], None] | None = None) -> None:
     """Convert ``src`` into ``folder`` (resuming a killed build); ``progress(rows, total)``."""
-    from ddcli.data import fingerprint_from_digests, mean_std_from_hist
+    from ddcli.data import (
+        fingerprint_from_digests,
+        image_digests,
+        mean_std_from_hist,
+        pixel_histogram,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
     c, h, w = src.shape
@@ -150,10 +150,8 @@ def build(src: Source, folder: Path, workers: int | None = None,
                                 f"expected {(hi - lo, c, h, w)}")
             flat = x.reshape(hi - lo, row)
             _pwrite_all(fd, memoryview(flat).cast("B"), lo * row)
-            digests = b"".join(hashlib.sha256(r.tobytes()).digest() for r in flat)
-            _pwrite_all(dfd, memoryview(digests), lo * 32)
-            hist[i] = np.stack([np.bincount(x[:, k].reshape(-1), minlength=256)
-                                for k in range(c)])
+            _pwrite_all(dfd, memoryview(image_digests(x)).cast("B"), lo * 32)
+            hist[i] = pixel_histogram(torch.from_numpy(x))
             return i
 
         todo = [i for i in range(n_chunks) if not done[i]]
@@ -220,20 +218,16 @@ def ensure(src: Source, root: Path, progress: Callable[[int, int], None] | None 
 
 
 class MappedImages:
-    """The cache's pixels mapped copy-on-write: ``tensor`` (N, C, H, W) uint8 reads lazily;
-    :meth:`gather` copies rows out and returns the mapped pages to the kernel."""
+    """The cache's pixels: ``tensor`` (N, C, H, W) uint8 maps the file copy-on-write (read
+    lazily, writable without touching the file); :meth:`gather` reads rows from the file."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int, int]):
         self.path = path
         self.shape = shape
         self._fd = os.open(path, os.O_RDONLY)
         with open(path, "rb") as f:
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        arr = np.frombuffer(self._mm, dtype=np.uint8).reshape(shape)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.tensor = torch.from_numpy(arr)
-        self._arr = arr
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        self.tensor = torch.from_numpy(np.frombuffer(mapping, dtype=np.uint8).reshape(shape))
 
     @property
     def nbytes(self) -> int:
@@ -251,12 +245,6 @@ class MappedImages:
             if os.preadv(self._fd, [flat[i]], r * size) != size:
                 raise DataError(f"{self.path}: short read at image {r} (file truncated?)")
         return torch.from_numpy(out)
-
-    def release(self) -> None:
-        """Drop the pages mapped into this process by reads through :attr:`tensor` (the page
-        cache keeps the file)."""
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            self._mm.madvise(mmap.MADV_DONTNEED)
 
     def __del__(self) -> None:
         with contextlib.suppress(AttributeError, OSError):
