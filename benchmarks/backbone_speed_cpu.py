@@ -16,28 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import ddcli as run_ddcli  # noqa: E402
 from common import per_class_subset  # noqa: E402
 
 
 def ddcli(code: Path, cache: Path, *args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(code), "DDCLI_CACHE": str(cache)}
-    cmd = [sys.executable, "-m", "ddcli", *args, "--json", "--quiet"]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)
-    if r.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr}")
-    out = json.loads(r.stdout)
-    out["_wall_s"] = round(time.perf_counter() - t0, 1)
-    return out
+    """``common.ddcli`` with the code of ``code`` and the cache ``cache``."""
+    return run_ddcli(*args, env={"PYTHONPATH": str(code), "DDCLI_CACHE": str(cache)}, cwd=code)
 
 
 def workload(code: Path, work: Path, cifar: Path, test: Path, a: argparse.Namespace) -> dict:

@@ -11,11 +11,15 @@ import time
 from pathlib import Path
 
 
-def ddcli(*args: str) -> dict:
-    """Run ``python -m ddcli ARGS --json --quiet``; return its JSON (exit on failure)."""
+def ddcli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> dict:
+    """Run ``python -m ddcli ARGS --json --quiet`` (with ``env`` added to the environment,
+    in ``cwd``); return its JSON (exit on failure)."""
+    import os
+
     cmd = [sys.executable, "-m", "ddcli", *args, "--json", "--quiet"]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
+                       env={**os.environ, **env} if env else None)
     if r.returncode != 0:
         sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr.strip()}")
     out = json.loads(r.stdout)
