@@ -26,7 +26,7 @@ from ddcli.io import atomic_path, read_safetensors
 
 
 # --------------------------------------------------------------------------------------------
-# real images resident on the device, sampled per class without a host round trip
+# real images by class, sampled per class without a host round trip (unless streamed)
 
 
 def streams(data: Dataset, device: torch.device) -> bool:
@@ -43,19 +43,21 @@ def streams(data: Dataset, device: torch.device) -> bool:
 
 
 class ClassPool:
-    """The real images on the device, sorted by class, sampled for all classes at once; or,
-    for a set in the memory-mapped data cache (:func:`streams`), each batch gathered from the
-    cache through the class index (a pinned host buffer to a GPU)."""
+    """The real images by class, sampled for all classes at once: on a GPU a class-sorted
+    copy on the device; on a CPU the set itself, read through the class order; for a set in
+    the memory-mapped data cache (:func:`streams`) each batch read from the cache file (through
+    a pinned host buffer to a GPU)."""
 
     def __init__(self, data: Dataset, device: torch.device, mean: list[float], std: list[float]):
+        self.device = device = torch.device(device)
         order = torch.argsort(data.labels, stable=True)
         self.mapped = data.mapped if streams(data, device) else None
         #: class-sorted position -> row of ``data`` (None: ``images`` is sorted itself)
         self.order: torch.Tensor | None = order
         if self.mapped is not None:  # batches gathered from the cache, on the host
             self.images = None
-        elif torch.device(device).type == "cpu":  # the set itself, read through ``order``:
-            self.images = data.images  # no class-sorted copy of it in memory
+        elif device.type == "cpu":  # no class-sorted copy of the set in memory
+            self.images = data.images
         else:
             self.images = data.images[order].to(device)  # uint8, sorted once on the device
             self.order = None
@@ -64,7 +66,6 @@ class ClassPool:
         self.offsets = (torch.cumsum(counts, 0) - counts).to(device)
         self.n_max = int(counts.max())
         self.num_classes = data.num_classes
-        self.device = torch.device(device)
         c = data.channels
         self.mean = torch.tensor(mean, device=device).view(1, c, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, c, 1, 1)
