@@ -103,6 +103,29 @@ def test_a_streaming_pool_draws_the_batches_of_the_device_pool(tmp_path):
     for _ in range(3):
         assert torch.equal(a.sample(4, ga), b.sample(4, gb))
     assert torch.equal(a.init_images(2, ga), b.init_images(2, gb))
+    # the per-iteration batches, read one iteration ahead in a worker thread when streamed
+    for classes in (None, (1, 3), None):
+        assert torch.equal(a.next_batch(4, ga, classes), b.next_batch(4, gb, classes))
+    assert a._next[2] is not None and b._next[2] is None  # a is reading the next one
+
+
+def test_the_pending_batch_survives_a_resume(tmp_path):
+    """The batch drawn ahead is state: a pool restored from it, with the generator's state,
+    continues with the batches the first pool gives."""
+    data = write_shards(tmp_path / "d", n_train=20)
+    ds = load_dataset(data, cache="on")
+    mean, std = ds.mean_std()
+    a = ClassPool(ds, torch.device("cpu"), mean, std)
+    ga = torch.Generator().manual_seed(5)
+    a.next_batch(3, ga)
+    st, rng = a.state(), ga.get_state()
+    assert set(st) == {"real_next"} and st["real_next"].shape == (3, 3)
+    want = [a.next_batch(3, ga) for _ in range(2)]
+    b = ClassPool(ds, torch.device("cpu"), mean, std)
+    gb = torch.Generator()
+    gb.set_state(rng)
+    b.load_state(st)
+    assert all(torch.equal(b.next_batch(3, gb), w) for w in want)
 
 
 def test_distill_through_the_cache_writes_the_same_bundle(cli, tmp_path):

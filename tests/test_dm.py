@@ -8,7 +8,7 @@ from ddcli import augment
 from ddcli.errors import Interrupted
 from ddcli.losses import dm_loss
 from ddcli.methods import create_method, list_methods
-from ddcli.methods.base import ClassPool, run_method
+from ddcli.methods.base import ClassPool, run_method, smallest_keys
 
 TINY = dict(ipc=2, iterations=6, batch_real=4, width=8)
 
@@ -59,6 +59,20 @@ def test_pool_sampling_without_replacement_and_small_classes():
     assert (sorted_labels[idx] == torch.arange(3).view(3, 1)).all()
     init = pool.init_images(3, g)  # class 2 has one image: its repeats get noise
     assert not torch.equal(init[6], init[7]) and not torch.equal(init[7], init[8])
+
+
+@pytest.mark.parametrize("n", [2, 7, 1000, 70_000])
+def test_smallest_keys_is_a_stable_sort_of_the_keys(n):
+    """The pool's selection == a stable argsort, ties (float32 keys repeat at 2**-24; the
+    padding keys are all 2.0) in order of position, at the precision limit of large rows."""
+    g = torch.Generator().manual_seed(n)
+    keys = torch.rand((4, n), generator=g)
+    keys[:, ::3] = keys[:, :1]  # many equal keys
+    keys[1, n // 2:] = 2.0  # a short class: its padding
+    keys[2] = torch.randint(0, 3, (n,), generator=g) * 2.0**-24  # ties one bit apart
+    k = min(n, 300)
+    want = keys.argsort(dim=1, stable=True)[:, :k]
+    assert torch.equal(smallest_keys(keys, k), want)
 
 
 def run(ds, seed=0, **kw):

@@ -29,6 +29,19 @@ from ddcli.io import atomic_path, read_safetensors
 # real images by class, sampled per class without a host round trip (unless streamed)
 
 
+def smallest_keys(keys: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the ``k`` smallest of each row's keys, ascending, equal keys in order of
+    position: ``keys.argsort(dim=1, stable=True)[:, :k]``, found by a selection (``topk``)
+    instead of a sort. The keys are ``torch.rand``'s float32 values (multiples of 2**-24) or
+    2.0; as float64 they carry the position below their last bit, so no two are equal."""
+    n = keys.shape[1]
+    if n > 2**27:  # the key (< 4: last bit 2**-51) and the position must fit in 53 bits
+        raise ValueError(f"{n} keys per row: at most 2**27")
+    pos = torch.arange(n, device=keys.device, dtype=torch.float64)
+    tie = 2.0 ** (-24 - max(1, math.ceil(math.log2(n))))  # pos * tie < 2**-24
+    return (keys.double() + pos * tie).topk(k, dim=1, largest=False).indices
+
+
 def streams(data: Dataset, device: torch.device) -> bool:
     """Whether a pool draws its batches from ``data``'s memory-mapped cache instead of holding
     the set on the device: always on a CPU (the page cache is as fast as a copy, and resident
@@ -69,6 +82,10 @@ class ClassPool:
         c = data.channels
         self.mean = torch.tensor(mean, device=device).view(1, c, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, c, 1, 1)
+        #: the next batch of :meth:`next_batch`: (C, per_class) indices, the classes read
+        #: for, and the read (a future) when streamed
+        self._next: tuple[torch.Tensor, Any, Any] | None = None
+        self._reader = None  # the worker thread reading streamed batches ahead
 
     def normalize(self, u8: torch.Tensor) -> torch.Tensor:
         return (u8.float() / 255.0 - self.mean) / self.std
@@ -77,10 +94,78 @@ class ClassPool:
         """uint8 images at class-sorted positions ``idx`` (1-d), on the device."""
         if self.mapped is None:
             return self.images[idx if self.order is None else self.order[idx]]
-        x = self.mapped.gather(self.order[idx.cpu()].numpy())
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device)
+        return self._to_device(self._read(self._host_rows(idx)))
+
+    # reading a streamed batch: the rows to read on the host, then the read (a worker thread
+    # may do it while the device computes), then the copy to the device
+
+    def _host_rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """``idx`` on the host (pinned, copied without a sync) and a CUDA event that fires when
+        the copy is done (None on a CPU)."""
+        if self.device.type != "cuda":
+            return idx.cpu(), None
+        host = torch.empty(idx.shape, dtype=idx.dtype, pin_memory=True)
+        host.copy_(idx, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return host, ready
+
+    def _read(self, host_rows: tuple[torch.Tensor, Any]) -> torch.Tensor:
+        idx, ready = host_rows
+        if ready is not None:
+            ready.synchronize()  # the indices' copy only, not the work queued after it
+        rows = self.order[idx].numpy()
+        out = torch.empty((len(rows), *self.mapped.shape[1:]), dtype=torch.uint8,
+                          pin_memory=self.device.type == "cuda")
+        self.mapped.gather(rows, out=out.numpy())
+        return out
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=self.device.type == "cuda")
+
+    def next_batch(self, per_class: int, generator: torch.Generator,
+                   classes: tuple[int, int] | None = None) -> torch.Tensor:
+        """This iteration's normalised real batch (:meth:`sample`'s layout), drawn one
+        iteration ahead: the indices of the next batch are drawn now, and a streamed pool
+        starts reading that batch in a worker thread while the device computes this one. The
+        draws are the same with or without streaming, so both give the same batches; the
+        pending indices are part of :meth:`state` (a resumed run reads what it would have)."""
+        if self._next is None:
+            self._queue(self.sample_index(per_class, generator), classes)
+        idx, read_for, pending = self._next
+        if idx.shape[1] != per_class:
+            raise ValueError(f"pending batch of {idx.shape[1]} per class, {per_class} wanted")
+        if pending is not None and read_for == classes:
+            x = self._to_device(pending.result())
+        else:  # in memory (or read ahead for other classes)
+            x = self.rows(self._own(idx, classes))
+        self._queue(self.sample_index(per_class, generator), classes)
+        return self.normalize(x)
+
+    @staticmethod
+    def _own(idx: torch.Tensor, classes: tuple[int, int] | None) -> torch.Tensor:
+        return (idx if classes is None else idx[classes[0]:classes[1]]).flatten()
+
+    def _queue(self, idx: torch.Tensor, classes: tuple[int, int] | None) -> None:
+        """Make ``idx`` (C, per_class) the next batch; a streamed pool starts reading it."""
+        pending = None
+        if self.mapped is not None:
+            if self._reader is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._reader = ThreadPoolExecutor(1, thread_name_prefix="ddcli-read")
+            pending = self._reader.submit(self._read, self._host_rows(self._own(idx, classes)))
+        self._next = (idx, classes, pending)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The pending batch's indices (none before the first :meth:`next_batch`)."""
+        return {} if self._next is None else {"real_next": self._next[0]}
+
+    def load_state(self, state: dict[str, torch.Tensor],
+                   classes: tuple[int, int] | None = None) -> None:
+        self._next = None
+        if "real_next" in state:
+            self._queue(state["real_next"].to(self.device), classes)
 
     def normalize_float(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels - self.mean) / self.std
@@ -90,13 +175,17 @@ class ClassPool:
 
     def sample_index(self, per_class: int, generator: torch.Generator) -> torch.Tensor:
         """(C, per_class) indices: without replacement within each class; a class with fewer
-        images than ``per_class`` repeats its images (every image at least once)."""
+        images than ``per_class`` repeats its images (every image at least once).
+
+        Each class's ``per_class`` smallest of ``n_max`` uniform keys, equal keys in order of
+        position (what a stable sort gives, on any device): a selection, not a sort of every
+        key (100k images per class: 9 ms instead of 41 on 2 CPU cores)."""
         c = self.num_classes
         keys = torch.rand((c, self.n_max), generator=generator, device=self.device)
         pos = torch.arange(self.n_max, device=self.device).view(1, -1)
         keys = torch.where(pos < self.counts.view(-1, 1), keys, 2.0)
         k = min(per_class, self.n_max)
-        perm = keys.argsort(dim=1)[:, :k]
+        perm = smallest_keys(keys, k)
         if per_class > k:  # more wanted than the largest class holds: cycle
             perm = perm.repeat(1, -(-per_class // k))[:, :per_class]
         perm = perm % self.counts.view(-1, 1)

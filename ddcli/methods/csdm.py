@@ -175,7 +175,7 @@ class CSDM(DM):
         mine = self.own_classes  # torchrun: this rank's classes, from every class's draws
         self.clamp_pixels()
         net = self.extractor()
-        real = self.pool.sample(cfg.batch_real, self.gen, self.classes)
+        real = self.pool.next_batch(cfg.batch_real, self.gen, self.classes)
         # one draw of every family per class, shared by its real and synthetic images (NCFM:
         # DiffAug(color_crop_cutout, batch=True) on cat([real, syn]) of the class)
         params = augment.sample_params(c, self.gen, cfg.dsa_strategy, all_families=True)

@@ -126,7 +126,7 @@ class DM(Method):
     def step(self, it: int) -> torch.Tensor:
         cfg: DMConfig = self.config
         net = self.extractor()
-        real = self.pool.sample(cfg.batch_real, self.gen, self.classes)
+        real = self.pool.next_batch(cfg.batch_real, self.gen, self.classes)
         params = augment.sample_params(self.num_classes, self.gen, cfg.dsa_strategy)  # per class
         c = self.own_classes  # torchrun: this rank's classes only, from the same draws
         with torch.no_grad():
@@ -144,11 +144,12 @@ class DM(Method):
         st = {"syn": self.syn.detach()}
         for k, v in self.opt.state.get(self.syn, {}).items():  # momentum / Adam moments, step
             st[f"opt.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        return st
+        return {**st, **self.pool.state()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             self.syn.copy_(state["syn"])
+        self.pool.load_state(state, self.classes)
         for k, v in state.items():
             if k.startswith("opt."):
                 self.opt.state[self.syn][k[4:]] = v.clone()

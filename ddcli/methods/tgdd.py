@@ -119,7 +119,7 @@ class TGDD(DM):
         i, js, jf = self._pick()
         self.net.load_state_dict(self.trajectories[i][js])
         self.con.load_state_dict(self.trajectories[i][jf])
-        real = self.pool.sample(cfg.batch_real, self.gen, self.classes)
+        real = self.pool.next_batch(cfg.batch_real, self.gen, self.classes)
         params = augment.sample_params(c, self.gen, cfg.dsa_strategy, all_families=True)
         with torch.no_grad():
             f_real = self._embed(self.net, augment.apply(real, params,
@@ -157,10 +157,12 @@ class TGDD(DM):
         return losses.sum().detach()
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"syn": self.syn.detach(), "buf": self.buf, "pick_gen": self.pick_gen.get_state()}
+        return {"syn": self.syn.detach(), "buf": self.buf, "pick_gen": self.pick_gen.get_state(),
+                **self.pool.state()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             self.syn.copy_(state["syn"])
             self.buf.copy_(state["buf"])
         self.pick_gen.set_state(state["pick_gen"].cpu())
+        self.pool.load_state(state, self.classes)
