@@ -152,6 +152,45 @@ def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return x * s + m
 
 
+class NormalizedImages:
+    """A real set (or the rows ``rows`` of it) as training input for networks (teachers,
+    experts): ``x[idx]`` (index tensor or slice) is the normalised float batch on the device,
+    the same values as indexing ``normalize(images / 255)`` of the whole set, which is never
+    made. The set stays uint8: on the device, or, from the memory-mapped data cache (on a CPU,
+    or on a GPU it would fill more than half of), read batch by batch from the cache file, so
+    resident memory does not grow with the set."""
+
+    def __init__(self, data: Dataset, device: torch.device, mean, std,
+                 rows: torch.Tensor | None = None):
+        from ddcli.methods.base import streams
+
+        self.device = torch.device(device)
+        self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long).cpu()
+        n = len(data) if self.rows is None else len(self.rows)
+        self.shape = torch.Size((n, *data.images.shape[1:]))
+        self.mapped = data.mapped if streams(data, self.device) else None
+        if self.mapped is None:
+            u8 = data.images if self.rows is None else data.images[self.rows]
+            self.u8 = u8.to(self.device)
+        c = self.shape[1]
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        if self.mapped is None:
+            u8 = self.u8[idx]
+        else:
+            pos = torch.arange(len(self))[idx] if isinstance(idx, slice) else idx.cpu()
+            if self.rows is not None:
+                pos = self.rows[pos]
+            cuda = self.device.type == "cuda"
+            u8 = self.mapped.gather(pos.numpy(), pin=cuda).to(self.device, non_blocking=cuda)
+        return (u8.float() / 255 - self.mean) / self.std
+
+
 # --------------------------------------------------------------------------------------------
 # fingerprint and subsets
 

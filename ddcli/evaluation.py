@@ -10,7 +10,14 @@ import torch
 
 from ddcli import augment
 from ddcli.bundle import Bundle
-from ddcli.data import Dataset, cap_per_class, denormalize, make_long_tailed, normalize
+from ddcli.data import (
+    Dataset,
+    NormalizedImages,
+    cap_per_class,
+    denormalize,
+    make_long_tailed,
+    normalize,
+)
 from ddcli.errors import InputError
 from ddcli.protocols import Protocol
 from ddcli.relabel import apply_tau, last_relabel_step, mean_probs
@@ -195,7 +202,7 @@ def evaluate_images(
         teacher=teacher_fn, temperature=temperature, amp=amp,
         models_total=num_models, own=(lo, hi),
     )
-    test_x = normalize(test.images.to(device).float() / 255.0, mean, std)
+    test_x = NormalizedImages(test, device, mean, std)  # uint8 until each chunk
     preds = predict(result.ensemble, test_x, progress=test_progress)
     train_s = result.train_time_s
     if dist is not None:  # every process's predictions, in model order (exchanged as they are)

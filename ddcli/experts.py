@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from ddcli import __version__
 from ddcli.bundle import utc_now
-from ddcli.data import Dataset, normalize
+from ddcli.data import Dataset, NormalizedImages
 from ddcli.errors import InputError
 from ddcli.io import atomic_path, read_safetensors
 from ddcli.models import create_model
@@ -131,7 +131,7 @@ def build_experts(
          f"{folder}")
     mean, std = data.mean_std()
     c = data.channels
-    x = normalize(data.images.to(device).float() / 255, mean, std)
+    x = NormalizedImages(data, device, mean, std)  # uint8 until each batch
     y = data.labels.to(device)
     models = []
     for i in missing:

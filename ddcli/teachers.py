@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from ddcli import __version__
 from ddcli.bundle import compute_checksum, utc_now
-from ddcli.data import Dataset, normalize
+from ddcli.data import Dataset, NormalizedImages, normalize
 from ddcli.errors import InputError
 from ddcli.io import atomic_path, read_safetensors, regular_file
 from ddcli.models import create_model
@@ -214,7 +214,8 @@ def teacher_cache_path(cache: Path, data: Dataset, recipe: Protocol, seed: int) 
 
 
 def split_train_val(data: Dataset, seed: int, fraction: float = VAL_FRACTION):
-    """A seeded per-class split: ``fraction`` of every class (at least 1 image) for validation."""
+    """A seeded per-class split: ``fraction`` of every class (at least 1 image) for validation.
+    Returns the (train, val) row indices of ``data``."""
     gen = torch.Generator().manual_seed(seed)
     train, val = [], []
     for c in range(data.num_classes):
@@ -223,7 +224,7 @@ def split_train_val(data: Dataset, seed: int, fraction: float = VAL_FRACTION):
         k = max(1, int(round(idx.numel() * fraction))) if idx.numel() > 1 else 0
         val.append(idx[:k])
         train.append(idx[k:])
-    return data.select(torch.cat(train)), data.select(torch.cat(val))
+    return torch.cat(train), torch.cat(val)
 
 
 def train_teacher(
@@ -255,15 +256,15 @@ def train_teacher(
     model = create_model(arch, data.num_classes, data.channels, data.image_size)
     model.reset_parameters(torch.Generator().manual_seed(derive_seed("teacher", seed)))
     ens = Ensemble([model], device)
-    x = normalize(train.images.to(device).float() / 255, mean, std)
+    x = NormalizedImages(data, device, mean, std, rows=train)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    train_ensemble(ens, x, train.labels.to(device), recipe, gen, progress)
+    train_ensemble(ens, x, data.labels[train].to(device), recipe, gen, progress)
     val_acc = None
     if len(val):
-        xv = normalize(val.images.to(device).float() / 255, mean, std)
-        val_acc = round(float((predict(ens, xv)[0] == val.labels.to(device)).float().mean()) * 100,
-                        2)
+        xv = NormalizedImages(data, device, mean, std, rows=val)
+        hits = predict(ens, xv)[0] == data.labels[val].to(device)
+        val_acc = round(float(hits.float().mean()) * 100, 2)
     if ens.vmapped:  # copy the trained stacked parameters back into the module
         state = {k: v[0].detach() for k, v in {**ens.params, **ens.buffers}.items()}
         model.load_state_dict(state)

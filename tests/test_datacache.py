@@ -166,3 +166,63 @@ def test_fingerprint_from_digests_is_the_naive_canonical_hash():
     assert fingerprint(x, y, classes) == h.hexdigest()
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(1))
     assert fingerprint(x[perm], y[perm], classes) == h.hexdigest()
+
+
+def test_normalized_images_stream_what_a_normalised_copy_holds(tmp_path):
+    """Teachers, experts and test sets index a NormalizedImages: the values of the whole set
+    normalised at once, from memory or read batch by batch from the cache (rows, slices)."""
+    from ddcli.data import NormalizedImages, normalize
+
+    data = write_shards(tmp_path / "d", n_train=20)
+    mem, cached = load_dataset(data), load_dataset(data, cache="on")
+    mean, std = mem.mean_std()
+    whole = normalize(mem.images.float() / 255, mean, std)
+    rows = torch.tensor([7, 3, 3, 40, 0])
+    idx = torch.tensor([4, 0, 2])
+    for ds in (mem, cached):
+        x = NormalizedImages(ds, torch.device("cpu"), mean, std)
+        assert (x.mapped is None) == (ds is mem) and x.shape == whole.shape
+        assert torch.equal(x[idx], whole[idx]) and torch.equal(x[5:9], whole[5:9])
+        sub = NormalizedImages(ds, torch.device("cpu"), mean, std, rows=rows)
+        assert len(sub) == 5 and torch.equal(sub[idx], whole[rows[idx]])
+        assert torch.equal(sub[1:], whole[rows[1:]])
+
+
+def test_teachers_and_experts_from_the_cache_equal_those_from_memory(tmp_path):
+    from ddcli.experts import build_experts, load_trajectory
+    from ddcli.teachers import train_teacher
+
+    data = write_shards(tmp_path / "d", n_train=20)
+    cpu = torch.device("cpu")
+    got = {}
+    for mode in ("off", "on"):
+        ds = load_dataset(data, cache=mode)
+        t, _ = train_teacher(ds, "convnet", device=cpu, epochs=2)
+        paths = build_experts(ds, num=1, device=cpu, cache=tmp_path / mode, epochs=2, width=8)
+        got[mode] = (t, load_trajectory(paths[0]))
+    (t_off, e_off), (t_on, e_on) = got["off"], got["on"]
+    assert t_on.val_accuracy == t_off.val_accuracy
+    for a, b in zip(t_on.model.state_dict().values(), t_off.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    last_on, last_off = e_on.snapshots[-1], e_off.snapshots[-1]
+    assert all(torch.equal(last_on[k], last_off[k]) for k in last_off)
+
+
+def test_experts_command_reads_through_the_cache(cli, tmp_path, monkeypatch):
+    """`ddcli experts --data-cache on` trains from the cache and files the trajectories under
+    the same key as an in-memory run (the fingerprint is the set's, not the reader's)."""
+    import json as json_
+
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "cache"))
+    data = write_shards(tmp_path / "d", n_train=20)
+    args = ["experts", data, "--num-experts", "1", "--expert-epochs", "1", "--width", "8",
+            "--device", "cpu", "--json", "--quiet"]
+    on = cli(*args, "--data-cache", "on")
+    assert on.code == 0, on
+    assert (tmp_path / "cache" / "data").is_dir()
+    off = cli(*args, "--data-cache", "off")
+    assert off.code == 0, off
+    assert json_.loads(on.stdout)["folder"] == json_.loads(off.stdout)["folder"]
+    bad = cli(*args, "--data-cache", "sometimes")
+    assert bad.code == 2 and "--data-cache" in bad.stderr

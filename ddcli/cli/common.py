@@ -8,7 +8,7 @@ import sys
 import tomllib
 import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -19,6 +19,7 @@ try:  # typer >= 0.20 vendors its own click
 except ImportError:  # pragma: no cover - older typer uses click itself
     import click
 
+from ddcli.catalog import CACHE_MODES
 from ddcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DDCliError, InputError
 from ddcli.io import regular_file, to_json  # noqa: F401  (to_json re-exported)
 from ddcli.reporting import (  # noqa: F401  (re-exported for the commands)
@@ -233,6 +234,20 @@ ImbalanceOpt = Annotated[
     typer.Option("--imbalance-factor", help="Build the long-tailed subset with this factor: "
                                             "n_c = floor(n_min * IF^(-c/(C-1))).",
                  rich_help_panel="Data")
+]
+
+
+DataCacheOpt = Annotated[
+    Literal[CACHE_MODES],
+    typer.Option(
+        "--data-cache",
+        help="Read the real images through a memory-mapped uint8 cache under "
+             "$DDCLI_CACHE/data, built once (resumable): on | off | auto (sets of 1 GiB "
+             "of pixels or more; $DDCLI_DATA_CACHE_MIN_BYTES). Resident memory then stays "
+             "flat however large the set.",
+        rich_help_panel="Data",
+        case_sensitive=False,
+    ),
 ]
 
 

@@ -7,10 +7,11 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from ddcli.catalog import CACHE_MODES, DTYPES, METHODS
+from ddcli.catalog import DTYPES, METHODS
 from ddcli.cli.common import (
     ChannelsOpt,
     ConfigOpt,
+    DataCacheOpt,
     DeviceOpt,
     ForceOpt,
     ImageSizeOpt,
@@ -85,18 +86,7 @@ def distill(
             rich_help_panel=PANEL_RUN,
         ),
     ] = False,
-    data_cache: Annotated[
-        Literal[CACHE_MODES],
-        typer.Option(
-            "--data-cache",
-            help="Read the real images through a memory-mapped uint8 cache under "
-                 "$DDCLI_CACHE/data, built once (resumable): on | off | auto (sets of 1 GiB "
-                 "of pixels or more; $DDCLI_DATA_CACHE_MIN_BYTES). Resident memory then stays "
-                 "flat however large the set.",
-            rich_help_panel="Data",
-            case_sensitive=False,
-        ),
-    ] = "auto",
+    data_cache: DataCacheOpt = "auto",
     dtype: Annotated[
         Literal[DTYPES],
         typer.Option(

@@ -10,6 +10,7 @@ import typer
 from ddcli.cli.common import (
     ChannelsOpt,
     ConfigOpt,
+    DataCacheOpt,
     DeviceOpt,
     ForceOpt,
     ImageSizeOpt,
@@ -39,6 +40,7 @@ def experts(
     skip_bad: SkipBadOpt = False,
     max_per_class: MaxPerClassOpt = None,
     imbalance_factor: ImbalanceOpt = None,
+    data_cache: DataCacheOpt = "auto",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Also copy the trajectories into this "
                                                       "folder.")
@@ -66,7 +68,7 @@ def experts(
     dev = torch.device(resolve_device(device))
     ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,
                           channels=channels, skip_bad=skip_bad, max_per_class=max_per_class,
-                          imbalance_factor=imbalance_factor)
+                          imbalance_factor=imbalance_factor, cache=data_cache.lower())
     with rep.progress(f"experts ({num_experts} x {model})", expert_epochs,
                       unit="epochs") as update:
         paths = build_experts(ds, num=num_experts, device=dev, cache=cache_dir(), arch=model,

@@ -114,11 +114,7 @@ class ClassPool:
         idx, ready = host_rows
         if ready is not None:
             ready.synchronize()  # the indices' copy only, not the work queued after it
-        rows = self.order[idx].numpy()
-        out = torch.empty((len(rows), *self.mapped.shape[1:]), dtype=torch.uint8,
-                          pin_memory=self.device.type == "cuda")
-        self.mapped.gather(rows, out=out.numpy())
-        return out
+        return self.mapped.gather(self.order[idx].numpy(), pin=self.device.type == "cuda")
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=self.device.type == "cuda")
