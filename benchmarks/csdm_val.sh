@@ -2,9 +2,9 @@
 # usage: DATA=../shared/datasets bash benchmarks/csdm_val.sh alpha|kernel   (about 3 minutes a row on 2 cores)
 # CSDM's unknowns (methods.md §2) chosen on a validation split: distil from the IF-50 subset of
 # train_1..2, judge on train_3 (the test split train_4 is never used).
-#   alpha:  the α schedule (head / tail), Gaussian kernel, median bandwidth
-#   kernel: the kernel (Gaussian, Laplacian, Cauchy) and the bandwidth (the median heuristic's
-#           value ×0.5, ×1, ×2), α 0.7 / 0.3
+#   alpha:  the α schedule (head / tail), Gaussian kernel, σ = 1
+#   kernel: the kernel (Gaussian, Laplacian, Cauchy) at the default bandwidth σ = 1, and the
+#           Gaussian's bandwidth (0.5, 1, 2, the median pairwise distance), α 0.7 / 0.3
 set -e
 D=${DATA:-../shared/datasets}/cifar10
 W=${WORKDIR:-/tmp/csdmval}; mkdir -p $W
@@ -21,25 +21,12 @@ alpha)
   run csdm-0.5-0.5 -m csdm --alpha-head 0.5 --alpha-tail 0.5
   run csdm-0.9-0.1 -m csdm --alpha-head 0.9 --alpha-tail 0.1 ;;
 kernel)
-  # the bandwidth `--sigma median` resolves to at seed 0 (median pairwise distance of the
-  # normalised real features under the first random extractor)
-  SIGMA=$(python - "$D" <<'PY'
-import sys, torch
-from ddcli.data import load_dataset
-from ddcli.methods import create_method
-ds = load_dataset(sys.argv[1], files="train_[12].npz", imbalance_factor=50)
-m = create_method("csdm", ipc=10, batch_real=64, width=64)
-m.setup(ds, torch.device("cpu"), torch.Generator().manual_seed(0), *ds.mean_std())
-print(m.sigma)
-PY
-)
-  half=$(python -c "print($SIGMA / 2)"); double=$(python -c "print($SIGMA * 2)")
-  echo "median bandwidth $SIGMA"
   run dm -m dm
-  run csdm-gaussian -m csdm
-  run csdm-laplacian -m csdm --kernel laplacian
-  run csdm-cauchy -m csdm --kernel cauchy
-  run csdm-gaussian-half -m csdm --sigma $half
-  run csdm-gaussian-double -m csdm --sigma $double ;;
+  run csdm-gaussian-1 -m csdm
+  run csdm-laplacian-1 -m csdm --kernel laplacian
+  run csdm-cauchy-1 -m csdm --kernel cauchy
+  run csdm-gaussian-0.5 -m csdm --sigma 0.5
+  run csdm-gaussian-2 -m csdm --sigma 2
+  run csdm-gaussian-median -m csdm --sigma median ;;
 *) echo "usage: $0 alpha|kernel" >&2; exit 2 ;;
 esac

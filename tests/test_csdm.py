@@ -153,6 +153,8 @@ def test_pool_extractor_and_median_bandwidth(tmp_path, monkeypatch):
                       sigma="median")
     syn, _ = run_method(m, ds)
     assert len(m.members) == 2 and 0 < m.sigma < 2  # normalised features: distances in (0, 2]
+    assert m.recorded_config()["sigma"] == "median"
+    assert m.recorded_config()["sigma_used"] == m.sigma  # the bundle says what was measured
     assert len(list((tmp_path / "experts").glob("*/*.safetensors"))) == 2  # cached, trained once
     m2 = create_method("csdm", **TINY, extractor="pool", pool_size=2, pool_epochs=1,
                        sigma="median")

@@ -227,6 +227,10 @@ class CSDM(DM):
         group["lr"], self.plateau = lr, {"best": best, "bad": bad}
         self.pending_n = 0
 
+    def recorded_config(self) -> dict:
+        # the bandwidth in use: ``--sigma median`` is measured at setup from the seed's draws
+        return {**super().recorded_config(), "sigma_used": self.sigma}
+
     def state(self) -> dict[str, torch.Tensor]:
         st = super().state()
         st["lr"] = torch.tensor(self.opt.param_groups[0]["lr"], dtype=torch.float64)
