@@ -313,11 +313,13 @@ def evaluate(
     verbose: bool = False,
     compile: str = "auto",
     amp: str = "off",
+    data_cache: str = "auto",
 ) -> dict:
     """Train ``models`` fresh models on ``bundle`` under ``protocol`` and test them; return
     the report ``ddcli evaluate --json`` prints (``result.accuracy_mean``, ``per_class``,
     ``baseline``, ...). ``out`` also writes it as JSON. ``test`` may be omitted for bundles
-    of the built-in sample.
+    of the built-in sample. ``data_cache`` (on / off / auto) reads the test set and the
+    baseline's real set through the memory-mapped data cache, as ``distill`` does.
 
     Under ``torchrun`` the models are spread over the processes (each trains its block, with
     the random draws of a single process, so every model's accuracy equals the one-process
@@ -343,7 +345,7 @@ def evaluate(
 
 def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, real,
               real_files, backbone, backbone_weights, inherit, teacher, out, seed, device,
-              force, verbose, compile, amp, ctx) -> dict:
+              force, verbose, compile, amp, data_cache, ctx) -> dict:
     from ddcli.data import imbalance_ratio, is_long_tailed, sample_dir
     from ddcli.evaluation import (
         bundle_views,
@@ -388,7 +390,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     size = tuple(ds_info.get("image_size") or b.images.shape[2:])
     chans = int(ds_info.get("channels") or b.images.shape[1])
     test_ds = load_dataset_reported(rep, Path(test), "test", files=test_files, image_size=size,
-                               channels=chans)
+                                    channels=chans, cache="off" if builtin else data_cache)
     check_classes(b, test_ds)
     if is_long_tailed(ds_info.get("class_counts")) and imbalance_ratio(test_ds.class_counts) > 1.1:
         rep.warn("the test set is not balanced: long-tailed results assume a balanced test set")
@@ -399,7 +401,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     if proto.name == "linear-probe":
         report = _linear_probe_report(rep, b, bundle, test_ds, proto, models, seed, dev, backbone,
                                       backbone_weights, inherit, baseline, real, real_files,
-                                      size, chans)
+                                      size, chans, data_cache)
         return _finish(rep, report, out)
     if inherit:
         raise InputError("--inherit goes with --protocol linear-probe")
@@ -445,7 +447,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     } if step else None
     report["result"] = result
     if baseline == "random":
-        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans)
+        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache)
         sub = random_real_subset(real_ds, ipc, seed)  # the same storage: IPC images
         pixels = sub.images.float() / 255.0
         soft, extras = None, {}
@@ -491,7 +493,7 @@ def _report_head(b, bundle_path, proto, models, seed, dev, test_ds) -> dict:
     }
 
 
-def _baseline_real_data(rep, b, baseline, real, real_files, size, chans):
+def _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache):
     """The real data a baseline draws from: the bundle's classes, and its recorded subset."""
     from ddcli.evaluation import check_classes, same_subset
     from ddcli.reporting import load_dataset_reported
@@ -499,7 +501,7 @@ def _baseline_real_data(rep, b, baseline, real, real_files, size, chans):
     if b.ipc is None:
         raise InputError(f"--baseline {baseline} needs a bundle with the same IPC in every class")
     real_ds = load_dataset_reported(rep, real, "train", files=real_files, image_size=size,
-                               channels=chans)
+                                    channels=chans, cache=data_cache)
     check_classes(b, real_ds, "real")
     real_ds = same_subset(real_ds, b.dataset.get("subset") or {})
     if real_ds.fingerprint != b.dataset.get("fingerprint"):
@@ -524,7 +526,8 @@ def _finish(rep, report: dict, out: Path | None) -> dict:
 
 
 def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev, backbone,
-                         backbone_weights, inherit, baseline, real, real_files, size, chans):
+                         backbone_weights, inherit, baseline, real, real_files, size, chans,
+                         data_cache):
     """The linear-probe protocol (frozen backbone), with or without classifier inheritance."""
     from ddcli.backbones import create_backbone
     from ddcli.evaluation import random_real_subset
@@ -569,7 +572,7 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
             golden, golden_bb, test_ds.images, test_ds.labels, dev) if golden else None,
     )
     if baseline is not None:
-        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans)
+        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache)
         if baseline == "random":
             sub = random_real_subset(real_ds, b.ipc, seed)
         else:  # the real images nearest the class means, in the evaluation backbone

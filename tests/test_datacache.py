@@ -226,3 +226,36 @@ def test_experts_command_reads_through_the_cache(cli, tmp_path, monkeypatch):
     assert json_.loads(on.stdout)["folder"] == json_.loads(off.stdout)["folder"]
     bad = cli(*args, "--data-cache", "sometimes")
     assert bad.code == 2 and "--data-cache" in bad.stderr
+
+
+def test_evaluate_and_relabel_read_through_the_cache(cli, tmp_path, monkeypatch):
+    """`evaluate --data-cache on` (test and baseline sets) and `relabel --data-cache on` (the
+    teacher's data) give what the in-memory runs give."""
+    import ddcli
+
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "cache"))
+    data = write_shards(tmp_path / "d", n_train=20)
+    bundle = tmp_path / "b.safetensors"
+    r = cli("distill", data, "--ipc", "2", "--iterations", "2", "--batch-real", "4", "--width",
+            "8", "--device", "cpu", "--data-cache", "off", "-o", bundle, "--quiet")
+    assert r.code == 0, r
+    got = {}
+    for mode in ("off", "on"):  # a cache each: the "on" run trains its own teacher
+        monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / f"cache-{mode}"))
+        e = cli("evaluate", bundle, "--test", data, "--models", "2", "--epochs", "3",
+                "--baseline", "random", "--real", data, "--device", "cpu", "--compile", "off",
+                "--data-cache", mode, "--json", "--quiet")
+        assert e.code == 0, e
+        out = tmp_path / f"soft-{mode}.safetensors"
+        rl = cli("relabel", bundle, "--data", data, "--train-teacher", "convnet",
+                 "--teacher-epochs", "1", "--device", "cpu", "--data-cache", mode, "-o", out,
+                 "--quiet")
+        assert rl.code == 0, rl
+        got[mode] = (e.json(), ddcli.load_bundle(out).soft_labels)
+    (e_off, soft_off), (e_on, soft_on) = got["off"], got["on"]
+    assert (tmp_path / "cache-on" / "data").is_dir()
+    assert not (tmp_path / "cache-off" / "data").exists()
+    assert len(list((tmp_path / "cache-on" / "teachers").iterdir())) == 1
+    assert e_on["result"]["accuracy_per_model"] == e_off["result"]["accuracy_per_model"]
+    assert e_on["baseline"]["accuracy_per_model"] == e_off["baseline"]["accuracy_per_model"]
+    assert torch.equal(soft_on, soft_off)

@@ -10,6 +10,7 @@ import typer
 from ddcli.catalog import BASELINES
 from ddcli.cli.common import (
     ConfigOpt,
+    DataCacheOpt,
     DeviceOpt,
     ForceOpt,
     JsonOpt,
@@ -99,6 +100,7 @@ def evaluate(
     real_files: Annotated[
         str | None, typer.Option("--real-files", help="Glob choosing the real shards.")
     ] = None,
+    data_cache: DataCacheOpt = "auto",
     backbone: Annotated[
         str | None, typer.Option("--backbone", help="linear-probe: evaluation backbone "
                                                     "(default: the bundle's), e.g. timm:NAME.")
@@ -148,7 +150,7 @@ def evaluate(
         epochs=epochs, baseline=baseline, real=real, real_files=real_files, backbone=backbone,
         backbone_weights=backbone_weights, inherit=inherit, teacher=teacher, out=out, seed=seed,
         device=device, force=force, verbose=Reporter(quiet, json_out),
-        compile=compile_mode.lower(), amp=amp.lower())
+        compile=compile_mode.lower(), amp=amp.lower(), data_cache=data_cache.lower())
     if not report:  # under torchrun only rank 0 reports
         return
     if json_out:

@@ -11,6 +11,7 @@ import typer
 from ddcli.catalog import CALIBRATIONS, LIA_SCHEDULE, TEACHER_ARCHS
 from ddcli.cli.common import (
     ConfigOpt,
+    DataCacheOpt,
     DeviceOpt,
     ForceOpt,
     JsonOpt,
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Path | None,
                  train_files: str | None, bundle, device: torch.device, seed: int,
-                 epochs: int | None) -> tuple[list, list[dict]]:
+                 epochs: int | None, data_cache: str = "auto") -> tuple[list, list[dict]]:
     """Load ``--teacher`` files and train (or fetch cached) ``--train-teacher`` ones."""
     from ddcli.data import sample_dir
     from ddcli.evaluation import check_classes
@@ -48,7 +49,8 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
         size = tuple(bundle.dataset.get("image_size") or bundle.images.shape[2:])
         chans = int(bundle.dataset.get("channels") or bundle.images.shape[1])
         ds = load_cli_dataset(rep, data or sample_dir(), "train", files=train_files,
-                              image_size=size, channels=chans)
+                              image_size=size, channels=chans,
+                              cache="off" if data is None else data_cache)
         check_classes(bundle, ds, "--data")
         from ddcli.teachers import train_teachers
 
@@ -76,6 +78,7 @@ def relabel(
                                                  "bundles of the built-in sample: the sample).")
     ] = None,
     train_files: TrainFilesOpt = None,
+    data_cache: DataCacheOpt = "auto",
     teacher_epochs: Annotated[
         int | None, typer.Option("--teacher-epochs", help="Override the recipe's epochs.")
     ] = None,
@@ -140,7 +143,7 @@ def relabel(
     teachers, log = get_teachers(rep, files=list(teacher or []),
                                  archs=list(train_teacher_arch or []), data=data,
                                  train_files=train_files, bundle=b, device=dev, seed=seed,
-                                 epochs=teacher_epochs)
+                                 epochs=teacher_epochs, data_cache=data_cache.lower())
     n = int(b.images.shape[0])
     if views:
         cost = views_storage_bytes(n, views, b.num_classes)
