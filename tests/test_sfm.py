@@ -173,3 +173,26 @@ def test_cli_sfm_linear_probe_and_inheritance(cli, tiny_backbone, tmp_path):
     r = cli("distill", data, "-m", "sfm", "--backbone", "efficientnet-lite0",
             "--backbone-weights", tmp_path / "none.pth", "-o", tmp_path / "x.safetensors")
     assert r.code == 2 and "not found" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["sfm", "lgm"])
+def test_backbone_methods_from_the_data_cache_equal_in_memory(method, tiny_backbone, tmp_path,
+                                                              monkeypatch):
+    """Real features (and LGM's real batches) read from the memory-mapped cache: the bundle an
+    in-memory run writes; each run computes its own features (a cache each)."""
+    from conftest import write_shards
+
+    from ddcli.data import load_dataset
+
+    data = write_shards(tmp_path / "d", n_train=8)
+    kw = dict(ipc=1, iterations=4, pyramid_every=2, backbone="torchscript",
+              backbone_weights=tiny_backbone, augs=2, golden_head_epochs=2)
+    got = {}
+    for mode in ("off", "on"):
+        monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / f"c-{mode}"))
+        ds = load_dataset(data, cache=mode)
+        assert (ds.mapped is not None) == (mode == "on")
+        got[mode], _ = run_method(create_method(method, **kw), ds, seed=1)
+    assert torch.equal(got["on"].images, got["off"].images)
+    assert torch.equal(got["on"].extras["golden_head.weight"],
+                       got["off"].extras["golden_head.weight"])

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from ddcli.backbones import Backbone, create_backbone
 from ddcli.configs import BackboneConfig
-from ddcli.data import Dataset
+from ddcli.data import Dataset, NormalizedImages
 from ddcli.io import atomic_path, read_safetensors
 from ddcli.methods.base import Method, SyntheticSet
 from ddcli.runtime import cache_dir
@@ -98,6 +98,13 @@ def standard_views(x: torch.Tensor, size: tuple[int, int], gen: torch.Generator)
     return torch.where((u[:, 5] < 0.5).view(n, 1, 1, 1), out + noise, out)
 
 
+def real_pixels(data: Dataset, device) -> NormalizedImages:
+    """The real images by row in 0..1 (``x[idx]`` = ``images[idx] / 255`` exactly): held
+    uint8 on the device, or read batch by batch from the memory-mapped data cache."""
+    c = data.channels
+    return NormalizedImages(data, device, [0.0] * c, [1.0] * c)
+
+
 def real_features(data: Dataset, backbone: Backbone, device,
                   progress: Callable[..., None] | None = None) -> torch.Tensor:
     """Backbone features of every real image (no augmentation), cached per (data, backbone);
@@ -109,7 +116,7 @@ def real_features(data: Dataset, backbone: Backbone, device,
     if path.exists():
         tensors, _ = read_safetensors(path, "feature cache")
         return tensors["features"].to(device)
-    feats = backbone.embed_all(data.images, device, progress=progress)
+    feats = backbone.embed_all(real_pixels(data, device), device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file({"features": feats.cpu().contiguous()}, str(tmp), metadata={"key": key})
@@ -160,7 +167,6 @@ class BackboneMethod(Method):
                                             progress=lambda done, total: update(done))
         self.real_labels = data.labels.to(device)
         self.real_means = class_means(self.real_feats, self.real_labels, c)
-        self.real_images = data.images.to(device)  # uint8, sampled on the device
         self.pyramid = Pyramid(c * cfg.ipc, data.channels, data.image_size, generator,
                                cfg.decorrelate)
         self.syn_labels = torch.arange(c, device=device).repeat_interleave(cfg.ipc)

@@ -13,7 +13,7 @@ import torch
 from ddcli.configs import LGMConfig
 from ddcli.losses import lgm_loss
 from ddcli.methods import register_method
-from ddcli.methods.backbone_base import BackboneMethod, standard_views
+from ddcli.methods.backbone_base import BackboneMethod, real_pixels, standard_views
 
 
 @register_method
@@ -21,13 +21,17 @@ class LGM(BackboneMethod):
     name = "lgm"
     Config = LGMConfig
 
+    def setup(self, data, device, generator, mean, std) -> None:
+        super().setup(data, device, generator, mean, std)
+        self.real_pixels = real_pixels(data, device)  # sampled every step
+
     def loss(self, view_feats: torch.Tensor) -> torch.Tensor:
         cfg: LGMConfig = self.config
         dev = view_feats.device
         n_real = cfg.ipc * cfg.augs * self.num_classes
-        idx = torch.randint(len(self.real_images), (n_real,), generator=self.gen, device=dev)
+        idx = torch.randint(len(self.real_pixels), (n_real,), generator=self.gen, device=dev)
         with torch.no_grad():
-            x = self.real_images[idx].float() / 255
+            x = self.real_pixels[idx]
             x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
             with self.autocast:
                 f_real = self.bb.features(self.bb.normalize(
