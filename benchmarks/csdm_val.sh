@@ -9,9 +9,9 @@ set -e
 D=${DATA:-../shared/datasets}/cifar10
 W=${WORKDIR:-/tmp/csdmval}; mkdir -p $W
 SETS=(--train-files "train_[12].npz" --imbalance-factor 50)
-run() { tag=$1; shift
-  ddcli distill $D "${SETS[@]}" --ipc 10 --iterations 300 --batch-real 64 --width 64 --seed 0 --device cpu --checkpoint-every 0 -o $W/$tag.safetensors --force --quiet "$@"
-  ddcli evaluate $W/$tag.safetensors --test $D --test-files train_3.npz -p dm --models 3 --epochs 300 --seed 0 --device cpu --json --quiet > $W/$tag.json
+run() { tag=$1; shift  # a row whose report exists is not run again (resumable)
+  [ -s $W/$tag.json ] || ddcli distill $D "${SETS[@]}" --ipc 10 --iterations 300 --batch-real 64 --width 64 --seed 0 --device cpu --checkpoint-every 0 -o $W/$tag.safetensors --force --quiet "$@"
+  [ -s $W/$tag.json ] || ddcli evaluate $W/$tag.safetensors --test $D --test-files train_3.npz -p dm --models 3 --epochs 300 --seed 0 --device cpu --json --quiet > $W/$tag.json
   python -c "import json; r=json.load(open('$W/$tag.json'))['result']; print('$tag', r['accuracy_mean'], r['accuracy_std'], r['accuracy_per_model'], r.get('group_accuracy'))"
 }
 case ${1:-alpha} in

@@ -110,9 +110,11 @@ def sample_frequencies(kernel: str, num: int, dim: int, sigma: float,
     if kernel == "laplacian":
         u = torch.rand((num, dim), generator=generator, device=dev)
         return torch.tan(torch.pi * (u - 0.5)) / sigma
-    if kernel == "cauchy":
-        u = torch.rand((num, dim), generator=generator, device=dev) - 0.5
-        return -torch.sign(u) * torch.log1p(-2 * u.abs()) / sigma
+    if kernel == "cauchy":  # Laplace: an Exp(1) magnitude with a random sign (the inverse
+        # CDF at a uniform draw of exactly 0 gave an infinite frequency: NaN losses)
+        e = torch.empty((num, dim), device=dev).exponential_(generator=generator)
+        positive = torch.rand((num, dim), generator=generator, device=dev) < 0.5
+        return torch.where(positive, e, -e) / sigma
     if kernel.startswith("matern-"):
         dof = 2 * float(kernel.split("-", 1)[1])
         z = torch.randn((num, dim), generator=generator, device=dev)
