@@ -152,6 +152,19 @@ def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return x * s + m
 
 
+def streams(data: Dataset, device: torch.device) -> bool:
+    """Whether batches of ``data`` are read from its memory-mapped cache instead of holding
+    the set on the device: always on a CPU (the page cache is as fast as a copy, and resident
+    memory stays flat), on a GPU when the set would take more than half its free memory."""
+    if data.mapped is None:
+        return False
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return data.mapped.nbytes > free // 2
+
+
 class NormalizedImages:
     """A real set (or the rows ``rows`` of it) as training input for networks (teachers,
     experts): ``x[idx]`` (index tensor or slice) is the normalised float batch on the device,
@@ -162,8 +175,6 @@ class NormalizedImages:
 
     def __init__(self, data: Dataset, device: torch.device, mean, std,
                  rows: torch.Tensor | None = None):
-        from ddcli.methods.base import streams
-
         self.device = torch.device(device)
         self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long).cpu()
         n = len(data) if self.rows is None else len(self.rows)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ddcli.configs import MAX_INT_OPTION, MethodConfig, check_option_value  # noqa: F401
-from ddcli.data import Dataset
+from ddcli.data import Dataset, streams
 from ddcli.errors import InputError, Interrupted, RunError
 from ddcli.io import atomic_path, read_safetensors
 
@@ -40,19 +40,6 @@ def smallest_keys(keys: torch.Tensor, k: int) -> torch.Tensor:
     pos = torch.arange(n, device=keys.device, dtype=torch.float64)
     tie = 2.0 ** (-24 - max(1, math.ceil(math.log2(n))))  # pos * tie < 2**-24
     return (keys.double() + pos * tie).topk(k, dim=1, largest=False).indices
-
-
-def streams(data: Dataset, device: torch.device) -> bool:
-    """Whether a pool draws its batches from ``data``'s memory-mapped cache instead of holding
-    the set on the device: always on a CPU (the page cache is as fast as a copy, and resident
-    memory stays flat), on a GPU when the set would take more than half its free memory."""
-    if data.mapped is None:
-        return False
-    device = torch.device(device)
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return data.mapped.nbytes > free // 2
 
 
 class ClassPool:
