@@ -225,7 +225,8 @@ class CSDMConfig(DMConfig):
         plateau_factor: its factor (0.5).
         kernel: the kernel whose spectrum is matched.
         sigma: the kernel bandwidth, a number or ``median`` (median pairwise distance of
-            normalised real features, measured once at the start).
+            normalised real features, measured once at the start; L1 distance for the
+            laplacian kernel, whose σ = 1 is far too small on such features).
         num_freqs: frequencies drawn per iteration (shared by the classes).
         reduction: ``sqrt-mean`` (NCFM's, scaled by ``scale``) or ``mean`` (unbiased SDD).
         scale: loss scale.

@@ -137,11 +137,14 @@ class CSDM(DM):
 
     @torch.no_grad()
     def _bandwidth(self) -> float:
-        """Median pairwise distance of normalised real features under one extractor."""
+        """Median pairwise distance of normalised real features under one extractor, in the
+        kernel's metric: L1 for the Laplacian kernel exp(−‖δ‖₁/σ) (on 1,024 features L1
+        distances are some 25× the L2 ones: at an L2 bandwidth that kernel is ≈ 0 between any
+        two images, benchmarks/RESULTS.md), L2 for the others."""
         net = self.extractor()
         x = self.pool.sample(min(64, self.config.batch_real), self.gen)
         f = torch.nn.functional.normalize(self._embed(net, x), dim=1)
-        d = torch.cdist(f, f)
+        d = torch.cdist(f, f, p=1.0 if self.config.kernel == "laplacian" else 2.0)
         return float(d[d > 0].median()) if (d > 0).any() else 1.0
 
     def make_optimizer(self) -> torch.optim.Optimizer:
