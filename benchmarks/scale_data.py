@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=32, help="image side in pixels")
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--data-cache", default="auto", choices=["auto", "on", "off"])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     a = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ddcli-scale-") as tmp:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             for _ in range(2):
                 runs.append(run("distill", str(data), "-m", "dm", "--ipc", "10", "--iterations",
                                 str(a.iterations), "--batch-real", "32", "--width", "32",
-                                "--device", "cpu", "--checkpoint-every", "0", "--data-cache",
+                                "--device", a.device, "--checkpoint-every", "0", "--data-cache",
                                 a.data_cache, "-o", str(Path(tmp) / f"b{n}.safetensors"),
                                 "--force"))
                 if not (cache / "data").exists():
