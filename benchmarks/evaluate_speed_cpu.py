@@ -7,6 +7,9 @@ testing) and the per-model accuracies of both:
 
     python benchmarks/evaluate_speed_cpu.py fmnist-dm.safetensors --before 27600f0 \
         --models 3 --epochs 300 --after-args '' --after-args '--compile off'
+
+``--before`` may be repeated (each revision is measured, in order); speed-ups are against the
+first.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def evaluate(code: Path, bundle: str, models: int, epochs: int, seed: int,
     return {"ddcli": rep["ddcli_version"], "args": " ".join(extra),
             "command_s": round(time.perf_counter() - t0, 1), "train_s": res["train_time_s"],
             "acc": res["accuracy_per_model"], "mean": res["accuracy_mean"],
-            "std": res["accuracy_std"], "execution": res.get("execution", "vmap")}
+            "std": res["accuracy_std"], "execution": res.get("execution", "vmap"),
+            "microbatch": res.get("microbatch")}
 
 
 def training_flops(bundle: str, protocol: str, models: int, epochs: int) -> float:
@@ -77,11 +81,24 @@ def gemm_rate(dtype: str = "float32", size: int = 2048, reps: int = 10) -> float
     return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+def measure_revision(rev: str, bundle: str, a: argparse.Namespace) -> dict:
+    """The evaluation with the code of git revision ``rev`` (a temporary worktree)."""
+    with tempfile.TemporaryDirectory(prefix="ddcli-before-") as tmp:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, rev],
+                       check=True, capture_output=True)
+        try:
+            return {"rev": rev, **evaluate(Path(tmp), bundle, a.models, a.epochs, a.seed)}
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp],
+                           capture_output=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("bundle")
-    ap.add_argument("--before", required=True, help="git revision to compare with")
+    ap.add_argument("--before", required=True, action="append",
+                    help="git revision to compare with (repeatable; speed-ups against the first)")
     ap.add_argument("--models", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
@@ -90,23 +107,16 @@ def main() -> None:
                          "one run per value, e.g. '' and '--compile off')")
     a = ap.parse_args()
     bundle = str(Path(a.bundle).resolve())
-    with tempfile.TemporaryDirectory(prefix="ddcli-before-") as tmp:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", tmp, a.before],
-                       check=True, capture_output=True)
-        try:
-            before = evaluate(Path(tmp), bundle, a.models, a.epochs, a.seed)
-            after = [evaluate(ROOT, bundle, a.models, a.epochs, a.seed, tuple(x.split()))
-                     for x in (a.after_args or [""])]
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp],
-                           capture_output=True)
+    before = [measure_revision(rev, bundle, a) for rev in a.before]
+    after = [evaluate(ROOT, bundle, a.models, a.epochs, a.seed, tuple(x.split()))
+             for x in (a.after_args or [""])]
     flops = training_flops(bundle, "dm", a.models, a.epochs)
-    for r in (before, *after):
+    for r in (*before, *after):
         r["training_gflop_per_s"] = round(flops / r["train_s"] / 1e9, 1)
-    for r in after:
-        r["speedup_train"] = round(before["train_s"] / r["train_s"], 2)
-        r["speedup_command"] = round(before["command_s"] / r["command_s"], 2)
-    print(json.dumps({"before": {"rev": a.before, **before}, "after": after,
+    for r in (*before[1:], *after):
+        r["speedup_train"] = round(before[0]["train_s"] / r["train_s"], 2)
+        r["speedup_command"] = round(before[0]["command_s"] / r["command_s"], 2)
+    print(json.dumps({"before": before, "after": after,
                       "training_tflop": round(flops / 1e12, 2),
                       "gemm_gflop_per_s": {"float32": round(gemm_rate("float32"), 1),
                                            "bfloat16": round(gemm_rate("bfloat16"), 1)}},

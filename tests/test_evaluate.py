@@ -263,3 +263,53 @@ def test_amp_bf16_is_a_recorded_opt_in(cli, tmp_path):
     assert r.code == 0, r
     assert r.json()["result"]["amp"] == "bf16"
     assert_one_line_error(cli("evaluate", out, "--test", shards, "--amp", "fp8"), 2, "--amp")
+
+
+@pytest.mark.parametrize("protocol,soft", [("tgdd", False), ("kd", True), ("dm", False)])
+def test_microbatched_step_trains_the_same_models(protocol, soft):
+    """The serial CPU step runs each model's batch forward + backward in pieces (cache-sized
+    activations) and sums the gradients: the same models as whole batches, up to rounding —
+    with CutMix (``tgdd``: each model's λ and partners) and soft labels (``kd``)."""
+    g = torch.Generator().manual_seed(0)
+    data_x = torch.randn(12, 3, 8, 8, generator=g)
+    data_y = torch.arange(3).repeat_interleave(4)
+    soft_y = torch.softmax(torch.randn(12, 3, generator=g), -1) if soft else None
+    proto = get_protocol(protocol, epochs=3)
+    runs = {}
+    for mb in (None, 12, 5):  # whole batch; one piece per model; pieces of 4
+        ens = _tiny_ensemble()
+        r = train_ensemble(ens, data_x, data_y, proto, torch.Generator().manual_seed(1),
+                           soft=soft_y, microbatch=mb)
+        assert r.microbatch == mb
+        runs[mb] = ens
+    probe = torch.randn(7, 3, 8, 8, generator=g)
+    for mb in (12, 5):
+        for k, v in runs[None].params.items():
+            if k == "features.0.bias":  # before the instance norm: no effect, its gradient is
+                continue  # rounding noise, which AdamW (kd) turns into whole steps
+            assert torch.allclose(v, runs[mb].params[k], atol=1e-5), (mb, k)
+        assert torch.allclose(runs[None].predict(probe), runs[mb].predict(probe), atol=1e-4)
+    # and the models did learn something from the step (the test can tell runs apart)
+    assert not torch.allclose(runs[None].params["classifier.weight"],
+                              _tiny_ensemble().params["classifier.weight"], atol=1e-3)
+
+
+def test_microbatch_size_follows_the_activation_budget():
+    from ddcli.training import CPU_MICROBATCH_BYTES, _pieces
+
+    ens = build_ensemble(get_protocol("dm"), 10, 1, (28, 28), [0], torch.device("cpu"))
+    # the DM ConvNet's first block at 28 -> 32 px: 128 channels x 32 x 32 floats per image
+    assert ens.largest_activation_bytes((1, 28, 28)) == 128 * 32 * 32 * 4
+    assert ens.microbatch((1, 28, 28), CPU_MICROBATCH_BYTES) == 24
+    assert [s.stop - s.start for s in _pieces(100, 24)] == [20] * 5  # one compiled shape
+    assert [s.stop - s.start for s in _pieces(10, 4)] == [4, 3, 3]
+    assert [s.stop - s.start for s in _pieces(3, 24)] == [3]
+    assert ens.microbatch((1, 28, 28), None) is None
+    assert _tiny_ensemble(serial=False).microbatch((3, 8, 8), CPU_MICROBATCH_BYTES) is None
+    # the otm loss's transport plan spans the batch: never in pieces
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, 8, 8, generator=g), torch.arange(3).repeat_interleave(2)
+    soft = torch.softmax(torch.randn(6, 3, generator=g), -1)
+    r = train_ensemble(_tiny_ensemble(), x, y, get_protocol("otm", epochs=1),
+                       torch.Generator().manual_seed(1), soft=soft, microbatch=2)
+    assert r.microbatch is None
