@@ -222,7 +222,6 @@ def evaluate_images(
                     if result.ensemble.serial else "stacked, vmap")
                    if result.ensemble.vmapped else "separate modules"),
         amp=amp,
-        microbatch=result.microbatch,
         compile_fallback=result.ensemble.compile_error,
         num_train_images=int(images.shape[0]),
     )

@@ -55,7 +55,6 @@ class Ensemble:
             params, buffers = stack_module_state([m.to(device) for m in models])
             self.params, self.buffers = params, buffers
             base = copy.deepcopy(models[0]).to("meta")
-            self._base = base
 
             def f(p, b, x):
                 return functional_call(base, (p, b), (x,))
@@ -98,43 +97,16 @@ class Ensemble:
     def compiled(self) -> bool:
         return self.vmapped and self._train_f is not self._f
 
-    def forward_one(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """The training forward of stacked model ``i`` alone (the serial path): (b, K)."""
+    def _serial_forward(self, x: torch.Tensor) -> torch.Tensor:
         try:
-            return self._train_f(*self._model(i), x)
+            return torch.stack([self._train_f(*self._model(i), x[i]) for i in range(self.n)])
         except Exception as e:  # inductor failed to build: eager gives the same arithmetic
             if not self.compiled or not _is_compile_failure(e):
                 raise
             first = (str(e).splitlines() or [""])[0][:200]
             self.compile_error = f"{type(e).__name__}: {first}"
             self._train_f = self._f
-            return self._f(*self._model(i), x)
-
-    def _serial_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.forward_one(i, x[i]) for i in range(self.n)])
-
-    def largest_activation_bytes(self, image_shape: tuple[int, ...]) -> int:
-        """Bytes of the largest layer output for one float32 image (measured on the meta
-        device: nothing is computed)."""
-        sizes: list[int] = []
-        leaves = [m for m in self._base.modules() if not list(m.children())]
-        hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel()))
-                 for m in leaves]
-        try:
-            with torch.no_grad():
-                self._base(torch.empty(1, *image_shape, device="meta"))
-        finally:
-            for h in hooks:
-                h.remove()
-        return max(sizes) * 4
-
-    def microbatch(self, image_shape: tuple[int, ...], budget: int | None) -> int | None:
-        """Images of one model's batch to run forward + backward at once on the serial CPU
-        path, so that the largest activation stays within ``budget`` bytes (cache-sized:
-        the passes over it are memory-bound); None (the whole batch) elsewhere."""
-        if budget is None or not (self.vmapped and self.serial):
-            return None
-        return max(1, budget // self.largest_activation_bytes(image_shape))
+            return self._serial_forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.vmapped and self.serial:
@@ -199,22 +171,11 @@ def build_ensemble(
     return Ensemble(models, device)
 
 
-#: on the serial CPU path a model's batch goes forward + backward in pieces whose largest
-#: activation fits this many bytes, so its memory-bound passes (norm, ReLU, pooling, their
-#: gradients) run from the CPU's cache instead of main memory: the DM ConvNet at 32 px (512 KiB
-#: per image in its first block) then takes 100 images in 5 pieces of 20, about 1.4x faster
-#: per step on 2 cores (``benchmarks/evaluate_speed_cpu.py``). The gradients are summed over
-#: the pieces: the same as one pass up to float rounding.
-CPU_MICROBATCH_BYTES = 12 << 20
-
-
 @dataclass
 class TrainResult:
     ensemble: Ensemble
     train_time_s: float
     steps: int
-    #: the largest piece of a model's batch run at once (None: whole batches)
-    microbatch: int | None = None
 
 
 @dataclass
@@ -296,7 +257,6 @@ def train_ensemble(
     amp: str = "off",
     models_total: int | None = None,
     own: tuple[int, int] | None = None,
-    microbatch: int | str | None = "auto",
 ) -> TrainResult:
     """Train every model of ``ens`` on (images, targets) under ``protocol``.
 
@@ -315,10 +275,6 @@ def train_ensemble(
             every random draw (data order, augmentation, CutMix) is made for all of them, as a
             single process would, and only this process's models are trained, so each model
             trains exactly as it would in one process.
-        microbatch: ``auto`` (``Ensemble.microbatch`` under ``CPU_MICROBATCH_BYTES``), a
-            number of images, or None: the largest piece of a model's batch that goes forward
-            + backward at once; the pieces' gradients are summed (not for the ``otm`` loss,
-            whose transport plan spans the batch).
     """
     if amp not in ("off", "bf16"):
         raise ValueError(f"unknown amp {amp!r}")
@@ -335,10 +291,6 @@ def train_ensemble(
         raise ValueError(f"the {protocol.loss} loss needs soft labels")
     if protocol.loss == "kd-online" and teacher is None:
         raise ValueError("the kd-online loss needs a teacher")
-    if microbatch == "auto":
-        microbatch = ens.microbatch(tuple(images.shape[1:]), CPU_MICROBATCH_BYTES)
-    chunk = microbatch if ens.vmapped and ens.serial and protocol.loss != "otm" else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
     ens.train(True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -386,31 +338,28 @@ def train_ensemble(
                 t = teacher(x.flatten(0, 1))
             elif t is not None:
                 t = t.view(n_models, b, -1)[lo:hi]
-            y2 = torch.gather(y, 1, partner) if partner is not None else None
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+                logits = ens.forward(x)
+            logits = logits.float()
             if t is not None:
                 t = t.reshape(hi - lo, b, -1)
-            opt.zero_grad(set_to_none=True)
-            if chunk:  # per-sample losses: each model's batch in pieces
-                for i in range(hi - lo):
-                    for sl in _pieces(b, chunk):
-                        with autocast:
-                            logits = ens.forward_one(i, x[i, sl])
-                        per = _sample_losses(
-                            protocol, logits.float()[None], y[i : i + 1, sl],
-                            y2[i : i + 1, sl] if y2 is not None else None,
-                            lam[i : i + 1] if lam is not None else None,
-                            t[i : i + 1, sl] if t is not None else None, t_kd)
-                        (per.sum() / b).backward()  # the model's mean loss, summed in pieces
+            if protocol.loss == "ce":
+                per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+                per_model = per.view(hi - lo, b).mean(dim=1)
+                if partner is not None:
+                    y2 = torch.gather(y, 1, partner)
+                    per2 = F.cross_entropy(logits.flatten(0, 1), y2.flatten(), reduction="none")
+                    per_model = lam * per_model + (1 - lam) * per2.view(hi - lo, b).mean(dim=1)
+            elif protocol.loss in ("kd", "kd-online"):
+                per_model = kd_loss(logits, t, t_kd).mean(dim=1)
+            elif protocol.loss == "otm":
+                per_model = otm_loss(logits, y, t, protocol.w_ce, protocol.w_mse, protocol.w_ot,
+                                     protocol.ot_reg)
             else:
-                with autocast:
-                    logits = ens.forward(x)
-                logits = logits.float()
-                if protocol.loss == "otm":  # a transport plan over the whole batch
-                    per_model = otm_loss(logits, y, t, protocol.w_ce, protocol.w_mse,
-                                         protocol.w_ot, protocol.ot_reg)
-                else:
-                    per_model = _sample_losses(protocol, logits, y, y2, lam, t, t_kd).mean(1)
-                per_model.sum().backward()  # each model its own loss: gradients stay separate
+                raise ValueError(f"unknown loss {protocol.loss!r}")
+            loss = per_model.sum()  # each model its own mean loss: gradients stay separate
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
             opt.step()
             steps += 1
             if progress and k + 1 < batches:  # part-way through a long epoch (host side only)
@@ -422,35 +371,7 @@ def train_ensemble(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     ens.train(False)
-    return TrainResult(ens, time.perf_counter() - t0, steps, chunk)
-
-
-def _pieces(b: int, chunk: int) -> list[slice]:
-    """``b`` split into the fewest near-equal pieces of at most ``chunk`` (few distinct sizes:
-    each is a compilation of the compiled step)."""
-    k = -(-b // chunk)
-    size, extra = divmod(b, k)
-    bounds = [0]
-    for j in range(k):
-        bounds.append(bounds[-1] + size + (j < extra))
-    return [slice(a, z) for a, z in zip(bounds, bounds[1:], strict=False)]
-
-
-def _sample_losses(protocol: Protocol, logits: torch.Tensor, y: torch.Tensor,
-                   y2: torch.Tensor | None, lam: torch.Tensor | None, t: torch.Tensor | None,
-                   t_kd: float) -> torch.Tensor:
-    """Per-sample losses (M, m) of M models' logits (M, m, K); a model's loss is their mean
-    over its batch. ``y2``, ``lam``: CutMix partners' labels and each model's kept fraction."""
-    if protocol.loss == "ce":
-        per = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
-        if y2 is not None:
-            per2 = F.cross_entropy(logits.flatten(0, 1), y2.flatten(),
-                                   reduction="none").view(y.shape)
-            per = lam[:, None] * per + (1 - lam[:, None]) * per2
-        return per
-    if protocol.loss in ("kd", "kd-online"):
-        return kd_loss(logits, t, t_kd)
-    raise ValueError(f"unknown loss {protocol.loss!r}")
+    return TrainResult(ens, time.perf_counter() - t0, steps)
 
 
 @torch.no_grad()
