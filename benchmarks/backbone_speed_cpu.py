@@ -8,6 +8,8 @@ other, each with its own empty ``$DDCLI_CACHE`` (so SFM embeds the real set both
 prints wall time, iterations per second and the probe's per-model accuracies:
 
     python benchmarks/backbone_speed_cpu.py --data-root ../shared/datasets --before HEAD~1
+    python benchmarks/backbone_speed_cpu.py --data-root ../shared/datasets --before HEAD~1 \
+        --ipc 10 --lgm-augs 1 --iterations 20 --epochs 10
 
 Run it on an otherwise idle machine.
 """
@@ -36,10 +38,10 @@ def workload(code: Path, work: Path, cifar: Path, test: Path, a: argparse.Namesp
     cache = work / "cache"
     work.mkdir(parents=True, exist_ok=True)
     data = [str(cifar), "--train-files", "train_[123].npz", "--max-per-class",
-            str(a.per_class), "--ipc", "1", "--seed", "0", "--device", "cpu", "--force",
+            str(a.per_class), "--ipc", str(a.ipc), "--seed", "0", "--device", "cpu", "--force",
             "--checkpoint-every", "0"]
     res = {}
-    for m, augs in (("sfm", 1), ("lgm", 3)):
+    for m, augs in (("sfm", 1), ("lgm", a.lgm_augs)):
         out = work / f"{m}.safetensors"
         d = ddcli(code, cache, "distill", *data, "-m", m, "--iterations", str(a.iterations),
                   "--augs", str(augs), "-o", str(out))
@@ -60,6 +62,9 @@ def main() -> None:
     ap.add_argument("--before", required=True, help="git revision to compare against")
     ap.add_argument("--per-class", type=int, default=20, help="real images per class")
     ap.add_argument("--iterations", type=int, default=60)
+    ap.add_argument("--ipc", type=int, default=1)
+    ap.add_argument("--lgm-augs", type=int, default=3,
+                    help="LGM's views per step (3 at IPC 10 exceeds 24 GB)")
     ap.add_argument("--epochs", type=int, default=30, help="linear-probe epochs")
     a = ap.parse_args()
     cifar = a.data_root.resolve() / "cifar10"

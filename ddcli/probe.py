@@ -80,13 +80,16 @@ def linear_probe(
         for s in range(0, n, bs):
             idx = perm[:, s : s + bs]
             views = random_resized_crop(x[idx.flatten()], bb.input_size, gen)
-            with torch.no_grad():
-                f_e = bb.features(bb.normalize(views)).view(num_models, -1, d_e)
+            f_e = bb.infer(bb.normalize(views)).view(num_models, -1, d_e)
             if inherit:
-                with torch.no_grad():
-                    vd = views if golden_bb.input_size == bb.input_size else F.interpolate(
-                        views, size=golden_bb.input_size, mode="bilinear", align_corners=False)
-                    f_d = golden_bb.features(golden_bb.normalize(vd)).view(num_models, -1, d_d)
+                if golden_bb is bb:  # the distillation backbone itself: the same features
+                    f_d = f_e
+                else:
+                    with torch.no_grad():
+                        vd = views if golden_bb.input_size == bb.input_size else F.interpolate(
+                            views, size=golden_bb.input_size, mode="bilinear",
+                            align_corners=False)
+                        f_d = golden_bb.infer(golden_bb.normalize(vd)).view(num_models, -1, d_d)
                 projected = torch.einsum("mde,mne->mnd", proj, f_e) + proj_b[:, None, :]
                 loss = F.mse_loss(projected, f_d,
                                   reduction="none").mean(dim=(1, 2)).sum()

@@ -196,3 +196,51 @@ def test_backbone_methods_from_the_data_cache_equal_in_memory(method, tiny_backb
     assert torch.equal(got["on"].images, got["off"].images)
     assert torch.equal(got["on"].extras["golden_head.weight"],
                        got["off"].extras["golden_head.weight"])
+
+
+def _counting_backbone(seed: int = 0):
+    from ddcli.backbones import Backbone
+
+    torch.manual_seed(seed)
+    module = Tiny().eval().requires_grad_(False)
+    calls = []
+    module.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    return Backbone("tiny", module, (16, 16), (0.5,) * 3, (0.5,) * 3, 32), calls
+
+
+def test_backbone_inference_runs_in_cache_sized_pieces():
+    """``infer`` / ``embed_all`` on a CPU pass ``CPU_INFER_CHUNK`` images at a time (memory-
+    bound layers stay in the cache): the same features as one pass."""
+    from ddcli.backbones import CPU_INFER_CHUNK
+
+    bb, calls = _counting_backbone()
+    assert bb.to("cpu").infer_chunk == CPU_INFER_CHUNK
+    bb.infer_chunk = 4
+    x = torch.randn(10, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    whole = bb.features(x)
+    calls.clear()
+    assert torch.allclose(bb.infer(x), whole, atol=1e-6)
+    assert calls == [4, 4, 2]
+    calls.clear()
+    px = torch.rand(10, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(bb.embed_all(px, "cpu"), bb.embed(px), atol=1e-6)
+    assert calls[:-1] == [4, 4, 2]  # (the last: the one-pass reference)
+
+
+def test_inheritance_probe_reuses_the_evaluation_backbone_features():
+    """With the distillation backbone as the evaluation backbone, the projector's target
+    features are the evaluation features: computed once per step, the same result as from a
+    second copy of the backbone (which runs twice as many passes)."""
+    from ddcli.probe import linear_probe
+
+    bb, calls = _counting_backbone()
+    copy, copy_calls = _counting_backbone()  # same weights, another object
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 3, 8, 8, generator=g), torch.arange(3).repeat_interleave(2)
+    golden = (torch.randn(3, 32, generator=g), torch.zeros(3))
+    kw = dict(num_models=2, epochs=3, seed=0, device=torch.device("cpu"), golden=golden)
+    shared = linear_probe(x, y, x, y, 3, bb, golden_bb=bb, **kw)
+    train_calls = len(calls) - 1  # the test set's features: one pass
+    other = linear_probe(x, y, x, y, 3, bb, golden_bb=copy, **kw)
+    assert train_calls == 3 and len(copy_calls) == 3  # one pass per step each
+    assert shared["accuracy_per_model"] == other["accuracy_per_model"]

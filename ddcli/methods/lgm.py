@@ -34,7 +34,7 @@ class LGM(BackboneMethod):
             x = self.real_pixels[idx]
             x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
             with self.autocast:
-                f_real = self.bb.features(self.bb.normalize(
+                f_real = self.bb.infer(self.bb.normalize(
                     standard_views(x, self.bb.input_size, self.gen))).float()
         d = view_feats.shape[-1]
         w = torch.randn((self.num_classes, d), generator=self.gen, device=dev) * 0.01
