@@ -98,7 +98,7 @@ def test_a_streaming_pool_draws_the_batches_of_the_device_pool(tmp_path):
     mean, std = mem.mean_std()
     a = ClassPool(cached, torch.device("cpu"), mean, std)
     b = ClassPool(mem, torch.device("cpu"), mean, std)
-    assert a.mapped is not None and a.images is None and b.mapped is None
+    assert a.src.mapped is not None and a.src.u8 is None and b.src.mapped is None
     ga, gb = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     for _ in range(3):
         assert torch.equal(a.sample(4, ga), b.sample(4, gb))

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ddcli.configs import MAX_INT_OPTION, MethodConfig, check_option_value  # noqa: F401
-from ddcli.data import Dataset, streams
+from ddcli.data import Dataset, NormalizedImages
 from ddcli.errors import InputError, Interrupted, RunError
 from ddcli.io import atomic_path, read_safetensors
 
@@ -43,68 +43,33 @@ def smallest_keys(keys: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class ClassPool:
-    """The real images by class, sampled for all classes at once: on a GPU a class-sorted
-    copy on the device; on a CPU the set itself, read through the class order; for a set in
-    the memory-mapped data cache (:func:`streams`) each batch read from the cache file (through
-    a pinned host buffer to a GPU)."""
+    """The real images by class, sampled for all classes at once, from a class-ordered
+    :class:`~ddcli.data.NormalizedImages` (on a CPU the set itself read through the class
+    order, on a GPU a class-sorted copy on the device, from the memory-mapped data cache each
+    batch read from the cache file, ahead of time by a worker thread)."""
 
     def __init__(self, data: Dataset, device: torch.device, mean: list[float], std: list[float]):
         self.device = device = torch.device(device)
-        order = torch.argsort(data.labels, stable=True)
-        self.mapped = data.mapped if streams(data, device) else None
-        #: class-sorted position -> row of ``data`` (None: ``images`` is sorted itself)
-        self.order: torch.Tensor | None = order
-        if self.mapped is not None:  # batches gathered from the cache, on the host
-            self.images = None
-        elif device.type == "cpu":  # no class-sorted copy of the set in memory
-            self.images = data.images
-        else:
-            self.images = data.images[order].to(device)  # uint8, sorted once on the device
-            self.order = None
+        #: class-sorted position -> the uint8 image, normalised on the way out
+        self.src = NormalizedImages(data, device, mean, std,
+                                    rows=torch.argsort(data.labels, stable=True))
         counts = torch.bincount(data.labels, minlength=data.num_classes)
         self.counts = counts.to(device)
         self.offsets = (torch.cumsum(counts, 0) - counts).to(device)
         self.n_max = int(counts.max())
         self.num_classes = data.num_classes
-        c = data.channels
-        self.mean = torch.tensor(mean, device=device).view(1, c, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, c, 1, 1)
+        self.mean, self.std = self.src.mean, self.src.std
         #: the next batch of :meth:`next_batch`: (C, per_class) indices, the classes read
         #: for, and the read (a future) when streamed
         self._next: tuple[torch.Tensor, Any, Any] | None = None
         self._reader = None  # the worker thread reading streamed batches ahead
 
     def normalize(self, u8: torch.Tensor) -> torch.Tensor:
-        return (u8.float() / 255.0 - self.mean) / self.std
+        return self.src.normalize(u8)
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """uint8 images at class-sorted positions ``idx`` (1-d), on the device."""
-        if self.mapped is None:
-            return self.images[idx if self.order is None else self.order[idx]]
-        return self._to_device(self._read(self._host_rows(idx)))
-
-    # reading a streamed batch: the rows to read on the host, then the read (a worker thread
-    # may do it while the device computes), then the copy to the device
-
-    def _host_rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """``idx`` on the host (pinned, copied without a sync) and a CUDA event that fires when
-        the copy is done (None on a CPU)."""
-        if self.device.type != "cuda":
-            return idx.cpu(), None
-        host = torch.empty(idx.shape, dtype=idx.dtype, pin_memory=True)
-        host.copy_(idx, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
-        return host, ready
-
-    def _read(self, host_rows: tuple[torch.Tensor, Any]) -> torch.Tensor:
-        idx, ready = host_rows
-        if ready is not None:
-            ready.synchronize()  # the indices' copy only, not the work queued after it
-        return self.mapped.gather(self.order[idx].numpy(), pin=self.device.type == "cuda")
-
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, non_blocking=self.device.type == "cuda")
+        return self.src.pixels(idx)
 
     def next_batch(self, per_class: int, generator: torch.Generator,
                    classes: tuple[int, int] | None = None) -> torch.Tensor:
@@ -119,7 +84,7 @@ class ClassPool:
         if idx.shape[1] != per_class:
             raise ValueError(f"pending batch of {idx.shape[1]} per class, {per_class} wanted")
         if pending is not None and read_for == classes:
-            x = self._to_device(pending.result())
+            x = self.src.to_device(pending.result())
         else:  # in memory (or read ahead for other classes)
             x = self.rows(self._own(idx, classes))
         self._queue(self.sample_index(per_class, generator), classes)
@@ -132,12 +97,13 @@ class ClassPool:
     def _queue(self, idx: torch.Tensor, classes: tuple[int, int] | None) -> None:
         """Make ``idx`` (C, per_class) the next batch; a streamed pool starts reading it."""
         pending = None
-        if self.mapped is not None:
+        if self.src.mapped is not None:
             if self._reader is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._reader = ThreadPoolExecutor(1, thread_name_prefix="ddcli-read")
-            pending = self._reader.submit(self._read, self._host_rows(self._own(idx, classes)))
+            pending = self._reader.submit(self.src.read,
+                                          self.src.host_index(self._own(idx, classes)))
         self._next = (idx, classes, pending)
 
     def state(self) -> dict[str, torch.Tensor]:
