@@ -19,12 +19,14 @@ import hashlib
 import json
 import math
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,23 +168,32 @@ def streams(data: Dataset, device: torch.device) -> bool:
 
 
 class NormalizedImages:
-    """A real set (or the rows ``rows`` of it) as training input for networks (teachers,
-    experts): ``x[idx]`` (index tensor or slice) is the normalised float batch on the device,
-    the same values as indexing ``normalize(images / 255)`` of the whole set, which is never
-    made. The set stays uint8: on the device, or, from the memory-mapped data cache (on a CPU,
-    or on a GPU it would fill more than half of), read batch by batch from the cache file, so
-    resident memory does not grow with the set."""
+    """A real set (or the rows ``rows`` of it, in that order) as network input: ``x[idx]``
+    (index tensor or slice of positions) is the normalised float batch on the device, the same
+    values as indexing ``normalize(images / 255)`` of the selection, which is never made. The
+    pixels stay uint8: on a CPU the set itself, indexed through ``rows`` (no copy); on a GPU a
+    copy of the selection on the device; from the memory-mapped data cache (:func:`streams`)
+    read batch by batch from the cache file (through a pinned host buffer to a GPU), so
+    resident memory does not grow with the set. The read is split in steps (``host_index``,
+    ``read``, ``to_device``) so that a worker thread can read ahead
+    (:class:`~ddcli.methods.base.ClassPool`)."""
 
     def __init__(self, data: Dataset, device: torch.device, mean, std,
                  rows: torch.Tensor | None = None):
         self.device = torch.device(device)
+        #: position -> row of ``data`` (None: the same)
         self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long).cpu()
         n = len(data) if self.rows is None else len(self.rows)
         self.shape = torch.Size((n, *data.images.shape[1:]))
         self.mapped = data.mapped if streams(data, self.device) else None
-        if self.mapped is None:
-            u8 = data.images if self.rows is None else data.images[self.rows]
-            self.u8 = u8.to(self.device)
+        #: the uint8 pixels held (None: read from ``mapped``)
+        self.u8: torch.Tensor | None = None
+        if self.mapped is None and self.device.type == "cpu":
+            self.u8 = data.images
+        elif self.mapped is None:
+            self.u8 = (data.images if self.rows is None else data.images[self.rows]).to(
+                self.device)
+            self.rows = None  # the copy is in position order
         c = self.shape[1]
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
@@ -191,15 +202,40 @@ class NormalizedImages:
         return self.shape[0]
 
     def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
-        if self.mapped is None:
-            u8 = self.u8[idx]
-        else:
-            pos = torch.arange(len(self))[idx] if isinstance(idx, slice) else idx.cpu()
-            if self.rows is not None:
-                pos = self.rows[pos]
-            cuda = self.device.type == "cuda"
-            u8 = self.mapped.gather(pos.numpy(), pin=cuda).to(self.device, non_blocking=cuda)
+        return self.normalize(self.pixels(idx))
+
+    def normalize(self, u8: torch.Tensor) -> torch.Tensor:
         return (u8.float() / 255 - self.mean) / self.std
+
+    def pixels(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """The uint8 images at positions ``idx``, on the device."""
+        if self.u8 is not None:
+            return self.u8[idx if self.rows is None else self.rows[idx]]
+        return self.to_device(self.read(self.host_index(idx)))
+
+    def host_index(self, idx: torch.Tensor | slice) -> tuple[torch.Tensor, Any]:
+        """``idx`` as positions on the host (from a GPU: pinned, copied without a sync) and
+        a CUDA event that fires when that copy is done (None elsewhere)."""
+        if isinstance(idx, slice):
+            return torch.arange(len(self))[idx], None
+        if self.device.type != "cuda":
+            return idx.cpu(), None
+        host = torch.empty(idx.shape, dtype=idx.dtype, pin_memory=True)
+        host.copy_(idx, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return host, ready
+
+    def read(self, host_index: tuple[torch.Tensor, Any]) -> torch.Tensor:
+        """The images of ``host_index`` read from the cache file (pinned for a GPU)."""
+        idx, ready = host_index
+        if ready is not None:
+            ready.synchronize()  # the indices' copy only, not the work queued after it
+        pos = idx if self.rows is None else self.rows[idx]
+        return self.mapped.gather(pos.numpy(), pin=self.device.type == "cuda")
+
+    def to_device(self, u8: torch.Tensor) -> torch.Tensor:
+        return u8.to(self.device, non_blocking=self.device.type == "cuda")
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,9 +456,28 @@ def max_shard_bytes() -> int:
     return min(ram // 2, 64 << 30)
 
 
-def _npz_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
-    """(shape, dtype, declared bytes) of ``images`` and ``labels`` from the zip and npy
-    headers, without inflating the arrays."""
+#: numpy parses an npy header with ``ast.literal_eval``, whose AST conversion keeps a recursion
+#: count per interpreter on CPython 3.11: shards read by several threads at once (the data
+#: cache's build) failed now and then with "AST constructor recursion depth mismatch". Every
+#: header ddcli parses goes through this lock; the arrays are then read without numpy's
+#: loader (which would parse the header again).
+_NPY_HEADER_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _NpyEntry:
+    """An array of an npz shard, from its zip and npy headers."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    nbytes: int  # of the array's data
+    offset: int  # of the data in the (inflated) zip entry
+    fortran: bool
+
+
+def _npz_header(path: Path) -> dict[str, _NpyEntry]:
+    """The ``images`` and ``labels`` entries of an npz shard, from the zip and npy headers,
+    without inflating the arrays."""
     import zipfile
 
     out = {}
@@ -433,20 +488,21 @@ def _npz_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
                 if f"{key}.npy" not in names:
                     raise DataError(f"shard {path} lacks 'images' or 'labels'")
                 info = zf.getinfo(f"{key}.npy")
-                with zf.open(info) as f:
+                with zf.open(info) as f, _NPY_HEADER_LOCK:
                     version = np.lib.format.read_magic(f)
                     if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
                     elif version == (2, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                    else:
-                        shape, _, dtype = np.lib.format._read_array_header(f, version)
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                    else:  # 3.0 only carries non-latin-1 field names: never uint8 / int
+                        raise DataError(f"shard {path}: {key}.npy is npy format "
+                                        f"{version[0]}.{version[1]}, not 1.0 or 2.0")
                     header_bytes = f.tell()
                 need = math.prod(shape) * dtype.itemsize
                 if dtype.hasobject or header_bytes + need != info.file_size:
                     raise DataError(f"shard {path}: {key} declares {shape} {dtype} but the "
                                     f"zip entry holds {info.file_size} bytes")
-                out[key] = (tuple(shape), dtype, need)
+                out[key] = _NpyEntry(tuple(shape), dtype, need, header_bytes, bool(fortran))
     except DataError:
         raise
     except Exception as e:  # zipfile / numpy errors on corrupt files
@@ -454,8 +510,27 @@ def _npz_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     return out
 
 
-def _check_shard_header(path: Path, header: dict) -> None:
-    (shape, dtype, _), (lshape, ldtype, _) = header["images"], header["labels"]
+def _read_npz_array(zf, key: str, entry: _NpyEntry) -> np.ndarray:
+    """The array of ``entry``, read from the open zip ``zf`` after its (parsed) header."""
+    buf = bytearray(entry.nbytes)
+    view = memoryview(buf)
+    with zf.open(f"{key}.npy") as f:
+        if len(f.read(entry.offset)) != entry.offset:
+            raise ValueError(f"{key}.npy is shorter than its header")
+        done = 0
+        while done < entry.nbytes:
+            got = f.readinto(view[done:])
+            if not got:
+                raise ValueError(f"{key}.npy holds fewer bytes than it declares")
+            done += got
+    arr = np.frombuffer(buf, dtype=entry.dtype).reshape(entry.shape,
+                                                       order="F" if entry.fortran else "C")
+    return np.ascontiguousarray(arr)
+
+
+def _check_shard_header(path: Path, header: dict[str, _NpyEntry]) -> None:
+    shape, dtype = header["images"].shape, header["images"].dtype
+    lshape, ldtype = header["labels"].shape, header["labels"].dtype
     if dtype != np.uint8:
         raise DataError(f"shard {path}: images must be uint8, got {dtype}")
     if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3, 4)):
@@ -473,17 +548,20 @@ def _load_shard(path: Path, budget: int | None = None) -> tuple[np.ndarray, np.n
     regular_file(path, "shard")
     header = _npz_header(path)
     _check_shard_header(path, header)
-    need = header["images"][2] + header["labels"][2]
+    need = header["images"].nbytes + header["labels"].nbytes
     budget = max_shard_bytes() if budget is None else budget
     if need > budget:
         raise DataError(
             f"shard {path} declares {need / 2**20:.0f} MiB of arrays, more than ddcli reads "
             f"({budget / 2**20:.0f} MiB; set DDCLI_MAX_SHARD_BYTES to raise it)"
         )
+    import zipfile
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            images, labels = z["images"], z["labels"]
-    except Exception as e:  # zipfile / numpy errors on corrupt files
+        with zipfile.ZipFile(path) as zf:
+            images = _read_npz_array(zf, "images", header["images"])
+            labels = _read_npz_array(zf, "labels", header["labels"])
+    except Exception as e:  # zipfile / zlib errors on corrupt files
         raise DataError(f"cannot read shard {path}: {e}") from None
     if images.ndim == 3:
         images = images[..., None]
@@ -706,6 +784,8 @@ def _read_image_folder(
 
 def _shard_source(files: list[Path], classes: list[str], name: str, description: str,
                   image_size: tuple[int, int] | None, channels: int | None):
+    import zipfile
+
     from ddcli.datacache import Source, file_key
 
     shape0, labels, most = None, [], 0
@@ -713,12 +793,12 @@ def _shard_source(files: list[Path], classes: list[str], name: str, description:
         regular_file(f, "shard")
         header = _npz_header(f)
         _check_shard_header(f, header)
-        most = max(most, header["images"][2])
-        shp = header["images"][0]  # (N, H, W[, C]) -> (H, W, C) as _load_shard returns them
+        most = max(most, header["images"].nbytes)
+        shp = header["images"].shape  # (N, H, W[, C]) -> (H, W, C) as _load_shard returns
         shp = (*shp[1:], 1) if len(shp) == 3 else (*shp[1:3], 3 if shp[3] == 4 else shp[3])
         try:
-            with np.load(f, allow_pickle=False) as z:
-                y = z["labels"].astype(np.int64)
+            with zipfile.ZipFile(f) as zf:
+                y = _read_npz_array(zf, "labels", header["labels"]).astype(np.int64)
         except Exception as e:
             raise DataError(f"cannot read shard {f}: {e}") from None
         shape0 = shape0 or (shp, f)

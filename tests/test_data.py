@@ -152,3 +152,47 @@ def test_builtin_sample_is_there():
     assert ds.class_counts == [300] * 10 and ds.image_size == (28, 28) and ds.channels == 1
     assert load_dataset(sample_dir(), "test").class_counts == [100] * 10
     assert (sample_dir() / "LICENSE").read_text().count("MIT") >= 1
+
+
+def _npz(path, entries: dict, version=None):
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in entries.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, version=version)
+            zf.writestr(f"{key}.npy", buf.getvalue())
+    return path
+
+
+def test_shards_parse_their_npy_headers_under_one_lock(tmp_path, monkeypatch):
+    """numpy parses npy headers with ast.literal_eval, which CPython 3.11 cannot run in two
+    threads at once ("AST constructor recursion depth mismatch", seen in the data cache's
+    threaded build): every parse ddcli makes holds ``_NPY_HEADER_LOCK`` (np.load did not)."""
+    import ast
+
+    from ddcli import data as ddata
+
+    seen = []
+    real = ast.literal_eval
+
+    def checked(s):
+        seen.append(ddata._NPY_HEADER_LOCK.locked())
+        return real(s)
+
+    monkeypatch.setattr(ast, "literal_eval", checked)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    labels = np.arange(5) % 2
+    f = _npz(tmp_path / "a.npz", {"images": np.asfortranarray(images), "labels": labels})
+    x, y = ddata._load_shard(f)
+    assert np.array_equal(x, images) and np.array_equal(y, labels) and x.flags.c_contiguous
+    grey = _npz(tmp_path / "g.npz", {"images": images[..., 0], "labels": labels})
+    x, _ = ddata._load_shard(grey)
+    assert x.shape == (5, 6, 7, 1) and np.array_equal(x[..., 0], images[..., 0])
+    ddata._shard_source([f], ["a", "b"], "t", "t", None, None)
+    assert seen and all(seen)
+    v3 = _npz(tmp_path / "v3.npz", {"images": images, "labels": labels}, version=(3, 0))
+    with pytest.raises(DataError, match="npy format 3.0"):
+        ddata._load_shard(v3)
