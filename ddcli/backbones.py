@@ -26,9 +26,11 @@ Nothing is downloaded: weights come from a local file or an installed package.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -37,9 +39,15 @@ import torch.nn.functional as F
 from ddcli.data import normalize
 from ddcli.errors import InputError
 from ddcli.io import regular_file
+from ddcli.runtime import is_compile_failure
 
 #: see ``Backbone.infer_chunk``
 CPU_INFER_CHUNK = 16
+#: ``Backbone.plan_inference`` compiles the no-grad passes for at least this many images: on 2
+#: cores EfficientNet-Lite0 at 224 px then runs 3.6 instead of 5.2-5.5 ms an image (inductor's
+#: first build ~15 s, seconds once its on-disk cache is warm): the IPC 1 probe judge (9,000
+#: images) gains ~15 s, an IPC 10 one (90,000) ~2.5 minutes
+AUTO_COMPILE_INFER_MIN_IMAGES = 5000
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,6 +73,9 @@ class Backbone:
     #: views at 224 px in one pass ran at 8-17 ms an image, 16 at a time at 5.2-5.4 ms on 2
     #: cores); None elsewhere (one pass per call, or 256 images in ``embed_all``)
     infer_chunk: int | None = None
+    #: why compiling the no-grad passes was given up for eager (None: it was not)
+    compile_error: str | None = None
+    _compiled: Any = field(default=None, repr=False)
 
     @property
     def identity(self) -> dict:
@@ -102,15 +113,52 @@ class Backbone:
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.features(self.prepare(pixels))
 
+    def plan_inference(self, images: int) -> bool:
+        """Compile the no-grad passes (``infer``) when a run will pass at least
+        ``AUTO_COMPILE_INFER_MIN_IMAGES`` images through them on a CPU (inductor, with the
+        frozen weights folded: batch norms into the convolutions); returns whether they are
+        compiled. Eager where there is no C++ compiler, on a GPU and for TorchScript."""
+        if (self._compiled is None and self.channels_last and self.compile_error is None
+                and images >= AUTO_COMPILE_INFER_MIN_IMAGES and shutil.which("c++")):
+            self._compiled = torch.compile(self.module, dynamic=False)
+        return self.compiled
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
     @torch.no_grad()
     def infer(self, normalized: torch.Tensor) -> torch.Tensor:
         """``features`` without a gradient, ``infer_chunk`` images per pass (each image's
-        features are its own: the same numbers up to float rounding)."""
+        features are its own: the same numbers up to float rounding; compiled passes pad the
+        last piece to the same size, so one build serves every call)."""
         step = self.infer_chunk or len(normalized)
+        if self._compiled is not None:
+            try:
+                return self._infer_compiled(normalized, step)
+            except Exception as e:  # inductor failed to build: eager, the same arithmetic
+                if not is_compile_failure(e):
+                    raise
+                self.compile_error = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+                self._compiled = None
         if len(normalized) <= step:
             return self.features(normalized)
         return torch.cat([self.features(normalized[i : i + step])
                           for i in range(0, len(normalized), step)])
+
+    def _infer_compiled(self, normalized: torch.Tensor, step: int) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        out = []
+        with inductor_config.patch(freezing=True):
+            for i in range(0, len(normalized), step):
+                x = normalized[i : i + step]
+                k = len(x)
+                if k < step:
+                    x = torch.cat([x, x.new_zeros((step - k, *x.shape[1:]))])
+                x = x.contiguous(memory_format=torch.channels_last)
+                out.append(self._compiled(x)[:k].float())
+        return torch.cat(out)
 
     @torch.no_grad()
     def embed_all(self, pixels: torch.Tensor, device, chunk: int | None = None,

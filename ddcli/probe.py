@@ -72,6 +72,10 @@ def linear_probe(
         params = [w.requires_grad_(True), b.requires_grad_(True)]
         lr = 1e-3 * bs / 256
     opt = torch.optim.Adam(params, lr=lr)
+    work = epochs * n * num_models  # images through the backbone(s) while training
+    bb.plan_inference(work)
+    if inherit and golden_bb is not bb:
+        golden_bb.plan_inference(work)
     steps = epochs * math.ceil(n / bs)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     t0 = time.perf_counter()
@@ -121,6 +125,8 @@ def linear_probe(
         train_time_per_model_s=round(train_s / num_models, 3),
         num_train_images=n,
         backbone=bb.identity,
+        backbone_compiled=bb.compiled,
+        backbone_compile_fallback=bb.compile_error,
         batched=True,
     )
     return report

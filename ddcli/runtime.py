@@ -93,3 +93,13 @@ def human_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"  # pragma: no cover
+
+
+def is_compile_failure(e: Exception) -> bool:
+    """An error of torch.compile's machinery (no C++ compiler, a backend failure), as opposed
+    to an error of the model's own arithmetic: the caller falls back to eager."""
+    import subprocess
+
+    mod = type(e).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor")) or isinstance(
+        e, (OSError, subprocess.CalledProcessError))

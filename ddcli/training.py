@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from ddcli.data import is_long_tailed
 from ddcli.losses import kd_loss, otm_loss
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
+from ddcli.runtime import is_compile_failure
 
 
 def _has_batchnorm(m: nn.Module) -> bool:
@@ -101,7 +101,7 @@ class Ensemble:
         try:
             return torch.stack([self._train_f(*self._model(i), x[i]) for i in range(self.n)])
         except Exception as e:  # inductor failed to build: eager gives the same arithmetic
-            if not self.compiled or not _is_compile_failure(e):
+            if not self.compiled or not is_compile_failure(e):
                 raise
             first = (str(e).splitlines() or [""])[0][:200]
             self.compile_error = f"{type(e).__name__}: {first}"
@@ -123,14 +123,6 @@ class Ensemble:
         if self.vmapped:
             return self._eval_fwd(self.params, self.buffers, x)
         return torch.stack([m(x) for m in self.models])
-
-
-def _is_compile_failure(e: Exception) -> bool:
-    """An error of torch.compile's machinery (no C++ compiler, a backend failure), as opposed
-    to an error of the model's own arithmetic."""
-    mod = type(e).__module__ or ""
-    return mod.startswith(("torch._dynamo", "torch._inductor")) or isinstance(
-        e, (OSError, subprocess.CalledProcessError))
 
 
 #: ``compile="auto"`` compiles the serial CPU step when the run passes at least this many

@@ -244,3 +244,36 @@ def test_inheritance_probe_reuses_the_evaluation_backbone_features():
     other = linear_probe(x, y, x, y, 3, bb, golden_bb=copy, **kw)
     assert train_calls == 3 and len(copy_calls) == 3  # one pass per step each
     assert shared["accuracy_per_model"] == other["accuracy_per_model"]
+
+
+def test_compiled_backbone_inference_is_the_eager_arithmetic(monkeypatch):
+    """Long no-grad runs on a CPU compile the frozen backbone (weights folded); the last
+    piece is padded to the piece size (one build), the features are eager's up to rounding,
+    and a failed build falls back to eager, saying why."""
+    from ddcli.backbones import AUTO_COMPILE_INFER_MIN_IMAGES
+
+    bb, _ = _counting_backbone()
+    bb.to("cpu")
+    bb.infer_chunk = 4
+    x = torch.randn(10, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    eager = bb.infer(x)
+    assert not bb.plan_inference(AUTO_COMPILE_INFER_MIN_IMAGES - 1) and not bb.compiled
+    assert bb.plan_inference(AUTO_COMPILE_INFER_MIN_IMAGES)
+    assert torch.allclose(bb.infer(x), eager, atol=1e-5)
+    assert torch.allclose(bb.infer(x[:3]), eager[:3], atol=1e-5)
+    assert bb.compiled and bb.compile_error is None
+
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def broken(fn, **kw):
+        def run(*a):
+            raise BackendCompilerFailed.__new__(BackendCompilerFailed)
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    bb2, _ = _counting_backbone()
+    bb2.to("cpu")
+    assert bb2.plan_inference(10**6)
+    assert torch.equal(bb2.infer(x), bb2.features(x))
+    assert not bb2.compiled and bb2.compile_error.startswith("BackendCompilerFailed")
+    assert not bb2.plan_inference(10**6)  # not tried again

@@ -24,6 +24,13 @@ class LGM(BackboneMethod):
     def setup(self, data, device, generator, mean, std) -> None:
         super().setup(data, device, generator, mean, std)
         self.real_pixels = real_pixels(data, device)  # sampled every step
+        cfg: LGMConfig = self.config
+        self.bb.plan_inference(cfg.iterations * cfg.ipc * cfg.augs * self.num_classes)
+
+    def recorded_config(self) -> dict:
+        # the real views' no-grad passes compiled (the same arithmetic up to rounding)
+        return {**super().recorded_config(), "backbone_inference_compiled":
+                getattr(getattr(self, "bb", None), "compiled", False)}
 
     def loss(self, view_feats: torch.Tensor) -> torch.Tensor:
         cfg: LGMConfig = self.config
