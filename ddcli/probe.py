@@ -120,7 +120,10 @@ def linear_probe(
     report.update(
         mode="inherit: frozen golden head + learnt projector" if inherit
         else "linear-probe: fresh linear heads",
-        model_seeds=[seed] * num_models,
+        # the heads are stacked: one generator seeded with ``seed`` draws every model's
+        # initialisation, batch order and views in turn (no per-model seed to report)
+        model_seeds=None,
+        generator_seed=seed,
         train_time_s=round(train_s, 3),
         train_time_per_model_s=round(train_s / num_models, 3),
         num_train_images=n,

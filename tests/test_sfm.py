@@ -165,6 +165,9 @@ def test_cli_sfm_linear_probe_and_inheritance(cli, tiny_backbone, tmp_path):
     assert reports[True]["mode"].startswith("inherit")
     assert reports[True]["golden_head_test_accuracy"] is not None
     assert reports[False]["protocol"]["name"] == "linear-probe"
+    # stacked heads from one generator: the report names it, not a per-model seed it never used
+    assert reports[False]["result"]["model_seeds"] is None
+    assert reports[False]["result"]["generator_seed"] == 0
     r = cli("evaluate", out, "--test", data, "-p", "linear-probe", "--epochs", "1", "--models",
             "1", "--device", "cpu", "--baseline", "centroids", "--real", data, "--json")
     assert r.code == 0 and r.json()["baseline"]["kind"] == "centroids", r
