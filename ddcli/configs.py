@@ -368,6 +368,11 @@ class BackboneConfig(MethodConfig):
         amp: ``off`` or ``bf16`` autocast of the backbone.
         golden_head_epochs: epochs of the full-data linear head stored in the bundle for
             classifier inheritance (0: none).
+        backward_chunk: synthetic views per pass through the backbone: ``auto`` (on a CPU, 16
+            once a step has more than 128 views; else all at once), 0 (all at once) or N. In
+            pieces, the features of all views come first without a graph, then the loss and
+            its gradient on them, then each piece again with its share of that gradient: the
+            same step up to float rounding, holding the activations of N views instead of all.
     """
 
     ipc: int = 1
@@ -380,6 +385,7 @@ class BackboneConfig(MethodConfig):
     decorrelate: bool = True
     amp: str = "off"
     golden_head_epochs: int = 10
+    backward_chunk: str = "auto"
 
     choices = {"amp": AMPS}
     presets = {"sample-cpu": {"iterations": 60, "pyramid_every": 10}}
@@ -391,6 +397,10 @@ class BackboneConfig(MethodConfig):
             raise InputError(f"--lr must be > 0, got {self.lr}")
         if self.golden_head_epochs < 0:
             raise InputError("--golden-head-epochs must be >= 0")
+        if self.backward_chunk != "auto" and not (self.backward_chunk.isdigit()
+                                                  and int(self.backward_chunk) <= MAX_INT_OPTION):
+            raise InputError(f"--backward-chunk must be auto or an integer >= 0, "
+                             f"got {self.backward_chunk!r}")
 
 
 @dataclass(frozen=True)

@@ -280,3 +280,36 @@ def test_compiled_backbone_inference_is_the_eager_arithmetic(monkeypatch):
     assert torch.equal(bb2.infer(x), bb2.features(x))
     assert not bb2.compiled and bb2.compile_error.startswith("BackendCompilerFailed")
     assert not bb2.plan_inference(10**6)  # not tried again
+
+
+@pytest.mark.parametrize("method", ["sfm", "lgm"])
+def test_backward_in_pieces_is_the_whole_step(method, tiny_backbone, tmp_path, monkeypatch):
+    """``--backward-chunk N``: features first, the loss's gradient on them, then N views per
+    backward pass: the images of one pass over all views, up to float rounding (an omitted or
+    doubled piece, or a gradient from other features, moves them far more)."""
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "c"))
+    ds = tiny_dataset(n=4)
+    kw = dict(ipc=3, iterations=5, pyramid_every=2, backbone="torchscript",
+              backbone_weights=tiny_backbone, augs=2, golden_head_epochs=0, lr=0.05)
+    got = {}
+    for chunk in ("0", "4", "7"):
+        m = create_method(method, backward_chunk=chunk, **kw)
+        got[chunk], _ = run_method(m, ds, seed=1)
+        assert m.recorded_config()["backward_chunk_used"] == int(chunk)
+    assert not torch.allclose(got["0"].images, run_method(create_method(
+        method, backward_chunk="0", **kw), ds, seed=2)[0].images, atol=1e-3)
+    for chunk in ("4", "7"):  # 18 views: 5 pieces of 4 (the last 2), 3 of 7 (the last 4)
+        assert torch.allclose(got[chunk].images, got["0"].images, atol=1e-5), chunk
+
+
+def test_backward_chunk_option():
+    from ddcli.methods.backbone_base import CPU_BACKWARD_CHUNK, CPU_WHOLE_STEP_VIEWS, backward_chunk
+
+    many = CPU_WHOLE_STEP_VIEWS + 1
+    assert backward_chunk("auto", "cpu", many) == CPU_BACKWARD_CHUNK
+    assert backward_chunk("auto", "cpu", CPU_WHOLE_STEP_VIEWS) is None
+    assert backward_chunk("auto", "meta", many) is None
+    assert backward_chunk("0", "cpu", many) is None and backward_chunk("5", "cpu", 1) == 5
+    for bad in ("-1", "x", "1.5"):
+        with pytest.raises(InputError, match="--backward-chunk"):
+            create_method("sfm", backward_chunk=bad)
