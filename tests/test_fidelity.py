@@ -432,3 +432,32 @@ def test_dm_protocol_equals_evaluate_synset_loop():
             opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=0.0005)
     for k, v in net.state_dict().items():
         assert torch.allclose(ens.params[k][0], v, atol=1e-6), k
+
+
+def test_random_resized_crop_is_the_lgm_references_op():
+    """GeorgeCazenavette/linear-gradient-matching ``augmentation/ops/random_resized_crop.py``
+    (SFM imports the same): the crop's sides are not capped at the image and outside it is
+    zero. A wide draw (area 1, ratio 4/3: w = 1.155) keeps its aspect with black bands at the
+    left and right; a capped, reflected crop (ddcli before) filled them with the image."""
+    from ddcli.methods.backbone_base import random_resized_crop
+
+    x = torch.ones(2, 3, 32, 32)
+    u = torch.tensor([[1.0, 1.0, 0.5, 0.5, 0.9],    # area 1, ratio 4/3, centred, not flipped
+                      [1.0, 0.5, 0.5, 0.5, 0.9]])   # area 1, ratio 1: the whole image
+    out = random_resized_crop(x, (64, 64), torch.Generator(), u)
+    band = round(64 * (1 - 1 / (4 / 3) ** 0.5) / 2)  # ~4 columns each side
+    assert out[0, :, :, : band - 1].abs().max() == 0 and out[0, :, :, -band + 1 :].abs().max() == 0
+    assert torch.allclose(out[0, :, :, band + 1 : -band - 1], torch.ones(1))
+    # the whole image, upsampled: ones inside, its outer half-pixel fringe darkened by the zeros
+    assert torch.allclose(out[1, :, 1:-1, 1:-1], torch.ones(1))
+    assert out[1, :, 0].max() < 1 and out[1, :, :, -1].max() < 1
+    # the reference's centre: (x1 + w / 2 − 0.5) · 2 with x1 = u · (1 − w), for a small crop
+    u = torch.tensor([[0.0, 0.5, 0.2, 0.7, 0.9]])
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32)
+    got = random_resized_crop(ramp, (16, 16), torch.Generator(), u)
+    w = 0.08 ** 0.5
+    x1 = 0.2 * (1 - w)
+    theta = torch.tensor([[[w, 0, (x1 + w / 2 - 0.5) * 2], [0, w, (0.7 * (1 - w) + w / 2 - 0.5) * 2]]])
+    want = F.grid_sample(ramp, F.affine_grid(theta, [1, 3, 16, 16], align_corners=False),
+                         mode="bilinear", padding_mode="zeros", align_corners=False)
+    assert torch.allclose(got, want, atol=1e-6)

@@ -76,22 +76,25 @@ class Pyramid:
 def random_resized_crop(x: torch.Tensor, size: tuple[int, int], gen: torch.Generator,
                         u: torch.Tensor | None = None) -> torch.Tensor:
     """Horizontal flip (p 0.5) and RandomResizedCrop to ``size`` (scale 0.08..1, ratio
-    3/4..4/3) in one affine grid, differentiable; ``u`` (n, 5) uniform draws."""
+    3/4..4/3) in one affine grid, differentiable; ``u`` (n, 5) uniform draws. As the LGM / SFM
+    reference code's op (``augmentation/ops/random_resized_crop.py``): the crop's width and
+    height, sqrt(area · ratio) and sqrt(area / ratio), are not capped at the image, and what
+    falls outside it is zero, so about 14 % of views keep their aspect with black bands."""
     n, dev = x.shape[0], x.device
     if u is None:
         u = torch.rand((n, 5), generator=gen, device=dev)
     area = 0.08 + (1 - 0.08) * u[:, 0]
     log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1]
     ratio = torch.exp(log_r)
-    w = torch.sqrt(area * ratio).clamp(max=1)
-    h = torch.sqrt(area / ratio).clamp(max=1)
+    w = torch.sqrt(area * ratio)
+    h = torch.sqrt(area / ratio)
     cx = (1 - w) * (2 * u[:, 2] - 1)
     cy = (1 - h) * (2 * u[:, 3] - 1)
     flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
     zero = torch.zeros_like(w)
     theta = torch.stack([torch.stack([w * flip, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
     grid = F.affine_grid(theta, [n, x.shape[1], *size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def standard_views(x: torch.Tensor, size: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
