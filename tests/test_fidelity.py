@@ -457,7 +457,8 @@ def test_random_resized_crop_is_the_lgm_references_op():
     got = random_resized_crop(ramp, (16, 16), torch.Generator(), u)
     w = 0.08 ** 0.5
     x1 = 0.2 * (1 - w)
-    theta = torch.tensor([[[w, 0, (x1 + w / 2 - 0.5) * 2], [0, w, (0.7 * (1 - w) + w / 2 - 0.5) * 2]]])
+    y1 = 0.7 * (1 - w)
+    theta = torch.tensor([[[w, 0, (x1 + w / 2 - 0.5) * 2], [0, w, (y1 + w / 2 - 0.5) * 2]]])
     want = F.grid_sample(ramp, F.affine_grid(theta, [1, 3, 16, 16], align_corners=False),
                          mode="bilinear", padding_mode="zeros", align_corners=False)
     assert torch.allclose(got, want, atol=1e-6)

@@ -88,3 +88,19 @@ def test_table_takes_shared_baselines_and_reports_the_suite_time(tmp_path):
     assert row["lgm-ipc1+inherit"][6].strip() == "NO"
     assert "8 min for all rows" in lines[2]
     assert "2 min, 1 rows run, 7 from the row cache" in lines[2]
+
+
+def test_default_rows_leave_out_backbone10(tmp_path, monkeypatch):
+    """The default run must fit the issue's 90 minutes: IPC 10's backbone group (~58 minutes
+    on the 2-core CPU) runs only when named, every other group runs by default."""
+    ran: list[str] = []
+    monkeypatch.setattr(quality_cpu, "ROWS", {k: (lambda s, k=k: ran.append(k))
+                                              for k in quality_cpu.ROWS})
+    monkeypatch.setattr(quality_cpu, "table", lambda s, t: [])
+    monkeypatch.setattr(quality_cpu, "write_section", lambda path, lines: None)
+    quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w")])
+    assert "backbone10" not in ran and {"dm", "backbone1", "otgen"} <= set(ran)
+    ran.clear()
+    quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w"),
+                      "--rows", "backbone10"])
+    assert ran == ["backbone10"]
