@@ -162,14 +162,22 @@ class Backbone:
 
     @torch.no_grad()
     def embed_all(self, pixels: torch.Tensor, device, chunk: int | None = None,
-                  progress: Callable[..., None] | None = None) -> torch.Tensor:
+                  progress: Callable[..., None] | None = None,
+                  center_crop: float = 1.0) -> torch.Tensor:
         """Features of every image, ``chunk`` (default: ``infer_chunk``, or 256) at a time;
         ``progress(done_images, total)``. ``pixels`` in 0..1, or uint8 (converted chunk by
-        chunk: a large or memory-mapped real set is never copied whole into floats)."""
+        chunk: a large or memory-mapped real set is never copied whole into floats).
+        ``center_crop`` < 1 keeps that central fraction of each side before the resize to the
+        backbone's input (224 / 256: ``Resize(256)`` + ``CenterCrop(224)``)."""
+        from torchvision.transforms.v2.functional import center_crop as crop
+
         chunk = chunk or self.infer_chunk or 256
+        h, w = pixels.shape[-2:]
+        keep = [round(h * center_crop), round(w * center_crop)]
         out = []
         for i in range(0, len(pixels), chunk):
             x = pixels[i : i + chunk].to(device)
+            x = crop(x, keep) if center_crop < 1 else x
             out.append(self.embed(x.float() / 255 if x.dtype == torch.uint8 else x))
             if progress:
                 progress(min(i + chunk, len(pixels)), len(pixels))

@@ -5,7 +5,9 @@
   the distilled images, augmented every epoch (flip + RandomResizedCrop), Adam
   lr 1e-3·batch/256, cosine schedule, batch min(100, n), a fixed number of epochs; the last
   epoch's heads are tested. (The reference stops early on test accuracy; ddcli never selects
-  on the test set.)
+  on the test set.) Test images as the reference's (LGM ``eval.py``) test loader shows them:
+  ``Resize(256)`` + ``CenterCrop(224)``, i.e. the central 224/256 of each side resized to the
+  backbone's input; the cosine schedule steps once per epoch, as there.
 * ``inherit``: the bundle's golden head (trained on the full real features of the distillation
   backbone φ_d) stays frozen; a fresh linear projector Π(z) = A z + a: φ_e -> φ_d (PyTorch's
   default init, with bias, as SFM's ``eval_syn.py``) is learnt with MSE(Π(φ_e(x)), φ_d(x)) on
@@ -16,7 +18,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -26,6 +27,9 @@ import torch.nn.functional as F
 from ddcli.backbones import Backbone
 from ddcli.methods.backbone_base import random_resized_crop
 from ddcli.training import accuracy_report
+
+#: the reference's test view: ``Resize(256)`` then ``CenterCrop(224)`` keeps the central 7/8
+TEST_CENTER_CROP = 224 / 256
 
 
 def linear_probe(
@@ -76,8 +80,9 @@ def linear_probe(
     bb.plan_inference(work)
     if inherit and golden_bb is not bb:
         golden_bb.plan_inference(work)
-    steps = epochs * math.ceil(n / bs)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    # stepped once per epoch, as the reference's Evaluator (the same as per batch up to 100
+    # images, which are one batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
     t0 = time.perf_counter()
     for epoch in range(epochs):
         perm = torch.rand((num_models, n), generator=gen, device=device).argsort(1)
@@ -104,12 +109,13 @@ def linear_probe(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+        sched.step()
         if progress:
             progress(epoch + 1)
     train_s = time.perf_counter() - t0
     with torch.no_grad():
-        f_test = bb.embed_all(test_pixels, device, progress=test_progress)
+        f_test = bb.embed_all(test_pixels, device, progress=test_progress,
+                              center_crop=TEST_CENTER_CROP)
         if inherit:
             projected = torch.einsum("mde,ne->mnd", proj, f_test) + proj_b[:, None, :]
             logits = projected @ w_star.T + b_star
@@ -124,6 +130,8 @@ def linear_probe(
         # initialisation, batch order and views in turn (no per-model seed to report)
         model_seeds=None,
         generator_seed=seed,
+        lr_schedule="cosine, stepped per epoch",
+        test_center_crop=round(TEST_CENTER_CROP, 4),
         train_time_s=round(train_s, 3),
         train_time_per_model_s=round(train_s / num_models, 3),
         num_train_images=n,
@@ -141,7 +149,7 @@ def golden_head_accuracy(golden: tuple[torch.Tensor, torch.Tensor], bb: Backbone
                          device: torch.device) -> float:
     """Test accuracy of the golden head itself (the full-data linear probe: the ceiling)."""
     w, b = (t.to(device) for t in golden)
-    f = bb.embed_all(test_pixels, device)
+    f = bb.embed_all(test_pixels, device, center_crop=TEST_CENTER_CROP)
     return round(float(((f @ w.T + b).argmax(1) == test_labels.to(device)).float().mean()) * 100,
                  2)
 

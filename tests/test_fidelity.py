@@ -3,6 +3,7 @@ official code (the reference file is named in each test)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -462,3 +463,34 @@ def test_random_resized_crop_is_the_lgm_references_op():
     want = F.grid_sample(ramp, F.affine_grid(theta, [1, 3, 16, 16], align_corners=False),
                          mode="bilinear", padding_mode="zeros", align_corners=False)
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_probe_tests_the_references_centre_view_and_steps_its_cosine_per_epoch(monkeypatch):
+    """LGM ``eval.py``: test images through ``Resize(256)`` + ``CenterCrop(224)`` (the central
+    7/8 of each side), and ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch. ddcli
+    resized whole test images and stepped the schedule per batch (the same up to 100 images)."""
+    from test_sfm import _counting_backbone
+
+    from ddcli.probe import TEST_CENTER_CROP, golden_head_accuracy, linear_probe
+
+    bb, _ = _counting_backbone()
+    px = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert TEST_CENTER_CROP == 224 / 256
+    assert torch.allclose(bb.embed_all(px, "cpu", center_crop=TEST_CENTER_CROP),
+                          bb.embed(px[:, :, 1:15, 1:15]), atol=1e-6)
+    seen, lrs = [], []
+    embed_all = bb.embed_all
+    monkeypatch.setattr(bb, "embed_all", lambda *a, **k: seen.append(k.get("center_crop"))
+                        or embed_all(*a, **k))
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step",
+                        lambda self, *a, **k: lrs.append(self.param_groups[0]["lr"])
+                        or step(self, *a, **k))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(250, 3, 16, 16, generator=g), torch.arange(250) % 10
+    linear_probe(x, y, px, torch.arange(5), 10, bb, num_models=1, epochs=2, seed=0,
+                 device=torch.device("cpu"))
+    base = 1e-3 * 100 / 256
+    assert lrs == pytest.approx([base] * 3 + [base / 2] * 3)  # 3 batches an epoch
+    golden_head_accuracy((torch.zeros(10, 32), torch.zeros(10)), bb, px, torch.arange(5), "cpu")
+    assert seen == [TEST_CENTER_CROP, TEST_CENTER_CROP]
