@@ -263,7 +263,9 @@ register_protocol(
         augment="flip + RandomResizedCrop",
         dsa_strategy="",
         reference="LGM/SFM linear probe (methods.md §4.1): heads N(0, 0.01), Adam lr "
-        "1e-3*batch/256, cosine, batch min(100, n), fixed epochs, last epoch (no early stopping "
-        "on test); --inherit: frozen golden head + projector, Adam 0.01*batch/256",
+        "1e-3*batch/256, cosine stepped per epoch, batch min(100, n), fixed epochs, last epoch "
+        "(no early stopping on test); test images: the central 224/256 resized to the input "
+        "(LGM eval: Resize 256 + CenterCrop 224); --inherit: frozen golden head + projector, "
+        "Adam 0.01*batch/256",
     )
 )
