@@ -1,16 +1,18 @@
 #!/bin/bash
-# usage: DATA=../shared/datasets bash benchmarks/csdm_val.sh alpha|kernel   (about 3 minutes a row on 2 cores)
+# usage: DATA=../shared/datasets [ITERS=300] bash benchmarks/csdm_val.sh alpha|kernel|long   (about 3 minutes a row on 2 cores)
 # CSDM's unknowns (methods.md §2) chosen on a validation split: distil from the IF-50 subset of
 # train_1..2, judge on train_3 (the test split train_4 is never used).
 #   alpha:  the α schedule (head / tail), Gaussian kernel, σ = 1
 #   kernel: the kernel (Gaussian, Laplacian, Cauchy) at the default bandwidth σ = 1, and the
 #           Gaussian's bandwidth (0.5, 1, 2, the median pairwise distance), α 0.7 / 0.3
+#   long:   DM against CSDM (defaults) at ITERS iterations (ITERS=2000: about 20 minutes a row)
 set -e
 D=${DATA:-../shared/datasets}/cifar10
-W=${WORKDIR:-/tmp/csdmval}; mkdir -p $W
+ITERS=${ITERS:-300}
+W=${WORKDIR:-/tmp/csdmval}; [ $ITERS = 300 ] || W=$W-$ITERS; mkdir -p $W
 SETS=(--train-files "train_[12].npz" --imbalance-factor 50)
 run() { tag=$1; shift  # a row whose report exists is not run again (resumable)
-  [ -s $W/$tag.json ] || ddcli distill $D "${SETS[@]}" --ipc 10 --iterations 300 --batch-real 64 --width 64 --seed 0 --device cpu --checkpoint-every 0 -o $W/$tag.safetensors --force --quiet "$@"
+  [ -s $W/$tag.json ] || ddcli distill $D "${SETS[@]}" --ipc 10 --iterations $ITERS --batch-real 64 --width 64 --seed 0 --device cpu --checkpoint-every 0 -o $W/$tag.safetensors --force --quiet "$@"
   [ -s $W/$tag.json ] || ddcli evaluate $W/$tag.safetensors --test $D --test-files train_3.npz -p dm --models 3 --epochs 300 --seed 0 --device cpu --json --quiet > $W/$tag.json
   python -c "import json; r=json.load(open('$W/$tag.json'))['result']; print('$tag', r['accuracy_mean'], r['accuracy_std'], r['accuracy_per_model'], r.get('group_accuracy'))"
 }
@@ -28,5 +30,8 @@ kernel)
   run csdm-gaussian-0.5 -m csdm --sigma 0.5
   run csdm-gaussian-2 -m csdm --sigma 2
   run csdm-gaussian-median -m csdm --sigma median ;;
-*) echo "usage: $0 alpha|kernel" >&2; exit 2 ;;
+long)
+  run dm -m dm
+  run csdm -m csdm ;;
+*) echo "usage: [ITERS=N] $0 alpha|kernel|long" >&2; exit 2 ;;
 esac

@@ -444,7 +444,8 @@ class OTGenConfig(MethodConfig):
         sampler: ``ddpm`` (ancestral, IGD's) or ``ddim``.
         sampling_steps: respaced sampling steps per sample (IGD 50).
         cfg_scale: classifier-free guidance (default: 4 for DiT priors as IGD, 2 for UNets).
-        ot_scale: β₁, the OT guidance in units of IGD's step ρ_t (IGD's k = 5; 0: unguided).
+        ot_scale: β₁, the OT guidance in units of IGD's step ρ_t (0: unguided; default: 5 for
+            DiT priors, IGD's k; 15 for UNets, chosen on a validation split).
         ot_reg: λ₁, the Sinkhorn regulariser.
         dev_scale: γ, IGD's deviation (diversity) guidance (0: off; IGD 50-120 for DiT).
         window_start: start of the guided respaced timesteps, a fraction of the steps (IGD:
@@ -461,7 +462,7 @@ class OTGenConfig(MethodConfig):
     sampler: str = "ddpm"
     sampling_steps: int = 50
     cfg_scale: float | None = None
-    ot_scale: float = 5.0
+    ot_scale: float | None = None
     ot_reg: float = 0.05
     dev_scale: float = 0.0
     window_start: float = 0.6
@@ -478,7 +479,7 @@ class OTGenConfig(MethodConfig):
         if min(self.ipc, self.sampling_steps, self.real_per_class, self.prior_batch) < 1:
             raise InputError("--ipc, --sampling-steps, --real-per-class and --prior-batch "
                              "must be >= 1")
-        if self.prior_steps < 0 or self.ot_scale < 0 or self.dev_scale < 0:
+        if self.prior_steps < 0 or (self.ot_scale or 0) < 0 or self.dev_scale < 0:
             raise InputError("--prior-steps, --ot-scale and --dev-scale must be >= 0")
         if self.cfg_scale is not None and not self.cfg_scale >= 0:
             raise InputError(f"--cfg-scale must be >= 0, got {self.cfg_scale}")

@@ -175,7 +175,9 @@ def test_otgen_step_is_igds_step():
         want = 5.0 * 0.0015 * eps.pow(2).mean().sqrt() * (1 - a).sqrt()
         assert torch.allclose(step.pow(2).mean().sqrt(), want, rtol=1e-4)
         assert torch.allclose(step / step.norm(), g / g.norm(), atol=1e-6)  # the direction
-    assert OTGenConfig().ot_scale == 5.0 and OTGenConfig().sampler == "ddpm"
+    from ddcli.methods.otgen import DEFAULT_OT_SCALE
+
+    assert DEFAULT_OT_SCALE["dit"] == 5.0 and OTGenConfig().sampler == "ddpm"  # IGD's k
 
 
 def test_dit_prior_uses_classifier_free_guidance(tmp_path):

@@ -115,12 +115,14 @@ def test_otgen_end_to_end_and_unguided_ablation(cli, tmp_path):
     assert r.code == 0, r
     conf = r.json()["config"]
     assert conf["prior_kind"] == "unet" and conf["latent"] is False
+    assert conf["ot_scale"] is None and conf["ot_scale_used"] == 15.0  # the UNet default
     r = cli("inspect", out, "--json")
     assert r.json()["ipc"] == 2 and r.json()["method"] == "otgen"
     r = cli("distill", data, "-m", "otgen", "--ipc", "2", "--prior-steps", "3",
             "--sampling-steps", "4", "--ot-scale", "0", "--device", "cpu", "-o",
             tmp_path / "u.safetensors", "--prior-channels", "8,16", "--json")
     assert r.code == 0 and r.json()["config"]["ot_scale"] == 0.0, r
+    assert r.json()["config"]["ot_scale_used"] == 0.0
     r = cli("distill", data, "-m", "otgen", "--prior-channels", "8,x", "-o",
             tmp_path / "x.safetensors")
     assert r.code == 2 and "--prior-channels" in r.stderr
@@ -166,3 +168,29 @@ def test_prior_command_prepares_the_cache_distill_uses_with_the_same_seed(cli, t
     assert sorted(p.name for p in priors.iterdir()) == before  # found, not trained again
     r = cli("prior", data, *opts, "--seed", "3", "--device", "cpu", "--json")
     assert r.code == 0 and r.json()["cached"] is False and len(list(priors.iterdir())) == 2
+
+
+def test_unet_prior_guides_at_its_validated_scale_unless_told(cli, tmp_path, monkeypatch):
+    """--ot-scale unset: 15 for ddcli's UNet priors (validation split, RESULTS.md), IGD's 5
+    for DiT priors; a given --ot-scale wins. The step really uses it, not only the record."""
+    import ddcli.methods.otgen as otgen
+
+    scales = []
+
+    def spy(grad, eps, alpha_bar, scale):
+        scales.append(scale)
+        return igd_step(grad, eps, alpha_bar, scale)
+
+    igd_step = otgen.igd_step
+    monkeypatch.setattr(otgen, "igd_step", spy)
+    assert otgen.DEFAULT_OT_SCALE == {"dit": 5.0, "unet": 15.0}
+    data = write_shards(tmp_path / "d", n_train=8, n_test=4)
+    for extra, want in (((), 15.0), (("--ot-scale", "7"), 7.0)):
+        scales.clear()
+        r = cli("distill", data, "-m", "otgen", "--ipc", "1", "--prior-steps", "2",
+                "--sampling-steps", "4", "--real-per-class", "4", "--device", "cpu",
+                "--prior-channels", "8,16", "-o", tmp_path / "g.safetensors", "--force",
+                "--json", *extra)
+        assert r.code == 0, r
+        assert scales and set(scales) == {want}
+        assert r.json()["config"]["ot_scale_used"] == want

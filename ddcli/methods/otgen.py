@@ -13,8 +13,9 @@ high-noise start of sampling, where a sample's mode is decided — the sampled z
   between the class's samples so far plus the predicted clean sample x̂₀ of this step, and a
   batch of real samples of the class (in the prior's latent space when it has a VAE), L1 cost;
 * ρ_t = 0.0015·RMS(ε)·√(1 − ᾱ_t): IGD's step for its influence guidance, so ``ot_scale`` = β₁
-  plays IGD's ``gm_scale`` k (5 in its DiT scripts), the OT term standing where IGD's
-  influence term stands;
+  plays IGD's ``gm_scale`` k (5 in its DiT scripts, the default for DiT priors), the OT term
+  standing where IGD's influence term stands; 15 for ddcli's pixel-space UNet priors (chosen
+  on a validation split);
 * the deviation term is IGD's: the cosine of z_t to the most similar latent already generated
   for the class, its raw gradient scaled by ``dev_scale`` (IGD 50–120 for DiT; 0 = off).
 
@@ -39,8 +40,12 @@ from ddcli.runtime import cache_dir
 #: IGD's step constant: ρ_t = IGD_STEP · RMS(ε) · √(1 − ᾱ_t)
 IGD_STEP = 0.0015
 #: classifier-free guidance by prior kind when --cfg-scale is not given: IGD samples DiT at 4.0;
-#: ddcli's own UNet priors at 2.0 (ddcli choice, not yet measured against 4.0)
+#: ddcli's own UNet priors at 2.0 (4.0 measured the same on a validation split: RESULTS.md)
 DEFAULT_CFG = {"dit": 4.0, "unet": 2.0}
+#: β₁ by prior kind when --ot-scale is not given: IGD's k (5) for DiT latents; 15 for ddcli's
+#: pixel-space UNet priors, the best of 0 / 5 / 15 / 50 on a validation split (the built-in
+#: sample, benchmarks/otgen_val.sh: 66.9 / 71.8 / 73.9 / 73.1 % under `otm`; RESULTS.md)
+DEFAULT_OT_SCALE = {"dit": 5.0, "unet": 15.0}
 
 
 def guided_indices(steps: int, start: float, end: float) -> list[int]:
@@ -88,6 +93,8 @@ class OTGen(Method):
         self.prior = load_prior(folder, data.classes).to(device)
         self.prior_source = str(folder)
         self.cfg = cfg.cfg_scale if cfg.cfg_scale is not None else DEFAULT_CFG[self.prior.kind]
+        self.ot_scale = (cfg.ot_scale if cfg.ot_scale is not None
+                         else DEFAULT_OT_SCALE[self.prior.kind])
         self.scheduler = self.prior.sampler(cfg.sampler)
         self.scheduler.set_timesteps(cfg.sampling_steps)
         self.guided = set(guided_indices(cfg.sampling_steps, cfg.window_start, cfg.window_end))
@@ -135,7 +142,7 @@ class OTGen(Method):
         label = self.class_ids[c : c + 1]
         memory = self.memory[c * cfg.ipc : c * cfg.ipc + j]
         cost = torch.zeros((), device=dev)
-        ot_on, dev_on = cfg.ot_scale > 0, cfg.dev_scale > 0 and j > 0
+        ot_on, dev_on = self.ot_scale > 0, cfg.dev_scale > 0 and j > 0
         self.guided_timesteps = []
         for i, t in enumerate(sched.timesteps):
             guided = i in self.guided and (ot_on or dev_on)
@@ -151,7 +158,7 @@ class OTGen(Method):
                     cost, _ = ot_guidance_cost(torch.cat([memory, x0.flatten(1)]), self.reals[c],
                                                cfg.ot_reg)
                     (g,) = torch.autograd.grad(cost, z_in)
-                    nudge = nudge + igd_step(g, eps.detach(), a, cfg.ot_scale)
+                    nudge = nudge + igd_step(g, eps.detach(), a, self.ot_scale)
                 if guided and dev_on:
                     (g,) = torch.autograd.grad(deviation_cost(z_in.flatten(), memory), z_in)
                     nudge = nudge + cfg.dev_scale * g
@@ -175,6 +182,7 @@ class OTGen(Method):
     def recorded_config(self) -> dict:
         return {**super().recorded_config(), "prior_source": self.prior_source,
                 "prior_kind": self.prior.kind, "latent": self.prior.latent,
-                "cfg_scale_used": self.cfg, "null_class_id": self.prior.null_id,
+                "cfg_scale_used": self.cfg, "ot_scale_used": self.ot_scale,
+                "null_class_id": self.prior.null_id,
                 "guided_timesteps": [int(t) for i, t in enumerate(self.scheduler.timesteps)
                                      if i in self.guided]}

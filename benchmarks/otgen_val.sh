@@ -1,0 +1,55 @@
+#!/bin/bash
+# usage: DATA=../shared/datasets bash benchmarks/otgen_val.sh [ROW ...]   (about 5 minutes a row on 2 cores)
+# otgen's unmeasured knobs (docs/fidelity.md: --ot-scale, --dev-scale, the UNet prior's --cfg-scale)
+# chosen on a validation split: distil from the built-in sample (as the quality suite's otgen
+# rows: IPC 10, prior 1,500 steps, channels 32,64,64, 50 sampling steps), relabel with a ConvNet
+# teacher trained on the sample (15 epochs), judge under `otm` on 100 images per class of
+# Fashion-MNIST's official *train* set that are not in the sample (the sample's test split, the
+# suite's test set, is never used). Rows: otN (--ot-scale N; ot5 the default, ot0 unguided), cfgN
+# (--cfg-scale N), devN (--dev-scale N), otN-devM, real (random real images, relabelled alike).
+set -e
+D=${DATA:-../shared/datasets}/fashion_mnist
+W=${WORKDIR:-/tmp/otval}; mkdir -p $W/val
+# the validation split: the first 100 images per class of train.npz outside the sample
+[ -s $W/val/val.npz ] || python - "$D" "$W/val" <<'PY'
+import hashlib, shutil, sys
+import numpy as np
+from ddcli.data import sample_dir
+src, out = sys.argv[1], sys.argv[2]
+s = np.load(f"{sample_dir()}/train.npz")
+f = np.load(f"{src}/train.npz")
+used = {hashlib.sha256(x.tobytes()).hexdigest() for x in s["images"]}
+keep, count = [], [0] * 10
+for i, (x, y) in enumerate(zip(f["images"], f["labels"])):
+    if count[y] < 100 and hashlib.sha256(x.tobytes()).hexdigest() not in used:
+        keep.append(i)
+        count[y] += 1
+np.savez_compressed(f"{out}/val.npz", images=f["images"][keep], labels=f["labels"][keep])
+shutil.copy(f"{sample_dir()}/classes.json", out)
+PY
+COMMON=(-m otgen --ipc 10 --prior-steps 1500 --prior-channels 32,64,64 --sampling-steps 50 --seed 0 --device cpu --checkpoint-every 0 --quiet)
+JUDGE=(--test $W/val -p otm --models 3 --epochs 300 --seed 0 --device cpu --json --quiet)
+run() { tag=$1; shift  # a row whose report exists is not run again (resumable)
+  if [ ! -s $W/$tag.json ]; then
+    if [ $tag = real ]; then  # random real images of the sample, relabelled by the same teacher
+      [ -s $W/ot5.json ] || { echo "run ot5 first" >&2; exit 2; }
+      ddcli evaluate $W/ot5-soft.safetensors "${JUDGE[@]}" --baseline random > $W/real.full.json
+      python -c "import json; r=json.load(open('$W/real.full.json')); print(json.dumps({'result': r['baseline']}))" > $W/real.json
+    else
+      /usr/bin/time -f "$tag distill %e s %M KB" ddcli distill "${COMMON[@]}" -o $W/$tag.safetensors --force "$@"
+      ddcli relabel $W/$tag.safetensors --train-teacher convnet --teacher-epochs 15 --seed 0 --device cpu -o $W/$tag-soft.safetensors --force --quiet
+      ddcli evaluate $W/$tag-soft.safetensors "${JUDGE[@]}" > $W/$tag.json
+    fi
+  fi
+  python -c "import json; r=json.load(open('$W/$tag.json'))['result']; print('$tag', r['accuracy_mean'], r['accuracy_std'], r['accuracy_per_model'])"
+}
+for row in ${@:-ot5 ot0 real ot15 ot50 cfg4 dev50}; do
+  case $row in  # otN: --ot-scale N; cfgN: --cfg-scale N (ot 5); devN: --dev-scale N (ot 5); otN-devM
+  real) run real ;;
+  ot*-dev*) a=${row#ot}; run $row --ot-scale ${a%-dev*} --dev-scale ${a#*-dev} ;;
+  ot*) run $row --ot-scale ${row#ot} ;;
+  cfg*) run $row --cfg-scale ${row#cfg} ;;
+  dev*) run $row --dev-scale ${row#dev} ;;
+  *) echo "unknown row $row" >&2; exit 2 ;;
+  esac
+done
