@@ -5,7 +5,7 @@
 #   alpha:  the α schedule (head / tail), Gaussian kernel, σ = 1
 #   kernel: the kernel (Gaussian, Laplacian, Cauchy) at the default bandwidth σ = 1, and the
 #           Gaussian's bandwidth (0.5, 1, 2, the median pairwise distance), α 0.7 / 0.3
-#   long:   DM against CSDM (defaults) at ITERS iterations (ITERS=2000: about 20 minutes a row)
+#   long:   DM against CSDM (defaults) at ITERS iterations (ITERS=2000: 13-16 minutes a row)
 set -e
 D=${DATA:-../shared/datasets}/cifar10
 ITERS=${ITERS:-300}

@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: DATA=../shared/datasets bash benchmarks/otgen_val.sh [ROW ...]   (about 5 minutes a row on 2 cores)
+# usage: DATA=../shared/datasets bash benchmarks/otgen_val.sh [ROW ...]   (about 7 minutes a row on 2 cores; the first 20: it trains the prior)
 # otgen's unmeasured knobs (docs/fidelity.md: --ot-scale, --dev-scale, the UNet prior's --cfg-scale)
 # chosen on a validation split: distil from the built-in sample (as the quality suite's otgen
 # rows: IPC 10, prior 1,500 steps, channels 32,64,64, 50 sampling steps), relabel with a ConvNet
