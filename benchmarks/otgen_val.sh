@@ -5,8 +5,9 @@
 # rows: IPC 10, prior 1,500 steps, channels 32,64,64, 50 sampling steps), relabel with a ConvNet
 # teacher trained on the sample (15 epochs), judge under `otm` on 100 images per class of
 # Fashion-MNIST's official *train* set that are not in the sample (the sample's test split, the
-# suite's test set, is never used). Rows: otN (--ot-scale N; ot5 the default, ot0 unguided), cfgN
-# (--cfg-scale N), devN (--dev-scale N), otN-devM, real (random real images, relabelled alike).
+# suite's test set, is never used). Rows: otN (--ot-scale N; ot0 unguided, ot5 IGD's k, ot15 the
+# UNet default since), cfgN (--cfg-scale N at --ot-scale 5), devN (--dev-scale N at --ot-scale
+# 5), otN-devM, real (random real images, relabelled alike). RESULTS.md, "otgen's guidance scale".
 set -e
 D=${DATA:-../shared/datasets}/fashion_mnist
 W=${WORKDIR:-/tmp/otval}; mkdir -p $W/val
@@ -44,12 +45,12 @@ run() { tag=$1; shift  # a row whose report exists is not run again (resumable)
   python -c "import json; r=json.load(open('$W/$tag.json'))['result']; print('$tag', r['accuracy_mean'], r['accuracy_std'], r['accuracy_per_model'])"
 }
 for row in ${@:-ot5 ot0 real ot15 ot50 cfg4 dev50}; do
-  case $row in  # otN: --ot-scale N; cfgN: --cfg-scale N (ot 5); devN: --dev-scale N (ot 5); otN-devM
+  case $row in  # the cfg and dev rows at --ot-scale 5, as measured (the default is 15 since)
   real) run real ;;
   ot*-dev*) a=${row#ot}; run $row --ot-scale ${a%-dev*} --dev-scale ${a#*-dev} ;;
   ot*) run $row --ot-scale ${row#ot} ;;
-  cfg*) run $row --cfg-scale ${row#cfg} ;;
-  dev*) run $row --dev-scale ${row#dev} ;;
+  cfg*) run $row --ot-scale 5 --cfg-scale ${row#cfg} ;;
+  dev*) run $row --ot-scale 5 --dev-scale ${row#dev} ;;
   *) echo "unknown row $row" >&2; exit 2 ;;
   esac
 done

@@ -175,13 +175,12 @@ def test_unet_prior_guides_at_its_validated_scale_unless_told(cli, tmp_path, mon
     for DiT priors; a given --ot-scale wins. The step really uses it, not only the record."""
     import ddcli.methods.otgen as otgen
 
-    scales = []
+    scales, real_step = [], otgen.igd_step
 
     def spy(grad, eps, alpha_bar, scale):
         scales.append(scale)
-        return igd_step(grad, eps, alpha_bar, scale)
+        return real_step(grad, eps, alpha_bar, scale)
 
-    igd_step = otgen.igd_step
     monkeypatch.setattr(otgen, "igd_step", spy)
     assert otgen.DEFAULT_OT_SCALE == {"dit": 5.0, "unet": 15.0}
     data = write_shards(tmp_path / "d", n_train=8, n_test=4)
