@@ -7,7 +7,9 @@
 # Fashion-MNIST's official *train* set that are not in the sample (the sample's test split, the
 # suite's test set, is never used). Rows: otN (--ot-scale N; ot0 unguided, ot5 IGD's k, ot15 the
 # UNet default since), cfgN (--cfg-scale N at --ot-scale 5), devN (--dev-scale N at --ot-scale
-# 5), otN-devM, real (random real images, relabelled alike). RESULTS.md, "otgen's guidance scale".
+# 5), otN-devM, infK (IGD's influence guidance --influence-scale K, OT at its default),
+# infK-otN, otN-rpcM (--real-per-class M: real samples in the OT cost; the sample preset's 64
+# otherwise), real (random real images, relabelled alike). RESULTS.md, "otgen's guidance scale".
 set -e
 D=${DATA:-../shared/datasets}/fashion_mnist
 W=${WORKDIR:-/tmp/otval}; mkdir -p $W/val
@@ -48,6 +50,9 @@ for row in ${@:-ot5 ot0 real ot15 ot50 cfg4 dev50}; do
   case $row in  # the cfg and dev rows at --ot-scale 5, as measured (the default is 15 since)
   real) run real ;;
   ot*-dev*) a=${row#ot}; run $row --ot-scale ${a%-dev*} --dev-scale ${a#*-dev} ;;
+  ot*-rpc*) a=${row#ot}; run $row --ot-scale ${a%-rpc*} --real-per-class ${a#*-rpc} ;;
+  inf*-ot*) a=${row#inf}; run $row --influence-scale ${a%-ot*} --ot-scale ${a#*-ot} ;;
+  inf*) run $row --influence-scale ${row#inf} ;;
   ot*) run $row --ot-scale ${row#ot} ;;
   cfg*) run $row --ot-scale 5 --cfg-scale ${row#cfg} ;;
   dev*) run $row --ot-scale 5 --dev-scale ${row#dev} ;;

@@ -8,6 +8,7 @@ and ``ddcli evaluate`` (the commands parse options, call them and print what the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -81,7 +82,8 @@ class BundleDataset(torch.utils.data.Dataset):
 # distill
 
 
-def _int_tuple(value: str | Sequence[int] | None, flag: str) -> tuple[int, ...] | None:
+def _int_tuple(value: str | Sequence[int] | None, flag: str, minimum: int = 1,
+               ) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
@@ -89,10 +91,10 @@ def _int_tuple(value: str | Sequence[int] | None, flag: str) -> tuple[int, ...] 
             values = tuple(int(v) for v in value.split(",") if v.strip())
         else:
             values = tuple(int(v) for v in value)
-        assert values and min(values) > 0
+        assert values and min(values) >= minimum
     except (ValueError, TypeError, AssertionError):
-        raise InputError(f"{flag} must be positive integers separated by commas, got "
-                         f"{value!r}") from None
+        kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+        raise InputError(f"{flag} must be {kind} separated by commas, got {value!r}") from None
     return values
 
 
@@ -158,6 +160,15 @@ def _rank_errors(rank: int | str):
         raise type(e)(f"rank {rank}: {e}", e.exit_code) from None
 
 
+def _int_tuple_options(method: str) -> list[str]:
+    """The options of ``method``'s config that hold a tuple of ints (given as "a,b,c")."""
+    from ddcli.configs import CONFIGS
+
+    config = CONFIGS.get(method.lower())
+    return [f.name for f in dataclasses.fields(config) if str(f.type).startswith("tuple[int")
+            ] if config else []
+
+
 def _distill(data, *, method, out, seed, device, force, train_files, image_size, channels,
              skip_bad, max_per_class, imbalance_factor, relabel, relabel_teacher,
              checkpoint_every, resume, dtype, verbose, command, world, data_cache,
@@ -169,8 +180,10 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
     rep = _reporter(verbose)
     dev = resolve_device(device)
     overrides = {k: v for k, v in options.items() if v is not None}
-    if "prior_channels" in overrides:
-        overrides["prior_channels"] = _int_tuple(overrides["prior_channels"], "--prior-channels")
+    for name in _int_tuple_options(method):  # "64,128" -> (64, 128)
+        if isinstance(overrides.get(name), str):
+            overrides[name] = _int_tuple(overrides[name], "--" + name.replace("_", "-"),
+                                         minimum=0)  # the config checks its own ranges
     out = Path(out) if out is not None else None
     if out is not None:  # fail before a slow read
         check_writable(out, force)

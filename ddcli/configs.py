@@ -452,6 +452,15 @@ class OTGenConfig(MethodConfig):
             30 of 50).
         window_end: its end (IGD: 45 of 50).
         real_per_class: real samples per class in the OT cost.
+        influence_scale: k, IGD's influence guidance in units of its step ρ_t: the cosine
+            mismatch between a surrogate network's parameter gradient on the predicted sample
+            and its mean gradient on the class's real images (0: off; IGD's k is 5).
+        surrogate_epochs: training epochs of that surrogate (a ConvNet trained on the real
+            data, cached; IGD 50).
+        surrogate_checkpoints: the epochs of its training whose weights give the influence
+            term (averaged; IGD [0, 5, 16, 40] of 50).
+        influence_real_per_class: real images per class in the surrogate's mean gradient
+            (IGD's grad_ipc 200).
     """
 
     ipc: int = 10
@@ -468,6 +477,10 @@ class OTGenConfig(MethodConfig):
     window_start: float = 0.6
     window_end: float = 0.9
     real_per_class: int = 256
+    influence_scale: float = 0.0
+    surrogate_epochs: int = 20
+    surrogate_checkpoints: tuple[int, ...] = (0, 2, 6, 16)
+    influence_real_per_class: int = 200
 
     choices = {"sampler": SAMPLERS}
     # a demonstration on a 2-core CPU: a tiny prior, few steps (quality is not the point)
@@ -479,6 +492,8 @@ class OTGenConfig(MethodConfig):
         if min(self.ipc, self.sampling_steps, self.real_per_class, self.prior_batch) < 1:
             raise InputError("--ipc, --sampling-steps, --real-per-class and --prior-batch "
                              "must be >= 1")
+        if not self.prior_channels or min(self.prior_channels) < 1:
+            raise InputError("--prior-channels must be positive integers separated by commas")
         if self.prior_steps < 0 or (self.ot_scale or 0) < 0 or self.dev_scale < 0:
             raise InputError("--prior-steps, --ot-scale and --dev-scale must be >= 0")
         if self.cfg_scale is not None and not self.cfg_scale >= 0:
@@ -488,6 +503,18 @@ class OTGenConfig(MethodConfig):
         if not 0 <= self.window_start <= self.window_end <= 1:
             raise InputError("the guidance window needs 0 <= --window-start <= --window-end "
                              "<= 1")
+        if not self.influence_scale >= 0:
+            raise InputError(f"--influence-scale must be >= 0, got {self.influence_scale}")
+        if self.influence_scale > 0:
+            if min(self.surrogate_epochs, self.influence_real_per_class) < 1:
+                raise InputError("--surrogate-epochs and --influence-real-per-class must be "
+                                 ">= 1")
+            bad = [e for e in self.surrogate_checkpoints
+                   if not 0 <= e <= self.surrogate_epochs]
+            if not self.surrogate_checkpoints or bad:
+                raise InputError("--surrogate-checkpoints must name epochs between 0 and "
+                                 f"--surrogate-epochs ({self.surrogate_epochs}), got "
+                                 f"{','.join(map(str, self.surrogate_checkpoints)) or 'none'}")
 
 
 #: method name -> its config (the registry in ddcli.methods agrees; tests/test_startup.py)

@@ -274,6 +274,15 @@ def ot_guidance_cost(samples: torch.Tensor, real: torch.Tensor, reg: float = 0.0
     return (plan * cost).sum(), plan
 
 
+def influence_cost(pseudo_grads: torch.Tensor, real_grads: torch.Tensor) -> torch.Tensor:
+    """IGD's influence term G_I (``gm_loss`` summed over checkpoints, each divided by their
+    number): the mean over K surrogate checkpoints of 1 − cos between the flat parameter
+    gradient of the loss on the generated sample and the mean one on real images, (K, P)
+    each."""
+    cos = torch.nn.functional.cosine_similarity(pseudo_grads, real_grads, dim=1, eps=1e-6)
+    return (1 - cos).mean()
+
+
 def deviation_cost(sample: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
     """IGD's deviation (diversity) term: the cosine similarity of a sample (d,) to the most
     similar of the class's earlier samples (k, d); 0 when there are none."""

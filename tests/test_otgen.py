@@ -193,3 +193,70 @@ def test_unet_prior_guides_at_its_validated_scale_unless_told(cli, tmp_path, mon
         assert r.code == 0, r
         assert scales and set(scales) == {want}
         assert r.json()["config"]["ot_scale_used"] == want
+
+
+def test_influence_term_is_igds_gradient_matching():
+    """G_I: the flat parameter gradient of the mean CE (all parameters, one vector), 1 − cos to
+    the real one, averaged over checkpoints; a step against its gradient lowers it."""
+    from ddcli.losses import influence_cost
+    from ddcli.methods.otgen import ce_param_grad
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5), torch.nn.Tanh(),
+                              torch.nn.Linear(5, 3))
+    states = [{k: torch.randn_like(v) for k, v in net.state_dict().items()} for _ in range(2)]
+    x = torch.randn(4, 3, 2, 2)
+    net.load_state_dict(states[1])
+    loss = torch.nn.functional.cross_entropy(net(x), torch.full((4,), 2))
+    want = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(net.parameters()))])
+    assert torch.allclose(ce_param_grad(net, states[1], x, 2), want, atol=1e-6)
+    real = torch.stack([ce_param_grad(net, s, torch.randn(6, 3, 2, 2), 2) for s in states])
+    pseudo = torch.randn(2, real.shape[1])
+    cos = [float(pseudo[k] @ real[k] / pseudo[k].norm() / real[k].norm()) for k in range(2)]
+    assert float(influence_cost(pseudo, real)) == pytest.approx(1 - sum(cos) / 2, abs=1e-5)
+    sample = torch.randn(1, 3, 2, 2, requires_grad=True)
+
+    def cost(s):
+        return influence_cost(torch.stack([ce_param_grad(net, st, s, 2, create_graph=True)
+                                           for st in states]), real)
+
+    before = cost(sample)
+    (g,) = torch.autograd.grad(before, sample)
+    moved = sample.detach() - 0.05 * g / g.pow(2).mean().sqrt()
+    assert float(cost(moved).detach()) < float(before.detach())
+
+
+def test_influence_guidance_trains_a_surrogate_and_steers_the_samples(cli, tmp_path,
+                                                                      monkeypatch):
+    """--influence-scale k > 0: a cached surrogate trajectory, its real-gradient memory, and a
+    step of IGD's size × k at every guided timestep; 0 (the default): none of it."""
+    import ddcli.methods.otgen as otgen
+
+    scales, real_step = [], otgen.igd_step
+
+    def spy(grad, eps, alpha_bar, scale):
+        scales.append(scale)
+        return real_step(grad, eps, alpha_bar, scale)
+
+    monkeypatch.setattr(otgen, "igd_step", spy)
+    data = write_shards(tmp_path / "d", n_train=8, n_test=4)
+    base = ["distill", data, "-m", "otgen", "--ipc", "2", "--prior-steps", "2",
+            "--sampling-steps", "4", "--real-per-class", "4", "--device", "cpu",
+            "--prior-channels", "8,16", "--ot-scale", "0", "--force", "--json"]
+    r = cli(*base, "-o", tmp_path / "plain.safetensors")
+    assert r.code == 0 and r.json()["config"]["surrogate_source"] is None and not scales, r
+    r = cli(*base, "-o", tmp_path / "infl.safetensors", "--influence-scale", "3",
+            "--surrogate-epochs", "2", "--surrogate-checkpoints", "0,2")
+    assert r.code == 0, r
+    conf = r.json()["config"]
+    assert conf["surrogate_checkpoints"] == [0, 2] and conf["influence_scale"] == 3.0
+    traj = otgen.load_trajectory(conf["surrogate_source"])
+    assert traj.epochs == 2 and traj.meta["recipe"]["name"] == "igd-surrogate"
+    assert scales == [3.0] * (6 * len(conf["guided_timesteps"]))  # 6 samples
+    from ddcli.bundle import load_bundle
+
+    a, b = (load_bundle(tmp_path / f"{n}.safetensors").images for n in ("plain", "infl"))
+    assert a.shape == b.shape and not torch.equal(a, b)
+    r = cli(*base, "-o", tmp_path / "x.safetensors", "--influence-scale", "3",
+            "--surrogate-epochs", "2", "--surrogate-checkpoints", "0,3")
+    assert r.code == 2 and "--surrogate-checkpoints" in r.stderr

@@ -14,12 +14,16 @@ high-noise start of sampling, where a sample's mode is decided — the sampled z
   batch of real samples of the class (in the prior's latent space when it has a VAE), L1 cost;
 * ρ_t = 0.0015·RMS(ε)·√(1 − ᾱ_t): IGD's step for its influence guidance, so ``ot_scale`` = β₁
   plays IGD's ``gm_scale`` k (5 in its DiT scripts, the default for DiT priors), the OT term
-  standing where IGD's influence term stands; 15 for ddcli's pixel-space UNet priors (chosen
-  on a validation split);
+  taking the influence term's step (the influence term itself is off by default, below); 15
+  for ddcli's pixel-space UNet priors (chosen on a validation split);
 * the deviation term is IGD's: the cosine of z_t to the most similar latent already generated
-  for the class, its raw gradient scaled by ``dev_scale`` (IGD 50–120 for DiT; 0 = off).
-
-IGD's influence guidance (a surrogate network's gradient matching) is not implemented.
+  for the class, its raw gradient scaled by ``dev_scale`` (IGD 50–120 for DiT; 0 = off);
+* with ``influence_scale`` k > 0, IGD's influence term: − ρ_t·k·ĝ_I, ĝ_I the RMS-normalised
+  gradient of G_I = mean over the surrogate's checkpoints of 1 − cos(∇_θ CE(f_θ(x̂₀), c),
+  mean real ∇_θ CE) (``influence_cost``), x̂₀ decoded to the data's pixels and normalised as
+  the surrogate's training data; the surrogate is a ConvNet trained on the real data (a cached
+  trajectory, ddcli.experts) and the real gradients are computed once per class and
+  checkpoint (IGD ``sample_mp.py`` / ``gaussian_diffusion.py``). Off by default.
 The prior is ``--prior DIR`` (a local diffusers folder) or, by default, a small class-conditional
 UNet trained on the data (cached; ddcli.priors). Then ``relabel`` + ``evaluate -p otm`` (or
 ``distill --relabel``) complete the paper's pipeline.
@@ -27,13 +31,17 @@ UNet trained on the data (cached; ddcli.priors). Then ``relabel`` + ``evaluate -
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from ddcli.configs import OTGenConfig
-from ddcli.losses import deviation_cost, ot_guidance_cost
+from ddcli.experts import EXPERT_RECIPE, build_experts, load_trajectory
+from ddcli.losses import deviation_cost, influence_cost, ot_guidance_cost
 from ddcli.methods import register_method
 from ddcli.methods.base import Method, SyntheticSet
+from ddcli.models import create_model
 from ddcli.priors import PriorRecipe, load_prior, train_prior
 from ddcli.runtime import cache_dir
 
@@ -46,6 +54,29 @@ DEFAULT_CFG = {"dit": 4.0, "unet": 2.0}
 #: pixel-space UNet priors, the best of 0 / 5 / 15 / 50 on a validation split (the built-in
 #: sample, benchmarks/otgen_val.sh: 66.9 / 71.8 / 73.9 / 73.1 % under `otm`; RESULTS.md)
 DEFAULT_OT_SCALE = {"dit": 5.0, "unet": 15.0}
+
+
+#: the influence surrogate's training (IGD ``train_ckpts.py`` + ``train_ckpt.sh``): SGD lr 0.01,
+#: momentum 0.9, wd 5e-4, batch 64, constant lr, crop / flip / colour augmentation, no mixup;
+#: every epoch's weights kept (ddcli.experts), in its own seed stream
+SURROGATE_RECIPE = dataclasses.replace(
+    EXPERT_RECIPE, name="igd-surrogate", lr_milestones=(), cutmix_prob=0.0,
+    reference="IGD train_ckpts.py: SGD 0.01, momentum 0.9, wd 5e-4, batch 64, constant lr")
+SURROGATE_STREAM = "surrogate"
+
+
+def ce_param_grad(net: torch.nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor,
+                  label: int, create_graph: bool = False) -> torch.Tensor:
+    """The flat gradient, over ``net``'s parameters set to ``state``, of the mean cross-entropy
+    of ``x`` against ``label`` (IGD's ``ReparamModule`` with a flat parameter vector)."""
+    names = [n for n, _ in net.named_parameters()]
+    params = {n: state[n].detach().requires_grad_(True) for n in names}
+    buffers = {k: v for k, v in state.items() if k not in params}
+    logits = torch.func.functional_call(net, {**params, **buffers}, (x,))
+    target = torch.full((x.shape[0],), label, dtype=torch.long, device=x.device)
+    grads = torch.autograd.grad(F.cross_entropy(logits, target), list(params.values()),
+                                create_graph=create_graph)
+    return torch.cat([g.flatten() for g in grads])
 
 
 def guided_indices(steps: int, start: float, end: float) -> list[int]:
@@ -113,10 +144,50 @@ class OTGen(Method):
                 x = self._to_prior_pixels(x)
                 reals.append(self.prior.encode(x).flatten(1))
         self.reals = reals
+        self.surrogate_source = None
+        if cfg.influence_scale > 0:
+            self._setup_influence(data, device)
         n = data.num_classes * cfg.ipc
         self.memory = torch.zeros((n, reals[0].shape[1]), device=device)
         self.images = torch.zeros((n, data.channels, *data.image_size), device=device)
         self.labels = torch.arange(data.num_classes, device=device).repeat_interleave(cfg.ipc)
+
+    def _setup_influence(self, data, device) -> None:
+        """The surrogate's checkpoints and, per class and checkpoint, its mean CE parameter
+        gradient on ``influence_real_per_class`` real images (IGD's real-gradient memory)."""
+        cfg: OTGenConfig = self.config
+        with self.setup_progress("influence surrogate", cfg.surrogate_epochs,
+                                 unit="epochs") as update:
+            (path,) = build_experts(data, num=1, device=device, cache=cache_dir(),
+                                    epochs=cfg.surrogate_epochs, seed=self.seed,
+                                    progress=update, recipe=SURROGATE_RECIPE,
+                                    stream=SURROGATE_STREAM)
+        traj = load_trajectory(path, data.fingerprint)
+        self.surrogate_source = str(path)
+        self.surrogate = create_model(traj.arch, data.num_classes, data.channels,
+                                      data.image_size, width=traj.meta["width"]).to(device)
+        self.surrogate.eval().requires_grad_(False)
+        self.checkpoints = [{k: v.to(device) for k, v in traj.snapshots[e].items()}
+                            for e in cfg.surrogate_checkpoints]
+        shape = (1, -1, 1, 1)
+        self.norm = (torch.tensor(traj.meta["mean"], device=device).view(shape),
+                     torch.tensor(traj.meta["std"], device=device).view(shape))
+        grads = []
+        for c in range(data.num_classes):
+            idx = torch.nonzero(data.labels == c).flatten()
+            order = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(c))
+            x = data.images[idx[order[: cfg.influence_real_per_class]]].to(device).float() / 255
+            x = (x - self.norm[0]) / self.norm[1]
+            grads.append(torch.stack([ce_param_grad(self.surrogate, s_, x, c)
+                                      for s_ in self.checkpoints]))
+        self.real_grads = grads  # per class: (checkpoints, parameters)
+
+    def influence(self, x0: torch.Tensor, c: int) -> torch.Tensor:
+        """G_I of the predicted clean sample ``x0`` (the prior's space) for class ``c``."""
+        x = (self._to_data_pixels(self.prior.decode(x0)) - self.norm[0]) / self.norm[1]
+        pseudo = torch.stack([ce_param_grad(self.surrogate, s_, x, c, create_graph=True)
+                              for s_ in self.checkpoints])
+        return influence_cost(pseudo, self.real_grads[c])
 
     def _to_prior_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Data pixels -> the prior's pixel size (for latent priors: the VAE's input)."""
@@ -143,9 +214,10 @@ class OTGen(Method):
         memory = self.memory[c * cfg.ipc : c * cfg.ipc + j]
         cost = torch.zeros((), device=dev)
         ot_on, dev_on = self.ot_scale > 0, cfg.dev_scale > 0 and j > 0
+        infl_on = cfg.influence_scale > 0
         self.guided_timesteps = []
         for i, t in enumerate(sched.timesteps):
-            guided = i in self.guided and (ot_on or dev_on)
+            guided = i in self.guided and (ot_on or dev_on or infl_on)
             z_in = z.detach().requires_grad_(guided)
             nudge = torch.zeros_like(z)
             with torch.set_grad_enabled(guided):
@@ -153,12 +225,18 @@ class OTGen(Method):
                 a = sched.alphas_cumprod[int(t)].to(dev)
                 if guided:
                     self.guided_timesteps.append(int(t))
-                if guided and ot_on:
                     x0 = (z_in - (1 - a).sqrt() * eps) / a.sqrt()
-                    cost, _ = ot_guidance_cost(torch.cat([memory, x0.flatten(1)]), self.reals[c],
-                                               cfg.ot_reg)
-                    (g,) = torch.autograd.grad(cost, z_in)
-                    nudge = nudge + igd_step(g, eps.detach(), a, self.ot_scale)
+                    # IGD's step for each term through the prior: (cost, scale)
+                    terms = []
+                    if ot_on:
+                        cost, _ = ot_guidance_cost(torch.cat([memory, x0.flatten(1)]),
+                                                   self.reals[c], cfg.ot_reg)
+                        terms.append((cost, self.ot_scale))
+                    if infl_on:
+                        terms.append((self.influence(x0, c), cfg.influence_scale))
+                    for n, (term, scale) in enumerate(terms):
+                        (g,) = torch.autograd.grad(term, z_in, retain_graph=n < len(terms) - 1)
+                        nudge = nudge + igd_step(g, eps.detach(), a, scale)
                 if guided and dev_on:
                     (g,) = torch.autograd.grad(deviation_cost(z_in.flatten(), memory), z_in)
                     nudge = nudge + cfg.dev_scale * g
@@ -184,5 +262,6 @@ class OTGen(Method):
                 "prior_kind": self.prior.kind, "latent": self.prior.latent,
                 "cfg_scale_used": self.cfg, "ot_scale_used": self.ot_scale,
                 "null_class_id": self.prior.null_id,
+                "surrogate_source": self.surrogate_source,
                 "guided_timesteps": [int(t) for i, t in enumerate(self.scheduler.timesteps)
                                      if i in self.guided]}
