@@ -9,7 +9,8 @@
 # UNet default since), cfgN (--cfg-scale N at --ot-scale 5), devN (--dev-scale N at --ot-scale
 # 5), otN-devM, infK (IGD's influence guidance --influence-scale K, OT at its default),
 # infK-otN, otN-rpcM (--real-per-class M: real samples in the OT cost; the sample preset's 64
-# otherwise), real (random real images, relabelled alike). RESULTS.md, "otgen's guidance scale".
+# otherwise), otN-psM (--prior-steps M: a longer-trained prior), real (random real images,
+# relabelled alike). RESULTS.md, "otgen's guidance scale".
 set -e
 D=${DATA:-../shared/datasets}/fashion_mnist
 W=${WORKDIR:-/tmp/otval}; mkdir -p $W/val
@@ -51,6 +52,7 @@ for row in ${@:-ot5 ot0 real ot15 ot50 cfg4 dev50}; do
   real) run real ;;
   ot*-dev*) a=${row#ot}; run $row --ot-scale ${a%-dev*} --dev-scale ${a#*-dev} ;;
   ot*-rpc*) a=${row#ot}; run $row --ot-scale ${a%-rpc*} --real-per-class ${a#*-rpc} ;;
+  ot*-ps*) a=${row#ot}; run $row --ot-scale ${a%-ps*} --prior-steps ${a#*-ps} ;;
   inf*-ot*) a=${row#inf}; run $row --influence-scale ${a%-ot*} --ot-scale ${a#*-ot} ;;
   inf*) run $row --influence-scale ${row#inf} ;;
   ot*) run $row --ot-scale ${row#ot} ;;
