@@ -79,6 +79,14 @@ def ce_param_grad(net: torch.nn.Module, state: dict[str, torch.Tensor], x: torch
     return torch.cat([g.flatten() for g in grads])
 
 
+def class_images(data, c: int, n: int, device) -> torch.Tensor:
+    """``n`` real images of class ``c`` (0..1 floats on ``device``), in an order fixed per
+    class: the OT cost's and the influence term's real samples."""
+    idx = torch.nonzero(data.labels == c).flatten()
+    order = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(c))
+    return data.images[idx[order[:n]]].to(device).float() / 255
+
+
 def guided_indices(steps: int, start: float, end: float) -> list[int]:
     """Loop indices i (0 = the first, noisiest step) whose respaced timestep r = steps − 1 − i
     lies in [start·steps, end·steps]: IGD's ``low <= t <= high`` with t counting down."""
@@ -137,11 +145,7 @@ class OTGen(Method):
         reals = []
         with torch.no_grad():
             for c in range(data.num_classes):
-                idx = torch.nonzero(data.labels == c).flatten()
-                order = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(c))
-                pick = idx[order[: cfg.real_per_class]]
-                x = data.images[pick].to(device).float() / 255
-                x = self._to_prior_pixels(x)
+                x = self._to_prior_pixels(class_images(data, c, cfg.real_per_class, device))
                 reals.append(self.prior.encode(x).flatten(1))
         self.reals = reals
         self.surrogate_source = None
@@ -174,9 +178,7 @@ class OTGen(Method):
                      torch.tensor(traj.meta["std"], device=device).view(shape))
         grads = []
         for c in range(data.num_classes):
-            idx = torch.nonzero(data.labels == c).flatten()
-            order = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(c))
-            x = data.images[idx[order[: cfg.influence_real_per_class]]].to(device).float() / 255
+            x = class_images(data, c, cfg.influence_real_per_class, device)
             x = (x - self.norm[0]) / self.norm[1]
             grads.append(torch.stack([ce_param_grad(self.surrogate, s_, x, c)
                                       for s_ in self.checkpoints]))
