@@ -126,6 +126,10 @@ def test_otgen_end_to_end_and_unguided_ablation(cli, tmp_path):
     r = cli("distill", data, "-m", "otgen", "--prior-channels", "8,x", "-o",
             tmp_path / "x.safetensors")
     assert r.code == 2 and "--prior-channels" in r.stderr
+    r = cli("distill", data, "-m", "otgen", "--prior-channels", "0,16", "-o",
+            tmp_path / "x.safetensors")  # parsed as ints, refused by the config's range check
+    assert r.code == 2 and "--prior-channels" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
