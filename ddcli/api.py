@@ -359,7 +359,7 @@ def evaluate(
 def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, real,
               real_files, backbone, backbone_weights, inherit, teacher, out, seed, device,
               force, verbose, compile, amp, data_cache, ctx) -> dict:
-    from ddcli.data import imbalance_ratio, is_long_tailed, sample_dir
+    from ddcli.data import imbalance_ratio, is_long_tailed, resize_images, sample_dir
     from ddcli.evaluation import (
         bundle_views,
         check_classes,
@@ -452,8 +452,15 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     if b.factor > 1:
         rep.info(f"decoding factor {b.factor}: {len(b.labels)} stored images -> "
                  f"{len(labels)} training images")
+    stored_size = list(images.shape[2:])
+    if tuple(stored_size) != size:  # larger images of a backbone method (--syn-res)
+        rep.info(f"images resized from {stored_size[0]}x{stored_size[1]} to the data's "
+                 f"{size[0]}x{size[1]} (antialiased) for the {proto.name} protocol's models")
+        images = resize_images(images, size)
     result = run(images, labels, "bundle", soft_labels, views)
     report = _report_head(b, bundle, proto, models, seed, dev, test_ds)
+    if tuple(stored_size) != size:
+        report["images_resized_from"] = stored_size
     report["soft_labels"] = {
         "temperature": temperature, "views": bool(views),
         "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")},

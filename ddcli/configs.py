@@ -39,6 +39,8 @@ from ddcli.protocols import DSA_STRATEGY, parse_strategy
 
 #: the largest integer an option takes (iterations, widths, counts)
 MAX_INT_OPTION = 2**31 - 1
+#: ``--syn-res`` ceiling (LGM / SFM reference: 256; 1024 px images are 12 MB each in float32)
+MAX_SYN_RES = 1024
 
 
 def flag(name: str) -> str:
@@ -373,6 +375,10 @@ class BackboneConfig(MethodConfig):
             pieces, the features of all views come first without a graph, then the loss and
             its gradient on them, then each piece again with its share of that gradient: the
             same step up to float rounding, holding the activations of N views instead of all.
+        syn_res: side in pixels of the synthetic images (the pyramid's finest level): 0 (the
+            data's own size) or N (square N x N images, as the LGM / SFM reference code's
+            ``syn_res`` 256 on every dataset). Views are cropped to the backbone's input either
+            way; images larger than the data are for the ``linear-probe`` protocol only.
     """
 
     ipc: int = 1
@@ -386,6 +392,7 @@ class BackboneConfig(MethodConfig):
     amp: str = "off"
     golden_head_epochs: int = 10
     backward_chunk: str = "auto"
+    syn_res: int = 0
 
     choices = {"amp": AMPS}
     presets = {"sample-cpu": {"iterations": 60, "pyramid_every": 10}}
@@ -397,6 +404,9 @@ class BackboneConfig(MethodConfig):
             raise InputError(f"--lr must be > 0, got {self.lr}")
         if self.golden_head_epochs < 0:
             raise InputError("--golden-head-epochs must be >= 0")
+        if not 0 <= self.syn_res <= MAX_SYN_RES:
+            raise InputError(f"--syn-res must be 0 (the data's size) or 1..{MAX_SYN_RES}, "
+                             f"got {self.syn_res}")
         if self.backward_chunk != "auto" and not (self.backward_chunk.isdigit()
                                                   and int(self.backward_chunk) <= MAX_INT_OPTION):
             raise InputError(f"--backward-chunk must be auto or an integer >= 0, "

@@ -366,7 +366,8 @@ def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 NCHW resized with antialiased bilinear interpolation."""
+    """NCHW images resized with antialiased bilinear interpolation: uint8 stays uint8
+    (rounded), float pixels stay float."""
     if tuple(images.shape[2:]) == tuple(size):
         return images
     out = []
@@ -377,7 +378,8 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         x = torch.nn.functional.interpolate(
             x, size=size, mode="bilinear", antialias=True, align_corners=False
         )
-        out.append(x.round().clamp(0, 255).to(torch.uint8))
+        out.append(x.round().clamp(0, 255).to(torch.uint8) if images.dtype == torch.uint8
+                   else x.to(images.dtype))
     return torch.cat(out)
 
 

@@ -313,3 +313,39 @@ def test_backward_chunk_option():
     for bad in ("-1", "x", "1.5"):
         with pytest.raises(InputError, match="--backward-chunk"):
             create_method("sfm", backward_chunk=bad)
+
+
+def test_syn_res_distills_larger_images_that_every_protocol_judges(cli, tiny_backbone, tmp_path):
+    """``--syn-res N``: the pyramid grows to N x N (the LGM / SFM reference's ``syn_res``) on 8 px
+    data; the linear probe judges those images as they are, the ConvNet protocols at the data's
+    size (they were built for the larger images and failed on the data's test images); an out
+    of range value is one error line."""
+    from ddcli.bundle import load_bundle
+
+    data = write_shards(tmp_path / "d", n_train=12, n_test=6)
+    out = tmp_path / "s.safetensors"
+    r = cli("distill", data, "-m", "lgm", "--ipc", "1", "--iterations", "9", "--pyramid-every",
+            "2", "--augs", "1", "--syn-res", "16", "--backbone", "torchscript",
+            "--backbone-weights", tiny_backbone, "--golden-head-epochs", "0", "--device", "cpu",
+            "-o", out, "--json")
+    assert r.code == 0, r
+    b = load_bundle(out)
+    assert r.json()["config"]["syn_res"] == 16 and b.dataset["image_size"] == [8, 8]
+    images = b.images
+    assert images.shape == (3, 3, 16, 16)
+    # the finest level is 16 px (levels 1, 2, 4, 8, 16 after four extensions), so the images
+    # hold detail that an 8 px image upsampled would not
+    coarse = F.interpolate(F.avg_pool2d(images.float(), 2), scale_factor=2, mode="nearest")
+    assert (images.float() - coarse).abs().max() > 1e-3
+    r = cli("evaluate", out, "--test", data, "-p", "linear-probe", "--epochs", "2", "--models",
+            "1", "--device", "cpu", "--json")
+    assert r.code == 0 and "images_resized_from" not in r.json(), r
+    r = cli("evaluate", out, "--test", data, "--epochs", "2", "--models", "1", "--device", "cpu",
+            "--json")
+    assert r.code == 0, r
+    assert r.json()["images_resized_from"] == [16, 16]
+    for bad in ("-1", "1025"):
+        r = cli("distill", data, "-m", "sfm", "--syn-res", bad, "--backbone", "torchscript",
+                "--backbone-weights", tiny_backbone, "-o", tmp_path / "x.safetensors")
+        assert r.code == 2 and "--syn-res" in r.stderr and len(r.stderr.splitlines()) == 1, r
+        assert not (tmp_path / "x.safetensors").exists()

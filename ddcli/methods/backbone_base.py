@@ -177,8 +177,8 @@ class BackboneMethod(Method):
                                             progress=lambda done, total: update(done))
         self.real_labels = data.labels.to(device)
         self.real_means = class_means(self.real_feats, self.real_labels, c)
-        self.pyramid = Pyramid(c * cfg.ipc, data.channels, data.image_size, generator,
-                               cfg.decorrelate)
+        size = (cfg.syn_res, cfg.syn_res) if cfg.syn_res else data.image_size
+        self.pyramid = Pyramid(c * cfg.ipc, data.channels, size, generator, cfg.decorrelate)
         self.syn_labels = torch.arange(c, device=device).repeat_interleave(cfg.ipc)
         self.opt = torch.optim.Adam(self.pyramid.levels, lr=cfg.lr)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
