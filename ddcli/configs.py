@@ -378,7 +378,8 @@ class BackboneConfig(MethodConfig):
         syn_res: side in pixels of the synthetic images (the pyramid's finest level): 0 (the
             data's own size) or N (square N x N images, as the LGM / SFM reference code's
             ``syn_res`` 256 on every dataset). Views are cropped to the backbone's input either
-            way; images larger than the data are for the ``linear-probe`` protocol only.
+            way; the ConvNet protocols judge images of another size at the data's. On 32 px
+            CIFAR-10, 256 scored lower (benchmarks/RESULTS.md, "Synthetic resolution").
     """
 
     ipc: int = 1
