@@ -452,15 +452,16 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     if b.factor > 1:
         rep.info(f"decoding factor {b.factor}: {len(b.labels)} stored images -> "
                  f"{len(labels)} training images")
-    stored_size = list(images.shape[2:])
-    if tuple(stored_size) != size:  # larger images of a backbone method (--syn-res)
-        rep.info(f"images resized from {stored_size[0]}x{stored_size[1]} to the data's "
+    # images of another size than the data's (a backbone method's --syn-res): the data's size
+    resized_from = list(images.shape[2:]) if tuple(images.shape[2:]) != size else None
+    if resized_from:
+        rep.info(f"images resized from {resized_from[0]}x{resized_from[1]} to the data's "
                  f"{size[0]}x{size[1]} (antialiased) for the {proto.name} protocol's models")
         images = resize_images(images, size)
     result = run(images, labels, "bundle", soft_labels, views)
     report = _report_head(b, bundle, proto, models, seed, dev, test_ds)
-    if tuple(stored_size) != size:
-        report["images_resized_from"] = stored_size
+    if resized_from:
+        report["images_resized_from"] = resized_from
     report["soft_labels"] = {
         "temperature": temperature, "views": bool(views),
         "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")},
