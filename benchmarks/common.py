@@ -72,3 +72,31 @@ def per_class_subset(src: Path, dest: Path, per_class: int, shard: str = "train_
     np.savez_compressed(dest / "test.npz", images=z["images"][keep], labels=z["labels"][keep])
     (dest / "classes.json").write_text((src / "classes.json").read_text())
     return dest
+
+
+def held_out_subset(src: Path, shard: str, exclude, dest: Path, per_class: int = 100,
+                    name: str = "test.npz", classes: Path | None = None,
+                    by_class: bool = False) -> Path:
+    """The first ``per_class`` images of every class of ``src/shard`` that are not among the
+    images ``exclude`` (compared byte for byte, in the shard's layout), as ``dest/name`` plus
+    ``classes.json`` (from ``classes``, ``src``'s otherwise): a validation split held out from
+    a distilled subset by a fixed rule. ``by_class`` orders it class by class, the shard's order
+    otherwise."""
+    import hashlib
+
+    import numpy as np
+
+    used = {hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() for x in exclude}
+    z = np.load(src / shard)
+    images, labels = z["images"], z["labels"]
+    keep, count = [], {}
+    for i, (x, y) in enumerate(zip(images, labels, strict=True)):
+        if count.get(y, 0) < per_class and hashlib.sha256(x.tobytes()).hexdigest() not in used:
+            keep.append(i)
+            count[y] = count.get(y, 0) + 1
+    if by_class:
+        keep.sort(key=lambda i: (labels[i], i))
+    dest.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(dest / name, images=images[keep], labels=labels[keep])
+    (dest / "classes.json").write_text(((classes or src) / "classes.json").read_text())
+    return dest

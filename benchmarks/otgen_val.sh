@@ -16,20 +16,15 @@ D=${DATA:-../shared/datasets}/fashion_mnist
 W=${WORKDIR:-/tmp/otval}; mkdir -p $W/val
 # the validation split: the first 100 images per class of train.npz outside the sample
 [ -s $W/val/val.npz ] || python - "$D" "$W/val" <<'PY'
-import hashlib, shutil, sys
+import sys
+from pathlib import Path
 import numpy as np
+sys.path.insert(0, "benchmarks")
+from common import held_out_subset
 from ddcli.data import sample_dir
-src, out = sys.argv[1], sys.argv[2]
-s = np.load(f"{sample_dir()}/train.npz")
-f = np.load(f"{src}/train.npz")
-used = {hashlib.sha256(x.tobytes()).hexdigest() for x in s["images"]}
-keep, count = [], [0] * 10
-for i, (x, y) in enumerate(zip(f["images"], f["labels"])):
-    if count[y] < 100 and hashlib.sha256(x.tobytes()).hexdigest() not in used:
-        keep.append(i)
-        count[y] += 1
-np.savez_compressed(f"{out}/val.npz", images=f["images"][keep], labels=f["labels"][keep])
-shutil.copy(f"{sample_dir()}/classes.json", out)
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+held_out_subset(src, "train.npz", np.load(f"{sample_dir()}/train.npz")["images"], out,
+                name="val.npz", classes=Path(sample_dir()))
 PY
 COMMON=(-m otgen --ipc 10 --prior-steps 1500 --prior-channels 32,64,64 --sampling-steps 50 --seed 0 --device cpu --checkpoint-every 0 --quiet)
 JUDGE=(--test $W/val -p otm --models 3 --epochs 300 --seed 0 --device cpu --json --quiet)

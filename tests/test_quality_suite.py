@@ -104,3 +104,24 @@ def test_default_rows_leave_out_backbone10(tmp_path, monkeypatch):
     quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w"),
                       "--rows", "backbone10"])
     assert ran == ["backbone10"]
+
+
+def test_held_out_subset_skips_the_distilled_images_and_keeps_the_first_per_class(tmp_path):
+    from common import held_out_subset
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    labels = np.array([1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0])
+    np.savez(tmp_path / "shard.npz", images=images, labels=labels)
+    (tmp_path / "classes.json").write_text('["a", "b"]')
+    exclude = images[[0, 3]]  # the first image of class 1 and the second of class 0
+    out = held_out_subset(tmp_path, "shard.npz", exclude, tmp_path / "val", per_class=2)
+    z = np.load(out / "test.npz")
+    assert z["labels"].tolist() == [0, 1, 1, 0]  # the shard's order: indices 1, 2, 4, 5
+    assert np.array_equal(z["images"], images[[1, 2, 4, 5]])
+    out = held_out_subset(tmp_path, "shard.npz", exclude, tmp_path / "val", per_class=2,
+                          name="v.npz", by_class=True)
+    z = np.load(out / "v.npz")
+    assert z["labels"].tolist() == [0, 0, 1, 1]
+    assert np.array_equal(z["images"], images[[1, 5, 2, 4]])
+    assert (out / "classes.json").read_text() == '["a", "b"]'
