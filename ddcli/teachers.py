@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from ddcli import __version__
 from ddcli.bundle import compute_checksum, utc_now
-from ddcli.data import Dataset, NormalizedImages, normalize
+from ddcli.data import Dataset, NormalizedImages, normalize, resize_images
 from ddcli.errors import InputError
 from ddcli.io import atomic_path, read_safetensors, regular_file
 from ddcli.models import create_model
@@ -91,15 +91,20 @@ class Teacher:
 
     @torch.no_grad()
     def logits(self, pixels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-        """Logits for pixel-scale images (n, C, H, W); normalised and resized for this
-        teacher."""
+        """Logits for images (n, C, H, W) in 0..1; normalised and resized for this teacher:
+        shrunk as the data loader and ``evaluate`` shrink images (antialiased,
+        :func:`~ddcli.data.resize_images`), enlarged bilinearly (antialiasing changes nothing
+        there)."""
         self.model.eval()
         dev = next(self.model.parameters()).device
+        size = tuple(self.image_size)
         out = []
         for i in range(0, pixels.shape[0], chunk):
             x = pixels[i : i + chunk].to(dev).float()
-            if tuple(x.shape[2:]) != tuple(self.image_size):
-                x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+            if x.shape[2] > size[0] or x.shape[3] > size[1]:
+                x = resize_images(x, size)
+            elif tuple(x.shape[2:]) != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             out.append(self.model(normalize(x, self.mean, self.std)))
         return torch.cat(out)
 
