@@ -1,11 +1,13 @@
 #!/bin/bash
-# usage: DATA=../shared/datasets [ITERS=300] bash benchmarks/csdm_val.sh alpha|kernel|long   (about 3 minutes a row on 2 cores)
+# usage: DATA=../shared/datasets [ITERS=300] bash benchmarks/csdm_val.sh alpha|kernel|long|extractor   (about 3 minutes a row on 2 cores)
 # CSDM's unknowns (methods.md §2) chosen on a validation split: distil from the IF-50 subset of
 # train_1..2, judge on train_3 (the test split train_4 is never used).
 #   alpha:  the α schedule (head / tail), Gaussian kernel, σ = 1
 #   kernel: the kernel (Gaussian, Laplacian, Cauchy) at the default bandwidth σ = 1, and the
 #           Gaussian's bandwidth (0.5, 1, 2, the median pairwise distance), α 0.7 / 0.3
 #   long:   DM against CSDM (defaults) at ITERS iterations (ITERS=2000: 13-16 minutes a row)
+#   extractor: DM, CSDM with random extractors (the default) and with NCFM's pool of trained,
+#           blended extractors at a CPU scale (POOL=4x10: 4 networks of 10 epochs; NCFM's 20x60)
 set -e
 D=${DATA:-../shared/datasets}/cifar10
 ITERS=${ITERS:-300}
@@ -33,5 +35,10 @@ kernel)
 long)
   run dm -m dm
   run csdm -m csdm ;;
-*) echo "usage: [ITERS=N] $0 alpha|kernel|long" >&2; exit 2 ;;
+extractor)
+  POOL=${POOL:-4x10}
+  run dm -m dm
+  run csdm -m csdm
+  run csdm-pool-$POOL -m csdm --extractor pool --pool-size ${POOL%x*} --pool-epochs ${POOL#*x} ;;
+*) echo "usage: [ITERS=N] [POOL=NxE] $0 alpha|kernel|long|extractor" >&2; exit 2 ;;
 esac
