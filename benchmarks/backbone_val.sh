@@ -9,30 +9,27 @@
 # --pyramid-every 150 at 32 px, the suite's, and 100 at 256 px, so that the finest level arrives
 # at 75-80 % of the run either way), M-rN-peK (--pyramid-every K), M-rN-peK-itI (--iterations I,
 # 1,000 otherwise; sfm-r0-pe200-it5000: the reference's schedule and length). The sfm-r0 row also
-# evaluates random real images (--baseline random). RESULTS.md, "Synthetic resolution".
+# evaluates random real images (--baseline random). TEST=1 also judges every row on the backbone
+# rows' test set (the first 100 images per class of train_4): only for settings chosen without it
+# (the reference's). RESULTS.md, "Synthetic resolution".
 set -e
 D=${DATA:-../shared/datasets}/cifar10
 W=${WORKDIR:-/tmp/bbval}; mkdir -p $W/val
 # the validation split: the first 100 images per class of train_3 outside the distilled subset
 [ -s $W/val/test.npz ] || python - "$D" "$W/val" <<'PY'
-import hashlib, shutil, sys
-import numpy as np
+import sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from common import held_out_subset
 from ddcli.data import load_dataset
-src, out = sys.argv[1], sys.argv[2]
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
 ds = load_dataset(src, files="train_[123].npz", max_per_class=100)
-used = {hashlib.sha256(x.tobytes()).hexdigest() for x in ds.images.permute(0, 2, 3, 1).numpy()}
-f = np.load(f"{src}/train_3.npz")
-images, labels = f["images"], f["labels"]
-keep, count = [], [0] * 10
-for i, (x, y) in enumerate(zip(images, labels)):
-    if count[y] < 100 and hashlib.sha256(x.tobytes()).hexdigest() not in used:
-        keep.append(i)
-        count[y] += 1
-keep = np.array(sorted(keep, key=lambda i: (labels[i], i)))  # class by class
-np.savez_compressed(f"{out}/test.npz", images=images[keep], labels=labels[keep])
-shutil.copy(f"{src}/classes.json", out)
+held_out_subset(src, "train_3.npz", ds.images.permute(0, 2, 3, 1).numpy(), out, by_class=True)
 PY
-JUDGE=(-p linear-probe --models 3 --epochs 300 --seed 0 --device cpu --test $W/val --json --quiet)
+[ -z "$TEST" ] || [ -s $W/test/test.npz ] || python -c "import sys; from pathlib import Path
+sys.path.insert(0, 'benchmarks'); from common import per_class_subset
+per_class_subset(Path('$D'), Path('$W/test'), 100)"
+JUDGE=(-p linear-probe --models 3 --epochs 300 --seed 0 --device cpu --json --quiet)
 run() { tag=$1 m=$2; shift 2  # a row whose reports exist is not run again (resumable)
   augs=1; [ $m = lgm ] && augs=2
   base=(); [ $tag = sfm-r0 ] && base=(--baseline random --real $D --real-files 'train_[123].npz')
@@ -40,9 +37,13 @@ run() { tag=$1 m=$2; shift 2  # a row whose reports exist is not run again (resu
     --train-files 'train_[123].npz' -m $m --ipc 1 --max-per-class 100 \
     --augs $augs --golden-head-epochs 10 --seed 0 --device cpu -o $W/$tag.safetensors --force \
     --checkpoint-every 0 --quiet "$@"
-  [ -s $W/$tag.probe.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" "${base[@]}" > $W/$tag.probe.json
-  [ -s $W/$tag.inherit.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" --inherit "${base[@]}" > $W/$tag.inherit.json
-  for mode in probe inherit; do
+  [ -s $W/$tag.probe.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" --test $W/val "${base[@]}" > $W/$tag.probe.json
+  [ -s $W/$tag.inherit.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" --test $W/val --inherit "${base[@]}" > $W/$tag.inherit.json
+  if [ -n "$TEST" ]; then
+    [ -s $W/$tag.test.probe.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" --test $W/test "${base[@]}" > $W/$tag.test.probe.json
+    [ -s $W/$tag.test.inherit.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" --test $W/test --inherit "${base[@]}" > $W/$tag.test.inherit.json
+  fi
+  for mode in probe inherit ${TEST:+test.probe test.inherit}; do
     python -c "import json; d=json.load(open('$W/$tag.$mode.json')); r=d['result']; b=d.get('baseline') or {}
 print('$tag', '$mode', r['accuracy_mean'], r['accuracy_std'], r['accuracy_per_model'], *(['random real', b['accuracy_mean'], b['accuracy_std']] if b else []))"
   done
