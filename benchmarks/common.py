@@ -62,16 +62,8 @@ def append_results(path: str, lines: list[str]) -> None:
 
 def per_class_subset(src: Path, dest: Path, per_class: int, shard: str = "train_4.npz") -> Path:
     """The first ``per_class`` images of every class of ``src/shard`` as ``dest/test.npz`` (plus
-    ``classes.json``): a smaller test set by a fixed rule, not a choice."""
-    import numpy as np
-
-    z = np.load(src / shard)
-    keep = np.concatenate([np.nonzero(z["labels"] == c)[0][:per_class]
-                           for c in np.unique(z["labels"])])
-    dest.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(dest / "test.npz", images=z["images"][keep], labels=z["labels"][keep])
-    (dest / "classes.json").write_text((src / "classes.json").read_text())
-    return dest
+    ``classes.json``), class by class: a smaller test set by a fixed rule, not a choice."""
+    return held_out_subset(src, shard, (), dest, per_class, by_class=True)
 
 
 def held_out_subset(src: Path, shard: str, exclude, dest: Path, per_class: int = 100,
@@ -86,7 +78,7 @@ def held_out_subset(src: Path, shard: str, exclude, dest: Path, per_class: int =
 
     import numpy as np
 
-    used = {hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() for x in exclude}
+    used = {hashlib.sha256(x.tobytes()).hexdigest() for x in exclude}
     z = np.load(src / shard)
     images, labels = z["images"], z["labels"]
     keep, count = [], {}
