@@ -37,13 +37,10 @@ run() { tag=$1 m=$2; shift 2  # a row whose reports exist is not run again (resu
     --train-files 'train_[123].npz' -m $m --ipc 1 --max-per-class 100 \
     --augs $augs --golden-head-epochs 10 --seed 0 --device cpu -o $W/$tag.safetensors --force \
     --checkpoint-every 0 --quiet "$@"
-  [ -s $W/$tag.probe.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" --test $W/val "${base[@]}" > $W/$tag.probe.json
-  [ -s $W/$tag.inherit.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" --test $W/val --inherit "${base[@]}" > $W/$tag.inherit.json
-  if [ -n "$TEST" ]; then
-    [ -s $W/$tag.test.probe.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" --test $W/test "${base[@]}" > $W/$tag.test.probe.json
-    [ -s $W/$tag.test.inherit.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" --test $W/test --inherit "${base[@]}" > $W/$tag.test.inherit.json
-  fi
-  for mode in probe inherit ${TEST:+test.probe test.inherit}; do
+  for mode in probe inherit ${TEST:+test.probe test.inherit}; do  # [test.]probe|inherit
+    split=val; [ $mode = ${mode#test.} ] || split=test
+    flag=(); [ ${mode#test.} = inherit ] && flag=(--inherit)
+    [ -s $W/$tag.$mode.json ] || ddcli evaluate $W/$tag.safetensors "${JUDGE[@]}" --test $W/$split "${flag[@]}" "${base[@]}" > $W/$tag.$mode.json
     python -c "import json; d=json.load(open('$W/$tag.$mode.json')); r=d['result']; b=d.get('baseline') or {}
 print('$tag', '$mode', r['accuracy_mean'], r['accuracy_std'], r['accuracy_per_model'], *(['random real', b['accuracy_mean'], b['accuracy_std']] if b else []))"
   done
