@@ -407,13 +407,19 @@ def table(s: Suite, elapsed_s: float | None = None) -> list[str]:
 
 
 def write_section(path: Path, lines: list[str]) -> None:
-    """Replace the suite's section of RESULTS.md (or append it)."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    """Replace the suite's section of RESULTS.md where it stands (from its heading line to the
+    next ``## `` heading; headings that merely begin with it, such as the notes' "## CPU
+    quality suite: ...", are other sections), or append it."""
+    old = (path.read_text() if path.exists() else "# Benchmark results\n").splitlines()
+    new = [*lines, ""]
     if HEADING in old:
-        head, rest = old.split(HEADING, 1)
-        nxt = rest.find("\n## ")
-        old = head.rstrip("\n") + ("\n\n" + rest[nxt + 1:] if nxt >= 0 else "")
-    path.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+        start = old.index(HEADING)
+        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")),
+                   len(old))
+        text = old[:start] + new + old[end:]
+    else:
+        text = [*old, "", *new]
+    path.write_text("\n".join(text).rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -125,3 +125,16 @@ def test_held_out_subset_skips_the_distilled_images_and_keeps_the_first_per_clas
     assert z["labels"].tolist() == [0, 0, 1, 1]
     assert np.array_equal(z["images"], images[[1, 5, 2, 4]])
     assert (out / "classes.json").read_text() == '["a", "b"]'
+
+
+def test_section_is_replaced_where_it_stands(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    h = quality_cpu.HEADING
+    out.write_text(f"# Benchmark results\n\n## Before\n\nb\n\n{h}\n\nold table\n\n"
+                   f"{h}: notes on the run\n\nkept\n\n## After\n\na\n")
+    quality_cpu.write_section(out, [h, "", "new table"])
+    assert out.read_text() == (f"# Benchmark results\n\n## Before\n\nb\n\n{h}\n\nnew table\n\n"
+                               f"{h}: notes on the run\n\nkept\n\n## After\n\na\n")
+    fresh = tmp_path / "fresh.md"
+    quality_cpu.write_section(fresh, [h, "", "t"])
+    assert fresh.read_text() == f"# Benchmark results\n\n{h}\n\nt\n"
