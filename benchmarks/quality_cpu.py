@@ -419,7 +419,9 @@ def write_section(path: Path, lines: list[str]) -> None:
         text = old[:start] + new + old[end:]
     else:
         text = [*old, "", *new]
-    path.write_text("\n".join(text).rstrip("\n") + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(text).rstrip("\n") + "\n")
+    tmp.replace(path)  # a killed run never leaves RESULTS.md half-written
 
 
 def main(argv: list[str] | None = None) -> None:

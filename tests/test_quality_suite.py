@@ -138,3 +138,4 @@ def test_section_is_replaced_where_it_stands(tmp_path):
     fresh = tmp_path / "fresh.md"
     quality_cpu.write_section(fresh, [h, "", "t"])
     assert fresh.read_text() == f"# Benchmark results\n\n{h}\n\nt\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", "fresh.md"]  # no .tmp
