@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=300)
     a = ap.parse_args(argv)
     from ddcli import api
+    from ddcli.io import atomic_write_bytes
 
     done = json.loads(a.out.read_text()) if a.out.exists() else {}
 
@@ -80,9 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         done[key] = {"knobs": ROWS[name], "protocol": r["protocol"]["name"],
                      "mean": res["accuracy_mean"], "std": res["accuracy_std"],
                      "per_model": res["accuracy_per_model"]}
-        tmp = a.out.with_name(a.out.name + ".tmp")
-        tmp.write_text(json.dumps(done, indent=1))
-        tmp.replace(a.out)
+        atomic_write_bytes(a.out, json.dumps(done, indent=1).encode())
         print(f"{key}: {res['accuracy_mean']:.2f} ± {res['accuracy_std']:.2f} "
               f"{res['accuracy_per_model']}", file=sys.stderr, flush=True)
 
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in a.baseline or dict.fromkeys(["default", best]):
             judge(f"random-real@{name}", name, True)
     for key, v in done.items():
-        print(f"| {key} | {v.get('knobs', v.get('weights'))} | {v['mean']:.2f} ± {v['std']:.2f} "
+        print(f"| {key} | {v['knobs']} | {v['mean']:.2f} ± {v['std']:.2f} "
               f"({', '.join(f'{x:.1f}' for x in v['per_model'])}) |")
 
 
