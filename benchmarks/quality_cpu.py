@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ddcli.io import atomic_write_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## CPU quality suite"
 #: one judge per protocol: the same epochs, models and seeds for every row
@@ -118,9 +120,8 @@ class Suite:
         result = {"spec": spec, **body(spec), "row_s": None}
         result["row_s"] = round(time.perf_counter() - t0, 1)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)  # a killed run loses at most the row in progress
+        # a killed run loses at most the row in progress
+        atomic_write_bytes(path, json.dumps(result, indent=1).encode())
         self.rows[name] = result
         self.ran.append(name)
         return result
@@ -419,9 +420,8 @@ def write_section(path: Path, lines: list[str]) -> None:
         text = old[:start] + new + old[end:]
     else:
         text = [*old, "", *new]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(text).rstrip("\n") + "\n")
-    tmp.replace(path)  # a killed run never leaves RESULTS.md half-written
+    # a killed run never leaves RESULTS.md half-written
+    atomic_write_bytes(path, ("\n".join(text).rstrip("\n") + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> None:
