@@ -13,6 +13,8 @@ distilled set.
     python benchmarks/otm_weights_val.py /tmp/otval/ot15-soft.safetensors --test /tmp/otval/val \\
         --out /tmp/otm_val.json [--rows default no-ot ...] [--baseline [ROW ...]]
 
+RESULTS.md, "The `otm` judge's OT term", holds the grid's figures on two otgen sets.
+
 Resumable: a row whose result is already in ``--out`` is not run again.
 """
 
@@ -29,6 +31,7 @@ ROWS: dict[str, dict[str, float] | None] = {
     "default": {},  # methods.md §5.4's proposal, ddcli's default: 0.1 CE + 1 MSE + 1 OT, reg 0.1
     "no-ot": {"w_ot": 0.0},  # what the batch OT term adds
     "no-mse": {"w_mse": 0.0},  # the OT term in place of the per-sample match
+    "ot0.1": {"w_ot": 0.1},
     "ot10": {"w_ot": 10.0},
     "ce1": {"w_ce": 1.0},
     "reg0.01": {"ot_reg": 0.01},  # a sharper plan: nearer a matching of outputs to labels
