@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: DATA=../shared/datasets [ITERS=300] bash benchmarks/csdm_val.sh alpha|kernel|long|extractor   (about 3 minutes a row on 2 cores)
+# usage: DATA=../shared/datasets [ITERS=300] bash benchmarks/csdm_val.sh alpha|kernel|long|extractor|batch   (about 3 minutes a row on 2 cores)
 # CSDM's unknowns (methods.md §2) chosen on a validation split: distil from the IF-50 subset of
 # train_1..2, judge on train_3 (the test split train_4 is never used).
 #   alpha:  the α schedule (head / tail), Gaussian kernel, σ = 1
@@ -8,13 +8,16 @@
 #   long:   DM against CSDM (defaults) at ITERS iterations (ITERS=2000: 13-16 minutes a row)
 #   extractor: DM, CSDM with random extractors (the default) and with NCFM's pool of trained,
 #           blended extractors at a CPU scale (POOL=4x10: 4 networks of 10 epochs; NCFM's 20x60)
+#   batch:  DM against CSDM with BR real images per class a step (BR=256, DM's default; the
+#           other modes use the suite's 64; NCFM reads 1,024 a class)
 set -e
 D=${DATA:-../shared/datasets}/cifar10
 ITERS=${ITERS:-300}
+BR=${BR:-$([ "$1" = batch ] && echo 256 || echo 64)}  # real images per class a step
 W=${WORKDIR:-/tmp/csdmval}; [ $ITERS = 300 ] || W=$W-$ITERS; mkdir -p $W
 SETS=(--train-files "train_[12].npz" --imbalance-factor 50)
 run() { tag=$1; shift  # a row whose report exists is not run again (resumable)
-  [ -s $W/$tag.json ] || ddcli distill $D "${SETS[@]}" --ipc 10 --iterations $ITERS --batch-real 64 --width 64 --seed 0 --device cpu --checkpoint-every 0 -o $W/$tag.safetensors --force --quiet "$@"
+  [ -s $W/$tag.json ] || ddcli distill $D "${SETS[@]}" --ipc 10 --iterations $ITERS --batch-real $BR --width 64 --seed 0 --device cpu --checkpoint-every 0 -o $W/$tag.safetensors --force --quiet "$@"
   [ -s $W/$tag.json ] || ddcli evaluate $W/$tag.safetensors --test $D --test-files train_3.npz -p dm --models 3 --epochs 300 --seed 0 --device cpu --json --quiet > $W/$tag.json
   python -c "import json; r=json.load(open('$W/$tag.json'))['result']; print('$tag', r['accuracy_mean'], r['accuracy_std'], r['accuracy_per_model'], r.get('group_accuracy'))"
 }
@@ -40,5 +43,8 @@ extractor)
   run dm -m dm
   run csdm -m csdm
   run csdm-pool-$POOL -m csdm --extractor pool --pool-size ${POOL%x*} --pool-epochs ${POOL#*x} ;;
-*) echo "usage: [ITERS=N] [POOL=NxE] $0 alpha|kernel|long|extractor" >&2; exit 2 ;;
+batch)
+  run dm-br$BR -m dm
+  run csdm-br$BR -m csdm ;;
+*) echo "usage: [ITERS=N] [POOL=NxE] [BR=N] $0 alpha|kernel|long|extractor|batch" >&2; exit 2 ;;
 esac
