@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: DATA=../shared/datasets [ITERS=300] bash benchmarks/csdm_val.sh alpha|kernel|long|extractor|batch   (about 3 minutes a row on 2 cores)
+# usage: DATA=../shared/datasets [ITERS=300] [SEED=0] bash benchmarks/csdm_val.sh alpha|kernel|long|extractor|batch   (about 3 minutes a row on 2 cores)
 # CSDM's unknowns (methods.md §2) chosen on a validation split: distil from the IF-50 subset of
 # train_1..2, judge on train_3 (the test split train_4 is never used).
 #   alpha:  the α schedule (head / tail), Gaussian kernel, σ = 1
@@ -14,11 +14,13 @@ set -e
 D=${DATA:-../shared/datasets}/cifar10
 ITERS=${ITERS:-300}
 BR=${BR:-$([ "$1" = batch ] && echo 256 || echo 64)}  # real images per class a step
+SEED=${SEED:-0}  # distillation and judge; another seed writes rows of its own (TAG-sN)
 W=${WORKDIR:-/tmp/csdmval}; [ $ITERS = 300 ] || W=$W-$ITERS; mkdir -p $W
 SETS=(--train-files "train_[12].npz" --imbalance-factor 50)
 run() { tag=$1; shift  # a row whose report exists is not run again (resumable)
-  [ -s $W/$tag.json ] || ddcli distill $D "${SETS[@]}" --ipc 10 --iterations $ITERS --batch-real $BR --width 64 --seed 0 --device cpu --checkpoint-every 0 -o $W/$tag.safetensors --force --quiet "$@"
-  [ -s $W/$tag.json ] || ddcli evaluate $W/$tag.safetensors --test $D --test-files train_3.npz -p dm --models 3 --epochs 300 --seed 0 --device cpu --json --quiet > $W/$tag.json
+  [ $SEED = 0 ] || tag=$tag-s$SEED
+  [ -s $W/$tag.json ] || ddcli distill $D "${SETS[@]}" --ipc 10 --iterations $ITERS --batch-real $BR --width 64 --seed $SEED --device cpu --checkpoint-every 0 -o $W/$tag.safetensors --force --quiet "$@"
+  [ -s $W/$tag.json ] || ddcli evaluate $W/$tag.safetensors --test $D --test-files train_3.npz -p dm --models 3 --epochs 300 --seed $SEED --device cpu --json --quiet > $W/$tag.json
   python -c "import json; r=json.load(open('$W/$tag.json'))['result']; print('$tag', r['accuracy_mean'], r['accuracy_std'], r['accuracy_per_model'], r.get('group_accuracy'))"
 }
 case ${1:-alpha} in
