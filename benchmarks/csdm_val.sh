@@ -9,7 +9,7 @@
 #   extractor: DM, CSDM with random extractors (the default) and with NCFM's pool of trained,
 #           blended extractors at a CPU scale (POOL=4x10: 4 networks of 10 epochs; NCFM's 20x60)
 #   batch:  DM against CSDM with BR real images per class a step (BR=256, DM's default; the
-#           other modes use the suite's 64; NCFM reads 1,024 a class)
+#           other modes use the suite's 64 unless BR is set; NCFM reads 1,024 a class)
 set -e
 D=${DATA:-../shared/datasets}/cifar10
 ITERS=${ITERS:-300}
@@ -18,6 +18,9 @@ SEED=${SEED:-0}  # distillation and judge; another seed writes rows of its own (
 W=${WORKDIR:-/tmp/csdmval}; [ $ITERS = 300 ] || W=$W-$ITERS; mkdir -p $W
 SETS=(--train-files "train_[12].npz" --imbalance-factor 50)
 run() { tag=$1; shift  # a row whose report exists is not run again (resumable)
+  # the tag names every knob off its default, so a row of another batch or seed never reuses
+  # (resumes from) a report made with other knobs
+  [ $BR = 64 ] || tag=$tag-br$BR
   [ $SEED = 0 ] || tag=$tag-s$SEED
   [ -s $W/$tag.json ] || ddcli distill $D "${SETS[@]}" --ipc 10 --iterations $ITERS --batch-real $BR --width 64 --seed $SEED --device cpu --checkpoint-every 0 -o $W/$tag.safetensors --force --quiet "$@"
   [ -s $W/$tag.json ] || ddcli evaluate $W/$tag.safetensors --test $D --test-files train_3.npz -p dm --models 3 --epochs 300 --seed $SEED --device cpu --json --quiet > $W/$tag.json
@@ -46,7 +49,7 @@ extractor)
   run csdm -m csdm
   run csdm-pool-$POOL -m csdm --extractor pool --pool-size ${POOL%x*} --pool-epochs ${POOL#*x} ;;
 batch)
-  run dm-br$BR -m dm
-  run csdm-br$BR -m csdm ;;
-*) echo "usage: [ITERS=N] [POOL=NxE] [BR=N] $0 alpha|kernel|long|extractor|batch" >&2; exit 2 ;;
+  run dm -m dm
+  run csdm -m csdm ;;
+*) echo "usage: [ITERS=N] [POOL=NxE] [BR=N] [SEED=N] $0 alpha|kernel|long|extractor|batch" >&2; exit 2 ;;
 esac
