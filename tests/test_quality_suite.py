@@ -83,7 +83,8 @@ def test_table_takes_shared_baselines_and_reports_the_suite_time(tmp_path):
     row = {ln.split("|")[1].strip(): ln.split("|") for ln in lines if ln.startswith("| ")}
     assert row["tgdd"][4].strip() == "32.00 ± 0.40" and row["tgdd"][5].strip() == "+13.00"
     assert row["tgdd@tgdd-judge"][4].strip() == "30.00 ± 0.40"
-    assert row["tgdd@tgdd-judge"][7].strip() == "+2.00"  # against DM under the same judge
+    # against DM under the same judge, model by model
+    assert row["tgdd@tgdd-judge"][7].strip() == "+2.00 (paired ± 0.00, 3/3 ahead)"
     assert row["lgm-ipc1"][4].strip() == "43.00 ± 0.40"
     assert row["lgm-ipc1+inherit"][6].strip() == "NO"
     assert "8 min for all rows" in lines[2]
@@ -92,18 +93,47 @@ def test_table_takes_shared_baselines_and_reports_the_suite_time(tmp_path):
 
 def test_default_rows_leave_out_backbone10(tmp_path, monkeypatch):
     """The default run must fit the issue's 90 minutes: IPC 10's backbone group (~58 minutes
-    on the 2-core CPU) runs only when named, every other group runs by default."""
+    on the 2-core CPU) and the long-tail group at 256 real images a step run only when named,
+    every other group runs by default."""
     ran: list[str] = []
     monkeypatch.setattr(quality_cpu, "ROWS", {k: (lambda s, k=k: ran.append(k))
                                               for k in quality_cpu.ROWS})
     monkeypatch.setattr(quality_cpu, "table", lambda s, t: [])
     monkeypatch.setattr(quality_cpu, "write_section", lambda path, lines: None)
     quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w")])
-    assert "backbone10" not in ran and {"dm", "backbone1", "otgen"} <= set(ran)
+    assert not {"backbone10", "lt256"} & set(ran) and {"dm", "lt", "backbone1", "otgen"} <= set(ran)
     ran.clear()
     quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w"),
                       "--rows", "backbone10"])
     assert ran == ["backbone10"]
+
+
+def test_versus_pairs_the_models_only_when_both_rows_have_them():
+    """The paired spread is that of the per-model differences, not of either row: rows whose
+    models move together (the same init) differ with a small spread although each row's own
+    std is large; one model behind is counted."""
+    a = {"mean": 44.0, "std": 1.0, "per_model": [45.0, 43.0, 44.0]}
+    b = {"mean": 43.2, "std": 1.0, "per_model": [44.0, 42.0, 43.6]}
+    assert quality_cpu.versus(a, b) == "+0.80 (paired ± 0.28, 3/3 ahead)"
+    c = {"mean": 43.5, "std": 1.0, "per_model": [44.5, 43.5, 42.5]}
+    assert quality_cpu.versus(a, c) == "+0.50 (paired ± 0.82, 2/3 ahead)"
+    assert quality_cpu.versus(a, {"mean": 43.0, "std": 1.0, "per_model": [43.0]}) == "+1.00"
+
+
+def test_lt256_rows_have_their_own_names_specs_and_dm_comparison(tmp_path):
+    """The 256-a-step long-tail rows must neither collide with the default rows' names (the
+    bundles and table rows would overwrite each other) nor be compared with the 64-a-step DM."""
+    s = quality_cpu.Suite(tmp_path, tmp_path / "w", smoke=False, models=3)
+    seen: dict[str, dict] = {}
+    s.row = lambda name, spec, body: seen.setdefault(name, spec)
+    quality_cpu.lt_rows(s)
+    quality_cpu.ROWS["lt256"](s)
+    assert set(seen) == {f"lt50-{m}{b}" for m in ("dm", "csdm", "sdm") for b in ("", "-br256")}
+    assert {seen[f"lt50-{m}"]["batch_real"] for m in ("dm", "csdm", "sdm")} == {64}
+    assert {seen[f"lt50-{m}-br256"]["batch_real"] for m in ("dm", "csdm", "sdm")} == {256}
+    assert quality_cpu.VERSUS_DM["lt50-csdm-br256"] == "lt50-dm-br256"
+    assert quality_cpu.BASELINE_OF["lt50-sdm-br256"] == "lt50-dm-br256"
+    assert quality_cpu.VERSUS_DM["lt50-csdm"] == "lt50-dm"
 
 
 def test_held_out_subset_skips_the_distilled_images_and_keeps_the_first_per_class(tmp_path):
