@@ -343,7 +343,7 @@ ROWS: dict[str, Callable[[Suite], None]] = {"dm": dm_rows, "relabel": relabel_ro
 # IPC 10's backbone group takes ~58 minutes on the 2-core CPU (RESULTS.md), which with the rest
 # (~80) would overrun the issue's 90: it runs only when asked for (``--rows ... backbone10``);
 # so does the long-tail group at 256 real images a step (CSDM's characteristic function needs
-# more samples than DM's mean; ~3x the distill time of ``lt``)
+# more samples than DM's mean; 2.2-3.2x the distill time of ``lt``)
 DEFAULT_ROWS = [r for r in ROWS if r not in ("backbone10", "lt256")]
 
 
