@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -208,16 +209,24 @@ def relabel_rows(s: Suite) -> None:
                                       "--baseline", "random", *rargs))})
 
 
-def lt_rows(s: Suite, batch_real: int = 64) -> None:
+#: real images per class a step of the long-tail rows: the default group ``lt``, and ``lt256``
+LT_BATCH, LT_BATCH_LARGE = 64, 256
+
+
+def lt_name(method: str, batch_real: int = LT_BATCH) -> str:
+    """A long-tail row's name: ``lt50-M``, or ``lt50-M-brN`` at another batch."""
+    return f"lt50-{method}" + ("" if batch_real == LT_BATCH else f"-br{batch_real}")
+
+
+def lt_rows(s: Suite, batch_real: int = LT_BATCH) -> None:
     """CSDM and SDM against DM and random real on a long-tailed cifar10-30k subset (imbalance
-    factor 50), balanced test; many / medium / few group accuracies. ``batch_real`` other than
-    the default 64 real images a class and step names its rows ``lt50-*-brN``."""
-    sfx = "" if batch_real == 64 else f"-br{batch_real}"
+    factor 50), balanced test; many / medium / few group accuracies, at ``batch_real`` real
+    images a class and step (``lt_name``)."""
     for m in ("dm", "csdm", "sdm"):
         spec = s.scale(data="cifar10", ipc=10, imbalance_factor=50, method=m, iterations=300,
                        batch_real=batch_real, width=64)
-        s.row(f"lt50-{m}{sfx}", spec, lambda sp, m=m: s.distill_eval(
-            sp, f"lt50-{m}{sfx}", "-m", m, *_dm_flags(sp), "--imbalance-factor",
+        s.row(lt_name(m, batch_real), spec, lambda sp, m=m: s.distill_eval(
+            sp, lt_name(m, batch_real), "-m", m, *_dm_flags(sp), "--imbalance-factor",
             str(sp["imbalance_factor"]), baseline=m == "dm"))
 
 
@@ -335,7 +344,7 @@ def otgen_rows(s: Suite) -> None:
 
 ROWS: dict[str, Callable[[Suite], None]] = {"dm": dm_rows, "relabel": relabel_rows,
                                             "lt": lt_rows,
-                                            "lt256": lambda s: lt_rows(s, 256),
+                                            "lt256": lambda s: lt_rows(s, LT_BATCH_LARGE),
                                             "tgdd": tgdd_rows,
                                             "otgen": otgen_rows,
                                             "backbone1": lambda s: backbone_rows(s, (1,)),
@@ -355,7 +364,7 @@ def fmt(a: dict | None) -> str:
 
 
 #: rows compared with DM under the same judge (the papers say they should beat it)
-_LT = {f"lt50-{m}{b}": f"lt50-dm{b}" for m in ("csdm", "sdm") for b in ("", "-br256")}
+_LT = {lt_name(m, b): lt_name("dm", b) for m in ("csdm", "sdm") for b in (LT_BATCH, LT_BATCH_LARGE)}
 VERSUS_DM = {**_LT, "tgdd": "dm-cifar", "tgdd@tgdd-judge": "dm-cifar@tgdd-judge"}
 #: rows compared with another baseline row under the same judge: (row, what it is)
 VERSUS_OTHER = {"otgen": ("otgen-noot", "unguided")}
@@ -374,9 +383,7 @@ def versus(a: dict, b: dict) -> str:
     pa, pb = a.get("per_model") or [], b.get("per_model") or []
     if len(pa) > 1 and len(pa) == len(pb):
         d = [x - y for x, y in zip(pa, pb, strict=True)]
-        m = sum(d) / len(d)
-        sd = (sum((x - m) ** 2 for x in d) / len(d)) ** 0.5
-        out += f" (paired ± {sd:.2f}, {sum(x > 0 for x in d)}/{len(d)} ahead)"
+        out += f" (paired ± {statistics.pstdev(d):.2f}, {sum(x > 0 for x in d)}/{len(d)} ahead)"
     return out
 
 
