@@ -27,6 +27,19 @@ def ddcli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
     return out
 
 
+def run_main(main, *args) -> None:
+    """Call ``main(*args)``; a ddcli error (a missing bundle or dataset, a bad option) ends the
+    script as it ends the CLI: one ``error:`` line on stderr and the error's exit code (2 for
+    bad input), not a traceback."""
+    from ddcli.errors import DDCliError
+
+    try:
+        main(*args)
+    except DDCliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+
+
 def parser(doc: str, ipc: list[int], models: int = 5) -> argparse.ArgumentParser:
     """The arguments every benchmark takes (cifar10-30k defaults)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)

@@ -26,6 +26,8 @@ import json
 import sys
 from pathlib import Path
 
+from common import run_main
+
 #: each row's `otm` knobs (the others are `otm`'s own); "kd" is the `kd` protocol itself
 ROWS: dict[str, dict[str, float] | None] = {
     "default": {},  # methods.md §5.4's proposal, ddcli's default: 0.1 CE + 1 MSE + 1 OT, reg 0.1
@@ -100,4 +102,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

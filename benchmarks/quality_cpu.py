@@ -467,6 +467,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
     ap.add_argument("--smoke", action="store_true", help="tiny scale: test the machinery")
     a = ap.parse_args(argv)
+    cifar = a.data_root / "cifar10"
+    if not a.smoke and set(a.rows) - {"otgen"} and not (cifar / "train_1.npz").is_file():
+        # every row but otgen's reads cifar10-30k: say so now, not after the first rows' hours
+        print(f"error: no CIFAR-10 shards under {cifar} (--data-root is the folder that holds "
+              "cifar10/train_1.npz ...; ../shared/datasets here)", file=sys.stderr)
+        raise SystemExit(2)
     a.workdir.mkdir(parents=True, exist_ok=True)
     s = Suite(a.data_root, a.workdir, a.smoke, 2 if a.smoke else a.models, a.seed)
     t0 = time.perf_counter()

@@ -169,3 +169,34 @@ def test_section_is_replaced_where_it_stands(tmp_path):
     quality_cpu.write_section(fresh, [h, "", "t"])
     assert fresh.read_text() == f"# Benchmark results\n\n{h}\n\nt\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", "fresh.md"]  # no .tmp
+
+
+def test_suite_without_cifar10_stops_at_once_in_one_line(tmp_path, capsys):
+    # the dm rows' first row needs only the built-in sample: without this check the suite ran
+    # it (minutes) before failing on cifar10-30k
+    work = tmp_path / "work"
+    try:
+        quality_cpu.main(["--data-root", str(tmp_path / "nowhere"), "--rows", "dm",
+                          "--workdir", str(work), "--out", str(tmp_path / "R.md")])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("the suite ran without its data")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no CIFAR-10 shards under") and "\n" not in err
+    assert not work.exists() and not (tmp_path / "R.md").exists()
+
+
+def test_benchmark_scripts_end_a_ddcli_error_in_one_line(tmp_path, capsys):
+    from common import run_main
+
+    from ddcli import api
+
+    try:
+        run_main(api.evaluate, tmp_path / "missing.safetensors")
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("no exit")
+    err = capsys.readouterr().err
+    assert err == f"error: bundle not found: {tmp_path / 'missing.safetensors'}\n"
