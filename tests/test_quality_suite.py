@@ -100,8 +100,11 @@ def test_default_rows_leave_out_backbone10(tmp_path, monkeypatch):
                                               for k in quality_cpu.ROWS})
     monkeypatch.setattr(quality_cpu, "table", lambda s, t: [])
     monkeypatch.setattr(quality_cpu, "write_section", lambda path, lines: None)
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "train_1.npz").touch()
     quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w")])
-    assert not {"backbone10", "lt256"} & set(ran) and {"dm", "lt", "backbone1", "otgen"} <= set(ran)
+    assert not {"backbone10", "lt256", "lt200"} & set(ran)
+    assert {"dm", "lt", "backbone1", "otgen"} <= set(ran)
     ran.clear()
     quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w"),
                       "--rows", "backbone10"])
@@ -120,20 +123,25 @@ def test_versus_pairs_the_models_only_when_both_rows_have_them():
     assert quality_cpu.versus(a, {"mean": 43.0, "std": 1.0, "per_model": [43.0]}) == "+1.00"
 
 
-def test_lt256_rows_have_their_own_names_specs_and_dm_comparison(tmp_path):
-    """The 256-a-step long-tail rows must neither collide with the default rows' names (the
-    bundles and table rows would overwrite each other) nor be compared with the 64-a-step DM."""
+def test_lt_groups_have_their_own_names_specs_and_dm_comparison(tmp_path):
+    """The long-tail rows at 256 a step and at imbalance 200 must neither collide with the
+    default rows' names (the bundles and table rows would overwrite each other) nor be compared
+    with the DM of another batch or imbalance."""
     s = quality_cpu.Suite(tmp_path, tmp_path / "w", smoke=False, models=3)
     seen: dict[str, dict] = {}
     s.row = lambda name, spec, body: seen.setdefault(name, spec)
-    quality_cpu.lt_rows(s)
-    quality_cpu.ROWS["lt256"](s)
-    assert set(seen) == {f"lt50-{m}{b}" for m in ("dm", "csdm", "sdm") for b in ("", "-br256")}
-    assert {seen[f"lt50-{m}"]["batch_real"] for m in ("dm", "csdm", "sdm")} == {64}
-    assert {seen[f"lt50-{m}-br256"]["batch_real"] for m in ("dm", "csdm", "sdm")} == {256}
-    assert quality_cpu.VERSUS_DM["lt50-csdm-br256"] == "lt50-dm-br256"
-    assert quality_cpu.BASELINE_OF["lt50-sdm-br256"] == "lt50-dm-br256"
-    assert quality_cpu.VERSUS_DM["lt50-csdm"] == "lt50-dm"
+    for group in ("lt", "lt256", "lt200"):
+        quality_cpu.ROWS[group](s)
+    ms = ("dm", "csdm", "sdm")
+    assert set(seen) == {f"lt{f}-{m}{b}" for m in ms
+                         for f, b in (("50", ""), ("50", "-br256"), ("200", ""))}
+    for name, batch, imbalance in (("lt50-{}", 64, 50), ("lt50-{}-br256", 256, 50),
+                                   ("lt200-{}", 64, 200)):
+        assert {seen[name.format(m)]["batch_real"] for m in ms} == {batch}
+        assert {seen[name.format(m)]["imbalance_factor"] for m in ms} == {imbalance}
+        for m in ("csdm", "sdm"):
+            assert quality_cpu.VERSUS_DM[name.format(m)] == name.format("dm")
+            assert quality_cpu.BASELINE_OF[name.format(m)] == name.format("dm")
 
 
 def test_held_out_subset_skips_the_distilled_images_and_keeps_the_first_per_class(tmp_path):
