@@ -1,7 +1,7 @@
 """CPU quality suite (issue 12): every method on real data against its baselines, one judge per
 dataset, resumable; writes the "CPU quality suite" section of benchmarks/RESULTS.md.
 
-    python benchmarks/quality_cpu.py --data-root ../shared/datasets [--rows dm-sample dm-cifar]
+    python benchmarks/quality_cpu.py --data-root ../shared/datasets [--rows dm lt ...]
 
 Each row runs the product itself (``python -m ddcli ... --json``) and is cached in
 ``--workdir`` under a key of its settings and of the ddcli source, so a rerun redoes only the
