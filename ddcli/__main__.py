@@ -2,7 +2,10 @@
 
 Nothing heavy is imported before the interrupt handling is in place: Ctrl-C during start-up
 (while torch and friends import, the first seconds of every command) ends with one ``error:``
-line and exit code 130, not a traceback.
+line and exit code 130, not a traceback. A Ctrl-C that arrives while a module is being imported
+is held until that import is over (:func:`_on_sigint`): raised inside it, the KeyboardInterrupt
+left numpy half-loaded ("cannot load module more than once per process", exit 1) or escaped
+through torch's C++ (``std::terminate``, exit -6).
 
 Once the command has finished, a late Ctrl-C (during the interpreter's shutdown, which takes a
 moment after torch) is ignored: the work is done and the exit code already says how it went. An
@@ -30,18 +33,60 @@ def _finish(code) -> None:
     sys.exit(code)
 
 
+def _in_import(frame) -> bool:
+    """Whether ``frame`` runs inside an import (CPython's frozen importlib is on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_sigint(signum, frame) -> None:
+    """Ctrl-C: a KeyboardInterrupt now, or, inside an import, as soon as the import is over
+    (checked every 20 ms by SIGALRM, which passes the signal on to whatever handles SIGINT then:
+    this function again, or a distillation loop's own handler)."""
+    if _in_import(frame):
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        return
+    raise KeyboardInterrupt
+
+
+def _on_alarm(signum, frame) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+def _guard_sigint() -> None:
+    """Install :func:`_on_sigint` (where the platform has timers; Python's default otherwise)."""
+    if hasattr(signal, "setitimer"):
+        try:
+            signal.signal(signal.SIGALRM, _on_alarm)
+            signal.signal(signal.SIGINT, _on_sigint)
+        except (ValueError, OSError):  # not the main thread / no signals here
+            pass
+
+
+def _unguard_sigint() -> None:
+    """From here on Ctrl-C changes nothing: ignore it, and drop a held one."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    except (ValueError, OSError):  # not the main thread / no signals here
+        pass
+
+
 def main() -> None:
     code = 0
+    _guard_sigint()
     try:
         try:
             from ddcli.cli import main as cli_main
 
             cli_main()
         finally:  # from here on, Ctrl-C no longer changes the outcome
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-            except (ValueError, OSError):  # not the main thread / no signals here
-                pass
+            _unguard_sigint()
     except KeyboardInterrupt:  # before the CLI's own handling is installed
         sys.stderr.write("error: interrupted\n")
         code = EXIT_INTERRUPTED

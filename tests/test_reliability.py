@@ -76,6 +76,68 @@ def test_console_script_is_the_guarded_entry_point():
     assert scripts["ddcli"] == "ddcli.__main__:main"
 
 
+def test_ctrl_c_inside_an_import_is_held_until_the_import_is_over(tmp_path):
+    """Raised inside an import, a KeyboardInterrupt left numpy half-loaded (internal error
+    "cannot load module more than once per process", exit 1) or escaped through torch's C++
+    (std::terminate, exit -6): both seen in CI. The interrupt must wait for the import's end."""
+    (tmp_path / "slowmod.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.3)  # the handler runs in here, inside the import\n"
+        "DONE = True\n")
+    code = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from ddcli.__main__ import _guard_sigint\n"
+        "_guard_sigint()\n"
+        "try:\n"
+        "    import slowmod\n"
+        "    time.sleep(5)\n"
+        "    print('not interrupted')\n"
+        "except KeyboardInterrupt:\n"
+        "    m = sys.modules.get('slowmod')\n"
+        "    print('interrupted after the import:', getattr(m, 'DONE', False))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=REPO)
+    assert r.stdout.strip() == "interrupted after the import: True", (r.stdout, r.stderr)
+
+
+def test_real_ctrl_c_while_torch_imports_waits_for_torch_then_ends_the_command():
+    # a real SIGINT sent from inside torch's import (a finder on sys.meta_path runs within
+    # importlib): torch finishes importing, then the command ends with exit 130, one line
+    code = (
+        "import os, signal, sys\n"
+        "class Finder:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            sys.meta_path.remove(self)\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Finder())\n"
+        "import time\n"
+        "import ddcli.__main__ as m\n"
+        "import ddcli.cli\n"
+        "real_main = ddcli.cli.main\n"
+        "def cli_main():  # the command's first import of torch, then work\n"
+        "    import torch  # noqa\n"
+        "    time.sleep(3)  # the held interrupt arrives in here\n"
+        "    real_main()\n"
+        "ddcli.cli.main = cli_main\n"
+        "def finish(code):\n"
+        "    t = sys.modules.get('torch')\n"
+        "    print('exit', code, 'torch loaded:', hasattr(t, 'tensor'), flush=True)\n"
+        "    os._exit(0)\n"
+        "m._finish = finish\n"
+        "sys.argv = ['ddcli', 'inspect', 'x.safetensors']\n"
+        "m.main()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=REPO)
+    assert r.stdout.strip() == "exit 130 torch loaded: True", (r.stdout, r.stderr)
+    assert r.stderr == "error: interrupted\n", r.stderr
+
+
 def test_real_sigint_during_start_up(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "ddcli", "inspect", str(tmp_path / "x")],
                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
