@@ -25,6 +25,12 @@ from ddcli.errors import BundleError, DataError, InputError, RunError
 REPO = Path(__file__).resolve().parents[1]
 
 
+def python_c(code: str) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` in the repository (a fresh interpreter: signals, imports)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+
+
 def leftovers(folder: Path) -> list[str]:
     """Temporary files or folders ddcli may have left in ``folder``."""
     return [p.name for p in folder.iterdir() if "ddcli-tmp" in p.name or ".tmp-" in p.name]
@@ -63,8 +69,7 @@ def test_ctrl_c_while_torch_imports_is_one_error_line_exit_130():
         "from ddcli.__main__ import main\n"
         "main()\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=REPO)
+    r = python_c(code)
     assert r.returncode == 130, r
     assert r.stderr == "error: interrupted\n", r.stderr
 
@@ -98,8 +103,7 @@ def test_ctrl_c_inside_an_import_is_held_until_the_import_is_over(tmp_path):
         "    m = sys.modules.get('slowmod')\n"
         "    print('interrupted after the import:', getattr(m, 'DONE', False))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       cwd=REPO)
+    r = python_c(code)
     assert r.stdout.strip() == "interrupted after the import: True", (r.stdout, r.stderr)
 
 
@@ -132,8 +136,7 @@ def test_real_ctrl_c_while_torch_imports_waits_for_torch_then_ends_the_command()
         "sys.argv = ['ddcli', 'inspect', 'x.safetensors']\n"
         "m.main()\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120, cwd=REPO)
+    r = python_c(code)
     assert r.stdout.strip() == "exit 130 torch loaded: True", (r.stdout, r.stderr)
     assert r.stderr == "error: interrupted\n", r.stderr
 
