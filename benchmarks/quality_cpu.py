@@ -28,6 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import run_main
+
+from ddcli.errors import InputError
 from ddcli.io import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -477,9 +480,8 @@ def main(argv: list[str] | None = None) -> None:
     cifar = a.data_root / "cifar10"
     if not a.smoke and set(a.rows) - {"otgen"} and not (cifar / "train_1.npz").is_file():
         # every row but otgen's reads cifar10-30k: say so now, not after the first rows' hours
-        print(f"error: no CIFAR-10 shards under {cifar} (--data-root is the folder that holds "
-              "cifar10/train_1.npz ...; ../shared/datasets here)", file=sys.stderr)
-        raise SystemExit(2)
+        raise InputError(f"no CIFAR-10 shards under {cifar} (--data-root is the folder that "
+                         "holds cifar10/train_1.npz ...; ../shared/datasets here)")
     a.workdir.mkdir(parents=True, exist_ok=True)
     s = Suite(a.data_root, a.workdir, a.smoke, 2 if a.smoke else a.models, a.seed)
     t0 = time.perf_counter()
@@ -491,4 +493,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import CLASSES, class_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import quality_cpu  # noqa: E402
+from common import run_main  # noqa: E402
 
 
 def fake_cifar(root: Path) -> Path:
@@ -183,28 +185,20 @@ def test_suite_without_cifar10_stops_at_once_in_one_line(tmp_path, capsys):
     # the dm rows' first row needs only the built-in sample: without this check the suite ran
     # it (minutes) before failing on cifar10-30k
     work = tmp_path / "work"
-    try:
-        quality_cpu.main(["--data-root", str(tmp_path / "nowhere"), "--rows", "dm",
-                          "--workdir", str(work), "--out", str(tmp_path / "R.md")])
-    except SystemExit as e:
-        assert e.code == 2
-    else:
-        raise AssertionError("the suite ran without its data")
+    with pytest.raises(SystemExit) as e:
+        run_main(quality_cpu.main, ["--data-root", str(tmp_path / "nowhere"), "--rows", "dm",
+                                    "--workdir", str(work), "--out", str(tmp_path / "R.md")])
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no CIFAR-10 shards under") and "\n" not in err
     assert not work.exists() and not (tmp_path / "R.md").exists()
 
 
 def test_benchmark_scripts_end_a_ddcli_error_in_one_line(tmp_path, capsys):
-    from common import run_main
-
     from ddcli import api
 
-    try:
+    with pytest.raises(SystemExit) as e:
         run_main(api.evaluate, tmp_path / "missing.safetensors")
-    except SystemExit as e:
-        assert e.code == 2
-    else:
-        raise AssertionError("no exit")
+    assert e.value.code == 2
     err = capsys.readouterr().err
     assert err == f"error: bundle not found: {tmp_path / 'missing.safetensors'}\n"
