@@ -170,13 +170,26 @@ class PriorRecipe:
     layers_per_block: int = 2
     train_timesteps: int = 1000
     label_dropout: float = 0.1
+    ema: bool = True
     checkpoint_every: int = 1000
 
     def key(self) -> dict:
         d = dict(self.__dict__)
         d.pop("checkpoint_every")
         d["channels"] = list(self.channels)
+        if not self.ema:  # the key of the priors trained before the option: still found
+            d.pop("ema")
         return d
+
+
+def _ema(unet, recipe: PriorRecipe):
+    """The weights a prior samples with: an exponential moving average of its training
+    weights with diffusers' warm-up (1 - (1 + step)^-3/4, capped at 0.9999), the settings of
+    diffusers' own UNet training example; DiT's prior is sampled from its EMA weights too."""
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0,
+                    power=3 / 4, foreach=True) if recipe.ema else None
 
 
 def prior_dir(cache: Path, data: Dataset, recipe: PriorRecipe, seed: int) -> Path:
@@ -237,6 +250,10 @@ def train_prior(
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.lr)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
+    ema = _ema(unet, recipe)
+    if ema is not None and state is not None:
+        ema.load_state_dict(state["ema"])
+        ema.to(device)
     images = data.images.to(device)
     labels = data.labels.to(device)
     null = data.num_classes
@@ -248,8 +265,9 @@ def train_prior(
         if tmp.exists():
             shutil.rmtree(tmp)
         unet.save_pretrained(str(tmp / "unet"))
-        torch.save({"step": step, "generator": gen.get_state(),
-                    "optimizer": opt.state_dict()}, str(tmp / "state.pt"))
+        torch.save({"step": step, "generator": gen.get_state(), "optimizer": opt.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None},
+                   str(tmp / "state.pt"))
         if partial.exists():
             shutil.rmtree(partial)
         tmp.rename(partial)
@@ -269,6 +287,8 @@ def train_prior(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema.step(unet.parameters())
         done = step + 1
         if progress and (done % 50 == 0 or done == recipe.steps):  # the loss: a host sync
             progress(done, status=f"loss {float(loss.detach()):.4f}")
@@ -283,6 +303,8 @@ def train_prior(
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
+    if ema is not None:
+        ema.copy_to(unet.parameters())
     unet.eval().save_pretrained(str(tmp / "unet"))
     sched.save_pretrained(str(tmp / "scheduler"))
     (tmp / PRIOR_META).write_text(json.dumps({

@@ -219,7 +219,8 @@ def test_one_spelling_per_option_across_commands(cli):
     distill, experts, prior = options("distill"), options("experts"), options("prior")
     for opt in ("--num-experts", "--expert-epochs", "--model", "--width"):
         assert opt in distill and opt in experts, opt
-    for opt in ("--prior-steps", "--prior-batch", "--prior-channels"):
+    for opt in ("--prior-steps", "--prior-batch", "--prior-channels", "--prior-ema",
+                "--no-prior-ema"):
         assert opt in distill and opt in prior, opt
     data_opts = ("--train-files", "--image-size", "--channels", "--skip-bad", "--max-per-class",
                  "--imbalance-factor", "--out", "--force", "--device", "--config")

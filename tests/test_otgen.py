@@ -8,7 +8,7 @@ from ddcli.errors import InputError
 from ddcli.losses import deviation_cost, ot_guidance_cost
 from ddcli.methods import create_method
 from ddcli.methods.base import run_method
-from ddcli.priors import PRIOR_META, PriorRecipe, load_prior, train_prior
+from ddcli.priors import PRIOR_META, PriorRecipe, load_prior, prior_dir, train_prior
 
 TINY_PRIOR = dict(prior_channels=(8, 16), prior_steps=3, sampling_steps=4, real_per_class=6)
 
@@ -106,6 +106,41 @@ def test_prior_training_is_cached_and_resumable(tmp_path):
     assert load_prior(folder, ds.classes).null_id == 3
 
 
+def _unet_weights(folder):
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(str(folder / "unet"))
+    return torch.cat([p.detach().flatten() for p in unet.parameters()])
+
+
+def test_prior_samples_from_the_ema_of_its_weights_and_resumes_it(tmp_path):
+    ds = tiny_dataset(n=4)
+    cpu = torch.device("cpu")
+    recipe = PriorRecipe(steps=6, batch_size=4, channels=(8, 16), checkpoint_every=2)
+    raw = PriorRecipe(steps=6, batch_size=4, channels=(8, 16), ema=False)
+    # a prior without the EMA keeps the cache key it had before the option existed
+    assert "ema" not in raw.key() and recipe.key()["ema"] is True
+    assert prior_dir(tmp_path, ds, raw, 0) != prior_dir(tmp_path, ds, recipe, 0)
+    plain, _ = train_prior(ds, device=cpu, cache=tmp_path / "raw", recipe=raw)
+    straight, _ = train_prior(ds, device=cpu, cache=tmp_path / "a", recipe=recipe)
+    w_raw, w_ema = _unet_weights(plain), _unet_weights(straight)
+    # the same training (same seed, same draws): the EMA weights lag the last step's
+    assert (w_ema - w_raw).abs().max() > 1e-6
+    # a run stopped at step 3 and resumed ends with the same EMA as one that ran through
+    calls = {"n": 0}
+
+    def stop_at_three():
+        calls["n"] += 1
+        return calls["n"] == 3
+
+    from ddcli.errors import Interrupted
+
+    with pytest.raises(Interrupted):
+        train_prior(ds, device=cpu, cache=tmp_path / "b", recipe=recipe, should_stop=stop_at_three)
+    resumed, _ = train_prior(ds, device=cpu, cache=tmp_path / "b", recipe=recipe)
+    assert torch.equal(_unet_weights(resumed), w_ema)
+
+
 def test_otgen_end_to_end_and_unguided_ablation(cli, tmp_path):
     data = write_shards(tmp_path / "d", n_train=8, n_test=4)
     out = tmp_path / "g.safetensors"
@@ -172,6 +207,14 @@ def test_prior_command_prepares_the_cache_distill_uses_with_the_same_seed(cli, t
     assert sorted(p.name for p in priors.iterdir()) == before  # found, not trained again
     r = cli("prior", data, *opts, "--seed", "3", "--device", "cpu", "--json")
     assert r.code == 0 and r.json()["cached"] is False and len(list(priors.iterdir())) == 2
+    # without the EMA: another prior, which distill --no-prior-ema then finds
+    r = cli("prior", data, *opts, "--no-prior-ema", "--seed", "3", "--device", "cpu", "--json")
+    assert r.code == 0 and r.json()["cached"] is False and len(list(priors.iterdir())) == 3
+    r = cli("distill", data, "-m", "otgen", "--ipc", "1", *opts, "--no-prior-ema",
+            "--sampling-steps", "2", "--real-per-class", "4", "--seed", "3", "--device", "cpu",
+            "-o", tmp_path / "o3.safetensors", "--json")
+    assert r.code == 0 and r.json()["config"]["prior_ema"] is False, r
+    assert len(list(priors.iterdir())) == 3
 
 
 def test_unet_prior_guides_at_its_validated_scale_unless_told(cli, tmp_path, monkeypatch):

@@ -157,6 +157,11 @@ def method_options() -> tuple[MethodOption, ...]:
 _TYPES = {"int": int, "float": float, "str": str, "ints": str, "bool": bool}
 
 
+def _decl(o) -> str:
+    """An option's spelling: ``--name``, and ``--name/--no-name`` for a switch."""
+    return f"{flag(o.name)}/--no-{flag(o.name)[2:]}" if o.kind == "bool" else flag(o.name)
+
+
 def parameters(taken: set[str]) -> list[inspect.Parameter]:
     """The options as keyword-only parameters for a typer command (all default ``None``);
     ``taken``: the command's own parameter names, which no field may shadow."""
@@ -165,8 +170,7 @@ def parameters(taken: set[str]) -> list[inspect.Parameter]:
         if o.name in taken:
             raise TypeError(f"method option {flag(o.name)} clashes with a distill option")
         if o.kind == "bool":
-            decl = f"{flag(o.name)}/--no-{flag(o.name)[2:]}"
-            info = typer.Option(decl, help=o.help, rich_help_panel=o.panel)
+            info = typer.Option(_decl(o), help=o.help, rich_help_panel=o.panel)
         elif o.choices:
             info = typer.Option(flag(o.name), help=o.help, rich_help_panel=o.panel,
                                 case_sensitive=False, show_default=False)
@@ -221,8 +225,8 @@ def with_config_options(method: str, names: tuple[str, ...], after: str
             text = f"{text[:1].upper()}{text[1:]} (as distill -m {method})."
             if o.choices:
                 text += f" One of: {', '.join(o.choices)}."
-            info = typer.Option(flag(name), help=text, case_sensitive=False) if o.choices \
-                else typer.Option(flag(name), help=text)
+            info = typer.Option(_decl(o), help=text, case_sensitive=False) if o.choices \
+                else typer.Option(_decl(o), help=text)
             typ = Literal[o.choices] if o.choices else _TYPES[o.kind]
             params.append(inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[typ, info],

@@ -30,7 +30,8 @@ from ddcli.cli.common import (
 from ddcli.cli.method_options import with_config_options
 
 
-@with_config_options("otgen", ("prior_steps", "prior_batch", "prior_channels"), after="data")
+@with_config_options("otgen", ("prior_steps", "prior_batch", "prior_channels", "prior_ema"),
+                     after="data")
 def prior(
     data: Annotated[Path, typer.Argument(help="Dataset folder or shards.", show_default=False)],
     train_files: TrainFilesOpt = None,
@@ -70,7 +71,8 @@ def prior(
     ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,
                           channels=channels, skip_bad=skip_bad, max_per_class=max_per_class,
                           imbalance_factor=imbalance_factor)
-    recipe = PriorRecipe(steps=prior_steps, batch_size=prior_batch, channels=widths)
+    recipe = PriorRecipe(steps=prior_steps, batch_size=prior_batch, channels=widths,
+                         ema=options["prior_ema"])
     with rep.progress("diffusion prior", prior_steps, unit="steps") as update:
         folder, cached = train_prior(ds, device=dev, cache=cache_dir(), recipe=recipe,
                                      seed=seed, progress=update)

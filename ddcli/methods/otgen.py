@@ -127,7 +127,8 @@ class OTGen(Method):
                 folder, _ = train_prior(data, device=device, cache=cache_dir(),
                                         recipe=PriorRecipe(steps=cfg.prior_steps,
                                                            batch_size=cfg.prior_batch,
-                                                           channels=tuple(cfg.prior_channels)),
+                                                           channels=tuple(cfg.prior_channels),
+                                                           ema=cfg.prior_ema),
                                         seed=self.seed, progress=update)
         self.prior = load_prior(folder, data.classes).to(device)
         self.prior_source = str(folder)
