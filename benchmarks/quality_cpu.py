@@ -324,8 +324,8 @@ def otgen_rows(s: Suite) -> None:
     prior learns its 28 px grey images in CPU minutes, CIFAR-10's would not."""
     # the sample's sample-cpu preset supplies prior_batch 32 and real_per_class 64
     spec = s.scale(data="sample", ipc=10, prior_steps=1500, prior_channels="32,64,64",
-                   prior_batch=32, real_per_class=64, sampling_steps=50, teacher="convnet",
-                   teacher_epochs=15)
+                   prior_ema="on", prior_batch=32, real_per_class=64, sampling_steps=50,
+                   teacher="convnet", teacher_epochs=15)
     if s.smoke:
         spec.update(ipc=2, prior_channels="16,32")
     for tag, extra in (("otgen", ()), ("otgen-noot", ("--ot-scale", "0"))):
@@ -335,6 +335,7 @@ def otgen_rows(s: Suite) -> None:
             raw = s.work / f"{tag}.safetensors"
             d = run("distill", "-m", "otgen", "--ipc", str(sp["ipc"]), "--prior-steps",
                     str(sp["prior_steps"]), "--prior-channels", sp["prior_channels"],
+                    "--prior-ema" if sp["prior_ema"] == "on" else "--no-prior-ema",
                     "--sampling-steps", str(sp["sampling_steps"]), *extra, "--seed",
                     str(s.seed), "--device", "cpu", "-o", str(raw), "--force",
                     "--checkpoint-every", "0")

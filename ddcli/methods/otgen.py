@@ -25,8 +25,8 @@ high-noise start of sampling, where a sample's mode is decided — the sampled z
   trajectory, ddcli.experts) and the real gradients are computed once per class and
   checkpoint (IGD ``sample_mp.py`` / ``gaussian_diffusion.py``). Off by default.
 The prior is ``--prior DIR`` (a local diffusers folder) or, by default, a small class-conditional
-UNet trained on the data (cached; ddcli.priors). Then ``relabel`` + ``evaluate -p otm`` (or
-``distill --relabel``) complete the paper's pipeline.
+UNet trained on the data and sampled from the EMA of its weights (cached; ddcli.priors). Then
+``relabel`` + ``evaluate -p otm`` (or ``distill --relabel``) complete the paper's pipeline.
 """
 
 from __future__ import annotations
