@@ -452,8 +452,9 @@ class OTGenConfig(MethodConfig):
         prior_steps: training steps of that prior.
         prior_channels: its UNet's block widths, e.g. 64,128,128.
         prior_batch: its training batch size.
-        prior_ema: sample from an exponential moving average of the prior's training weights
-            (diffusers' warm-up: 1 - (1 + step)^-3/4, at most 0.9999), as DiT's prior is.
+        prior_ema: sample the prior ddcli trains from an exponential moving average of its
+            training weights (diffusers' warm-up: 1 - (1 + step)^-3/4, at most 0.9999), as
+            DiT's prior is.
         sampler: ``ddpm`` (ancestral, IGD's) or ``ddim``.
         sampling_steps: respaced sampling steps per sample (IGD 50).
         cfg_scale: classifier-free guidance (default: 4 for DiT priors as IGD, 2 for UNets).
