@@ -215,16 +215,16 @@ def relabel_rows(s: Suite) -> None:
 #: the long-tail groups: (real images per class a step, imbalance factor). ``lt`` runs by
 #: default; ``lt256`` (DM's default batch: CSDM's characteristic function may need more samples
 #: than DM's mean) and ``lt200`` (CSDM's headline imbalance) only when named
-LT_BATCH, LT_BATCH_LARGE = 64, 256
-LT_GROUPS = {"lt": (LT_BATCH, 50), "lt256": (LT_BATCH_LARGE, 50), "lt200": (LT_BATCH, 200)}
+LT_BATCH = 64
+LT_GROUPS = {"lt": (LT_BATCH, 50), "lt256": (256, 50), "lt200": (LT_BATCH, 200)}
 
 
-def lt_name(method: str, batch_real: int = LT_BATCH, imbalance: int = 50) -> str:
+def lt_name(method: str, batch_real: int, imbalance: int) -> str:
     """A long-tail row's name: ``ltIF-M``, or ``ltIF-M-brN`` at another batch."""
     return f"lt{imbalance}-{method}" + ("" if batch_real == LT_BATCH else f"-br{batch_real}")
 
 
-def lt_rows(s: Suite, batch_real: int = LT_BATCH, imbalance: int = 50) -> None:
+def lt_rows(s: Suite, batch_real: int, imbalance: int) -> None:
     """CSDM and SDM against DM and random real on a long-tailed cifar10-30k subset (imbalance
     factor ``imbalance``), balanced test; many / medium / few group accuracies, at
     ``batch_real`` real images a class and step (``lt_name``)."""
