@@ -34,8 +34,11 @@ def evaluate(code: Path, bundle: str, models: int, epochs: int, seed: int,
            "--quiet", *extra]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)
-    if r.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr}")
+    if r.returncode != 0:  # ddcli's own one line (a bad bundle: exit 2), else its last line
+        lines = r.stderr.strip().splitlines() or [f"exit {r.returncode}"]
+        msg = next((x for x in lines if x.startswith("error:")), f"error: {lines[-1]}")
+        print(f"{msg} (evaluate with the code in {code})", file=sys.stderr)
+        sys.exit(2 if r.returncode == 2 else 1)
     rep = json.loads(r.stdout)
     res = rep["result"]
     return {"ddcli": rep["ddcli_version"], "args": " ".join(extra),

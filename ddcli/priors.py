@@ -38,6 +38,9 @@ class Prior:
     null_id: int | None  # the unconditional class id, if the model has one
     sample_shape: tuple[int, int, int]  # (C, H, W) of the space OT works in
     source: str
+    #: how ddcli trained it (``ddcli_prior.json``: recipe, seed, data fingerprint); None for a
+    #: prior ddcli did not train
+    trained: dict | None = None
 
     @property
     def latent(self) -> bool:
@@ -112,6 +115,7 @@ def load_prior(folder: str | Path, classes: list[str]) -> Prior:
             for k, v in (info.get("id2label") or {}).items():
                 for label in str(v).split(","):
                     names[label.strip()] = int(k)
+            meta = None
             if (folder / PRIOR_META).exists():
                 meta = json.loads((folder / PRIOR_META).read_text())
                 names.update({c: i for i, c in enumerate(meta["classes"])})
@@ -122,7 +126,8 @@ def load_prior(folder: str | Path, classes: list[str]) -> Prior:
                      model.config.sample_size)
             # DiTPipeline's unconditional class: id num_embeds_ada_norm (1000 for ImageNet)
             return Prior("dit", model.eval(), _ddim(pipe.scheduler), vae.eval(),
-                         _map(names, classes, folder), int(n_cls), shape, str(folder))
+                         _map(names, classes, folder), int(n_cls), shape, str(folder),
+                         _trained(meta))
         if not (folder / "unet" / "config.json").exists():
             raise InputError(f"{folder} holds neither a DiTPipeline nor unet/ + scheduler/")
         unet = UNet2DModel.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False)
@@ -140,13 +145,24 @@ def load_prior(folder: str | Path, classes: list[str]) -> Prior:
         names = {c: i for i, c in enumerate(meta["classes"])}
         null = meta.get("null_id")
     else:  # a foreign UNet: its class ids are taken to follow the dataset's class order
+        meta = None
         names = {c: i for i, c in enumerate(classes)} if n_cls >= len(classes) else {}
         null = None
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size) \
         if isinstance(unet.config.sample_size, int) else (unet.config.in_channels,
                                                           *unet.config.sample_size)
     return Prior("unet", unet.eval(), _ddim(sched), None, _map(names, classes, folder), null,
-                 tuple(shape), str(folder))
+                 tuple(shape), str(folder), _trained(meta))
+
+
+def _trained(meta: dict | None) -> dict | None:
+    """What a bundle records of how its prior was trained: ddcli's metadata less the classes
+    (the bundle has them), or None for a prior ddcli did not train."""
+    if not meta or "recipe" not in meta:
+        return None
+    out = {k: meta.get(k) for k in ("recipe", "seed", "fingerprint", "final_loss")}
+    out["recipe"] = {"ema": False, **out["recipe"]}  # a key without it: trained without EMA
+    return out
 
 
 def _map(names: dict[str, int], classes: list[str], folder: Path) -> dict[str, int]:

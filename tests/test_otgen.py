@@ -307,3 +307,33 @@ def test_influence_guidance_trains_a_surrogate_and_steers_the_samples(cli, tmp_p
     r = cli(*base, "-o", tmp_path / "x.safetensors", "--influence-scale", "3",
             "--surrogate-epochs", "2", "--surrogate-checkpoints", "0,3")
     assert r.code == 2 and "--surrogate-checkpoints" in r.stderr
+
+
+def test_bundle_records_how_its_prior_was_really_trained(cli, tmp_path):
+    """The prior_* options apply only when distill trains the prior: with --prior DIR the
+    bundle records the folder's own recipe (ddcli's metadata) in ``prior_trained``, and None
+    for a prior ddcli did not train, so a bundle never claims a recipe its prior did not have."""
+    data = write_shards(tmp_path / "d", n_train=12, n_test=6)
+    r = cli("prior", data, "--prior-steps", "2", "--prior-channels", "8,16", "--prior-batch",
+            "4", "--no-prior-ema", "--seed", "5", "--device", "cpu", "-o", tmp_path / "p",
+            "--json")
+    assert r.code == 0, r
+    r = cli("distill", data, "-m", "otgen", "--ipc", "1", "--prior", tmp_path / "p",
+            "--sampling-steps", "2", "--real-per-class", "4", "--device", "cpu", "-o",
+            tmp_path / "o.safetensors", "--json")
+    assert r.code == 0, r
+    cfg = r.json()["config"]
+    assert cfg["prior_steps"] == 20000 and cfg["prior_ema"] is True  # the options, unused
+    trained = cfg["prior_trained"]
+    assert trained["recipe"]["steps"] == 2 and trained["recipe"]["ema"] is False
+    assert trained["recipe"]["channels"] == [8, 16] and trained["seed"] == 5
+    # a prior trained by distill itself records the same recipe as its options
+    r = cli("distill", data, "-m", "otgen", "--ipc", "1", "--prior-steps", "2",
+            "--prior-channels", "8,16", "--prior-batch", "4", "--sampling-steps", "2",
+            "--real-per-class", "4", "--device", "cpu", "-o", tmp_path / "o2.safetensors",
+            "--json")
+    assert r.code == 0, r
+    recipe = r.json()["config"]["prior_trained"]["recipe"]
+    assert (recipe["steps"], recipe["batch_size"], recipe["ema"]) == (2, 4, True)
+    tiny_dit_pipeline(tmp_path / "dit", {"0": "a", "1": "b"})
+    assert load_prior(tmp_path / "dit", ["a", "b"]).trained is None

@@ -202,3 +202,16 @@ def test_benchmark_scripts_end_a_ddcli_error_in_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err == f"error: bundle not found: {tmp_path / 'missing.safetensors'}\n"
+
+
+def test_evaluate_speed_script_passes_ddcli_error_line_on(tmp_path, capsys):
+    """The speed script runs ddcli in a subprocess: a bad bundle ends it as the CLI ends,
+    one ``error:`` line and exit 2 (it printed the command and ddcli's stderr, exit 1)."""
+    import evaluate_speed_cpu
+
+    root = Path(__file__).resolve().parent.parent
+    with pytest.raises(SystemExit) as e:
+        evaluate_speed_cpu.evaluate(root, str(tmp_path / "missing.safetensors"), 1, 1, 0)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bundle not found: ") and err.count("\n") == 1, err

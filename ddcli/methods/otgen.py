@@ -261,8 +261,11 @@ class OTGen(Method):
         return SyntheticSet(self.images.cpu(), self.labels.cpu())
 
     def recorded_config(self) -> dict:
+        # prior_trained: how the prior was really trained (the prior_* options apply only when
+        # ddcli trains it; with --prior DIR, the folder's own recipe, None for a foreign one)
         return {**super().recorded_config(), "prior_source": self.prior_source,
-                "prior_kind": self.prior.kind, "latent": self.prior.latent,
+                "prior_trained": self.prior.trained, "prior_kind": self.prior.kind,
+                "latent": self.prior.latent,
                 "cfg_scale_used": self.cfg, "ot_scale_used": self.ot_scale,
                 "null_class_id": self.prior.null_id,
                 "surrogate_source": self.surrogate_source,
