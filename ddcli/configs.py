@@ -332,8 +332,9 @@ class TGDDConfig(DMConfig):
         self.dm_view().validate()
         if self.alpha is not None and self.alpha < 0:
             raise InputError(f"--alpha must be >= 0, got {self.alpha}")
-        if self.window < 1 or self.num_experts < 1 or self.expert_epochs < 1:
-            raise InputError("--window, --num-experts and --expert-epochs must be >= 1")
+        for name in ("window", "num_experts", "expert_epochs"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
 
     def dm_view(self) -> DMConfig:
         fields = {k: v for k, v in self.to_dict().items() if k in DMConfig.fields()}
@@ -509,8 +510,15 @@ class OTGenConfig(MethodConfig):
                              "must be >= 1")
         if not self.prior_channels or min(self.prior_channels) < 1:
             raise InputError("--prior-channels must be positive integers separated by commas")
-        if self.prior_steps < 0 or (self.ot_scale or 0) < 0 or self.dev_scale < 0:
-            raise InputError("--prior-steps, --ot-scale and --dev-scale must be >= 0")
+        groups = min(32, self.prior_channels[0])  # the UNet's group norm (ddcli.priors)
+        if any(c % groups for c in self.prior_channels):
+            raise InputError(f"--prior-channels: every width must be a multiple of "
+                             f"{groups} (the UNet's group norm takes min(32, the first width) "
+                             f"groups), got {','.join(map(str, self.prior_channels))}")
+        if self.prior_steps < 1:
+            raise InputError(f"--prior-steps must be >= 1, got {self.prior_steps}")
+        if (self.ot_scale or 0) < 0 or self.dev_scale < 0:
+            raise InputError("--ot-scale and --dev-scale must be >= 0")
         if self.cfg_scale is not None and not self.cfg_scale >= 0:
             raise InputError(f"--cfg-scale must be >= 0, got {self.cfg_scale}")
         if not self.ot_reg > 0:
@@ -526,9 +534,10 @@ class OTGenConfig(MethodConfig):
                                  ">= 1")
             bad = [e for e in self.surrogate_checkpoints
                    if not 0 <= e <= self.surrogate_epochs]
-            if not self.surrogate_checkpoints or bad:
-                raise InputError("--surrogate-checkpoints must name epochs between 0 and "
-                                 f"--surrogate-epochs ({self.surrogate_epochs}), got "
+            if (not self.surrogate_checkpoints or bad
+                    or len(set(self.surrogate_checkpoints)) < len(self.surrogate_checkpoints)):
+                raise InputError("--surrogate-checkpoints must name distinct epochs between 0 "
+                                 f"and --surrogate-epochs ({self.surrogate_epochs}), got "
                                  f"{','.join(map(str, self.surrogate_checkpoints)) or 'none'}")
 
 

@@ -12,6 +12,7 @@ caches it by data fingerprint and config, and resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -103,13 +104,16 @@ def load_prior(folder: str | Path, classes: list[str]) -> Prior:
     from diffusers.schedulers import DDPMScheduler
 
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"prior {folder} is a file; --prior takes a diffusers pipeline folder")
     if not folder.is_dir():
         raise InputError(f"prior not found: {folder} (a diffusers pipeline folder)")
     index = folder / "model_index.json"
     try:
         info = json.loads(index.read_text()) if index.exists() else {}
         if info.get("_class_name") == "DiTPipeline":
-            pipe = DiTPipeline.from_pretrained(str(folder), low_cpu_mem_usage=False)
+            with _quiet_diffusers():
+                pipe = DiTPipeline.from_pretrained(str(folder), low_cpu_mem_usage=False)
             model, vae = pipe.transformer, pipe.vae
             names = {}  # id2label of model_index.json (the Hub's layout), synonyms by commas
             for k, v in (info.get("id2label") or {}).items():
@@ -130,8 +134,9 @@ def load_prior(folder: str | Path, classes: list[str]) -> Prior:
                          _trained(meta))
         if not (folder / "unet" / "config.json").exists():
             raise InputError(f"{folder} holds neither a DiTPipeline nor unet/ + scheduler/")
-        unet = UNet2DModel.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False)
-        sched = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
+        with _quiet_diffusers():
+            unet = UNet2DModel.from_pretrained(str(folder / "unet"), low_cpu_mem_usage=False)
+            sched = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
     except InputError:
         raise
     except Exception as e:
@@ -163,6 +168,20 @@ def _trained(meta: dict | None) -> dict | None:
     out = {k: meta.get(k) for k in ("recipe", "seed", "fingerprint", "final_loss")}
     out["recipe"] = {"ema": False, **out["recipe"]}  # a key without it: trained without EMA
     return out
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """diffusers' loaders log what went wrong (and pickle fallbacks) on stderr before raising;
+    ddcli reports a failed load in its own one line."""
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def _map(names: dict[str, int], classes: list[str], folder: Path) -> dict[str, int]:

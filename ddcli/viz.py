@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from rich.text import Text
 
+from ddcli.errors import InputError
 from ddcli.io import atomic_dir, atomic_path, check_writable
 
 
@@ -31,16 +32,24 @@ def class_rows(
     return tiles, ncols
 
 
+#: the file name suffixes --grid takes and the image format each writes
+GRID_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+
+
 def save_grid(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int, path: Path, force: bool = False
 ) -> None:
     from torchvision.utils import save_image
 
     path = Path(path)
+    fmt = GRID_FORMATS.get(path.suffix.lower())
+    if fmt is None:  # it wrote PNG bytes under any name (grid.jpg, grid.jpgx, grid)
+        raise InputError(f"grid {path}: name the image *.png, *.jpg or *.jpeg "
+                         "(the format follows the name)")
     check_writable(path, force)
     tiles, ncols = class_rows(_display(images), labels, num_classes)
     with atomic_path(path) as tmp:
-        save_image(tiles, str(tmp), nrow=ncols, padding=2, pad_value=1.0, format="png")
+        save_image(tiles, str(tmp), nrow=ncols, padding=2, pad_value=1.0, format=fmt)
 
 
 def terminal_preview(

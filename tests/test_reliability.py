@@ -282,6 +282,14 @@ def test_fifo_checkpoint_is_refused(cli, tmp_path):
     (("-m", "csdm", "--alpha-head", "nan"), "--alpha-head must be a finite number"),
     (("-m", "otgen", "--ot-reg", "inf"), "--ot-reg must be a finite number"),
     (("-m", "sfm", "--lr", "nan"), "--lr must be a finite number"),
+    # ran into internal errors (exit 1) before these checks
+    (("--factor", "9"), "--factor 9 is larger than the 8x8 px images"),
+    (("-m", "tgdd", "--factor", "40", "--num-experts", "1", "--expert-epochs", "1"),
+     "--factor 40 is larger"),
+    (("-m", "otgen", "--prior-channels", "7,9"), "every width must be a multiple of 7"),
+    (("-m", "otgen", "--prior-steps", "0"), "--prior-steps must be >= 1"),
+    (("-m", "otgen", "--influence-scale", "5", "--surrogate-checkpoints", "1,1"),
+     "distinct epochs"),
 ])
 def test_bad_option_values_exit_2_before_work(cli, tmp_path, args, fragment):
     shards = write_shards(tmp_path / "shards")
@@ -289,6 +297,62 @@ def test_bad_option_values_exit_2_before_work(cli, tmp_path, args, fragment):
     r = cli("distill", shards, *args, "--device", "cpu", "-o", out)
     assert_one_line_error(r, 2, fragment)
     assert not out.exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("cmd, args, fragment", [
+    ("prior", ("--prior-batch", "0"), "--prior-batch must be >= 1"),
+    ("prior", ("--prior-channels", "7,9"), "every width must be a multiple of 7"),
+    ("prior", ("--prior-steps", "0"), "--prior-steps must be >= 1"),
+    ("experts", ("--width", "0"), "--width must be >= 1"),
+])
+def test_prior_and_experts_check_their_options_as_distill_does(cli, tmp_path, cmd, args,
+                                                                fragment):
+    # these commands built their recipe without distill's checks: internal errors, exit 1
+    shards = write_shards(tmp_path / "shards")
+    r = cli(cmd, shards, *args, "--device", "cpu")
+    assert_one_line_error(r, 2, fragment)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("cmd", ["prior", "experts"])
+def test_prior_and_experts_refuse_a_bad_output_folder_before_training(cli, tmp_path, cmd):
+    # -o was checked only when the copy was made, after the training
+    shards = write_shards(tmp_path / "shards")
+    (tmp_path / "afile").write_text("x")
+    short = {"prior": ("--prior-steps", "1", "--prior-channels", "8,16"),
+             "experts": ("--num-experts", "1", "--expert-epochs", "1")}[cmd]
+    for out, fragment in ((tmp_path / "afile", "exists and is not a folder"),
+                          (tmp_path / "no" / "dir", "does not exist")):
+        r = cli(cmd, shards, *short, "--device", "cpu", "-o", out)
+        assert_one_line_error(r, 2, fragment)
+        assert not (tmp_path / "cache").exists()
+
+
+def test_a_prior_that_is_a_file_or_unloadable_is_one_line(cli, tmp_path):
+    shards = write_shards(tmp_path / "shards")
+    (tmp_path / "p.txt").write_text("x")
+    r = cli("distill", shards, "-m", "otgen", "--prior", tmp_path / "p.txt", "-o",
+            tmp_path / "o.safetensors")
+    assert_one_line_error(r, 2, "is a file; --prior takes a diffusers pipeline folder")
+    broken = tmp_path / "broken"  # a UNet config without weights: diffusers logged first
+    (broken / "unet").mkdir(parents=True)
+    (broken / "scheduler").mkdir()
+    (broken / "unet" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    r = cli("distill", shards, "-m", "otgen", "--prior", broken, "-o",
+            tmp_path / "o.safetensors")
+    assert_one_line_error(r, 2, "cannot load the prior in")
+    assert "An error occurred" not in r.stderr
+
+
+def test_grid_format_follows_its_name(cli, tmp_path, bundle_file):
+    # --grid wrote PNG bytes under any name
+    r = cli("inspect", bundle_file, "--grid", tmp_path / "g.jpgx")
+    assert_one_line_error(r, 2, "name the image *.png, *.jpg or *.jpeg")
+    assert not (tmp_path / "g.jpgx").exists()
+    for name, magic in (("g.png", b"\x89PNG"), ("g.JPG", b"\xff\xd8\xff")):
+        r = cli("inspect", bundle_file, "--grid", tmp_path / name)
+        assert r.code == 0, r
+        assert (tmp_path / name).read_bytes()[:len(magic)] == magic
 
 
 def test_relabel_temperature_must_be_finite(cli, tmp_path, bundle_file):

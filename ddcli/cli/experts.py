@@ -60,10 +60,17 @@ def experts(
     """
     import torch
 
+    from ddcli.configs import TGDDConfig
     from ddcli.experts import build_experts
+    from ddcli.io import check_dir_replaceable
 
     num_experts, expert_epochs = options["num_experts"], options["expert_epochs"]
     model, width = options["model"].lower(), options["width"]
+    # distill's checks of these options (a width of 0 ended in an internal error here)
+    TGDDConfig.build(num_experts=num_experts, expert_epochs=expert_epochs, model=model,
+                     width=width)
+    if out is not None:  # before hours of training, not after
+        check_dir_replaceable(out, force)
     rep = Reporter(quiet, json_out)
     dev = torch.device(resolve_device(device))
     ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,

@@ -148,7 +148,8 @@ def _render(s: dict, con: Console | None = None) -> None:
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="Bundle file (.safetensors).", show_default=False)],
     grid: Annotated[
-        Path | None, typer.Option("--grid", help="Write an image grid PNG, one row per class.")
+        Path | None, typer.Option("--grid", help="Write an image grid, one row per class "
+                                                 "(PNG, or JPEG for a .jpg name).")
     ] = None,
     preview: Annotated[
         bool, typer.Option("--preview", help="Draw a small grid in the terminal (true colour; "

@@ -61,13 +61,19 @@ def prior(
     import torch
 
     from ddcli.api import _int_tuple
+    from ddcli.configs import OTGenConfig
+    from ddcli.io import check_dir_replaceable
     from ddcli.priors import PriorRecipe, train_prior
 
     prior_steps, prior_batch = options["prior_steps"], options["prior_batch"]
-    prior_channels = options["prior_channels"]
+    widths = _int_tuple(options["prior_channels"], "--prior-channels")
+    # distill's checks of these options (a batch of 0 ended in an internal error here)
+    OTGenConfig.build(prior_steps=prior_steps, prior_batch=prior_batch, prior_channels=widths,
+                      prior_ema=options["prior_ema"])
+    if out is not None:  # before the training, not after
+        check_dir_replaceable(out, force)
     rep = Reporter(quiet, json_out)
     dev = torch.device(resolve_device(device))
-    widths = _int_tuple(prior_channels, "--prior-channels")
     ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,
                           channels=channels, skip_bad=skip_bad, max_per_class=max_per_class,
                           imbalance_factor=imbalance_factor)

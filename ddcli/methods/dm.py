@@ -28,6 +28,7 @@ import torch
 from ddcli import augment, formation
 from ddcli.configs import DMConfig
 from ddcli.data import Dataset
+from ddcli.errors import InputError
 from ddcli.losses import dm_loss
 from ddcli.methods import register_method
 from ddcli.methods.base import ClassPool, Method, SyntheticSet
@@ -73,6 +74,13 @@ class DM(Method):
             torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
             else nullcontext()
         )
+
+    def check_data(self, data: Dataset) -> None:
+        h, w = data.image_size
+        if self.factor > min(h, w):  # each stored image holds factor x factor sub-images
+            raise InputError(f"--factor {self.factor} is larger than the {h}x{w} px images: "
+                             "each stored image holds factor x factor sub-images of "
+                             f"{h}//factor x {w}//factor px")
 
     # -- the three hooks the DM family overrides --------------------------------------------
 
