@@ -919,6 +919,9 @@ def load_dataset(
     if root.is_file():
         if root.suffix != ".npz":
             raise DataError(f"{root} is neither a folder nor an .npz shard")
+        if files:  # it was ignored: the one shard was read whatever the glob said
+            raise DataError(f"the files glob {files!r} chooses shards in a dataset folder; "
+                            f"{root} is one shard (give its folder, or drop the glob)")
         classes = _read_classes(root.parent)
         shard_files, name, source = [root], root.parent.name, str(root)
     elif files or any(root.glob("*.npz")):

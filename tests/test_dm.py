@@ -2,7 +2,7 @@ import signal
 
 import pytest
 import torch
-from conftest import tiny_dataset
+from conftest import tiny_dataset, write_shards
 
 from ddcli import augment
 from ddcli.errors import Interrupted
@@ -155,3 +155,17 @@ def test_bad_config_values():
             create_method("dm", **bad)
     with pytest.raises(InputError, match="--temperature does not apply"):
         create_method("dm", temperature=2.0)
+
+
+def test_an_ipc_beyond_a_class_size_is_warned_about(cli, tmp_path):
+    """12 real images a class (6 in each of two shards), --ipc 13: the 13th starts as a noisy
+    copy; say so (it was silent), once, and still distil; --ipc 12 says nothing."""
+    data = write_shards(tmp_path / "d", n_train=12, n_test=3)
+    for ipc, want in (("13", ["3 of 3 classes have fewer real images than --ipc 13 (13)"]),
+                      ("12", [])):
+        r = cli("distill", data, "--ipc", ipc, "--iterations", "1", "--device", "cpu", "-o",
+                tmp_path / f"o{ipc}.safetensors")
+        assert r.code == 0, r
+        lines = [x for x in r.stderr.splitlines() if "noisy copies" in x]
+        assert len(lines) == len(want), r.stderr
+        assert all(w in x for w, x in zip(want, lines, strict=True)), r.stderr

@@ -344,6 +344,15 @@ def test_a_prior_that_is_a_file_or_unloadable_is_one_line(cli, tmp_path):
     assert "An error occurred" not in r.stderr
 
 
+def test_a_files_glob_with_one_shard_is_refused(cli, tmp_path):
+    # the glob was ignored and the shard read: a typo in --train-files went unnoticed
+    shard = write_shards(tmp_path / "shards") / "train_1.npz"
+    r = cli("distill", shard, "--train-files", "zzz*.npz", "--iterations", "1", "-o",
+            tmp_path / "o.safetensors")
+    assert_one_line_error(r, 2, "chooses shards in a dataset folder", "is one shard")
+    assert not (tmp_path / "o.safetensors").exists()
+
+
 def test_grid_format_follows_its_name(cli, tmp_path, bundle_file):
     # --grid wrote PNG bytes under any name
     r = cli("inspect", bundle_file, "--grid", tmp_path / "g.jpgx")

@@ -228,9 +228,11 @@ class Method:
     def iterations(self) -> int:
         return int(getattr(self.config, "iterations", 0))
 
-    def check_data(self, data: Dataset) -> None:
-        """Refuse (InputError) data this config cannot run on; called before :meth:`setup`,
-        so before any expert, prior or feature is built."""
+    def check_data(self, data: Dataset) -> list[str]:
+        """Refuse (InputError) data this config cannot run on, and return warnings about
+        data it runs on poorly; called before :meth:`setup`, so before any expert, prior or
+        feature is built."""
+        return []
 
     def setup(self, data: Dataset, device: torch.device, generator: torch.Generator,
               mean: list[float], std: list[float]) -> None:
@@ -384,7 +386,8 @@ def run_method(
     if dist is not None:
         method.classes = dist.classes(data.num_classes)
         method.dist = dist
-    method.check_data(data)
+    for msg in method.check_data(data):
+        warn(msg)
     method.setup(data, device, gen, mean, std)
     key = _run_key(method, data, seed, device)
     start = 0

@@ -75,12 +75,20 @@ class DM(Method):
             else nullcontext()
         )
 
-    def check_data(self, data: Dataset) -> None:
+    def check_data(self, data: Dataset) -> list[str]:
         h, w = data.image_size
-        if self.factor > min(h, w):  # each stored image holds factor x factor sub-images
-            raise InputError(f"--factor {self.factor} is larger than the {h}x{w} px images: "
-                             "each stored image holds factor x factor sub-images of "
-                             f"{h}//factor x {w}//factor px")
+        f = self.factor
+        if f > min(h, w):  # each stored image holds factor x factor sub-images
+            raise InputError(f"--factor {f} is larger than the {h}x{w} px images: each "
+                             f"stored image holds factor x factor sub-images of {h}//factor x "
+                             f"{w}//factor px")
+        need = self.config.ipc * f * f  # real images a class's initial set draws
+        short = sum(n < need for n in data.class_counts)
+        if self.config.init != "real" or not short:
+            return []
+        what = f"--ipc {self.config.ipc}" + (f" x factor {f}²" if f > 1 else "")
+        return [f"{short} of {data.num_classes} classes have fewer real images than {what} "
+                f"({need}): their extra synthetic images start as noisy copies"]
 
     # -- the three hooks the DM family overrides --------------------------------------------
 
