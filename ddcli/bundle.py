@@ -132,7 +132,8 @@ def compute_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(json.dumps(list(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape: a 0-dim tensor (batch norm's num_batches_tracked) cannot be viewed as bytes
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     if metadata is not None:
         fields = {k: v for k, v in metadata.items() if k != "checksum"}
         h.update(b"\0metadata\0")

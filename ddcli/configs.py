@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from ddcli.catalog import (
     ALPHA_SCHEDULES,
     AMPS,
+    BATCH_NORM_MODELS,
     EXTRACTORS,
     FLOW_DENOMINATORS,
     INITS,
@@ -119,7 +120,12 @@ class MethodConfig:
             values.update(cls.presets[preset])
         unknown = [k for k in overrides if k not in cls.fields()]
         if unknown:
-            raise InputError(f"option {flag(unknown[0])} does not apply to this method")
+            k = unknown[0]
+            users = [m for m, c in CONFIGS.items() if k in c.fields()]
+            if not users:  # a typo (the Python API takes any keyword)
+                raise InputError(f"unknown option {flag(k)}")
+            raise InputError(f"option {flag(k)} does not apply to this method (an option of "
+                             f"{', '.join(users)})")
         values.update(overrides)
         cfg = cls(**values)
         cfg.check_values()
@@ -281,6 +287,9 @@ class CSDMConfig(DMConfig):
             raise InputError("--alpha-head and --alpha-tail must lie in [0, 1]")
         if self.pool_size < 1 or self.pool_epochs < 1:
             raise InputError("--pool-size and --pool-epochs must be >= 1")
+        if self.extractor == "pool" and self.model in BATCH_NORM_MODELS:
+            raise InputError(f"--model {self.model}: --extractor pool needs an architecture "
+                             "without batch norm (its networks are trained together)")
         if self.weight_decay < 0 or self.plateau_patience < 0 or \
                 not 0 < self.plateau_factor <= 1:
             raise InputError("--weight-decay and --plateau-patience must be >= 0, "
@@ -335,6 +344,9 @@ class TGDDConfig(DMConfig):
         for name in ("window", "num_experts", "expert_epochs"):
             if getattr(self, name) < 1:
                 raise InputError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.model in BATCH_NORM_MODELS:  # checked before the data is read
+            raise InputError(f"--model {self.model}: expert trajectories need an architecture "
+                             "without batch norm")
 
     def dm_view(self) -> DMConfig:
         fields = {k: v for k, v in self.to_dict().items() if k in DMConfig.fields()}

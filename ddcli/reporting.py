@@ -181,13 +181,15 @@ class _Tracker:
             self.warn(f"{self.description} will take about {format_duration(whole)} on the "
                       f"CPU; {self.cpu_hint}")
 
-    def finish(self) -> None:
-        """A last plain line for a phase that printed any (so a log shows it ended)."""
+    def finish(self, stopped: bool = False) -> None:
+        """A last plain line for a phase that printed any (so a log shows it ended, or
+        where it ``stopped``: an error or Ctrl-C, not "done")."""
         if self.write is not None and self.printed:
             now = time.monotonic()
-            self.write(f"{self.description}: done, {self.completed}"
-                       + (f"/{self.total}" if self.total else "")
-                       + f" {self.unit} in {format_duration(now - self.t0)}")
+            self.write(f"{self.description}: {'stopped at' if stopped else 'done,'} "
+                       f"{self.completed}" + (f"/{self.total}" if self.total else "")
+                       + f" {self.unit} {'after' if stopped else 'in'} "
+                       f"{format_duration(now - self.t0)}")
         self.printed = False
 
 
@@ -209,8 +211,8 @@ class Reporter:
         self.terminal = self.console.is_terminal if terminal is None else terminal
 
     def info(self, msg: str) -> None:
-        if self.messages:
-            self.console.print(msg)
+        if self.messages:  # soft wrap: a log line stays one line off a terminal (80 columns)
+            self.console.print(msg, soft_wrap=True)
 
     def warn(self, msg: str) -> None:
         # warnings show even with --quiet: they change how a result should be read; one line
@@ -243,8 +245,10 @@ class Reporter:
         if self.quiet or not self.terminal:
             try:
                 yield tracker.update
-            finally:
-                tracker.finish()
+            except BaseException:
+                tracker.finish(stopped=True)
+                raise
+            tracker.finish()
             return
         bar = Progress(
             TextColumn("[bold]{task.description}"),

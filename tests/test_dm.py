@@ -153,7 +153,11 @@ def test_bad_config_values():
     for bad in ({"ipc": 0}, {"init": "zeros"}, {"amp": "fp8"}, {"dsa_strategy": "blur"}):
         with pytest.raises(InputError):
             create_method("dm", **bad)
-    with pytest.raises(InputError, match="--temperature does not apply"):
+    with pytest.raises(InputError, match=r"--kernel does not apply to this method \(an "
+                       r"option of csdm, sdm\)"):
+        create_method("dm", kernel="gaussian")
+    # no method's option (a typo through the Python API): it said "does not apply"
+    with pytest.raises(InputError, match="^unknown option --temperature$"):
         create_method("dm", temperature=2.0)
 
 

@@ -69,6 +69,29 @@ def test_plain_lines_every_interval_with_rate_eta_and_a_last_line(clock, capsys,
     assert lines[-1] == "distill (dm): done, 100/100 iterations in 50s"
 
 
+def test_a_phase_stopped_by_an_error_or_ctrl_c_does_not_say_done(clock, capsys, monkeypatch):
+    # `ddcli prior` interrupted at step 12 of 400 printed "diffusion prior: done, 12/400"
+    monkeypatch.setenv("DDCLI_PROGRESS_INTERVAL", "10")
+    rep = Reporter(terminal=False)
+    with pytest.raises(KeyboardInterrupt):
+        with rep.progress("diffusion prior", 400, unit="steps") as update:
+            for i in range(1, 13):
+                clock.t += 1.0
+                update(i, total=400)
+            raise KeyboardInterrupt
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1] == "diffusion prior: stopped at 12/400 steps after 12s", lines
+    assert not any("done" in ln for ln in lines)
+
+
+def test_log_messages_are_not_wrapped_off_a_terminal(capsys):
+    # rich wrapped them at 80 columns in a CI log ("... preset \nsample-cpu")
+    rep = Reporter(terminal=False)
+    msg = "dm on fashion_mnist: 3000 images, 10 classes, 1x28x28, device cpu, preset " + "x" * 60
+    rep.info(msg)
+    assert capsys.readouterr().err == msg + "\n"
+
+
 def test_a_short_phase_prints_nothing_in_a_log(capsys):
     rep = Reporter(terminal=False)
     with rep.progress("distill (dm)", 10, unit="iterations", estimate=True) as update:

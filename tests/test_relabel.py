@@ -1,3 +1,5 @@
+import hashlib
+import json
 import math
 
 import pytest
@@ -275,3 +277,31 @@ def test_teacher_shrinks_larger_images_as_the_data_loader_does():
     small = torch.rand(4, 3, 4, 4, generator=torch.Generator().manual_seed(2))
     up = torch.nn.functional.interpolate(small, size=(8, 8), mode="bilinear", align_corners=False)
     assert torch.equal(t.logits(small), t.logits(up))  # enlarging: unchanged
+
+
+def test_batch_norm_teachers_train_save_and_relabel(cli, setup, tmp_path):
+    """convnet-bn / resnet18-bn are listed teachers: their state holds a 0-dim tensor
+    (num_batches_tracked) that the checksum could not view as bytes, so every run ended in
+    an internal error after the teacher's training."""
+    data, b = setup
+    r = cli("relabel", b, "--data", data, "--train-teacher", "convnet-bn", "--teacher-epochs",
+            "1", "--device", "cpu", "-o", tmp_path / "bn.safetensors", "--json")
+    assert r.code == 0, r
+    assert load_bundle(tmp_path / "bn.safetensors").soft_labels is not None
+    again = cli("relabel", b, "--data", data, "--train-teacher", "convnet-bn",
+                "--teacher-epochs", "1", "--device", "cpu", "-o", tmp_path / "bn2.safetensors",
+                "--json")  # the cached teacher loads (its checksum verifies)
+    assert again.code == 0, again
+
+
+def test_checksum_of_a_0_dim_tensor_and_unchanged_for_the_others():
+    from ddcli.bundle import compute_checksum
+
+    x = torch.arange(6, dtype=torch.int64).view(2, 3)
+    old = hashlib.sha256()  # the formula bundles were written with
+    old.update(b"x")
+    old.update(str(x.dtype).encode())
+    old.update(json.dumps([2, 3]).encode())
+    old.update(x.view(torch.uint8).numpy().tobytes())
+    assert compute_checksum({"x": x}) == old.hexdigest()
+    assert compute_checksum({"n": torch.tensor(7)}) != compute_checksum({"n": torch.tensor(8)})

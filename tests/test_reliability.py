@@ -290,6 +290,10 @@ def test_fifo_checkpoint_is_refused(cli, tmp_path):
     (("-m", "otgen", "--prior-steps", "0"), "--prior-steps must be >= 1"),
     (("-m", "otgen", "--influence-scale", "5", "--surrogate-checkpoints", "1,1"),
      "distinct epochs"),
+    # found only after the data was read (and csdm's said "experts")
+    (("-m", "tgdd", "--model", "convnet-bn"), "expert trajectories need an architecture"),
+    (("-m", "csdm", "--model", "convnet-bn", "--extractor", "pool"),
+     "--extractor pool needs an architecture without batch norm"),
 ])
 def test_bad_option_values_exit_2_before_work(cli, tmp_path, args, fragment):
     shards = write_shards(tmp_path / "shards")

@@ -64,6 +64,11 @@ def test_catalog_matches_the_registries():
     from ddcli.models import list_models
 
     assert catalog.MODELS == tuple(list_models()) and catalog.KERNELS == KERNELS
+    from ddcli.models import create_model
+    from ddcli.training import _has_batchnorm
+
+    assert catalog.BATCH_NORM_MODELS == tuple(
+        m for m in list_models() if _has_batchnorm(create_model(m, 10, 3, (32, 32))))
     assert catalog.DTYPES == tuple(STORAGE_DTYPES)
     assert catalog.LIA_SCHEDULE == ",".join(f"{a}:{b}" for a, b in DEFAULT_LIA_SCHEDULE)
 
