@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, write_shards
 
 from ddcli import __version__
 
@@ -49,6 +49,23 @@ def test_inspect_summary_and_json(cli, bundle_file):
     sl = s["soft_labels"]
     assert 0 <= sl["mean_entropy_nats"] <= sl["max_entropy_nats"]
     assert 0 <= sl["top1_agreement_with_labels"] <= 1
+
+
+def test_inspect_content_checksum_is_the_same_for_the_same_seed(cli, tmp_path):
+    # the checksum covers the creation time and command line, so two same-seed bundles never
+    # shared it: nothing showed that their content was the same
+    data = write_shards(tmp_path / "d")
+    sums = {}
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        out = tmp_path / f"{name}.safetensors"
+        assert cli("distill", data, "--ipc", "1", "--iterations", "2", "--seed", seed,
+                   "--device", "cpu", "-o", out, "-q").code == 0
+        r = cli("inspect", out, "--json")
+        assert r.code == 0, r
+        sums[name] = (r.json()["checksum"], r.json()["content_checksum"])
+    assert sums["a"][1] == sums["b"][1] and sums["a"][0] != sums["b"][0]
+    assert sums["c"][1] != sums["a"][1]
+    assert "content" in cli("inspect", tmp_path / "a.safetensors").stdout
 
 
 def test_inspect_grid_preview_export(cli, bundle_file, tmp_path):

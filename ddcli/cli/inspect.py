@@ -33,6 +33,8 @@ def soft_label_stats(b: Bundle) -> dict | None:
 
 
 def summary(b: Bundle, path: Path) -> dict:
+    from ddcli.bundle import compute_checksum
+
     d = b.dataset
     return {
         "path": str(path),
@@ -67,6 +69,9 @@ def summary(b: Bundle, path: Path) -> dict:
         "provenance": b.provenance,
         "checksum": b.checksum,
         "checksum_ok": b.checksum_ok,
+        # the tensors alone: equal for two runs of the same seed on the same device, whose
+        # checksums differ (they cover the creation time and the command line too)
+        "content_checksum": compute_checksum(b.tensors()),
     }
 
 
@@ -109,6 +114,8 @@ def _render(s: dict, con: Console | None = None) -> None:
         ("format", f"ddcli.bundle v{s['format_version']}"
                    + ("" if s["format_version"] >= 2 else " (checksum covers the tensors only)")),
         ("checksum", f"{s['checksum'][:16]}… {ok}"),
+        ("content", f"{s['content_checksum'][:16]}… (the tensors alone: same seed, same "
+                    "content)"),
     ]
     if ds.get("subset"):
         rows.append(("subset", json.dumps(ds["subset"])))
