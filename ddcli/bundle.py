@@ -53,6 +53,9 @@ class Bundle:
     ddcli_version: str = __version__
     checksum: str = ""
     checksum_ok: bool | None = None
+    #: the same hash over the tensors alone (set on save and load): equal for two runs of the
+    #: same seed on the same device, whose checksums differ by creation time and command line
+    content_checksum: str = ""
     format_version: int = FORMAT_VERSION
     #: the format of the file it was read from (older ones are migrated on read)
     file_format_version: int = FORMAT_VERSION
@@ -126,6 +129,13 @@ def compute_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
                      ) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes, in name order; with
     ``metadata`` (bundle format 2) also over every metadata field but ``checksum`` itself."""
+    return checksums(tensors, metadata)[0]
+
+
+def checksums(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+              ) -> tuple[str, str]:
+    """(:func:`compute_checksum`, the same without ``metadata``) in one pass over the
+    tensors."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -134,11 +144,12 @@ def compute_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
         h.update(json.dumps(list(t.shape)).encode())
         # reshape: a 0-dim tensor (batch norm's num_batches_tracked) cannot be viewed as bytes
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    content = h.hexdigest()
     if metadata is not None:
         fields = {k: v for k, v in metadata.items() if k != "checksum"}
         h.update(b"\0metadata\0")
         h.update(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode())
-    return h.hexdigest()
+    return h.hexdigest(), content
 
 
 def _check_consistency(b: Bundle, where: str) -> None:
@@ -196,7 +207,7 @@ def save_bundle(
     tensors = bundle.tensors()
     bundle.format_version = bundle.file_format_version = FORMAT_VERSION
     bundle.checksum = ""
-    bundle.checksum = compute_checksum(tensors, bundle.metadata())
+    bundle.checksum, bundle.content_checksum = checksums(tensors, bundle.metadata())
     bundle.checksum_ok = True
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=bundle.metadata())
@@ -415,7 +426,7 @@ def load_bundle(path: str | Path, *, verify: bool = True,
         file_format_version=file_version,
     )
     covers_metadata = file_version >= 2
-    expected = compute_checksum(tensors, file_meta if covers_metadata else None)
+    expected, b.content_checksum = checksums(tensors, file_meta if covers_metadata else None)
     b.checksum_ok = expected == b.checksum
     if verify and not b.checksum_ok:
         raise BundleError(f"{path}: checksum mismatch (the file was modified or damaged)")

@@ -65,6 +65,10 @@ def test_inspect_content_checksum_is_the_same_for_the_same_seed(cli, tmp_path):
         sums[name] = (r.json()["checksum"], r.json()["content_checksum"])
     assert sums["a"][1] == sums["b"][1] and sums["a"][0] != sums["b"][0]
     assert sums["c"][1] != sums["a"][1]
+    from ddcli.bundle import compute_checksum, load_bundle
+
+    b = load_bundle(tmp_path / "a.safetensors")  # the hash of the tensors, and nothing else
+    assert sums["a"][1] == b.content_checksum == compute_checksum(b.tensors())
     assert "content" in cli("inspect", tmp_path / "a.safetensors").stdout
 
 
