@@ -208,6 +208,12 @@ class PriorRecipe:
     ema: bool = True
     checkpoint_every: int = 1000
 
+    @classmethod
+    def of(cls, cfg) -> PriorRecipe:
+        """The recipe an otgen config (``ddcli.configs.OTGenConfig``) asks for."""
+        return cls(steps=cfg.prior_steps, batch_size=cfg.prior_batch,
+                   channels=tuple(cfg.prior_channels), ema=cfg.prior_ema)
+
     def key(self) -> dict:
         d = dict(self.__dict__)
         d.pop("checkpoint_every")

@@ -185,11 +185,10 @@ class _Tracker:
         """A last plain line for a phase that printed any (so a log shows it ended, or
         where it ``stopped``: an error or Ctrl-C, not "done")."""
         if self.write is not None and self.printed:
-            now = time.monotonic()
-            self.write(f"{self.description}: {'stopped at' if stopped else 'done,'} "
-                       f"{self.completed}" + (f"/{self.total}" if self.total else "")
-                       + f" {self.unit} {'after' if stopped else 'in'} "
-                       f"{format_duration(now - self.t0)}")
+            state, took = ("stopped at", "after") if stopped else ("done,", "in")
+            count = f"{self.completed}" + (f"/{self.total}" if self.total else "")
+            elapsed = format_duration(time.monotonic() - self.t0)
+            self.write(f"{self.description}: {state} {count} {self.unit} {took} {elapsed}")
         self.printed = False
 
 

@@ -65,11 +65,11 @@ def prior(
     from ddcli.io import check_dir_replaceable
     from ddcli.priors import PriorRecipe, train_prior
 
-    prior_steps, prior_batch = options["prior_steps"], options["prior_batch"]
-    widths = _int_tuple(options["prior_channels"], "--prior-channels")
     # distill's checks of these options (a batch of 0 ended in an internal error here)
-    OTGenConfig.build(prior_steps=prior_steps, prior_batch=prior_batch, prior_channels=widths,
-                      prior_ema=options["prior_ema"])
+    recipe = PriorRecipe.of(OTGenConfig.build(
+        prior_steps=options["prior_steps"], prior_batch=options["prior_batch"],
+        prior_channels=_int_tuple(options["prior_channels"], "--prior-channels"),
+        prior_ema=options["prior_ema"]))
     if out is not None:  # before the training, not after
         check_dir_replaceable(out, force)
     rep = Reporter(quiet, json_out)
@@ -77,9 +77,7 @@ def prior(
     ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,
                           channels=channels, skip_bad=skip_bad, max_per_class=max_per_class,
                           imbalance_factor=imbalance_factor)
-    recipe = PriorRecipe(steps=prior_steps, batch_size=prior_batch, channels=widths,
-                         ema=options["prior_ema"])
-    with rep.progress("diffusion prior", prior_steps, unit="steps") as update:
+    with rep.progress("diffusion prior", recipe.steps, unit="steps") as update:
         folder, cached = train_prior(ds, device=dev, cache=cache_dir(), recipe=recipe,
                                      seed=seed, progress=update)
     rep.info(f"prior {'found' if cached else 'trained'}: {folder}")

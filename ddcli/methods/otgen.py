@@ -125,11 +125,8 @@ class OTGen(Method):
             with self.setup_progress("diffusion prior", cfg.prior_steps,
                                      unit="steps") as update:
                 folder, _ = train_prior(data, device=device, cache=cache_dir(),
-                                        recipe=PriorRecipe(steps=cfg.prior_steps,
-                                                           batch_size=cfg.prior_batch,
-                                                           channels=tuple(cfg.prior_channels),
-                                                           ema=cfg.prior_ema),
-                                        seed=self.seed, progress=update)
+                                        recipe=PriorRecipe.of(cfg), seed=self.seed,
+                                        progress=update)
         self.prior = load_prior(folder, data.classes).to(device)
         self.prior_source = str(folder)
         self.cfg = cfg.cfg_scale if cfg.cfg_scale is not None else DEFAULT_CFG[self.prior.kind]
