@@ -35,10 +35,16 @@ from ddcli.errors import DataError
 from ddcli.io import regular_file
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+GRAY_MODES = {"1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N"}
+#: 16-bit grey modes: scaled to 8 bits (65535 -> 255), not clipped as PIL's convert("L") does
+WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+#: 32-bit modes have no fixed range (a float TIFF in [0, 1] or [0, 255]?): refused, not guessed
+RANGELESS_MODES = {"I": "32-bit integer", "F": "32-bit float"}
 SPLIT_DIRS = {"train": ("train",), "test": ("test", "val")}
 #: the largest image side ddcli reads into (--image-size)
 MAX_IMAGE_SIDE = 4096
+#: the smallest: a ConvNet's pooling needs a few pixels (of the data, or of --image-size)
+MIN_IMAGE_SIDE = 4
 LT_SEED = 0  # the fixed seed of long-tailed / capped subsets (recorded in the dataset info)
 
 ProgressFn = Callable[[int, int], None]
@@ -396,8 +402,8 @@ def parse_image_size(value: str | int | None) -> tuple[int, int] | None:
         if len(parts) not in (1, 2):
             raise DataError(f"--image-size must be N or HxW, got {value!r}")
         size = (parts[0], parts[-1])
-    if min(size) < 4:
-        raise DataError(f"--image-size too small: {value}")
+    if min(size) < MIN_IMAGE_SIDE:
+        raise DataError(f"--image-size too small: {value} (at least {MIN_IMAGE_SIDE})")
     if max(size) > MAX_IMAGE_SIDE:
         raise DataError(f"--image-size too large: {value} (at most {MAX_IMAGE_SIDE})")
     return size
@@ -537,9 +543,11 @@ def _check_shard_header(path: Path, header: dict[str, _NpyEntry]) -> None:
         raise DataError(f"shard {path}: images must be uint8, got {dtype}")
     if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3, 4)):
         raise DataError(f"shard {path}: images must be NHWC with 1, 3 or 4 channels")
-    if len(lshape) != 1 or lshape[0] != shape[0]:
-        n = lshape[0] if lshape else 0
-        raise DataError(f"shard {path}: {n} labels for {shape[0]} images")
+    if len(lshape) != 1:
+        raise DataError(f"shard {path}: labels must be one-dimensional (N,), got shape "
+                        f"{tuple(lshape)}")
+    if lshape[0] != shape[0]:
+        raise DataError(f"shard {path}: {lshape[0]} labels for {shape[0]} images")
     if not np.issubdtype(ldtype, np.integer):
         raise DataError(f"shard {path}: labels must be integers")
 
@@ -567,7 +575,7 @@ def _load_shard(path: Path, budget: int | None = None) -> tuple[np.ndarray, np.n
         raise DataError(f"cannot read shard {path}: {e}") from None
     if images.ndim == 3:
         images = images[..., None]
-    return images[..., :3] if images.shape[-1] == 4 else images, labels.astype(np.int64)
+    return images[..., :3] if images.shape[-1] == 4 else images, labels
 
 
 def _shard_files(folder: Path, split: str, pattern: str | None) -> list[Path]:
@@ -598,8 +606,9 @@ def _check_shard_fits(f: Path, shape: tuple, labels: np.ndarray, first: tuple[tu
             f"{tuple(first[0])}"
         )
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise DataError(f"shard {f}: label {int(labels.max())} outside the {len(classes)} "
-                        "classes")
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise DataError(f"shard {f}: label {int(bad)} outside the {len(classes)} classes "
+                        f"(0 to {len(classes) - 1})")
 
 
 def _read_shards(files: list[Path], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -612,7 +621,7 @@ def _read_shards(files: list[Path], classes: list[str]) -> tuple[torch.Tensor, t
         shape0 = shape0 or (x.shape[1:], f)
         _check_shard_fits(f, x.shape[1:], y, shape0, classes)
         images.append(x)
-        labels.append(y)
+        labels.append(y.astype(np.int64))
     # one NCHW tensor filled shard by shard, each shard dropped once copied: the pixels are
     # held at most twice while reading (concatenating, then transposing held them three times)
     n = sum(a.shape[0] for a in images)
@@ -631,8 +640,8 @@ def _read_shards(files: list[Path], classes: list[str]) -> tuple[torch.Tensor, t
 # layout A: image folders
 
 
-def _is_hidden(p: Path) -> bool:
-    return p.name.startswith(".")
+def _is_hidden(p: Path | str) -> bool:
+    return (p if isinstance(p, str) else p.name).startswith(".")
 
 
 def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
@@ -663,7 +672,24 @@ def _probe(path: Path) -> tuple[tuple[int, int], int]:
     from PIL import Image
 
     with Image.open(path) as im:
+        _check_mode(im.mode)
         return (im.height, im.width), 1 if im.mode in GRAY_MODES else 3
+
+
+def _check_mode(mode: str) -> None:
+    if mode in RANGELESS_MODES:
+        raise DataError(f"{RANGELESS_MODES[mode]} pixels (PIL mode {mode}) have no fixed range; "
+                        "save the images with 8 or 16 bits")
+
+
+def _to_array(im) -> np.ndarray:
+    """(H, W) grey or (H, W, 3) RGB uint8 pixels of a decoded PIL image; 16-bit grey is
+    scaled to 8 bits with rounding."""
+    _check_mode(im.mode)
+    if im.mode in WIDE_MODES:
+        wide = np.asarray(im).astype(np.uint32)
+        return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    return np.asarray(im.convert("L" if im.mode in GRAY_MODES else "RGB"))
 
 
 def _decode(path: Path, size: tuple[int, int], channels: int) -> torch.Tensor:
@@ -676,8 +702,7 @@ def _decode(path: Path, size: tuple[int, int], channels: int) -> torch.Tensor:
         if im.width >= 2 * size[1] and im.height >= 2 * size[0]:
             im.draft(im.mode, (size[1], size[0]))  # JPEG only: DCT scaling, still >= size
         im.load()
-        mode = "L" if im.mode in GRAY_MODES else "RGB"
-        arr = np.asarray(im.convert(mode))
+        arr = _to_array(im)
     arr = arr[..., None] if arr.ndim == 2 else arr
     t = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None]
     return resize_images(to_channels(t, channels), tuple(size))[0]
@@ -688,6 +713,7 @@ def _plan_image_folder(
     image_size: tuple[int, int] | None,
     channels: int | None,
     skip_bad: bool,
+    skip_flag: str | None,
     warn: Callable[[str], None],
     pool: ThreadPoolExecutor,
 ) -> tuple[list[str], list[tuple[Path, int]], tuple[int, int] | None, int | None,
@@ -695,7 +721,8 @@ def _plan_image_folder(
     """The headers pass over an image folder: (classes, the (path, label) of every image whose
     header reads, the size and channels to use — given, or the most common size and the
     majority mode —, the unreadable files with why). Non-image files are skipped with a
-    warning; an unreadable image is an error unless ``skip_bad``."""
+    warning; an unreadable image is an error unless ``skip_bad`` (naming ``skip_flag``, the
+    caller's option that skips it)."""
     classes, items, non_images = _scan_image_folder(root)
     if non_images:  # a notes.txt beside the images: skipped, as torchvision's ImageFolder does
         names = sorted({p.suffix.lower() or p.name for p in non_images})
@@ -706,12 +733,14 @@ def _plan_image_folder(
     def probe(i: int):
         try:
             return _probe(items[i][0])
+        except DataError as e:  # a mode ddcli does not read
+            errors.append((items[i][0], str(e)))
         except Exception as e:  # PIL raises many kinds on bad files
             errors.append((items[i][0], f"{type(e).__name__}: {e}"))
-            return None
+        return None
 
     heads = list(pool.map(probe, range(len(items))))
-    _fail_on_bad(errors, skip_bad)
+    _fail_on_bad(errors, skip_bad, skip_flag)
     ok = [i for i, h in enumerate(heads) if h is not None]
     if ok and image_size is None:
         image_size = Counter(heads[i][0] for i in ok).most_common(1)[0][0]
@@ -721,10 +750,14 @@ def _plan_image_folder(
     return classes, [items[i] for i in ok], image_size, channels, errors
 
 
-def _fail_on_bad(errors: list[tuple[Path, str]], skip_bad: bool) -> None:
+def _fail_on_bad(errors: list[tuple[Path, str]], skip_bad: bool, skip_flag: str | None) -> None:
     if errors and not skip_bad:
         path, why = sorted(errors)[0]
-        raise DataError(f"cannot read image {path}: {why} (pass --skip-bad to skip it)")
+        raise DataError(f"cannot read image {path}: {why} ({_skip_hint(skip_flag)})")
+
+
+def _skip_hint(skip_flag: str | None) -> str:
+    return f"pass {skip_flag} to skip it" if skip_flag else "remove or replace it"
 
 
 def _check_classes_readable(root: Path, classes: list[str], labels) -> None:
@@ -740,17 +773,17 @@ def _folder_workers() -> int:
 
 def _read_image_folder(
     root: Path,
-    image_size: tuple[int, int] | None,
-    channels: int | None,
+    plan: tuple,
     skip_bad: bool,
+    skip_flag: str | None,
     progress: ProgressFn | None,
     warn: Callable[[str], None],
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """Two passes: the headers give the sizes and modes (so the default size and channels are
-    known first), then each image is decoded and resized straight into the output."""
+    """The second pass, after the headers' (``plan``: :func:`_plan_image_folder`, which gave
+    the size and channels): each image is decoded and resized straight into the output."""
+    classes, items, image_size, channels, errors = plan
+    errors = list(errors)
     with ThreadPoolExecutor(max_workers=_folder_workers()) as pool:
-        classes, items, image_size, channels, errors = _plan_image_folder(
-            root, image_size, channels, skip_bad, warn, pool)
         if items:
             check_pixel_budget(len(items), channels, image_size, root)
         out = torch.empty((len(items), channels or 3, *(image_size or (1, 1))),
@@ -769,7 +802,7 @@ def _read_image_folder(
             done += 1
             if progress and (done % 256 == 0 or done == len(items)):
                 progress(done, len(items))
-    _fail_on_bad(errors, skip_bad)
+    _fail_on_bad(errors, skip_bad, skip_flag)
     if errors:
         warn(f"skipped {len(errors)} unreadable image(s) in {root}")
     keep = [j for j in range(len(items)) if good[j]]
@@ -800,22 +833,24 @@ def _shard_source(files: list[Path], classes: list[str], name: str, description:
         shp = (*shp[1:], 1) if len(shp) == 3 else (*shp[1:3], 3 if shp[3] == 4 else shp[3])
         try:
             with zipfile.ZipFile(f) as zf:
-                y = _read_npz_array(zf, "labels", header["labels"]).astype(np.int64)
+                y = _read_npz_array(zf, "labels", header["labels"])
         except Exception as e:
             raise DataError(f"cannot read shard {f}: {e}") from None
         shape0 = shape0 or (shp, f)
         _check_shard_fits(f, shp, y, shape0, classes)
-        labels.append(y)
+        labels.append(y.astype(np.int64))
     h, w, c_in = shape0[0]
+    if not sum(len(y) for y in labels):  # (an empty file cannot be mapped)
+        raise DataError(f"{description}: the shards hold no images")
     size = tuple(image_size or (h, w))
     c = channels or c_in
     ends = np.cumsum([len(y) for y in labels]).tolist()
     chunks = list(zip([0, *ends[:-1]], ends, strict=True))
 
-    def read(i: int) -> np.ndarray:
+    def read(i: int) -> tuple[np.ndarray, None]:
         x, _ = _load_shard(files[i])
         t = torch.from_numpy(x).permute(0, 3, 1, 2)
-        return resize_images(to_channels(t, c), size).contiguous().numpy()
+        return resize_images(to_channels(t, c), size).contiguous().numpy(), None
 
     key = {"kind": "shards", "files": file_key(files), "classes": classes,
            "size": list(size), "channels": c}
@@ -824,16 +859,13 @@ def _shard_source(files: list[Path], classes: list[str], name: str, description:
                   read, chunk_bytes=most + n_max * c * size[0] * size[1])
 
 
-def _folder_source(root: Path, name: str, image_size: tuple[int, int] | None,
-                   channels: int | None, skip_bad: bool, warn: Callable[[str], None],
+def _folder_source(root: Path, name: str, plan: tuple, skip_bad: bool, skip_flag: str | None,
                    chunk: int = 512):
+    """The image folder as chunks for the data cache, from its headers' ``plan``; an image
+    whose header reads and whose pixels do not is an error, or with ``skip_bad`` left out."""
     from ddcli.datacache import Source, file_key
 
-    with ThreadPoolExecutor(max_workers=_folder_workers()) as pool:
-        classes, items, size, c, errors = _plan_image_folder(root, image_size, channels,
-                                                             skip_bad, warn, pool)
-    if errors:
-        warn(f"skipped {len(errors)} unreadable image(s) in {root}")
+    classes, items, size, c, _ = plan
     if not items:
         raise DataError(f"{root} has no readable images")
     size = tuple(size)
@@ -842,16 +874,17 @@ def _folder_source(root: Path, name: str, image_size: tuple[int, int] | None,
     _check_classes_readable(root, classes, labels)
     chunks = [(lo, min(lo + chunk, len(paths))) for lo in range(0, len(paths), chunk)]
 
-    def read(i: int) -> np.ndarray:
+    def read(i: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = chunks[i]
-        out = np.empty((hi - lo, c, *size), dtype=np.uint8)
+        out = np.zeros((hi - lo, c, *size), dtype=np.uint8)
+        failed = np.zeros(hi - lo, dtype=bool)
         for j in range(lo, hi):
             try:
                 out[j - lo] = _decode(paths[j], size, c).numpy()
             except Exception as e:  # its header read, its pixels do not
-                raise DataError(f"cannot decode image {paths[j]}: {type(e).__name__}: {e}") \
-                    from None
-        return out
+                _fail_on_bad([(paths[j], f"{type(e).__name__}: {e}")], skip_bad, skip_flag)
+                failed[j - lo] = True
+        return out, failed
 
     key = {"kind": "folder", "files": file_key(paths), "labels": hashlib.sha256(
         labels.tobytes()).hexdigest(), "classes": classes, "size": list(size), "channels": c}
@@ -859,19 +892,37 @@ def _folder_source(root: Path, name: str, image_size: tuple[int, int] | None,
                   chunk_bytes=chunk * c * size[0] * size[1])
 
 
-def _cached(src, progress: ProgressFn | None) -> Dataset:
-    from ddcli.datacache import ensure, open_dataset
+def _cached(src, progress: ProgressFn | None) -> tuple[Dataset, int]:
+    """The set through the data cache, and how many of its images could not be decoded."""
+    from ddcli.datacache import ensure, open_dataset, skipped
     from ddcli.runtime import cache_dir
 
     folder = ensure(src, cache_dir() / "data", progress=progress)
-    return open_dataset(folder, src.description)
+    return open_dataset(folder, src.description), skipped(folder)
 
 
 # --------------------------------------------------------------------------------------------
 # entry point
 
 
-def load_dataset(
+def load_dataset(*args, warn: Callable[[str], None] = lambda msg: None, **kw) -> Dataset:
+    """:func:`_load_dataset`, with the warnings of the libraries that read the files (PIL's
+    palette transparency, decompression bomb, ...) told through ``warn``, each kind once with
+    its count, instead of Python's multi-line warnings on stderr."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # (reading threads end within it)
+        warnings.simplefilter("always")
+        ds = _load_dataset(*args, warn=warn, **kw)
+    kinds: dict[str, list[str]] = {}
+    for w in caught:
+        kinds.setdefault(w.category.__name__, []).append(" ".join(str(w.message).split()))
+    for kind, messages in kinds.items():
+        warn(f"{len(messages)} x {kind} while reading the data: {messages[0]}")
+    return ds
+
+
+def _load_dataset(
     path: str | Path,
     split: str = "train",
     *,
@@ -879,6 +930,7 @@ def load_dataset(
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
     skip_bad: bool = False,
+    skip_flag: str | None = "--skip-bad",
     max_per_class: int | None = None,
     imbalance_factor: float | None = None,
     progress: ProgressFn | None = None,
@@ -894,6 +946,8 @@ def load_dataset(
         image_size: resize every image to this (H, W); default: the most common size.
         channels: 1 or 3; default: the majority mode of the images.
         skip_bad: skip unreadable images with a warning instead of failing.
+        skip_flag: the caller's option that sets ``skip_bad`` (None: it has none), which the
+            error on an unreadable image names.
         max_per_class: keep at most this many images per class (seeded, fixed).
         imbalance_factor: build the long-tailed subset with this factor (seeded, fixed).
         cache: ``on``: read the images through the memory-mapped data cache
@@ -923,11 +977,11 @@ def load_dataset(
             raise DataError(f"the files glob {files!r} chooses shards in a dataset folder; "
                             f"{root} is one shard (give its folder, or drop the glob)")
         classes = _read_classes(root.parent)
-        shard_files, name, source = [root], root.parent.name, str(root)
+        shard_files, name, source = [root], _name(root.parent), str(root)
     elif files or any(root.glob("*.npz")):
         classes = _read_classes(root)
         shard_files = _shard_files(root, split, files)
-        name = root.name
+        name = _name(root)
         source = f"{root} [{', '.join(p.name for p in shard_files)}]"
     else:
         shard_files = None
@@ -947,17 +1001,25 @@ def load_dataset(
             has_splits = any((root / d).is_dir() for ds in SPLIT_DIRS.values() for d in ds)
             if has_splits:
                 raise DataError(f"{root} has split folders but no {split} split")
-        name, source = root.name, str(split_root)
+        name, source = _name(root), str(split_root)
+        with ThreadPoolExecutor(max_workers=_folder_workers()) as pool:  # the headers, once
+            plan = _plan_image_folder(split_root, image_size, channels, skip_bad, skip_flag,
+                                      warn, pool)
         if cache != "off":
-            src = _folder_source(split_root, name, image_size, channels, skip_bad, warn)
+            src = _folder_source(split_root, name, plan, skip_bad, skip_flag)
             if cache == "auto" and src.nbytes < auto_min_bytes():
                 src = None
         if src is None:
-            classes, images, labels = _read_image_folder(
-                split_root, image_size, channels, skip_bad, progress, warn
-            )
+            classes, images, labels = _read_image_folder(split_root, plan, skip_bad, skip_flag,
+                                                         progress, warn)
     if src is not None:  # through the data cache: already at the size and channels asked
-        ds = _cached(src, progress)
+        ds, undecoded = _cached(src, progress)
+        if undecoded and not skip_bad:  # a cache built with --skip-bad, read without it
+            raise DataError(f"{source}: {undecoded} image(s) whose pixels cannot be decoded"
+                            + (f" ({_skip_hint(skip_flag)})" if skip_flag else ""))
+        bad = undecoded + (len(plan[-1]) if shard_files is None else 0)
+        if bad:
+            warn(f"skipped {bad} unreadable image(s) in {source}")
         classes = ds.classes
         channels = image_size = None
         images, labels = ds.images, ds.labels
@@ -973,6 +1035,10 @@ def load_dataset(
         images = resize_images(images, tuple(image_size))
     if src is None:
         ds = Dataset(images, labels, classes, name=name, source=source)
+    if min(ds.image_size) < MIN_IMAGE_SIDE:
+        h, w = ds.image_size
+        raise DataError(f"{root}: the images are {h}x{w} px, too small (at least "
+                        f"{MIN_IMAGE_SIDE} a side: pass --image-size to enlarge them)")
     empty = [classes[c] for c, n in enumerate(ds.class_counts) if n == 0]
     if empty and split == "train":
         raise DataError(f"{root}: class {empty[0]!r} has no images")
@@ -981,6 +1047,12 @@ def load_dataset(
     if imbalance_factor is not None:
         ds = make_long_tailed(ds, imbalance_factor)
     return ds
+
+
+def _name(folder: Path) -> str:
+    """A dataset's name: its folder's, also when given as "." or ".." (the bundle's default
+    file name starts with it)."""
+    return folder.resolve().name or "dataset"
 
 
 def sample_dir() -> Path:

@@ -7,6 +7,8 @@ decoded, brought to the working size and channels, and written to
 their sizes and modification times, the size and channels asked for):
 
     images.u8        the pixels, uint8 (N, C, H, W), in the source's order, no header
+    bad.u8           one byte per row: its pixels could not be decoded (``--skip-bad``); if
+                     any, the other rows are copied to ``images.kept.u8``, the set's file
     labels.npy       int64 (N,)
     class_index.npy  int64 (N,): the rows sorted by class (stable); class c's rows are
                      ``class_index[offsets[c] : offsets[c] + counts[c]]``
@@ -60,7 +62,8 @@ def auto_min_bytes() -> int:
 @dataclass
 class Source:
     """A dataset as chunks to convert: ``read(i)`` gives chunk i's images as uint8
-    (k, C, H, W) at the working size, rows ``chunks[i]`` of the set."""
+    (k, C, H, W) at the working size, rows ``chunks[i]`` of the set, and which of them could
+    not be decoded (a (k,) bool mask, or None for none: those rows are left out of the set)."""
 
     key: dict
     name: str
@@ -69,7 +72,7 @@ class Source:
     labels: np.ndarray
     shape: tuple[int, int, int]
     chunks: list[tuple[int, int]]
-    read: Callable[[int], np.ndarray]
+    read: Callable[[int], tuple[np.ndarray, np.ndarray | None]]
     #: the most bytes one chunk holds while converted (its decoded arrays): sizes the pool
     chunk_bytes: int = 0
 
@@ -132,6 +135,11 @@ def build(src: Source, folder: Path, workers: int | None = None,
     if not done_path.exists() or done_path.stat().st_size != n_chunks:
         done_path.write_bytes(bytes(n_chunks))
     done = np.memmap(done_path, dtype=np.uint8, mode="r+", shape=(n_chunks,))
+    bad_path = folder / "bad.u8"
+    if not bad_path.exists() or bad_path.stat().st_size != src.n:
+        bad_path.write_bytes(bytes(src.n))
+    bad = np.memmap(bad_path, dtype=np.uint8, mode="r+", shape=(src.n,)) if src.n else \
+        np.zeros(0, dtype=np.uint8)
     hist_path = folder / "hist.u8"
     hist = np.memmap(hist_path, dtype=np.int64, mode="r+" if hist_path.exists() else "w+",
                      shape=(n_chunks, c, 256))
@@ -144,14 +152,18 @@ def build(src: Source, folder: Path, workers: int | None = None,
 
         def convert(i: int) -> int:
             lo, hi = src.chunks[i]
-            x = np.ascontiguousarray(src.read(i), dtype=np.uint8)
+            x, failed = src.read(i)
+            x = np.ascontiguousarray(x, dtype=np.uint8)
             if x.shape != (hi - lo, c, h, w):
                 raise DataError(f"{src.description}: chunk {i} gave {x.shape} images, "
                                 f"expected {(hi - lo, c, h, w)}")
-            flat = x.reshape(hi - lo, row)
-            _pwrite_all(fd, memoryview(flat).cast("B"), lo * row)
-            _pwrite_all(dfd, memoryview(image_digests(x)).cast("B"), lo * 32)
-            hist[i] = pixel_histogram(torch.from_numpy(x))
+            if hi > lo:  # (an empty shard writes nothing)
+                flat = x.reshape(hi - lo, row)
+                _pwrite_all(fd, memoryview(flat).cast("B"), lo * row)
+                _pwrite_all(dfd, memoryview(image_digests(x)).cast("B"), lo * 32)
+            failed = np.zeros(hi - lo, dtype=bool) if failed is None else failed
+            bad[lo:hi] = failed
+            hist[i] = pixel_histogram(torch.from_numpy(x[~failed]))
             return i
 
         todo = [i for i in range(n_chunks) if not done[i]]
@@ -161,6 +173,8 @@ def build(src: Source, folder: Path, workers: int | None = None,
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for i in pool.map(convert, todo):
                 hist.flush()
+                if src.n:
+                    bad.flush()
                 os.fdatasync(fd)
                 os.fdatasync(dfd)
                 done[i] = 1  # only once its pixels, digests and histogram are on disk
@@ -171,21 +185,51 @@ def build(src: Source, folder: Path, workers: int | None = None,
     finally:
         os.close(fd)
         os.close(dfd)
-    labels = src.labels.astype(np.int64)
+    keep = np.flatnonzero(np.asarray(bad) == 0)
+    if src.n and not len(keep):
+        raise DataError(f"{src.description}: none of its images could be decoded")
+    images_file = "images.u8"
+    if len(keep) < src.n:  # the rows that decoded, in order, in a file of their own
+        images_file = "images.kept.u8"
+        _copy_rows(folder / "images.u8", folder / images_file, keep, row)
+    labels = src.labels.astype(np.int64)[keep]
     counts = np.bincount(labels, minlength=len(src.classes))
     order = np.argsort(labels, kind="stable")
     np.save(folder / "labels.npy", labels)
     np.save(folder / "class_index.npy", order.astype(np.int64))
-    digests = np.fromfile(folder / "digests.u8", dtype=np.uint8).reshape(src.n, 32)
+    digests = np.fromfile(folder / "digests.u8", dtype=np.uint8).reshape(src.n, 32)[keep]
     mean, std = mean_std_from_hist(np.asarray(hist).sum(axis=0))
     meta = {"version": CACHE_VERSION, "name": src.name, "source": src.description,
-            "classes": list(src.classes), "shape": [src.n, c, h, w],
+            "classes": list(src.classes), "shape": [len(keep), c, h, w],
+            "images_file": images_file, "skipped": int(src.n - len(keep)),
             "counts": counts.tolist(), "offsets": (np.cumsum(counts) - counts).tolist(),
             "fingerprint": fingerprint_from_digests(digests, labels, src.classes, (c, h, w)),
             "mean": mean, "std": std, "key": src.key}
     tmp = folder / "meta.json.tmp"
     tmp.write_text(json.dumps(meta))
     tmp.replace(folder / "meta.json")
+    if images_file != "images.u8":
+        (folder / "images.u8").unlink()
+
+
+def _copy_rows(src: Path, dst: Path, rows: np.ndarray, row: int, block: int = 64 << 20) -> None:
+    """Write ``rows`` of the (N, row)-byte file ``src`` to ``dst`` one after the other, from
+    scratch (a killed copy is redone whole: ``src`` is intact until the cache is complete)."""
+    runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1) if len(rows) else []
+    fd_in = os.open(src, os.O_RDONLY)
+    fd_out = _open_sized(dst, len(rows) * row)
+    try:
+        out = 0
+        for run in runs:
+            start, size = int(run[0]) * row, len(run) * row
+            for off in range(0, size, block):
+                data = os.pread(fd_in, min(block, size - off), start + off)
+                _pwrite_all(fd_out, memoryview(data), out)
+                out += len(data)
+        os.fdatasync(fd_out)
+    finally:
+        os.close(fd_in)
+        os.close(fd_out)
 
 
 @contextlib.contextmanager
@@ -258,10 +302,15 @@ def open_dataset(folder: Path, source: str):
 
     meta = json.loads((folder / "meta.json").read_text())
     shape = tuple(meta["shape"])
-    mapped = MappedImages(folder / "images.u8", shape)
+    mapped = MappedImages(folder / meta.get("images_file", "images.u8"), shape)
     labels = torch.from_numpy(np.load(folder / "labels.npy"))
     ds = Dataset(mapped.tensor, labels, meta["classes"], name=meta["name"], source=source,
                  mapped=mapped)
     ds.__dict__["fingerprint"] = meta["fingerprint"]  # cached_property values, not recomputed
     ds.__dict__["_mean_std"] = (meta["mean"], meta["std"])
     return ds
+
+
+def skipped(folder: Path) -> int:
+    """How many rows of the cached set were left out (their pixels could not be decoded)."""
+    return int(json.loads((folder / "meta.json").read_text()).get("skipped", 0))

@@ -196,3 +196,135 @@ def test_shards_parse_their_npy_headers_under_one_lock(tmp_path, monkeypatch):
     v3 = _npz(tmp_path / "v3.npz", {"images": images, "labels": labels}, version=(3, 0))
     with pytest.raises(DataError, match="npy format 3.0"):
         ddata._load_shard(v3)
+
+
+def test_images_in_subfolders_of_a_class_are_read_and_hidden_ones_skipped(tmp_path):
+    # the hidden-part check called Path.name on str parts: any nested image was an internal
+    # error (exit 1) in every command that reads data
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "d", n=4)
+    (root / "cat" / "sub").mkdir()
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(root / "cat" / "sub" / "nested.png")
+    (root / "cat" / ".thumbs").mkdir()
+    Image.new("RGB", (8, 8), (7, 7, 7)).save(root / "cat" / ".thumbs" / "t.png")
+    for cache in ("off", "on"):
+        ds = load_dataset(root, cache=cache)
+        assert len(ds) == 13 and ds.class_counts[0] == 5
+
+
+def test_16_bit_images_are_scaled_and_32_bit_ones_refused(tmp_path):
+    # 16-bit grey was clipped by PIL's convert("L") (a 0..65535 gradient read as almost all
+    # 255), a float TIFF in [0, 1] as almost all 0
+    from PIL import Image
+
+    root = tmp_path / "d"
+    ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1040).astype(np.uint16)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(ramp).save(root / c / f"{i}.png")
+    ds = load_dataset(root)
+    assert ds.channels == 1
+    want = (ramp.astype(np.int64) * 255 + 32767) // 65535
+    assert torch.equal(ds.images[0, 0], torch.from_numpy(want.astype(np.uint8)))
+    Image.fromarray(ramp.astype(np.float32) / 65535).save(root / "a" / "f.tif")
+    with pytest.raises(DataError, match="32-bit float pixels .* no fixed range.*--skip-bad"):
+        load_dataset(root)
+    warnings = []
+    assert len(load_dataset(root, skip_bad=True, warn=warnings.append)) == 4
+    assert "skipped 1 unreadable image" in warnings[0]
+
+
+def test_skip_bad_skips_undecodable_pixels_through_the_data_cache_too(tmp_path):
+    # an image whose header reads and whose pixels do not: --skip-bad skipped it in memory,
+    # and the cache stopped on it; both now give the same set
+    root = write_image_folder(tmp_path / "d", n=5)
+    good = (root / "dog").glob("*.png").__next__().read_bytes()
+    (root / "dog" / "trunc.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match="trunc.png.*pass --skip-bad"):
+        load_dataset(root, cache="on")
+    ref = load_dataset(root, skip_bad=True)
+    for _ in range(2):  # building the cache, then reading it
+        warnings = []
+        ds = load_dataset(root, cache="on", skip_bad=True, warn=warnings.append)
+        assert len(ds) == len(ref) == 15 and torch.equal(ds.images, ref.images)
+        assert ds.fingerprint == ref.fingerprint and ds.mean_std() == ref.mean_std()
+        assert warnings == [f"skipped 1 unreadable image(s) in {root}"]
+    with pytest.raises(DataError, match="1 image.* cannot be decoded.*--skip-bad"):
+        load_dataset(root, cache="on")  # the cache built with --skip-bad, read without it
+
+
+def test_folder_warnings_come_once_when_auto_keeps_a_small_set_in_memory(image_folder):
+    # --data-cache auto planned a small folder twice: every warning came twice (3 then 3 + k)
+    (image_folder / "cat" / "notes.txt").write_text("hi")
+    (image_folder / "dog" / "broken.png").write_bytes(b"\x89PNG garbage")
+    warnings = []
+    load_dataset(image_folder, cache="auto", skip_bad=True, warn=warnings.append)
+    assert len(warnings) == 2 and "skipped 1 non-image" in warnings[0]
+    assert "skipped 1 unreadable image" in warnings[1]
+
+
+def test_an_empty_shard_is_read_through_the_cache(tmp_path):
+    # memoryview().cast on a 0-row chunk was an internal error
+    data = write_shards(tmp_path / "d", n_train=12)
+    np.savez(data / "train_3.npz", images=np.zeros((0, 8, 8, 3), np.uint8),
+             labels=np.zeros(0, np.int64))
+    on, off = load_dataset(data, cache="on"), load_dataset(data)
+    assert torch.equal(on.images, off.images) and on.fingerprint == off.fingerprint
+    for f in data.glob("train_[12].npz"):
+        f.unlink()
+    with pytest.raises(DataError, match="no images"):
+        load_dataset(data, cache="on")
+
+
+def test_a_dataset_given_as_dot_is_named_after_its_folder(image_folder, monkeypatch):
+    # "." had an empty name: the default output became "-dm-ipc1.safetensors"
+    monkeypatch.chdir(image_folder)
+    assert load_dataset(".").name == image_folder.name
+
+
+def test_images_too_small_for_the_networks_are_refused(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    np.savez(data / "train.npz", images=np.zeros((4, 1, 1, 3), np.uint8),
+             labels=np.array([0, 1, 0, 1]))
+    (data / "classes.json").write_text(json.dumps(["a", "b"]))
+    with pytest.raises(DataError, match="1x1 px, too small .*--image-size"):
+        load_dataset(data)
+    assert load_dataset(data, image_size=(4, 4)).image_size == (4, 4)
+
+
+def test_shard_label_errors_name_the_bad_label(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "classes.json").write_text(json.dumps(["a", "b"]))
+    x = np.zeros((3, 4, 4, 3), np.uint8)
+    for labels, match in ((np.array([-1, 0, 1]), "label -1 outside the 2 classes"),
+                          (np.array([2**63, 0, 1], np.uint64), f"label {2**63} outside"),
+                          (np.array([[0], [1], [0]]), r"one-dimensional \(N,\), got shape")):
+        np.savez(data / "train.npz", images=x, labels=labels)
+        for cache in ("off", "on"):
+            with pytest.raises(DataError, match=match):
+                load_dataset(data, cache=cache)
+
+
+def test_an_unreadable_image_names_the_callers_skip_option(image_folder):
+    (image_folder / "cat" / "broken.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DataError, match=r"broken.png.*\(remove or replace it\)"):
+        load_dataset(image_folder, "test", skip_flag=None)  # evaluate has no --skip-bad
+
+
+def test_library_warnings_become_one_warning_line_each(image_folder, recwarn):
+    # PIL's UserWarning on palette transparency reached stderr as Python's two-line warning
+    from PIL import Image
+
+    im = Image.fromarray(np.zeros((8, 8), np.uint8), mode="P")
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * (254 * 3))
+    for i in range(2):
+        im.save(image_folder / "cat" / f"p{i}.png", transparency=b"\x00\x80")
+    warnings = []
+    ds = load_dataset(image_folder, warn=warnings.append)
+    assert len(ds) == 14 and not recwarn.list
+    assert warnings == ["2 x UserWarning while reading the data: Palette images with "
+                        "Transparency expressed in bytes should be converted to RGBA images"]
