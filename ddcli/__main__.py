@@ -7,8 +7,9 @@ is held until that import is over (:func:`_on_sigint`): raised inside it, the Ke
 left numpy half-loaded ("cannot load module more than once per process", exit 1) or escaped
 through torch's C++ (``std::terminate``, exit -6).
 
-Once the command has finished, a late Ctrl-C (during the interpreter's shutdown, which takes a
-moment after torch) is ignored: the work is done and the exit code already says how it went. An
+Once the command has finished, or printed its error line, a late Ctrl-C (during the
+interpreter's shutdown, which takes a moment after torch) is ignored: the work is done and the
+exit code already says how it went. An
 interrupted run leaves through ``os._exit(130)`` after flushing its output, because CPython
 remembers a KeyboardInterrupt that passed through some import machinery and would otherwise end
 the process by SIGINT (exit status -2) despite ``sys.exit(130)``.
@@ -82,8 +83,10 @@ def main() -> None:
     _guard_sigint()
     try:
         try:
+            import ddcli.cli.common
             from ddcli.cli import main as cli_main
 
+            ddcli.cli.common.on_outcome = _unguard_sigint  # its error line decides
             cli_main()
         finally:  # from here on, Ctrl-C no longer changes the outcome
             _unguard_sigint()

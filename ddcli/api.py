@@ -20,6 +20,7 @@ import torch.utils.data
 
 from ddcli import __version__
 from ddcli.bundle import Bundle, load_bundle, save_bundle
+from ddcli.catalog import AMPS, CACHE_MODES, COMPILE_MODES, DTYPES, MAX_SEED
 from ddcli.errors import DDCliError, InputError, Interrupted
 
 __all__ = ["BundleDataset", "distill", "evaluate", "load_bundle"]
@@ -98,6 +99,27 @@ def _int_tuple(value: str | Sequence[int] | None, flag: str, minimum: int = 1,
     return values
 
 
+def _check_seed(seed: Any) -> None:
+    """The command line's rule for a seed (an int in 0..MAX_SEED), for the Python API."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` (any case) if it is one of ``choices``, lower-cased; else an InputError."""
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value.lower()
+
+
+def _as_list(value: Any) -> list:
+    """A sequence argument given one value (a name or a path) as a list of that one: a string
+    is not taken for its characters."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, Path)) else list(value)
+
+
 def distill(
     data: str | Path | None = None,
     *,
@@ -133,6 +155,14 @@ def distill(
 
     from ddcli.distributed import env_world_size
 
+    _check_seed(seed)  # the command line's checks, before any work
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
+            or checkpoint_every < 0:
+        raise InputError(f"--checkpoint-every must be an integer >= 0 (0: never), got "
+                         f"{checkpoint_every!r}")
+    dtype = _choice("dtype", dtype, DTYPES)
+    data_cache = _choice("data_cache", data_cache, CACHE_MODES)
+    relabel_teacher = _as_list(relabel_teacher)
     world = env_world_size()
     rank = os.environ.get("RANK", "0") if world > 1 else "0"
     with _rank_errors(rank):  # torchrun: rank 0 reports
@@ -187,6 +217,7 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
     out = Path(out) if out is not None else None
     if out is not None:  # fail before a slow read
         check_writable(out, force)
+        _check_checkpoint(out, resume, force)
     builtin = data is None
     preset = "sample-cpu" if builtin else None
     algo = create_method(method.lower(), preset=preset, **overrides)  # fails before reading
@@ -210,13 +241,25 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
                         data_cache)
 
 
+def _check_checkpoint(out: Path, resume: bool, force: bool) -> Path:
+    """The checkpoint path of ``out``; an earlier run's checkpoint there is not replaced (nor
+    deleted at the end) unless asked: ``--resume`` continues it, ``--force`` starts over."""
+    from ddcli.methods.base import checkpoint_path_for
+
+    ckpt = checkpoint_path_for(out)
+    if ckpt.exists() and not (resume or force):
+        raise InputError(f"{ckpt} holds an earlier run's checkpoint: pass --resume to continue "
+                         "it, or --force to start over")
+    return ckpt
+
+
 def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_files,
                  image_size, channels, skip_bad, max_per_class, imbalance_factor, relabel,
                  relabel_teacher, checkpoint_every, resume, dtype, command, ctx,
                  data_cache="auto") -> dict:
     from ddcli.data import sample_dir
     from ddcli.io import check_writable
-    from ddcli.methods.base import checkpoint_path_for, run_method
+    from ddcli.methods.base import run_method
     from ddcli.reporting import device_label, load_dataset_reported
 
     dev = str(dev)
@@ -237,7 +280,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
     if out is None:
         out = Path(f"{ds.name}-{algo.name}-ipc{getattr(cfg, 'ipc', 0)}.safetensors")
     check_writable(out, force)  # again: the default name is known only now
-    ckpt = checkpoint_path_for(out)
+    ckpt = _check_checkpoint(out, resume, force)
     info = ds.info()
     rep.info(
         f"{algo.name} on {ds.name}: {len(ds)} images, {ds.num_classes} classes, "
@@ -273,10 +316,16 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
         device=device_label(dev),
         provenance=[step],
     )
-    if relabel:  # the paper's pipeline in one command: LIA soft labels
-        bundle = _relabel(rep, bundle, ds, list(relabel_teacher or ["convnet"]), dev, seed,
-                          command)
-    checksum = save_bundle(bundle, out, force=force, dtype=dtype)
+    try:
+        if relabel:  # the paper's pipeline in one command: LIA soft labels
+            bundle = _relabel(rep, bundle, ds, list(relabel_teacher or ["convnet"]), dev, seed,
+                              command)
+        checksum = save_bundle(bundle, out, force=force, dtype=dtype)
+    except (KeyboardInterrupt, Interrupted):  # the iterations are done, and checkpointed
+        if not ckpt.exists():
+            raise
+        raise Interrupted(f"interrupted after the {algo.iterations} iterations; checkpoint "
+                          f"saved to {ckpt}; rerun with --resume to finish") from None
     if ckpt.exists():
         ckpt.unlink()
     rep.info(
@@ -339,6 +388,11 @@ def evaluate(
     figure on a CPU); rank 0 reports and writes ``out``, the others return ``{}``."""
     from ddcli.distributed import env_world_size
 
+    _check_seed(seed)  # the command line's checks, before any work
+    compile = _choice("compile", compile, COMPILE_MODES)
+    amp = _choice("amp", amp, AMPS)
+    data_cache = _choice("data_cache", data_cache, CACHE_MODES)
+    teacher = _as_list(teacher)
     args = {k: v for k, v in locals().items() if k != "env_world_size"}
     world = env_world_size()
     if world == 1:
@@ -403,7 +457,8 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     size = tuple(ds_info.get("image_size") or b.images.shape[2:])
     chans = int(ds_info.get("channels") or b.images.shape[1])
     test_ds = load_dataset_reported(rep, Path(test), "test", files=test_files, image_size=size,
-                                    channels=chans, cache="off" if builtin else data_cache)
+                                    channels=chans, cache="off" if builtin else data_cache,
+                                    skip_flag=None)
     check_classes(b, test_ds)
     if is_long_tailed(ds_info.get("class_counts")) and imbalance_ratio(test_ds.class_counts) > 1.1:
         rep.warn("the test set is not balanced: long-tailed results assume a balanced test set")
@@ -458,6 +513,9 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         rep.info(f"images resized from {resized_from[0]}x{resized_from[1]} to the data's "
                  f"{size[0]}x{size[1]} (antialiased) for the {proto.name} protocol's models")
         images = resize_images(images, size)
+    real_ds = None  # read (and checked) before any model trains: a bad --real fails first
+    if baseline == "random":
+        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache)
     result = run(images, labels, "bundle", soft_labels, views)
     report = _report_head(b, bundle, proto, models, seed, dev, test_ds)
     if resized_from:
@@ -466,9 +524,12 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         "temperature": temperature, "views": bool(views),
         "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")},
     } if step else None
+    if teachers:  # the teachers this evaluation used (--teacher, or the relabel step's)
+        report["teachers"] = [{k: t.describe()[k] for k in ("path", "arch", "checksum")}
+                              | {"source": "--teacher" if teacher else "relabel step"}
+                              for t in teachers]
     report["result"] = result
-    if baseline == "random":
-        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache)
+    if real_ds is not None:
         sub = random_real_subset(real_ds, ipc, seed)  # the same storage: IPC images
         pixels = sub.images.float() / 255.0
         soft, extras = None, {}
@@ -516,19 +577,15 @@ def _report_head(b, bundle_path, proto, models, seed, dev, test_ds) -> dict:
 
 def _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache):
     """The real data a baseline draws from: the bundle's classes, and its recorded subset."""
-    from ddcli.evaluation import check_classes, same_subset
+    from ddcli.evaluation import as_distilled, check_classes
     from ddcli.reporting import load_dataset_reported
 
     if b.ipc is None:
         raise InputError(f"--baseline {baseline} needs a bundle with the same IPC in every class")
     real_ds = load_dataset_reported(rep, real, "train", files=real_files, image_size=size,
-                                    channels=chans, cache=data_cache)
+                                    channels=chans, cache=data_cache, skip_flag=None)
     check_classes(b, real_ds, "real")
-    real_ds = same_subset(real_ds, b.dataset.get("subset") or {})
-    if real_ds.fingerprint != b.dataset.get("fingerprint"):
-        rep.warn("the --real data is not the data the bundle was distilled from "
-                 "(fingerprints differ)")
-    return real_ds
+    return as_distilled(real_ds, b, rep.warn, "--real data")
 
 
 def _attach_baseline(report: dict, base: dict) -> None:
@@ -584,6 +641,8 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
                                 golden=golden_arg, golden_bb=golden_bb, class_counts=counts,
                                 progress=update, test_progress=test_progress)
 
+    real_ds = None if baseline is None else _baseline_real_data(  # before any probe trains
+        rep, b, baseline, real, real_files, size, chans, data_cache)
     result = run(images, labels, "bundle", golden if inherit else None)
     report = _report_head(b, bundle_path, proto, models, seed, dev, test_ds)
     report.update(
@@ -592,8 +651,7 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
         golden_head_test_accuracy=golden_head_accuracy(
             golden, golden_bb, test_ds.images, test_ds.labels, dev) if golden else None,
     )
-    if baseline is not None:
-        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache)
+    if real_ds is not None:
         if baseline == "random":
             sub = random_real_subset(real_ds, b.ipc, seed)
         else:  # the real images nearest the class means, in the evaluation backbone

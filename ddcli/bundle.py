@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ddcli import __version__
 from ddcli.errors import BundleError, InputError, RunError
-from ddcli.io import atomic_path, check_writable, read_safetensors, regular_file
+from ddcli.io import check_writable, read_safetensors, regular_file, write_safetensors
 
 FORMAT = "ddcli.bundle"
 FORMAT_VERSION = 2
@@ -161,7 +160,9 @@ def _check_consistency(b: Bundle, where: str) -> None:
     if n == 0 or min(b.images.shape[1:]) < 1:
         raise BundleError(f"{where}: the bundle holds no images")
     if b.labels.dtype != torch.int64 or b.labels.shape != (n,):
-        raise BundleError(f"{where}: labels must be int64 ({n},), got {tuple(b.labels.shape)}")
+        raise BundleError(f"{where}: labels must be int64 ({n},), got "
+                          f"{str(b.labels.dtype).replace('torch.', '')} "
+                          f"{tuple(b.labels.shape)}")
     k = b.num_classes
     if k < 2:
         raise BundleError(f"{where}: the dataset metadata must list at least two classes")
@@ -179,6 +180,34 @@ def _check_consistency(b: Bundle, where: str) -> None:
     c = b.dataset.get("channels")
     if c is not None and b.images.shape[1] != c:
         raise BundleError(f"{where}: images have {b.images.shape[1]} channels, metadata says {c}")
+    for key in ("mean", "std"):  # the normalisation: one value per channel, std > 0
+        v = b.dataset.get(key)
+        if v is not None and len(v) != b.images.shape[1]:
+            raise BundleError(f"{where}: dataset.{key} has {len(v)} values for "
+                              f"{b.images.shape[1]} channels")
+    if any(x <= 0 for x in b.dataset.get("std") or []):
+        raise BundleError(f"{where}: dataset.std must be positive")
+    try:
+        f = b.factor
+    except (TypeError, ValueError):
+        f = None
+    side = min(b.images.shape[2:])
+    if f is None or not 1 <= f <= side:  # each stored image holds factor x factor sub-images
+        raise BundleError(f"{where}: config.factor must be an integer from 1 to {side} (the "
+                          f"images' side), got {b.config.get('factor')!r}")
+
+
+def value_problem(b: Bundle) -> str | None:
+    """What is wrong with values a bundle ddcli writes always has right (another tool's may
+    not): finite images, soft labels that are probabilities; None when nothing is."""
+    if not bool(torch.isfinite(b.images).all()):
+        return "the images are not finite"
+    if b.soft_labels is not None:
+        p = b.soft_labels.float()
+        if not (bool(torch.isfinite(p).all()) and bool((p >= 0).all())
+                and bool(((p.sum(1) - 1).abs() < 1e-3).all())):
+            return "soft_labels are not probabilities (finite, >= 0, each row summing to 1)"
+    return None
 
 
 def save_bundle(
@@ -209,8 +238,7 @@ def save_bundle(
     bundle.checksum = ""
     bundle.checksum, bundle.content_checksum = checksums(tensors, bundle.metadata())
     bundle.checksum_ok = True
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=bundle.metadata())
+    write_safetensors(path, tensors, bundle.metadata())
     return bundle.checksum
 
 
@@ -378,10 +406,11 @@ def _parse_metadata(meta: dict[str, str], where: str) -> dict:
 
 
 def load_bundle(path: str | Path, *, verify: bool = True,
-                warn: Callable[[str], None] | None = None) -> Bundle:
+                warn: Callable[[str], None] | None = None, values: bool = True) -> Bundle:
     """Read and check a bundle. With ``verify`` a checksum mismatch is an error; without it,
-    ``Bundle.checksum_ok`` tells the result. ``warn`` hears that an older bundle's metadata
-    was not covered by its checksum."""
+    ``Bundle.checksum_ok`` tells the result. With ``values``, non-finite images or soft labels
+    that are not probabilities are an error (:func:`value_problem`). ``warn`` hears that an
+    older bundle's metadata was not covered by its checksum."""
     path = Path(path)
     tensors, meta = _read_raw(path)
     if meta.get("ddcli.format") != FORMAT:
@@ -431,6 +460,11 @@ def load_bundle(path: str | Path, *, verify: bool = True,
     if verify and not b.checksum_ok:
         raise BundleError(f"{path}: checksum mismatch (the file was modified or damaged)")
     _check_consistency(b, str(path))
+    # ``values``: refuse a bundle whose values are wrong (inspect shows one); a damaged
+    # file is told by its checksum
+    problem = value_problem(b) if values and b.checksum_ok else None
+    if problem:
+        raise BundleError(f"{path}: {problem}")
     if not covers_metadata and warn is not None:
         warn(f"{path} is a bundle of format {file_version}: its checksum covers the tensors "
              "only, not the metadata (class names, dataset, config, provenance)")

@@ -37,3 +37,7 @@ BASELINES = ("random", "centroids")
 CALIBRATIONS = ("adsa",)
 #: `distill --data-cache`: the memory-mapped uint8 data cache (ddcli.datacache)
 CACHE_MODES = ("auto", "on", "off")
+#: `evaluate --compile` (ddcli.training.should_compile)
+COMPILE_MODES = ("auto", "on", "off")
+#: seeds are 63-bit: torch generators and :func:`ddcli.seeding.derive_seed` take them
+MAX_SEED = 2**63 - 1

@@ -61,6 +61,16 @@ def same_subset(real: Dataset, subset: dict) -> Dataset:
     return real
 
 
+def as_distilled(real: Dataset, bundle, warn: Callable[[str], None], what: str) -> Dataset:
+    """``real`` cut to the bundle's recorded subset (:func:`same_subset`), with a warning where
+    it is still not the data the bundle was distilled from (its fingerprint differs)."""
+    real = same_subset(real, bundle.dataset.get("subset") or {})
+    if real.fingerprint != bundle.dataset.get("fingerprint"):
+        warn(f"the {what} is not the data the bundle was distilled from "
+             "(fingerprints differ)")
+    return real
+
+
 def model_seeds(seed: int, n: int) -> list[int]:
     """Initialisation seeds of the ``n`` evaluated models: the ``eval`` stream, disjoint from the
     seeds of experts, teachers and pool networks (ddcli.seeding)."""

@@ -4,8 +4,9 @@ snapshot of each after every epoch (epoch 0 = the initialisation).
 One safetensors file per trajectory, tensors ``epoch{j}.{name}`` for j = 0..E, metadata with
 the architecture, classes, input, normalisation, data fingerprint, recipe and seed. Files live
 in ``$DDCLI_CACHE/experts/<arch>-<key>/`` where the key hashes (data fingerprint, architecture,
-recipe): later distillations reuse them, and a killed build resumes at the first missing
-trajectory. The N trajectories are trained together (one vmap-ed ensemble).
+recipe, seed, N): later distillations reuse them. The N trajectories are trained together (one
+ensemble, every random draw made for all of them), so each depends on N: a build missing some
+files (killed while saving) trains all N again and writes the missing ones.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ddcli import __version__
 from ddcli.bundle import utc_now
 from ddcli.data import Dataset, NormalizedImages
 from ddcli.errors import InputError
-from ddcli.io import atomic_path, read_safetensors
+from ddcli.io import read_safetensors, write_safetensors
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
 from ddcli.seeding import SEED_SCHEME, derive_seed
@@ -57,10 +57,12 @@ class Trajectory:
 
 
 def expert_dir(cache: Path, data: Dataset, recipe: Protocol, width: int, seed: int,
-               stream: str = "expert", ends_only: bool = False) -> Path:
+               stream: str = "expert", ends_only: bool = False, num: int = 1) -> Path:
+    """The cache folder of ``num`` trajectories: they train together, every random draw made
+    for all of them, so trajectory i depends on how many there are (``num`` is in the key)."""
     key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.to_dict(),
                       "width": width, "seed": seed, "init": SEED_SCHEME, "stream": stream,
-                      "ends_only": ends_only}, sort_keys=True)
+                      "ends_only": ends_only, "num": num}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return Path(cache) / "experts" / f"{recipe.model}-{digest}"
 
@@ -72,8 +74,7 @@ def save_trajectory(path: Path, arch: str, snapshots: list[dict], meta: dict) ->
     md.update({"ddcli.format": FORMAT, "ddcli.version": __version__, "arch": arch,
                "epochs": str(len(snapshots) - 1), "created": utc_now()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=md)
+    write_safetensors(path, tensors, md)
 
 
 def load_trajectory(path: Path, fingerprint: str | None = None) -> Trajectory:
@@ -122,19 +123,21 @@ def build_experts(
                                  **({"epochs": epochs} if epochs is not None else {}))
     if recipe.epochs < 1:
         raise InputError(f"--expert-epochs must be >= 1, got {recipe.epochs}")
-    folder = expert_dir(cache, data, recipe, width, seed, stream, ends_only)
+    folder = expert_dir(cache, data, recipe, width, seed, stream, ends_only, num)
     paths = [folder / f"trajectory_{i:03d}.safetensors" for i in range(num)]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
     if not missing:
         return paths
-    info(f"training {len(missing)} expert trajectories ({arch}, {recipe.epochs} epochs) into "
-         f"{folder}")
+    # all ``num`` train again, the files there kept (a build killed while saving): trajectory
+    # i's draws depend on the others' (one draw for all), so training only the missing ones
+    # gave other trajectories than a whole build (the same seed, another bundle)
+    info(f"training {num} expert trajectories ({arch}, {recipe.epochs} epochs) into {folder}")
     mean, std = data.mean_std()
     c = data.channels
     x = NormalizedImages(data, device, mean, std)  # uint8 until each batch
     y = data.labels.to(device)
     models = []
-    for i in missing:
+    for i in range(num):
         net = create_model(arch, data.num_classes, c, data.image_size, width=width)
         net.reset_parameters(torch.Generator().manual_seed(derive_seed(stream, seed, i)))
         models.append(net)
@@ -144,7 +147,7 @@ def build_experts(
 
     def snapshot() -> list[dict[str, torch.Tensor]]:
         return [{k: v[j].detach().cpu().clone() for k, v in {**ens.params, **ens.buffers}.items()}
-                for j in range(len(missing))]
+                for j in range(num)]
 
     snaps = [[s_] for s_ in snapshot()]  # epoch 0
 
@@ -160,8 +163,8 @@ def build_experts(
     meta = {"data_fingerprint": data.fingerprint, "classes": data.classes,
             "channels": c, "image_size": list(data.image_size), "mean": mean, "std": std,
             "recipe": recipe.to_dict(), "seed": seed, "width": width}
-    for j, i in enumerate(missing):
-        save_trajectory(paths[i], arch, snaps[j], {**meta, "index": i,
+    for i in missing:
+        save_trajectory(paths[i], arch, snaps[i], {**meta, "index": i,
                                                    "init_seed": derive_seed(stream, seed, i),
                                                    "ends_only": ends_only})
     return paths

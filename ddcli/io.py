@@ -64,6 +64,15 @@ def read_safetensors(path: Path, what: str) -> tuple[dict, dict[str, str]]:
     return tensors, meta
 
 
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically, through ddcli's own temporary name (a killed write
+    leaves a file that the next write of ``path`` removes): safetensors' ``save_file`` writes
+    through a randomly named temporary file of its own, which a kill left behind for good."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
+
+
 # --------------------------------------------------------------------------------------------
 # temporary names
 
@@ -74,18 +83,22 @@ def _umask() -> int:
     return mask
 
 
+def fit_name(name: str, before: str = "", after: str = "", room: int = 0) -> str:
+    """``before + name + after`` for a file beside ``name``, with ``name`` shortened where the
+    whole (and ``room`` more bytes) would be too long for the file system (with a hash of the
+    full name, so two long names do not share the file)."""
+    if len(f"{before}{name}{after}".encode()) + room <= _NAME_MAX:
+        return f"{before}{name}{after}"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    short = name
+    while short and len(f"{before}{short}~{digest}{after}".encode()) + room > _NAME_MAX:
+        short = short[:-1]
+    return f"{before}{short}~{digest}{after}"
+
+
 def _tmp_prefix(path: Path) -> str:
-    """``.<name>.ddcli-tmp-``; a name too long for the file system is shortened (with a hash
-    of the full name, so two long names do not share temporary files)."""
-    name = path.name
-    prefix = f".{name}{TMP_TAG}"
-    if len(prefix.encode()) + 24 > _NAME_MAX:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-        short = name
-        while len(f".{short}~{digest}{TMP_TAG}".encode()) + 24 > _NAME_MAX:
-            short = short[:-1]
-        prefix = f".{short}~{digest}{TMP_TAG}"
-    return prefix
+    """``.<name>.ddcli-tmp-``, shortened where need be (room for the pid and a kind)."""
+    return fit_name(path.name, ".", TMP_TAG, room=24)
 
 
 def tmp_path_for(path: Path, kind: str = "") -> Path:
@@ -173,6 +186,9 @@ def check_folder_writable(folder: Path, for_path: Path | None = None) -> None:
 def check_writable(path: Path, force: bool) -> None:
     """Refuse to overwrite ``path`` unless ``force``; check its folder exists and is writable."""
     path = Path(path)
+    if len(path.name.encode()) > _NAME_MAX:  # (is_dir raised an internal error on it)
+        raise InputError(f"{path.name[:40]}...: the file name is {len(path.name.encode())} "
+                         f"bytes long, more than the file system takes ({_NAME_MAX})")
     if path.is_dir():
         raise InputError(f"{path} is a folder, not a file")
     if path.exists() and not force:
@@ -211,9 +227,29 @@ def atomic_write_with(path: Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+def _entries(folder: Path, marker: str) -> list[str]:
+    """Everything under ``folder`` but the mark: relative '/' paths, a folder's ending in '/'."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if rel != marker:
+            out.append(rel + "/" if p.is_dir() and not p.is_symlink() else rel)
+    return out
+
+
+def _marked_entries(mark: Path) -> set[str] | None:
+    """What the mark says ddcli wrote in its folder (None: it says nothing readable)."""
+    try:
+        files = json.loads(mark.read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return set(files) if isinstance(files, list) else None
+
+
 def check_dir_replaceable(path: Path, force: bool, marker: str | None = None) -> None:
     """Refuse to write the folder ``path`` over a file, over a non-empty folder without
-    ``force``, or (with ``marker``) over a non-empty folder that ddcli did not write."""
+    ``force``, or (with ``marker``) over a non-empty folder that ddcli did not write, or that
+    holds anything it did not write there (the mark lists what it wrote)."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         if not path.is_dir():
@@ -226,6 +262,14 @@ def check_dir_replaceable(path: Path, force: bool, marker: str | None = None) ->
                     f"{path} is not a folder ddcli wrote (it has no {marker} file): --force "
                     "replaces only those; remove it yourself or choose another folder"
                 )
+            if marker is not None:
+                listed = _marked_entries(path / marker)
+                extra = [e for e in _entries(path, marker) if listed is None or e not in listed]
+                if extra:
+                    raise InputError(
+                        f"{path} holds {path / extra[0]}, which ddcli did not write there: "
+                        "--force replaces only a folder as ddcli wrote it; move that out or "
+                        "choose another folder")
     check_folder_writable(path.parent, path)
 
 
@@ -243,8 +287,16 @@ def atomic_dir(path: Path, force: bool, marker: str | None = None) -> Iterator[P
     tmp.mkdir()
     try:
         yield tmp
-        if marker is not None and not (tmp / marker).exists():
-            (tmp / marker).write_text("")
+        if marker is not None:  # the mark lists what was written, so that --force later
+            # replaces nothing else
+            mark = tmp / marker
+            try:
+                info = json.loads(mark.read_text()) if mark.exists() else {}
+            except ValueError:
+                info = {}
+            info = info if isinstance(info, dict) else {}
+            info["files"] = _entries(tmp, marker)
+            mark.write_text(json.dumps(info, indent=1) + "\n")
         if path.is_dir() and not path.is_symlink():
             os.replace(path, old)
             try:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ddcli.data import Dataset
 from ddcli.errors import InputError, Interrupted
+from ddcli.runtime import stop_signals
 
 PRIOR_META = "ddcli_prior.json"
 
@@ -313,33 +314,35 @@ def train_prior(
             shutil.rmtree(partial)
         tmp.rename(partial)
 
-    for step in range(start, recipe.steps):
-        idx = torch.randint(len(images), (recipe.batch_size,), generator=gen, device=device)
-        x0 = images[idx].float() / 255 * 2 - 1
-        y = labels[idx]
-        drop = torch.rand(y.shape, generator=gen, device=device) < recipe.label_dropout
-        y = torch.where(drop, torch.full_like(y, null), y)
-        t = torch.randint(recipe.train_timesteps, (len(idx),), generator=gen, device=device)
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with autocast:
-            loss = F.mse_loss(unet(xt, t, class_labels=y).sample.float(), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if ema is not None:
-            ema.step(unet.parameters())
-        done = step + 1
-        if progress and (done % 50 == 0 or done == recipe.steps):  # the loss: a host sync
-            progress(done, status=f"loss {float(loss.detach()):.4f}")
-        elif progress:
-            progress(done)
-        if done % recipe.checkpoint_every == 0 and done < recipe.steps:
-            checkpoint(done)
-        if should_stop():
-            checkpoint(done)
-            raise Interrupted(f"prior training interrupted at step {done}; rerun to resume")
+    with stop_signals() as ctrl_c:  # Ctrl-C / SIGTERM: finish the step, save, stop
+        for step in range(start, recipe.steps):
+            idx = torch.randint(len(images), (recipe.batch_size,), generator=gen, device=device)
+            x0 = images[idx].float() / 255 * 2 - 1
+            y = labels[idx]
+            drop = torch.rand(y.shape, generator=gen, device=device) < recipe.label_dropout
+            y = torch.where(drop, torch.full_like(y, null), y)
+            t = torch.randint(recipe.train_timesteps, (len(idx),), generator=gen, device=device)
+            noise = torch.randn(x0.shape, generator=gen, device=device)
+            a = alphas[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            with autocast:
+                loss = F.mse_loss(unet(xt, t, class_labels=y).sample.float(), noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ema is not None:
+                ema.step(unet.parameters())
+            done = step + 1
+            if progress and (done % 50 == 0 or done == recipe.steps):  # the loss: a host sync
+                progress(done, status=f"loss {float(loss.detach()):.4f}")
+            elif progress:
+                progress(done)
+            if done % recipe.checkpoint_every == 0 and done < recipe.steps:
+                checkpoint(done)
+            if should_stop() or ctrl_c["flag"]:
+                checkpoint(done)
+                raise Interrupted(f"prior training interrupted at step {done}; checkpoint saved to "
+                                  f"{partial}; rerun the same command to resume")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ddcli import augment
+from ddcli import __version__, augment
 from ddcli.bundle import Bundle
 from ddcli.data import denormalize, normalize
 from ddcli.errors import InputError
+from ddcli.reporting import device_label
 from ddcli.teachers import Teacher, check_teacher
 
 DEFAULT_LIA_SCHEDULE: tuple[tuple[int, int], ...] = ((10, 1), (20, 2), (50, 3))
@@ -123,6 +124,8 @@ class RelabelSettings:
             raise InputError(f"--calibrate must be adsa, got {self.calibrate!r}")
         if self.views < 0:
             raise InputError(f"--views must be >= 0, got {self.views}")
+        if self.num_teachers is not None and self.num_teachers < 1:
+            raise InputError(f"--num-teachers must be >= 1, got {self.num_teachers}")
 
 
 def views_storage_bytes(n: int, views: int, num_classes: int) -> int:
@@ -222,11 +225,13 @@ def relabel_bundle(bundle: Bundle, teachers: list[Teacher], settings: RelabelSet
     new = copy.copy(bundle)
     new.soft_labels = soft
     new.extras = {k: v for k, v in bundle.extras.items() if k not in VIEW_KEYS} | extras
-    new.created = ""
+    new.created = ""  # this file's: set when it is saved
     new.torch_version = ""
+    new.ddcli_version = __version__
     new.checksum = ""
     new.provenance = list(bundle.provenance) + [
         {"command": command, "step": "relabel", **record, "seed": settings.seed,
+         "device": device_label(str(device)), "ddcli_version": __version__,
          "parent_checksum": bundle.checksum}
     ]
     return new

@@ -125,11 +125,13 @@ class _Tracker:
             return None
         return (self.completed - self.c0) / (now - self.t_first)
 
-    def line(self, now: float) -> str:
+    def _done(self) -> str:
         # a fraction (an epoch part-way through its batches) shows one decimal
         c = self.completed
-        done = str(int(c)) if float(c).is_integer() else f"{c:.1f}"
-        parts = [f"{self.description}: {done}"]
+        return str(int(c)) if float(c).is_integer() else f"{c:.1f}"
+
+    def line(self, now: float) -> str:
+        parts = [f"{self.description}: {self._done()}"]
         if self.total:
             pct = 100 * self.completed / self.total
             parts = [f"{parts[0]}/{self.total} {self.unit} ({pct:.0f}%)"]
@@ -186,7 +188,7 @@ class _Tracker:
         where it ``stopped``: an error or Ctrl-C, not "done")."""
         if self.write is not None and self.printed:
             state, took = ("stopped at", "after") if stopped else ("done,", "in")
-            count = f"{self.completed}" + (f"/{self.total}" if self.total else "")
+            count = self._done() + (f"/{self.total}" if self.total else "")
             elapsed = format_duration(time.monotonic() - self.t0)
             self.write(f"{self.description}: {state} {count} {self.unit} {took} {elapsed}")
         self.printed = False
@@ -210,8 +212,9 @@ class Reporter:
         self.terminal = self.console.is_terminal if terminal is None else terminal
 
     def info(self, msg: str) -> None:
-        if self.messages:  # soft wrap: a log line stays one line off a terminal (80 columns)
-            self.console.print(msg, soft_wrap=True)
+        if self.messages:  # soft wrap: a log line stays one line off a terminal (80 columns);
+            # the message taken literally (a path or a class name may hold [brackets])
+            self.console.print(escape(msg), soft_wrap=True)
 
     def warn(self, msg: str) -> None:
         # warnings show even with --quiet: they change how a result should be read; one line

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -103,3 +106,26 @@ def is_compile_failure(e: Exception) -> bool:
     mod = type(e).__module__ or ""
     return mod.startswith(("torch._dynamo", "torch._inductor")) or isinstance(
         e, (OSError, subprocess.CalledProcessError))
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[dict[str, bool]]:
+    """Within it, Ctrl-C (SIGINT) or SIGTERM (``timeout``, a batch scheduler, torchrun passing
+    one on) sets ``flag["flag"]`` instead of ending the process: a training loop finishes its
+    step, saves a checkpoint and stops (in the main thread; elsewhere nothing changes)."""
+    flag = {"flag": False}
+
+    def on_signal(signum, frame) -> None:
+        flag["flag"] = True
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

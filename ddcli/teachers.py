@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from ddcli import __version__
 from ddcli.bundle import compute_checksum, utc_now
 from ddcli.data import Dataset, NormalizedImages, normalize, resize_images
 from ddcli.errors import InputError
-from ddcli.io import atomic_path, read_safetensors, regular_file
+from ddcli.io import read_safetensors, regular_file, write_safetensors
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
 from ddcli.runtime import cache_dir
@@ -127,8 +126,7 @@ def save_teacher(t: Teacher, path: Path) -> str:
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_safetensors(path, tensors, meta)
     t.path = str(path)
     return t.checksum
 

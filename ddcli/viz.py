@@ -36,17 +36,24 @@ def class_rows(
 GRID_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
 
+def check_grid(path: Path, force: bool) -> str:
+    """Refuse a grid file name of no known format, or an existing file without ``force``;
+    returns the format the name says."""
+    fmt = GRID_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:  # it wrote PNG bytes under any name (grid.jpg, grid.jpgx, grid)
+        raise InputError(f"grid {path}: name the image *.png, *.jpg or *.jpeg "
+                         "(the format follows the name)")
+    check_writable(Path(path), force)
+    return fmt
+
+
 def save_grid(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int, path: Path, force: bool = False
 ) -> None:
     from torchvision.utils import save_image
 
     path = Path(path)
-    fmt = GRID_FORMATS.get(path.suffix.lower())
-    if fmt is None:  # it wrote PNG bytes under any name (grid.jpg, grid.jpgx, grid)
-        raise InputError(f"grid {path}: name the image *.png, *.jpg or *.jpeg "
-                         "(the format follows the name)")
-    check_writable(path, force)
+    fmt = check_grid(path, force)
     tiles, ncols = class_rows(_display(images), labels, num_classes)
     with atomic_path(path) as tmp:
         save_image(tiles, str(tmp), nrow=ncols, padding=2, pad_value=1.0, format=fmt)

@@ -73,3 +73,32 @@ def test_method_and_protocol_names_are_case_insensitive(shards, tmp_path):
                          out=out, device="cpu")["method"] == "dm"
     rep = ddcli.evaluate(out, test=shards, protocol="DM", models=1, epochs=1, device="cpu")
     assert rep["protocol"]["name"] == "dm"
+
+
+def test_bad_arguments_raise_input_error_before_any_work(shards, tmp_path, bundle_file,
+                                                          monkeypatch):
+    # the API skipped the command line's checks: compile / amp raised ValueError after the
+    # data was read, seed 2**70 an overflow, seed -1 was recorded, dtype="bfloat16" failed
+    # after the whole run, and one teacher name given as a string was split into letters
+    import ddcli.reporting
+
+    def no_reading(*a, **k):
+        raise AssertionError("read data before checking the arguments")
+
+    monkeypatch.setattr(ddcli.reporting, "load_dataset_reported", no_reading)
+    out = tmp_path / "x.safetensors"
+    for kw, msg in (({"seed": -1}, "seed must be an integer"), ({"seed": 2**70}, "seed must"),
+                    ({"seed": 1.5}, "seed must"), ({"dtype": "bfloat16"}, "dtype must be one"),
+                    ({"data_cache": "maybe"}, "data_cache must be one"),
+                    ({"checkpoint_every": -5}, "--checkpoint-every must be an integer >= 0")):
+        with pytest.raises(InputError, match=msg):
+            ddcli.distill(shards, ipc=1, iterations=1, out=out, device="cpu", **kw)
+    for kw, msg in (({"compile": "maybe"}, "compile must be one of auto, on, off"),
+                    ({"amp": "fp8"}, "amp must be one of off, bf16"), ({"seed": -1}, "seed")):
+        with pytest.raises(InputError, match=msg):
+            ddcli.evaluate(bundle_file, test=shards, models=1, epochs=1, device="cpu", **kw)
+    monkeypatch.undo()
+    ddcli.distill(shards, ipc=1, iterations=1, batch_real=2, width=8, out=out, device="cpu")
+    with pytest.raises(InputError, match="teacher not found: nope.safetensors"):
+        ddcli.evaluate(out, test=shards, protocol="kd-online", teacher="nope.safetensors",
+                       models=1, epochs=1, device="cpu")

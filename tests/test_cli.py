@@ -215,6 +215,18 @@ def test_config_rules_shared_keys_sections_and_types(cli, shards, tmp_path, bund
     assert cli("inspect", bundle_file, "--config", cfg).code == 0
 
 
+def test_config_keys_are_the_option_names_as_typed(cli, bundle_file, tmp_path):
+    # keys matched the Python parameter names only: "json" was unknown in [inspect] (its
+    # parameter is json_out, which was accepted), a top-level "json" silently ignored
+    cfg = tmp_path / "recipe.toml"
+    for text in ("[inspect]\njson = true\n", "json = true\n", "[inspect]\njson_out = true\n"):
+        cfg.write_text(text)
+        r = cli("inspect", bundle_file, "--config", cfg)
+        assert r.code == 0 and r.json()["checksum_ok"], (text, r)
+    cfg.write_text("[relabel]\ntrain-teacher = ['convnet']\nnum-teachers = 0\n")
+    assert_one_line_error(cli("relabel", bundle_file, "--config", cfg), 2, "--num-teachers")
+
+
 def test_choices_are_validated_listed_and_case_insensitive(cli, shards, tmp_path, bundle_file):
     help_text = cli("distill", "--help").stdout
     for panel in ("Method", "DM family", "CSDM / SDM", "TGDD", "SFM / LGM", "otgen", "Data"):

@@ -38,6 +38,10 @@ main()
 """
 
 
+# a launcher whose rank $KILL_RANK receives a Ctrl-C (SIGINT) in DM's iteration $KILL_AT
+INTERRUPTER = KILLER.replace("signal.SIGKILL", "signal.SIGINT")
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
@@ -135,6 +139,23 @@ def test_killed_rank_fails_the_run_and_resume_continues(data5: Path, tmp_path: P
     b = load_bundle(out)
     assert b.provenance[0]["stats"]["resumed_from"] == 4
     assert torch.equal(load_bundle(full).images, b.images)
+
+
+def test_ranks_agree_to_stop_after_the_interrupted_iteration_on_a_cpu(data5: Path,
+                                                                      tmp_path: Path):
+    # they agreed at log points only (every 50 iterations): where 50 took over 30 s, torchrun
+    # killed its workers, 30 s after passing a Ctrl-C on, before any checkpoint
+    script = tmp_path / "interrupter.py"
+    script.write_text(INTERRUPTER)
+    out, full = tmp_path / "i.safetensors", tmp_path / "full.safetensors"
+    args = [data5, *ARGS, "-o", out]
+    r = _torchrun(2, [str(script)], args, KILL_RANK="1", KILL_AT="2")
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert errors and "interrupted at iteration 3/8; checkpoint saved" in errors[0], r.stderr
+    r = _torchrun(2, ["-m", "ddcli"], [*args, "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert _single([data5, *ARGS, "-o", full]).returncode == 0
+    assert torch.equal(load_bundle(full).images, load_bundle(out).images)
 
 
 @pytest.mark.parametrize("extra, fragment", [

@@ -337,3 +337,28 @@ def test_bundle_records_how_its_prior_was_really_trained(cli, tmp_path):
     assert (recipe["steps"], recipe["batch_size"], recipe["ema"]) == (2, 4, True)
     tiny_dit_pipeline(tmp_path / "dit", {"0": "a", "1": "b"})
     assert load_prior(tmp_path / "dit", ["a", "b"]).trained is None
+
+
+def test_ctrl_c_during_prior_training_saves_a_checkpoint(tmp_path):
+    # no caller passed should_stop: Ctrl-C at step 259 of 3,000 lost every step (the next
+    # periodic checkpoint was at 1,000)
+    import signal
+
+    from ddcli.errors import Interrupted
+
+    ds = tiny_dataset(n=4)
+    recipe = PriorRecipe(steps=4, batch_size=4, channels=(8, 16), checkpoint_every=1000)
+
+    def ctrl_c_at_step_3(done, **kw):
+        if done == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(Interrupted, match="step 3; checkpoint saved"):
+        train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "a", recipe=recipe,
+                    progress=ctrl_c_at_step_3)
+    steps = []
+    resumed, _ = train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "a",
+                             recipe=recipe, progress=lambda done, **kw: steps.append(done))
+    assert steps == [4]  # resumed after step 3
+    whole, _ = train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "b", recipe=recipe)
+    assert torch.equal(_unet_weights(resumed), _unet_weights(whole))

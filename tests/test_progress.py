@@ -82,6 +82,14 @@ def test_a_phase_stopped_by_an_error_or_ctrl_c_does_not_say_done(clock, capsys, 
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1] == "diffusion prior: stopped at 12/400 steps after 12s", lines
     assert not any("done" in ln for ln in lines)
+    # part-way through an epoch: "stopped at 0.45454545454545453/2 epochs"
+    with pytest.raises(KeyboardInterrupt):
+        with rep.progress("teacher convnet", 2, unit="epochs") as update:
+            clock.t += 11.0
+            update(5 / 11, total=2)
+            raise KeyboardInterrupt
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        "teacher convnet: stopped at 0.5/2 epochs after 11s"
 
 
 def test_log_messages_are_not_wrapped_off_a_terminal(capsys):

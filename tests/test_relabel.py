@@ -305,3 +305,124 @@ def test_checksum_of_a_0_dim_tensor_and_unchanged_for_the_others():
     old.update(x.view(torch.uint8).numpy().tobytes())
     assert compute_checksum({"x": x}) == old.hexdigest()
     assert compute_checksum({"n": torch.tensor(7)}) != compute_checksum({"n": torch.tensor(8)})
+
+
+def test_relabel_trains_its_teachers_on_the_subset_the_bundle_was_distilled_from(cli, tmp_path):
+    # relabel --data read the whole set for a --max-per-class bundle, where distill --relabel
+    # (and evaluate's baselines) use the recorded subset
+    data = write_shards(tmp_path / "d", n_train=16, n_test=4)
+    b = tmp_path / "b.safetensors"
+    r = cli("distill", data, "--ipc", "1", "--iterations", "2", "--batch-real", "4", "--width",
+            "8", "--max-per-class", "3", "-o", b, "--device", "cpu", "-q")
+    assert r.code == 0, r
+    rep = relabel(cli, data, b, tmp_path / "s.safetensors")
+    step = load_bundle(tmp_path / "s.safetensors").provenance[-1]
+    fp = load_bundle(b).dataset["fingerprint"]
+    assert step["teachers"][0]["data_fingerprint"] == fp, rep
+    other = write_shards(tmp_path / "other", n_train=20, n_test=4)
+    r = cli("relabel", b, "--data", other, "--train-teacher", "convnet", "--teacher-epochs", "1",
+            "--device", "cpu", "-o", tmp_path / "o.safetensors")
+    assert r.code == 0 and "--data is not the data the bundle was distilled from" in r.stderr, r
+
+
+def test_evaluate_records_the_teachers_it_used_and_checks_real_before_training(
+        cli, setup, tmp_path, monkeypatch):
+    # evaluate --teacher changed the result and was recorded nowhere; a bad --real failed
+    # only after every model had trained and been tested
+    data, b = setup
+    s = tmp_path / "s.safetensors"
+    relabel(cli, data, b, s)
+    recorded = load_bundle(s).provenance[-1]["teachers"][0]
+    other = tmp_path / "t.safetensors"
+    t = load_teacher(recorded["path"])
+    save_teacher(t, other)
+    args = ("evaluate", s, "--test", data, "-p", "kd-online", "--epochs", "1", "--models", "1",
+            "--device", "cpu", "--json")
+    for extra, source, path in (((), "relabel step", recorded["path"]),
+                                (("--teacher", other), "--teacher", str(other))):
+        r = cli(*args, *extra)
+        assert r.code == 0, r
+        used = r.json()["teachers"]
+        assert used == [{"path": path, "arch": "convnet", "checksum": recorded["checksum"],
+                         "source": source}], used
+    import ddcli.evaluation
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before the --real data was read")
+
+    monkeypatch.setattr(ddcli.evaluation, "evaluate_images", no_training)
+    r = cli("evaluate", b, "--test", data, "--epochs", "1", "--models", "1", "--device", "cpu",
+            "--baseline", "random", "--real", tmp_path / "nope")
+    assert_one_line_error(r, 2, "dataset not found")
+
+
+def test_relabel_checks_num_teachers_before_training(cli, setup, tmp_path, monkeypatch):
+    # --num-teachers 0 (or more than given) was refused only after the teachers had trained
+    import ddcli.teachers
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before --num-teachers was checked")
+
+    monkeypatch.setattr(ddcli.teachers, "train_teachers", no_training)
+    data, b = setup
+    for k, msg in (("0", "must be >= 1"), ("2", "more than the 1 teacher(s)")):
+        r = cli("relabel", b, "--data", data, "--train-teacher", "convnet", "--num-teachers", k,
+                "--device", "cpu", "-o", tmp_path / "s.safetensors")
+        assert_one_line_error(r, 2, msg)
+
+
+def test_a_relabelled_bundle_names_the_version_and_device_that_relabelled_it(
+        cli, setup, tmp_path):
+    # it kept its parent's ddcli version beside the new torch version and creation time, and
+    # the relabel device was recorded nowhere; a parent of another storage dtype (bfloat16)
+    # failed after the teachers had trained, naming a --dtype relabel does not have
+    import ddcli
+    from ddcli.bundle import save_bundle
+
+    data, b = setup
+    parent = load_bundle(b)
+    parent.ddcli_version = "0.0.1"
+    parent.images = parent.images.to(torch.bfloat16)
+    old = tmp_path / "old.safetensors"
+    save_bundle(parent, old, dtype="float32")
+    raw = tmp_path / "raw.safetensors"  # a bfloat16 bundle, as another tool may write one
+    from test_reliability import write_raw_bundle
+
+    p = load_bundle(old)
+    p.images = p.images.to(torch.bfloat16)
+    p.checksum = ""
+    write_raw_bundle(raw, p.tensors(), p.metadata())
+    assert load_bundle(raw).images.dtype == torch.bfloat16
+    relabel(cli, data, raw, tmp_path / "s.safetensors")
+    new = load_bundle(tmp_path / "s.safetensors")
+    assert new.ddcli_version == ddcli.__version__ and new.images.dtype == torch.float32
+    step = new.provenance[-1]
+    assert step["device"] == "cpu" and step["ddcli_version"] == ddcli.__version__
+
+
+def test_ctrl_c_after_the_iterations_keeps_them(cli, tmp_path, monkeypatch):
+    # distill --relabel interrupted while its teacher trained (or while writing) lost every
+    # iteration: the last checkpoint was the periodic one, and none at the default 1000
+    import ddcli.teachers
+
+    data = write_shards(tmp_path / "d", n_train=8, n_test=4)
+    args = ("distill", data, "--ipc", "1", "--iterations", "3", "--batch-real", "4", "--width",
+            "8", "--device", "cpu", "--relabel")
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(ddcli.teachers, "train_teachers", ctrl_c)
+        r = cli(*args, "-o", tmp_path / "a.safetensors")
+    assert_one_line_error(r, 130, "after the 3 iterations", "--resume")
+    assert (tmp_path / "a.safetensors.ckpt.safetensors").exists()
+    # the same command again, without --resume, replaced (and at the end deleted) that work
+    r = cli(*args, "-o", tmp_path / "a.safetensors")
+    assert_one_line_error(r, 2, "earlier run's checkpoint", "--resume", "--force")
+    r = cli(*args, "-o", tmp_path / "a.safetensors", "--resume", "--json")
+    assert r.code == 0 and r.json()["stats"]["resumed_from"] == 3, r
+    assert not (tmp_path / "a.safetensors.ckpt.safetensors").exists()
+    assert cli(*args, "-o", tmp_path / "b.safetensors").code == 0
+    a, b = load_bundle(tmp_path / "a.safetensors"), load_bundle(tmp_path / "b.safetensors")
+    assert a.content_checksum == b.content_checksum

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -153,6 +154,30 @@ def test_real_sigint_during_start_up(tmp_path):
     assert p.returncode in (130, 2), err  # interrupted, or done before the signal came
     assert len([ln for ln in err.splitlines() if ln.startswith("error: ")]) == 1
 
+
+
+def test_ctrl_c_after_the_error_line_changes_nothing():
+    # seen under load: the command printed its error, a Ctrl-C arrived while it wound down,
+    # and a second line ("error: interrupted", exit 130) followed the first
+    code = (
+        "import os, signal, sys\n"
+        "import ddcli.__main__ as m\n"
+        "import ddcli.cli.common as c\n"
+        "real = c.error_line\n"
+        "def spy(msg):\n"
+        "    real(msg)\n"
+        "    signal.raise_signal(signal.SIGINT)  # the Ctrl-C, right after the line\n"
+        "c.error_line = spy\n"
+        "def finish(code):\n"
+        "    print('exit', code, flush=True)\n"
+        "    os._exit(0)\n"
+        "m._finish = finish\n"
+        "sys.argv = ['ddcli', 'inspect', 'missing.safetensors']\n"
+        "m.main()\n"
+    )
+    r = python_c(code)
+    assert r.stdout.strip() == "exit 2", (r.stdout, r.stderr)
+    assert r.stderr.count("error: ") == 1 and "bundle not found" in r.stderr, r.stderr
 
 
 def test_ctrl_c_during_shutdown_changes_nothing(tmp_path):
@@ -482,9 +507,50 @@ def test_export_force_replaces_only_a_folder_ddcli_wrote(cli, tmp_path, bundle_f
     assert cli("inspect", bundle_file, "--export", exp).code == 0
     assert (exp / ".ddcli-export").is_file()
     assert_one_line_error(cli("inspect", bundle_file, "--export", exp), 2, "--force")
-    (exp / "0_a" / "stray.txt").write_text("x")
-    assert cli("inspect", bundle_file, "--export", exp, "--force").code == 0
-    assert not (exp / "0_a" / "stray.txt").exists() and not leftovers(tmp_path)
+    assert cli("inspect", bundle_file, "--export", exp, "--force").code == 0  # as it wrote it
+    # a file of the user's inside ddcli's folder (notes, results, the bundle itself) was
+    # deleted with the rest by --force
+    for stray in (exp / "0_a" / "stray.txt", exp / "notes" / "mine.txt"):
+        stray.parent.mkdir(exist_ok=True)
+        stray.write_text("x")
+        r = cli("inspect", bundle_file, "--export", exp, "--force")
+        assert_one_line_error(r, 2, str(stray.relative_to(exp).parts[0]), "did not write")
+        assert stray.read_text() == "x"
+        stray.unlink()
+    (exp / "notes").rmdir()
+    assert cli("inspect", bundle_file, "--export", exp, "--force", "--export-format",
+               "npz").code == 0
+    assert not leftovers(tmp_path)
+
+
+def test_inspect_checks_every_output_before_writing_any(cli, tmp_path, bundle_file):
+    # the grid was written, then the export refused; or written inside the folder the export
+    # then replaced (and reported as written)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    for target in (tmp_path / "full", tmp_path / "missing" / "sub"):
+        r = cli("inspect", bundle_file, "--grid", tmp_path / "g.png", "--export", target)
+        assert r.code == 2 and not (tmp_path / "g.png").exists(), r
+    (tmp_path / "empty").mkdir()
+    r = cli("inspect", bundle_file, "--grid", tmp_path / "empty" / "g.png", "--export",
+            tmp_path / "empty", "--force")
+    assert_one_line_error(r, 2, "lies in --export")
+
+
+def test_names_with_brackets_are_shown_literally(cli, tmp_path):
+    # rich read them as markup: "exp[ipc10].safetensors" shown as "exp.safetensors", a class
+    # "[unk]" as "", and "[/]" an internal error after the whole evaluation
+    b = make_bundle()
+    b.dataset["classes"] = ["[unk]", "b[/]", "c"]
+    b.dataset["name"] = "set[x]"
+    path = tmp_path / "exp[ipc10].safetensors"
+    save_bundle(b, path)
+    r = cli("inspect", path)
+    assert r.code == 0, r
+    for text in ("exp[ipc10].safetensors", "[unk]", "b[/]", "set[x]"):
+        assert text in r.stdout, text
+    r = cli("inspect", path, "--grid", tmp_path / "g[b]x.png")
+    assert r.code == 0 and "g[b]x.png" in r.stderr, r
 
 
 def test_export_onto_an_existing_file_is_refused(cli, tmp_path, bundle_file):
@@ -832,3 +898,86 @@ def test_sigkill_during_a_write_leaves_a_recognisable_tmp_removed_next_time(tmp_
     assert not tmp.exists() and not legacy.exists()
     assert alive.exists() and other.exists()
     assert load_bundle(out).checksum_ok
+
+
+def test_evaluate_text_report_shows_class_names_literally_and_names_its_baseline(capsys):
+    # a class "[/]" ended a finished evaluation in an internal error (rich markup), and a
+    # centroids baseline was labelled "random real"
+    from ddcli.cli.evaluate import _render
+
+    res = {"num_train_images": 3, "accuracy_mean": 50.0, "accuracy_std": 1.0,
+           "accuracy_per_model": [49.0, 51.0], "train_time_per_model_s": 0.1,
+           "per_class_accuracy": [40.0, 60.0]}
+    from ddcli.protocols import get_protocol
+
+    report = {"protocol": get_protocol("linear-probe").to_dict(), "test": {"num_images": 4},
+              "num_models": 2, "classes": ["[/]", "b[x]"], "result": res,
+              "baseline": {**res, "ipc": 1, "kind": "centroids"}, "improvement_points": 1.0}
+    _render(report)
+    out = capsys.readouterr().out
+    assert "per class: [/] 40.0, b[x] 60.0" in out
+    assert "class centroids (IPC 1)" in out and "improvement over class centroids" in out
+    assert "random real" not in out
+
+
+def test_checksum_valid_bundles_with_wrong_values_are_refused_in_one_line(cli, tmp_path):
+    # another tool's bundle with a valid checksum: a normalisation of the wrong length or a
+    # zero std, a factor larger than the images were internal errors in evaluate; NaN images
+    # or soft labels that are not probabilities were evaluated silently (chance accuracy)
+    import torch
+
+    def dataset(**kw):
+        return json.dumps({**json.loads(bundle_parts()[1]["dataset"]), **kw})
+
+    cases = [({"dataset": dataset(mean=[0.5])}, {}, "dataset.mean has 1 values for 3"),
+             ({"dataset": dataset(std=[0.2, 0.0, 0.2])}, {}, "dataset.std must be positive"),
+             ({"config": json.dumps({"ipc": 2, "factor": 100})}, {}, "config.factor must be"),
+             ({}, {"images": float("nan")}, "images are not finite"),
+             ({}, {"soft_labels": -1.0}, "soft_labels are not probabilities"),
+             ({}, {"labels": torch.int32}, "labels must be int64 (6,), got int32")]
+    for i, (meta_kw, tensor_kw, msg) in enumerate(cases):
+        tensors, meta = bundle_parts(**meta_kw)
+        for name, v in tensor_kw.items():
+            if isinstance(v, torch.dtype):
+                tensors[name] = tensors[name].to(v)
+            else:
+                tensors[name][0].fill_(v)
+        path = tmp_path / f"b{i}.safetensors"
+        write_raw_bundle(path, tensors, meta)
+        with pytest.raises(BundleError, match=re.escape(msg)):
+            load_bundle(path)
+        r = cli("evaluate", path, "--epochs", "1", "--models", "1", "--device", "cpu")
+        assert_one_line_error(r, 2, msg)
+
+
+def test_safetensors_writes_leave_no_file_of_their_own(tmp_path, monkeypatch):
+    # safetensors' save_file writes through a randomly named temporary file (.tmpXXXXXX) in
+    # the target folder: a kill during a write left it there for good (ddcli removes only its
+    # own temporary names). Every write now serialises in memory and goes through ddcli's.
+    import safetensors.torch
+    import torch
+
+    from ddcli.experts import save_trajectory
+
+    def refuse(*a, **k):
+        raise AssertionError("wrote through safetensors' own temporary file")
+
+    monkeypatch.setattr(safetensors.torch, "serialize_file", refuse)
+    save_bundle(make_bundle(), tmp_path / "b.safetensors")
+    save_trajectory(tmp_path / "t.safetensors", "convnet", [{"w": torch.zeros(2)}], {"i": 0})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.safetensors", "t.safetensors"]
+    assert load_bundle(tmp_path / "b.safetensors").checksum_ok
+
+
+def test_output_names_near_and_past_the_file_system_limit(cli, tmp_path, shards):
+    # a 230-byte -o wrote the bundle, then its checkpoint's longer name ended the run in an
+    # internal error (exit 1); a name past 255 bytes was an internal error too
+    args = ("distill", shards, "--ipc", "1", "--iterations", "2", "--batch-real", "2",
+            "--width", "8", "--device", "cpu", "--checkpoint-every", "1")
+    (tmp_path / "o").mkdir()
+    out = tmp_path / "o" / ("b" * 230 + ".safetensors")
+    r = cli(*args, "-o", out)
+    assert r.code == 0 and out.exists(), r
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # the checkpoint: gone
+    r = cli(*args, "-o", tmp_path / ("c" * 260 + ".safetensors"))
+    assert_one_line_error(r, 2, "file name is 272 bytes long")

@@ -91,8 +91,15 @@ def test_expert_cache_hit_miss_and_foreign_data(tmp_path):
     stamps = [os.stat(p).st_mtime_ns for p in paths]
     assert build_experts(ds, **kw) == paths  # hit: nothing retrained
     assert [os.stat(p).st_mtime_ns for p in paths] == stamps
-    paths[1].unlink()  # a killed build resumes with the missing trajectory only
+    whole = [load_trajectory(p).snapshots[-1] for p in paths]
+    # a killed build writes the missing trajectory only, and the one a whole build wrote (it
+    # was trained alone: other draws, another trajectory, so the same seed gave another bundle)
+    paths[1].unlink()
     assert build_experts(ds, **kw) == paths and os.stat(paths[0]).st_mtime_ns == stamps[0]
+    again = load_trajectory(paths[1]).snapshots[-1]
+    assert all(torch.equal(again[k], whole[1][k]) for k in again)
+    one = build_experts(ds, **{**kw, "num": 1})  # fewer experts: their own folder and draws
+    assert one[0].parent != paths[0].parent
     assert build_experts(ds, **{**kw, "epochs": 3})[0] != paths[0]  # another recipe: a miss
     with pytest.raises(InputError, match="other data"):
         load_trajectory(paths[0], "0" * 64)

@@ -7,6 +7,7 @@ import shlex
 import sys
 import tomllib
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,7 +20,7 @@ try:  # typer >= 0.20 vendors its own click
 except ImportError:  # pragma: no cover - older typer uses click itself
     import click
 
-from ddcli.catalog import CACHE_MODES
+from ddcli.catalog import CACHE_MODES, MAX_SEED
 from ddcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DDCliError, InputError
 from ddcli.io import regular_file, to_json  # noqa: F401  (to_json re-exported)
 from ddcli.reporting import (  # noqa: F401  (re-exported for the commands)
@@ -41,8 +42,16 @@ def stdout_console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
+#: called when the outcome is decided (before the error line): the program's entry point
+#: (``ddcli.__main__``) makes Ctrl-C change nothing from there on (arriving while the command
+#: wound down after its error, it printed a second line, "interrupted", and exit 130)
+on_outcome: Callable[[], None] | None = None
+
+
 def error_line(message: str) -> None:
     """Print one error line on stderr (no markup interpretation, no wrapping)."""
+    if on_outcome is not None:
+        on_outcome()
     msg = " ".join(str(message).split())
     sys.stderr.write(f"error: {msg}\n")
     sys.stderr.flush()
@@ -125,13 +134,18 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
             raise InputError(f"{path}: unknown section [{key}]; sections are command names: "
                              f"{', '.join(sorted(commands))}")
     params = {p.name: p for p in ctx.command.params if p.name != "config"}
-    merged = {k.replace("-", "_"): (k, v) for k, v in data.items() if not isinstance(v, dict)}
-    merged = {k: kv for k, kv in merged.items() if k in params}  # shared keys: where they apply
+    # a key is an option's name as typed (``json``, ``train-teacher``) or its parameter's
+    # (``json_out``), with - or _
+    names = {n.replace("-", "_"): p.name for p in params.values()
+             for n in [p.name, *(o.lstrip("-") for o in p.opts if o.startswith("--"))]}
+    # top-level keys: shared, each where it applies
+    merged = {names[k.replace("-", "_")]: (k, v) for k, v in data.items()
+              if not isinstance(v, dict) and k.replace("-", "_") in names}
     section = data.get(ctx.info_name)
     if isinstance(section, dict):
         for key, v in section.items():
-            name = key.replace("-", "_")
-            if name not in params:
+            name = names.get(key.replace("-", "_"))
+            if name is None:
                 raise InputError(f"{path}: unknown option {key!r} in [{ctx.info_name}] (see "
                                  f"'ddcli {ctx.info_name} --help')")
             merged[name] = (key, v)
@@ -171,9 +185,6 @@ ConfigOpt = Annotated[
         show_default=False,
     ),
 ]
-#: seeds are 63-bit: torch generators and :func:`ddcli.seeding.derive_seed` take them
-MAX_SEED = 2**63 - 1
-
 
 def _seed_callback(value: int | None) -> int | None:
     if value is not None and not 0 <= value <= MAX_SEED:

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from rich.markup import escape
 
-from ddcli.catalog import BASELINES
+from ddcli.catalog import AMPS, BASELINES, COMPILE_MODES
 from ddcli.cli.common import (
     ConfigOpt,
     DataCacheOpt,
@@ -39,14 +40,17 @@ def _render(report: dict) -> None:
                   f"{report['golden_head_test_accuracy']:.2f} %")
     t = Table(title=f"test accuracy (%) on {report['test']['num_images']} test images, "
                     f"{report['num_models']} models", title_justify="left")
-    t.add_column("set")
+    t.add_column("set", no_wrap=True)
     t.add_column("images", justify="right")
     t.add_column("accuracy", justify="right")
     t.add_column("per model", justify="left")
     t.add_column("train s/model", justify="right")
+    base = report.get("baseline")
+    # the baseline's kind: random real images, or the real images nearest each class mean
+    kind = {"centroids": "class centroids"}.get((base or {}).get("kind"), "random real")
     rows = [("bundle", report["result"])]
-    if report.get("baseline"):
-        rows.append((f"random real (IPC {report['baseline']['ipc']})", report["baseline"]))
+    if base:
+        rows.append((f"{kind} (IPC {base['ipc']})", base))
     for name, r in rows:
         t.add_row(name, str(r["num_train_images"]),
                   f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}",
@@ -55,17 +59,18 @@ def _render(report: dict) -> None:
     con.print(t)
     if report.get("improvement_points") is not None:
         d = report["improvement_points"]
-        con.print(f"improvement over random real: [bold]{d:+.2f}[/] points")
+        con.print(f"improvement over {kind}: [bold]{d:+.2f}[/] points")
     ga = report["result"].get("group_accuracy")
     if ga:
         con.print("long-tailed groups (by real image count): " + ", ".join(
             f"{g} {ga[g]:.2f}" for g in ("many", "medium", "few") if g in ga)
-            + ("; random real: " + ", ".join(
+            + (f"; {kind}: " + ", ".join(
                 f"{g} {report['baseline']['group_accuracy'][g]:.2f}"
                 for g in ("many", "medium", "few") if g in ga) if report.get("baseline") else ""))
     classes = report["classes"]
     pc = report["result"]["per_class_accuracy"]
-    con.print("per class: " + ", ".join(f"{c} {a:.1f}" for c, a in zip(classes, pc, strict=True)))
+    con.print("per class: " + escape(", ".join(f"{c} {a:.1f}"
+                                               for c, a in zip(classes, pc, strict=True))))
 
 
 def evaluate(
@@ -95,7 +100,7 @@ def evaluate(
                      case_sensitive=False),
     ] = None,
     real: Annotated[
-        Path | None, typer.Option("--real", help="Real data for --baseline random.")
+        Path | None, typer.Option("--real", help="Real data for --baseline (random or centroids).")
     ] = None,
     real_files: Annotated[
         str | None, typer.Option("--real-files", help="Glob choosing the real shards.")
@@ -121,13 +126,13 @@ def evaluate(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     compile_mode: Annotated[
-        Literal["auto", "on", "off"],
+        Literal[COMPILE_MODES],
         typer.Option("--compile", case_sensitive=False,
                      help="CPU: train through torch.compile (inductor), about 1.4x per step; "
                           "auto: when the run is long enough to repay the build."),
     ] = "auto",
     amp: Annotated[
-        Literal["off", "bf16"],
+        Literal[AMPS],
         typer.Option("--amp", case_sensitive=False,
                      help="bf16: train the models' forward passes under bfloat16 autocast "
                           "(faster on CPUs with AVX512-BF16 and on GPUs; not the same "

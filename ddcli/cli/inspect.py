@@ -11,9 +11,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ddcli.cli.common import ConfigOpt, JsonOpt, QuietOpt, Reporter, print_json, stdout_console
-from ddcli.errors import RunError
+from ddcli.errors import InputError, RunError
 
 if TYPE_CHECKING:
     from ddcli.bundle import Bundle
@@ -89,7 +90,7 @@ def _render(s: dict, con: Console | None = None) -> None:
     as a path, folds); elsewhere each row is one line."""
     con = con or summary_console()
     wrap = not con.is_terminal  # soft_wrap: long lines stay whole in a log
-    ok = "[green]ok[/]" if s["checksum_ok"] else "[bold red]MISMATCH[/]"
+    ok = Text("ok", style="green") if s["checksum_ok"] else Text("MISMATCH", style="bold red")
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold", no_wrap=True)
     t.add_column(overflow="fold")
@@ -109,7 +110,7 @@ def _render(s: dict, con: Console | None = None) -> None:
                     f"on {s['device'] or '?'}"),
         ("format", f"ddcli.bundle v{s['format_version']}"
                    + ("" if s["format_version"] >= 2 else " (checksum covers the tensors only)")),
-        ("checksum", f"{s['checksum'][:16]}… {ok}"),
+        ("checksum", Text.assemble(f"{s['checksum'][:16]}… ", ok)),
         ("content", f"{s['content_checksum'][:16]}… (the tensors alone: same seed, same "
                     "content)"),
     ]
@@ -124,8 +125,8 @@ def _render(s: dict, con: Console | None = None) -> None:
         rows.append(("soft labels", "none"))
     if s["extras"]:
         rows.append(("extras", ", ".join(f"{k} {v}" for k, v in s["extras"].items())))
-    for r in rows:
-        t.add_row(*r)
+    for label, value in rows:  # values taken literally: names and paths may hold [brackets]
+        t.add_row(label, value if isinstance(value, Text) else Text(value))
     con.print(t)
     if s["config"]:
         con.print("[bold]config[/]  " + escape(json.dumps(s["config"], sort_keys=True)),
@@ -137,7 +138,7 @@ def _render(s: dict, con: Console | None = None) -> None:
     ct.add_column("synthetic", justify="right")
     counts = ds.get("class_counts") or [None] * len(ds["classes"] or [])
     for k, name in enumerate(ds["classes"] or []):
-        ct.add_row(str(k), name, str(counts[k] if counts[k] is not None else "-"),
+        ct.add_row(str(k), Text(str(name)), str(counts[k] if counts[k] is not None else "-"),
                    str(s["images_per_class"][k]))
     con.print(ct)
     if s["provenance"]:
@@ -146,6 +147,22 @@ def _render(s: dict, con: Console | None = None) -> None:
             con.print(f"  {i + 1}. {escape(str(step.get('command', '?')))}"
                       + (f"  (parent {step['parent_checksum'][:12]}…)"
                          if step.get("parent_checksum") else ""), soft_wrap=wrap)
+
+
+def _check_outputs(grid: Path | None, export: Path | None, force: bool) -> None:
+    """Refuse bad ``--grid`` / ``--export`` targets before anything is written (a grid was
+    written, then the export refused; or written inside the folder the export replaced)."""
+    from ddcli.io import check_dir_replaceable
+    from ddcli.viz import EXPORT_MARKER, check_grid
+
+    if grid is not None:
+        check_grid(grid, force)
+    if export is not None:
+        check_dir_replaceable(export, force, EXPORT_MARKER)
+    if grid is not None and export is not None and \
+            Path(export).resolve() in Path(grid).resolve().parents:
+        raise InputError(f"--grid {grid} lies in --export {export}, a folder the export "
+                         "writes whole; put the grid elsewhere")
 
 
 def inspect(
@@ -184,17 +201,20 @@ def inspect(
 
     Example: [bold]ddcli inspect fmnist-dm.safetensors --preview --grid grid.png[/]
     """
-    from ddcli.bundle import load_bundle
+    from ddcli.bundle import load_bundle, value_problem
     from ddcli.viz import export_image_folder, export_shards, save_grid, terminal_preview
 
     rep = Reporter(quiet, json_out)
-    b = load_bundle(bundle, verify=False, warn=rep.warn)
+    b = load_bundle(bundle, verify=False, warn=rep.warn, values=False)  # wrong values: shown
     s = summary(b, bundle)
     if not b.checksum_ok:
         mismatch = f"{bundle}: checksum mismatch (the file was modified or damaged)"
         if verify:  # the one line, before anything is shown or written
             raise RunError(mismatch)
         rep.warn(mismatch)
+    elif problem := value_problem(b):
+        rep.warn(f"{bundle}: {problem}")
+    _check_outputs(grid, export, force)  # all of them before writing any
     images, labels, soft = b.images, b.labels, b.soft_labels
     if decode:
         images, labels, soft = b.decoded()

@@ -36,7 +36,7 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
                  epochs: int | None, data_cache: str = "auto") -> tuple[list, list[dict]]:
     """Load ``--teacher`` files and train (or fetch cached) ``--train-teacher`` ones."""
     from ddcli.data import sample_dir
-    from ddcli.evaluation import check_classes
+    from ddcli.evaluation import as_distilled, check_classes
     from ddcli.teachers import load_teacher
 
     teachers = [load_teacher(f).to(device) for f in files]
@@ -50,8 +50,11 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
         chans = int(bundle.dataset.get("channels") or bundle.images.shape[1])
         ds = load_cli_dataset(rep, data or sample_dir(), "train", files=train_files,
                               image_size=size, channels=chans,
-                              cache="off" if data is None else data_cache)
+                              cache="off" if data is None else data_cache, skip_flag=None)
         check_classes(bundle, ds, "--data")
+        # the teachers learn the data the bundle was distilled from (its recorded per-class
+        # cap or long-tailed subset), as ``distill --relabel``'s do
+        ds = as_distilled(ds, bundle, rep.warn, "--data")
         from ddcli.teachers import train_teachers
 
         trained, trained_log = train_teachers(rep, ds, archs, device, seed, epochs)
@@ -116,7 +119,7 @@ def relabel(
     """
     import torch
 
-    from ddcli.bundle import load_bundle, save_bundle
+    from ddcli.bundle import STORAGE_DTYPES, load_bundle, save_bundle
     from ddcli.io import check_writable
     from ddcli.relabel import (
         RelabelSettings,
@@ -132,6 +135,10 @@ def relabel(
                                num_teachers=num_teachers, schedule=parse_schedule(lia_schedule),
                                seed=seed)
     settings.validate()
+    given = len(teacher or []) + len(train_teacher_arch or [])
+    if num_teachers is not None and given and num_teachers > given:  # before any is trained
+        raise InputError(f"--num-teachers {num_teachers} is more than the {given} teacher(s) "
+                         "given (--teacher / --train-teacher)")
     if out is None:
         out = bundle.with_name(bundle.stem + "-relabel.safetensors")
     if out.resolve() == bundle.resolve():
@@ -154,7 +161,9 @@ def relabel(
         new = relabel_bundle(b, teachers, settings, device=dev, command=command_line(),
                              progress=update)
     relabel_s = time.perf_counter() - t1
-    save_bundle(new, out, force=force, dtype=str(b.images.dtype).replace("torch.", ""))
+    # the parent's storage dtype where ddcli writes it (another tool's bfloat16: float32)
+    dtype = str(b.images.dtype).replace("torch.", "")
+    save_bundle(new, out, force=force, dtype=dtype if dtype in STORAGE_DTYPES else "float32")
     step = new.provenance[-1]
     size = out.stat().st_size
     rep.info(f"wrote {out}: soft labels from {len(step['teachers'])} of {len(teachers)} "

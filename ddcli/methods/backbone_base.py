@@ -12,12 +12,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from ddcli.backbones import Backbone, create_backbone
 from ddcli.configs import BackboneConfig
 from ddcli.data import Dataset, NormalizedImages
-from ddcli.io import atomic_path, read_safetensors
+from ddcli.io import read_safetensors, write_safetensors
 from ddcli.methods.base import Method, SyntheticSet
 from ddcli.runtime import cache_dir
 
@@ -128,8 +127,7 @@ def real_features(data: Dataset, backbone: Backbone, device,
         return tensors["features"].to(device)
     feats = backbone.embed_all(real_pixels(data, device), device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({"features": feats.cpu().contiguous()}, str(tmp), metadata={"key": key})
+    write_safetensors(path, {"features": feats.cpu().contiguous()}, {"key": key})
     return feats
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,12 +13,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import save_file
 
 from ddcli.configs import MAX_INT_OPTION, MethodConfig, check_option_value  # noqa: F401
 from ddcli.data import Dataset, NormalizedImages
 from ddcli.errors import InputError, Interrupted, RunError
-from ddcli.io import atomic_path, read_safetensors
+from ddcli.io import fit_name, read_safetensors, write_safetensors
+from ddcli.runtime import stop_signals
 
 # --------------------------------------------------------------------------------------------
 # configs (diffusers' register_to_config idea: every knob captured and stored in the bundle)
@@ -256,7 +255,8 @@ class Method:
 
 
 def checkpoint_path_for(out: Path) -> Path:
-    return out.with_name(out.name + ".ckpt.safetensors")
+    """``<out>.ckpt.safetensors`` beside the output (shortened for a name near the limit)."""
+    return out.with_name(fit_name(out.name, after=".ckpt.safetensors"))
 
 
 def _run_key(method: Method, data: Dataset, seed: int, device: torch.device) -> dict[str, str]:
@@ -275,8 +275,7 @@ def _save_checkpoint(path: Path, method: Method, gen: torch.Generator, it: int, 
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     tensors = {k: v.cpu() for k, v in tensors.items()}
     tensors["_generator"] = gen.get_state()
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={**key, "iteration": str(it)})
+    write_safetensors(path, tensors, {**key, "iteration": str(it)})
 
 
 def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict) -> int:
@@ -399,17 +398,6 @@ def run_method(
         else:
             warn(f"no checkpoint at {checkpoint}; starting from iteration 0")
 
-    stop = {"flag": False}
-
-    def on_sigint(signum, frame):  # finish the iteration, then save and stop
-        stop["flag"] = True
-
-    old_handler = None
-    try:
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread
-        old_handler = None
-
     total = method.iterations
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -445,7 +433,7 @@ def run_method(
             _save_checkpoint(checkpoint, method, gen, at, key, state)
         dist.barrier()  # the checkpoint is complete before any rank goes on
 
-    try:
+    with stop_signals() as stop:  # Ctrl-C / SIGTERM: finish the iteration, save, stop
         loss = None
         while it < total:
             loss = method.step(it)
@@ -472,9 +460,14 @@ def run_method(
                 check_finite()
                 save(it)
             stopping = stop["flag"]
-            if dist is not None:  # the ranks agree on stopping at log points only
-                stopping = log_point and bool(dist.all_reduce(
-                    torch.tensor(float(stopping)), "max"))
+            if dist is not None and (log_point or device.type == "cpu"):
+                # the ranks agree on stopping: on a CPU every iteration (a scalar over gloo is
+                # nothing beside a step; at log points only, 50 slow iterations outlasted the
+                # 30 s torchrun gives its workers after passing on a Ctrl-C), on a GPU at log
+                # points (the agreement is a host sync)
+                stopping = bool(dist.all_reduce(torch.tensor(float(stopping)), "max"))
+            elif dist is not None:
+                stopping = False
             if stopping:
                 check_finite()
                 if checkpoint is not None:
@@ -485,9 +478,8 @@ def run_method(
                     )
                 raise Interrupted(f"interrupted at iteration {it}/{total}")
         check_finite()
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        if checkpoint is not None and checkpoint_every and total > start:
+            save(total)  # what follows (relabelling, writing) may be interrupted: keep the work
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
