@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +258,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
                  relabel_teacher, checkpoint_every, resume, dtype, command, ctx,
                  data_cache="auto") -> dict:
     from ddcli.data import sample_dir
-    from ddcli.io import check_writable
+    from ddcli.io import check_writable, output_lock
     from ddcli.methods.base import run_method
     from ddcli.reporting import device_label, load_dataset_reported
 
@@ -280,62 +280,64 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
     if out is None:
         out = Path(f"{ds.name}-{algo.name}-ipc{getattr(cfg, 'ipc', 0)}.safetensors")
     check_writable(out, force)  # again: the default name is known only now
-    ckpt = _check_checkpoint(out, resume, force)
-    info = ds.info()
-    rep.info(
-        f"{algo.name} on {ds.name}: {len(ds)} images, {ds.num_classes} classes, "
-        f"{ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}, device {dev}"
-        + (f", preset {preset}" if preset else "")
-    )
-    algo.reporter = rep
-    if command is None:
-        command = PYTHON_COMMAND.format("distill")
-    cpu_hint = ("a GPU (--device cuda) or fewer --iterations is faster"
-                if dev == "cpu" else None)
-    with rep.progress(f"distill ({algo.name})", algo.iterations, unit="iterations",
-                      estimate=True, cpu_hint=cpu_hint) as update:
-        syn, stats = run_method(
-            algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-            resume=resume, progress=update, warn=rep.warn, dist=ctx,
+    # one run at a time writes an output (rank 0 alone under torchrun)
+    with output_lock(out) if ctx is None or ctx.is_main else nullcontext():
+        ckpt = _check_checkpoint(out, resume, force)
+        info = ds.info()
+        rep.info(
+            f"{algo.name} on {ds.name}: {len(ds)} images, {ds.num_classes} classes, "
+            f"{ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}, device {dev}"
+            + (f", preset {preset}" if preset else "")
         )
-    if ctx is not None and not ctx.is_main:  # rank 0 alone writes
-        return {}
-    recorded = algo.recorded_config()
-    step = {"command": command, "step": "distill", "method": algo.name, "config": recorded,
-            "stats": stats, "parent_checksum": None}
-    if ctx is not None:
-        step["world_size"] = ctx.world_size
-    bundle = Bundle(
-        images=syn.images,
-        labels=syn.labels,
-        extras=syn.extras,
-        method=algo.name,
-        config={**recorded, "preset": preset},
-        dataset=info,
-        seed=seed,
-        device=device_label(dev),
-        provenance=[step],
-    )
-    try:
-        if relabel:  # the paper's pipeline in one command: LIA soft labels
-            bundle = _relabel(rep, bundle, ds, list(relabel_teacher or ["convnet"]), dev, seed,
-                              command)
-        checksum = save_bundle(bundle, out, force=force, dtype=dtype)
-    except (KeyboardInterrupt, Interrupted):  # the iterations are done, and checkpointed
-        if not ckpt.exists():
-            raise
-        raise Interrupted(f"interrupted after the {algo.iterations} iterations; checkpoint "
-                          f"saved to {ckpt}; rerun with --resume to finish") from None
-    if ckpt.exists():
-        ckpt.unlink()
-    rep.info(
-        f"wrote {out}: {syn.images.shape[0]} images, IPC {getattr(cfg, 'ipc', '?')}, "
-        f"{stats['wall_time_s']:.1f} s ({stats['iterations_per_s'] or 0:.1f} it/s)"
-    )
-    return {"bundle": str(out), "checksum": checksum, "method": algo.name,
-            "config": recorded, "seed": seed, "device": bundle.device,
-            "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
-            "stats": stats}
+        algo.reporter = rep
+        if command is None:
+            command = PYTHON_COMMAND.format("distill")
+        cpu_hint = ("a GPU (--device cuda) or fewer --iterations is faster"
+                    if dev == "cpu" else None)
+        with rep.progress(f"distill ({algo.name})", algo.iterations, unit="iterations",
+                          estimate=True, cpu_hint=cpu_hint) as update:
+            syn, stats = run_method(
+                algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                resume=resume, progress=update, warn=rep.warn, dist=ctx,
+            )
+        if ctx is not None and not ctx.is_main:  # rank 0 alone writes
+            return {}
+        recorded = algo.recorded_config()
+        step = {"command": command, "step": "distill", "method": algo.name, "config": recorded,
+                "stats": stats, "parent_checksum": None}
+        if ctx is not None:
+            step["world_size"] = ctx.world_size
+        bundle = Bundle(
+            images=syn.images,
+            labels=syn.labels,
+            extras=syn.extras,
+            method=algo.name,
+            config={**recorded, "preset": preset},
+            dataset=info,
+            seed=seed,
+            device=device_label(dev),
+            provenance=[step],
+        )
+        try:
+            if relabel:  # the paper's pipeline in one command: LIA soft labels
+                bundle = _relabel(rep, bundle, ds, list(relabel_teacher or ["convnet"]), dev, seed,
+                                  command)
+            checksum = save_bundle(bundle, out, force=force, dtype=dtype)
+        except (KeyboardInterrupt, Interrupted):  # the iterations are done, and checkpointed
+            if not ckpt.exists():
+                raise
+            raise Interrupted(f"interrupted after the {algo.iterations} iterations; checkpoint "
+                              f"saved to {ckpt}; rerun with --resume to finish") from None
+        if ckpt.exists():
+            ckpt.unlink()
+        rep.info(
+            f"wrote {out}: {syn.images.shape[0]} images, IPC {getattr(cfg, 'ipc', '?')}, "
+            f"{stats['wall_time_s']:.1f} s ({stats['iterations_per_s'] or 0:.1f} it/s)"
+        )
+        return {"bundle": str(out), "checksum": checksum, "method": algo.name,
+                "config": recorded, "seed": seed, "device": bundle.device,
+                "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
+                "stats": stats}
 
 
 def _relabel(rep, bundle: Bundle, ds, archs: list[str], device: str, seed: int, command: str):

@@ -64,6 +64,30 @@ def read_safetensors(path: Path, what: str) -> tuple[dict, dict[str, str]]:
     return tensors, meta
 
 
+@contextlib.contextmanager
+def output_lock(path: Path) -> Iterator[None]:
+    """Hold ``.<name>.ddcli-lock`` beside ``path`` while a run writes it: a second run with the
+    same output (another shell, a CI job started twice) is refused at once instead of both
+    running, overwriting each other's checkpoint, and the second failing at the end."""
+    import fcntl
+
+    path = Path(path)
+    lock = path.with_name(fit_name(path.name, ".", ".ddcli-lock"))
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise InputError(f"another ddcli run is writing {path} (it holds {lock}); wait for it "
+                         "to end or choose another output") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
 def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically, through ddcli's own temporary name (a killed write
     leaves a file that the next write of ``path`` removes): safetensors' ``save_file`` writes

@@ -981,3 +981,17 @@ def test_output_names_near_and_past_the_file_system_limit(cli, tmp_path, shards)
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # the checkpoint: gone
     r = cli(*args, "-o", tmp_path / ("c" * 260 + ".safetensors"))
     assert_one_line_error(r, 2, "file name is 272 bytes long")
+
+
+def test_a_second_run_writing_the_same_output_is_refused_at_once(cli, tmp_path, shards):
+    # both ran, overwrote each other's checkpoint, and the second failed only at the end
+    # (or, with --force, silently replaced the first's bundle)
+    from ddcli.io import output_lock
+
+    out = tmp_path / "o.safetensors"
+    args = ("distill", shards, "--ipc", "1", "--iterations", "2", "--batch-real", "2",
+            "--width", "8", "--device", "cpu", "-o", out, "--force")
+    with output_lock(out):  # the first run, still going
+        assert_one_line_error(cli(*args), 2, "another ddcli run is writing")
+    assert cli(*args).code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.safetensors", "shards"]
