@@ -25,6 +25,9 @@ from ddcli.errors import DDCliError, InputError, Interrupted
 
 __all__ = ["BundleDataset", "distill", "evaluate", "load_bundle"]
 
+#: the most models one evaluation trains (a typo of 10^12 allocated until it hung)
+MAX_MODELS = 1000
+
 PYTHON_COMMAND = "ddcli.{}() (Python API)"
 
 
@@ -415,6 +418,7 @@ def evaluate(
 def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, real,
               real_files, backbone, backbone_weights, inherit, teacher, out, seed, device,
               force, verbose, compile, amp, data_cache, ctx) -> dict:
+    from ddcli.configs import check_option_value
     from ddcli.data import imbalance_ratio, is_long_tailed, resize_images, sample_dir
     from ddcli.evaluation import (
         bundle_views,
@@ -436,13 +440,30 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     out = Path(out) if out is not None else None
     real = Path(real) if real is not None else None
     protocol = protocol.lower()
-    if models < 1:
-        raise InputError(f"--models must be >= 1, got {models}")
+    if isinstance(models, bool) or not isinstance(models, int) or not 1 <= models <= MAX_MODELS:
+        raise InputError(f"--models must be an integer from 1 to {MAX_MODELS}, got {models!r}")
+    if epochs is not None:
+        check_option_value("--epochs", epochs)
+    if out is not None and bundle.resolve() == out.resolve():  # (with --force it became JSON)
+        raise InputError("--out is the bundle being evaluated: choose another file")
     if baseline not in (None, "random", "centroids"):
         raise InputError(f"--baseline must be random or centroids, got {baseline!r}")
     if baseline == "centroids" and protocol != "linear-probe":
         raise InputError("--baseline centroids goes with --protocol linear-probe")
     proto = get_protocol(protocol, epochs=epochs)
+    # options that would change nothing are refused, not ignored (a typo'd --teacher file or
+    # --real path passed silently)
+    probe = proto.name == "linear-probe"
+    if real is None and real_files:
+        raise InputError("--real-files chooses shards of --real DATA: pass --real too")
+    if real is not None and baseline is None:
+        raise InputError("--real is the real data of a baseline: pass --baseline random (or "
+                         "centroids)")
+    if not probe and (backbone or backbone_weights):
+        raise InputError("--backbone / --backbone-weights go with --protocol linear-probe")
+    if probe and (amp != "off" or compile == "on" or teacher):
+        raise InputError("--amp, --compile on and --teacher apply to the ConvNet protocols, "
+                         "not to linear-probe")
     if out is not None:
         check_writable(out, force)
     b = load_bundle(bundle, warn=rep.warn)
@@ -481,6 +502,9 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     step = last_relabel_step(b)
     temperature = float(step["temperature"]) if step else 1.0
     needs_teachers = proto.loss == "kd-online" or (baseline == "random" and soft_protocol)
+    if teacher and not needs_teachers:
+        raise InputError(f"--teacher changes nothing under the {proto.name} protocol (it "
+                         "serves kd-online, and a --baseline random under kd or otm)")
     teachers = teachers_for(b, [Path(t) for t in teacher or []], dev) if needs_teachers else []
     check_no_test_leak(b, teachers, test_ds)
 
@@ -622,7 +646,12 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
     bb = create_backbone(name, weights).to(dev)
     golden, golden_bb = None, None
     if "golden_head.weight" in b.extras:
-        golden_bb = bb if name == distill_bb and not backbone_weights else create_backbone(
+        # the golden head reads the distillation's backbone: this one where it is the same
+        # (its name, and no other weights: --backbone-weights naming the same file elsewhere,
+        # told by its sha256, is the same; the recorded path was reloaded and was relative)
+        recorded = (b.config.get("backbone_identity") or {}).get("weights_sha256")
+        same = name == distill_bb and (not backbone_weights or bb.weights_sha256 == recorded)
+        golden_bb = bb if same else create_backbone(
             distill_bb, b.config.get("backbone_weights")).to(dev)
         golden = (b.extras["golden_head.weight"], b.extras["golden_head.bias"])
     elif inherit:

@@ -205,7 +205,7 @@ def load_teacher(path: str | Path) -> Teacher:
     model.eval()
     return Teacher(model, m["arch"], classes, channels, size, m["mean"], m["std"],
                    m["data_fingerprint"], m["recipe"], m["val_accuracy"], meta["checksum"],
-                   str(path))
+                   str(Path(path).absolute()))
 
 
 def teacher_cache_path(cache: Path, data: Dataset, recipe: Protocol, seed: int) -> Path:

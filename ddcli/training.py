@@ -30,6 +30,7 @@ from torch.func import functional_call, stack_module_state
 
 from ddcli import augment
 from ddcli.data import is_long_tailed
+from ddcli.errors import RunError
 from ddcli.losses import kd_loss, otm_loss
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
@@ -288,6 +289,9 @@ def train_ensemble(
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     steps = 0
+    # a non-finite loss anywhere (kept on the device: no host sync a step), told at the end:
+    # NaN weights predicted one class and were reported as an accuracy
+    finite = torch.ones((), dtype=torch.bool, device=device)
     restart_at = set(protocol.milestone_epochs()) if protocol.restarts_optimizer else set()
     for epoch in range(protocol.train_epochs()):
         if epoch in restart_at:  # the reference re-creates its optimiser: momentum reset
@@ -350,6 +354,7 @@ def train_ensemble(
             else:
                 raise ValueError(f"unknown loss {protocol.loss!r}")
             loss = per_model.sum()  # each model its own mean loss: gradients stay separate
+            finite &= torch.isfinite(loss.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -363,6 +368,10 @@ def train_ensemble(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     ens.train(False)
+    if not bool(finite):
+        raise RunError(f"the training loss became non-finite (NaN or infinity) under the "
+                       f"{protocol.name} protocol; nothing is reported (soft labels of an extreme "
+                       "temperature, or too large a learning rate?)")
     return TrainResult(ens, time.perf_counter() - t0, steps)
 
 
@@ -404,15 +413,17 @@ def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, num_classes: int,
     and, for long-tailed training data, many / medium / few group accuracies."""
     correct = (preds == labels.view(1, -1)).float()  # (N, n)
     per_model = correct.mean(dim=1)
-    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).float()
+    tested = torch.bincount(labels, minlength=num_classes)
     per_class = torch.zeros((preds.shape[0], num_classes), device=preds.device)
     per_class.index_add_(1, labels, correct)
-    per_class = per_class / counts
+    per_class = per_class / tested.clamp_min(1).float()
+    # a class the test set lacks has no accuracy (None), not 0: it was counted as 0 / 1
+    has = [int(n) > 0 for n in tested.tolist()]
     groups = class_groups(class_counts) if class_counts else None
     group_acc = None
     if groups:
-        group_acc = {name: round(float(per_class[:, ks].mean()) * 100, 2)
-                     for name, ks in groups.items() if ks}
+        group_acc = {name: round(float(per_class[:, [k for k in ks if has[k]]].mean()) * 100, 2)
+                     for name, ks in groups.items() if any(has[k] for k in ks)}
         group_acc["classes"] = groups
         group_acc["definition"] = ("classes ranked by real image count: first third many, "
                                    "last third few; mean of per-class test accuracy")
@@ -421,5 +432,6 @@ def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, num_classes: int,
         "accuracy_per_model": [round(float(a) * 100, 2) for a in per_model],
         "accuracy_mean": round(float(per_model.mean()) * 100, 2),
         "accuracy_std": round(float(per_model.std(unbiased=False)) * 100, 2),
-        "per_class_accuracy": [round(float(a) * 100, 2) for a in per_class.mean(0)],
+        "per_class_accuracy": [round(float(a) * 100, 2) if h else None
+                               for a, h in zip(per_class.mean(0), has, strict=True)],
     }

@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error, write_shards
 
+from ddcli.data import load_dataset
 from ddcli.evaluation import model_seeds
 from ddcli.models import create_model
 from ddcli.protocols import get_protocol
@@ -263,3 +264,55 @@ def test_amp_bf16_is_a_recorded_opt_in(cli, tmp_path):
     assert r.code == 0, r
     assert r.json()["result"]["amp"] == "bf16"
     assert_one_line_error(cli("evaluate", out, "--test", shards, "--amp", "fp8"), 2, "--amp")
+
+
+def test_a_class_without_test_images_has_no_accuracy():
+    # it was counted as 0 correct of 1: 0.0 in per_class_accuracy and in its group's mean
+    from ddcli.training import accuracy_report
+
+    preds = torch.tensor([[0, 1, 1, 0]])
+    labels = torch.tensor([0, 1, 1, 0])  # classes 2 and 3 have no test image
+    rep = accuracy_report(preds, labels, 4, class_counts=[100, 50, 20, 5])
+    assert rep["per_class_accuracy"] == [100.0, 100.0, None, None]
+    assert rep["group_accuracy"]["many"] == 100.0 and "few" not in rep["group_accuracy"]
+
+
+def test_a_training_loss_that_goes_non_finite_is_an_error_not_an_accuracy(shards, tmp_path):
+    # kd on soft labels at an extreme temperature: KL x T^2 = 0 x inf trained the models into
+    # NaN, which then predicted one class, reported as an accuracy with exit 0
+    from ddcli.errors import RunError
+    from ddcli.evaluation import evaluate_images
+    from ddcli.protocols import get_protocol
+
+    ds = load_dataset(shards, "test")
+    pixels = torch.rand(6, 3, 8, 8)
+    labels = torch.arange(3).repeat_interleave(2)
+    soft = torch.full((6, 3), float("nan"))
+    with pytest.raises(RunError, match="loss became non-finite"):
+        evaluate_images(pixels, labels, mean=[0.5] * 3, std=[0.2] * 3, test=ds,
+                        protocol=get_protocol("kd", epochs=1), num_models=1, seed=0,
+                        device=torch.device("cpu"), soft=soft, temperature=1.0)
+
+
+def test_evaluate_counts_in_range_and_never_over_its_bundle(cli, tmp_path, bundle_file):
+    # --models 10^12 allocated until it hung; --out BUNDLE --force replaced the bundle by JSON
+    for args, msg in ((("--models", "1000000000000"), "--models must be an integer from 1"),
+                      (("--epochs", "1000000000000"), "--epochs is out of range"),
+                      (("--out", bundle_file, "--force"), "--out is the bundle")):
+        assert_one_line_error(cli("evaluate", bundle_file, "--test", tmp_path, *args), 2, msg)
+    assert bundle_file.read_bytes()[:8] != b"{"  # still a bundle
+
+
+def test_options_that_would_change_nothing_are_refused(cli, shards, tmp_path):
+    # a --teacher file, --backbone, --real without --baseline, --amp on linear-probe: exit 0,
+    # ignored (a typo'd path went unnoticed)
+    b = tmp_path / "b.safetensors"
+    assert cli("distill", shards, "--ipc", "1", "--iterations", "1", "--batch-real", "2",
+               "--width", "8", "--device", "cpu", "-o", b).code == 0
+    for args, msg in ((("--teacher", "nofile.st"), "--teacher changes nothing under the dm"),
+                      (("--backbone", "x"), "go with --protocol linear-probe"),
+                      (("--real", "nonexist"), "--real is the real data of a baseline"),
+                      (("--real-files", "z*"), "--real-files chooses shards"),
+                      (("-p", "linear-probe", "--amp", "bf16"), "not to linear-probe")):
+        r = cli("evaluate", b, "--test", shards, "--epochs", "1", "--models", "1", *args)
+        assert_one_line_error(r, 2, msg)

@@ -426,3 +426,16 @@ def test_ctrl_c_after_the_iterations_keeps_them(cli, tmp_path, monkeypatch):
     assert cli(*args, "-o", tmp_path / "b.safetensors").code == 0
     a, b = load_bundle(tmp_path / "a.safetensors"), load_bundle(tmp_path / "b.safetensors")
     assert a.content_checksum == b.content_checksum
+
+
+def test_relabel_never_writes_over_a_teacher_it_reads(cli, setup, teacher, tmp_path):
+    data, b = setup
+    t, _ = teacher
+    path = tmp_path / "t.safetensors"
+    save_teacher(t, path)
+    r = cli("relabel", b, "--teacher", path, "-o", path, "--force")
+    assert_one_line_error(r, 2, "--out is one of the --teacher files")
+    assert load_teacher(path).checksum == t.checksum
+    r = cli("relabel", b, "--data", data, "--train-teacher", "convnet", "--teacher-epochs",
+            "3000000000", "-o", tmp_path / "s.safetensors")
+    assert_one_line_error(r, 2, "--teacher-epochs is out of range")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -5,6 +7,7 @@ import torch.nn.functional as F
 from conftest import tiny_dataset, write_shards
 
 from ddcli.backbones import create_backbone, lite0_package_weights
+from ddcli.bundle import load_bundle, save_bundle
 from ddcli.errors import InputError
 from ddcli.losses import class_flows, flow_loss, lgm_loss, linear_ce_grad
 from ddcli.methods import create_method
@@ -173,6 +176,18 @@ def test_cli_sfm_linear_probe_and_inheritance(cli, tiny_backbone, tmp_path):
     assert r.code == 0 and r.json()["baseline"]["kind"] == "centroids", r
     r = cli("evaluate", out, "--test", data, "--inherit", "--epochs", "1")
     assert r.code == 2 and "--inherit goes with" in r.stderr
+    # the same weights from another path: the golden head's backbone reloaded the recorded
+    # path (and failed where it was relative), though --backbone-weights named the same file
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(Path(tiny_backbone).read_bytes())
+    b = load_bundle(out)
+    b.config["backbone_weights"] = "gone.pt"
+    b.checksum = ""
+    save_bundle(b, tmp_path / "m.safetensors")
+    r = cli("evaluate", tmp_path / "m.safetensors", "--test", data, "-p", "linear-probe",
+            "--epochs", "1", "--models", "1", "--device", "cpu", "--backbone-weights", moved,
+            "--inherit", "--json")
+    assert r.code == 0 and r.json()["golden_head_test_accuracy"] is not None, r
     r = cli("distill", data, "-m", "sfm", "--backbone", "efficientnet-lite0",
             "--backbone-weights", tmp_path / "none.pth", "-o", tmp_path / "x.safetensors")
     assert r.code == 2 and "not found" in r.stderr

@@ -69,8 +69,9 @@ def _render(report: dict) -> None:
                 for g in ("many", "medium", "few") if g in ga) if report.get("baseline") else ""))
     classes = report["classes"]
     pc = report["result"]["per_class_accuracy"]
-    con.print("per class: " + escape(", ".join(f"{c} {a:.1f}"
-                                               for c, a in zip(classes, pc, strict=True))))
+    con.print("per class: " + escape(", ".join(
+        f"{c} {a:.1f}" if a is not None else f"{c} - (no test image)"
+        for c, a in zip(classes, pc, strict=True))))
 
 
 def evaluate(

@@ -120,6 +120,7 @@ def relabel(
     import torch
 
     from ddcli.bundle import STORAGE_DTYPES, load_bundle, save_bundle
+    from ddcli.configs import check_option_value
     from ddcli.io import check_writable
     from ddcli.relabel import (
         RelabelSettings,
@@ -143,6 +144,10 @@ def relabel(
         out = bundle.with_name(bundle.stem + "-relabel.safetensors")
     if out.resolve() == bundle.resolve():
         raise InputError("relabel writes a new bundle: choose another --out than the input")
+    if any(out.resolve() == Path(t).resolve() for t in teacher or []):
+        raise InputError("--out is one of the --teacher files: choose another file")
+    if teacher_epochs is not None:
+        check_option_value("--teacher-epochs", teacher_epochs)
     check_writable(out, force)
     b = load_bundle(bundle, warn=rep.warn)
     check_relabelable(b)  # before any teacher is trained
