@@ -217,6 +217,9 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
         if isinstance(overrides.get(name), str):
             overrides[name] = _int_tuple(overrides[name], "--" + name.replace("_", "-"),
                                          minimum=0)  # the config checks its own ranges
+    if overrides.get("backbone_weights"):  # recorded absolute: evaluate from anywhere finds it
+        overrides["backbone_weights"] = str(Path(overrides["backbone_weights"]).expanduser()
+                                            .absolute())
     out = Path(out) if out is not None else None
     if out is not None:  # fail before a slow read
         check_writable(out, force)
@@ -224,6 +227,17 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
     builtin = data is None
     preset = "sample-cpu" if builtin else None
     algo = create_method(method.lower(), preset=preset, **overrides)  # fails before reading
+    if relabel:  # its options too, not after the whole distillation
+        from ddcli.catalog import TEACHER_ARCHS
+
+        bad = [a for a in relabel_teacher if a.lower() not in TEACHER_ARCHS]
+        if bad:
+            raise InputError(f"--relabel-teacher {bad[0]!r} is not one of "
+                             f"{', '.join(TEACHER_ARCHS)}")
+        relabel_teacher[:] = [a.lower() for a in relabel_teacher]
+        if getattr(algo, "factor", 1) > 1:
+            raise InputError("--relabel does not label multi-formation images (factor > 1); "
+                             "pass --factor 1, or relabel the decoded export")
     if world > 1:
         why = algo.split_refusal()
         if why is None and relabel:

@@ -40,6 +40,8 @@ from ddcli.protocols import DSA_STRATEGY, parse_strategy
 
 #: the largest integer an option takes (iterations, widths, counts)
 MAX_INT_OPTION = 2**31 - 1
+#: the diffusion priors' training timesteps (DDPM's 1,000; ddcli.priors)
+PRIOR_TIMESTEPS = 1000
 #: ``--syn-res`` ceiling (LGM / SFM reference: 256; 1024 px images are 12 MB each in float32)
 MAX_SYN_RES = 1024
 
@@ -278,9 +280,10 @@ class CSDMConfig(DMConfig):
         super().validate()
         if self.sigma != "median":
             try:
-                assert float(self.sigma) > 0
+                assert math.isfinite(float(self.sigma)) and float(self.sigma) > 0
             except (ValueError, AssertionError):
-                raise InputError(f"--sigma must be > 0 or 'median', got {self.sigma!r}") from None
+                raise InputError(f"--sigma must be a finite number > 0 or 'median', got "
+                                 f"{self.sigma!r}") from None
         if self.num_freqs < 1:
             raise InputError(f"--num-freqs must be >= 1, got {self.num_freqs}")
         if not (0 <= self.alpha_tail <= 1 and 0 <= self.alpha_head <= 1):
@@ -338,6 +341,8 @@ class TGDDConfig(DMConfig):
     def validate(self) -> None:
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
+        if self.factor is not None and self.factor < 1:  # (dm_view reads 0 as "by IPC")
+            raise InputError(f"--factor must be >= 1, got {self.factor}")
         self.dm_view().validate()
         if self.alpha is not None and self.alpha < 0:
             raise InputError(f"--alpha must be >= 0, got {self.alpha}")
@@ -421,7 +426,8 @@ class BackboneConfig(MethodConfig):
         if not 0 <= self.syn_res <= MAX_SYN_RES:
             raise InputError(f"--syn-res must be 0 (the data's size) or 1..{MAX_SYN_RES}, "
                              f"got {self.syn_res}")
-        if self.backward_chunk != "auto" and not (self.backward_chunk.isdigit()
+        if self.backward_chunk != "auto" and not (self.backward_chunk.isascii()
+                                                  and self.backward_chunk.isdigit()
                                                   and int(self.backward_chunk) <= MAX_INT_OPTION):
             raise InputError(f"--backward-chunk must be auto or an integer >= 0, "
                              f"got {self.backward_chunk!r}")
@@ -520,6 +526,9 @@ class OTGenConfig(MethodConfig):
         if min(self.ipc, self.sampling_steps, self.real_per_class, self.prior_batch) < 1:
             raise InputError("--ipc, --sampling-steps, --real-per-class and --prior-batch "
                              "must be >= 1")
+        if self.sampling_steps > PRIOR_TIMESTEPS:  # the scheduler's own limit
+            raise InputError(f"--sampling-steps must be at most {PRIOR_TIMESTEPS} (the "
+                             f"prior's training timesteps), got {self.sampling_steps}")
         if not self.prior_channels or min(self.prior_channels) < 1:
             raise InputError("--prior-channels must be positive integers separated by commas")
         groups = min(32, self.prior_channels[0])  # the UNet's group norm (ddcli.priors)
@@ -540,17 +549,17 @@ class OTGenConfig(MethodConfig):
                              "<= 1")
         if not self.influence_scale >= 0:
             raise InputError(f"--influence-scale must be >= 0, got {self.influence_scale}")
-        if self.influence_scale > 0:
-            if min(self.surrogate_epochs, self.influence_real_per_class) < 1:
-                raise InputError("--surrogate-epochs and --influence-real-per-class must be "
-                                 ">= 1")
-            bad = [e for e in self.surrogate_checkpoints
-                   if not 0 <= e <= self.surrogate_epochs]
-            if (not self.surrogate_checkpoints or bad
-                    or len(set(self.surrogate_checkpoints)) < len(self.surrogate_checkpoints)):
-                raise InputError("--surrogate-checkpoints must name distinct epochs between 0 "
-                                 f"and --surrogate-epochs ({self.surrogate_epochs}), got "
-                                 f"{','.join(map(str, self.surrogate_checkpoints)) or 'none'}")
+        # checked whether or not the influence term is on (the values are recorded)
+        if min(self.surrogate_epochs, self.influence_real_per_class) < 1:
+            raise InputError("--surrogate-epochs and --influence-real-per-class must be "
+                             ">= 1")
+        bad = [e for e in self.surrogate_checkpoints
+               if not 0 <= e <= self.surrogate_epochs]
+        if (not self.surrogate_checkpoints or bad
+                or len(set(self.surrogate_checkpoints)) < len(self.surrogate_checkpoints)):
+            raise InputError("--surrogate-checkpoints must name distinct epochs between 0 "
+                             f"and --surrogate-epochs ({self.surrogate_epochs}), got "
+                             f"{','.join(map(str, self.surrogate_checkpoints)) or 'none'}")
 
 
 #: method name -> its config (the registry in ddcli.methods agrees; tests/test_startup.py)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ddcli.configs import PRIOR_TIMESTEPS
 from ddcli.data import Dataset
 from ddcli.errors import InputError, Interrupted
 from ddcli.runtime import stop_signals
@@ -204,7 +205,7 @@ class PriorRecipe:
     lr: float = 2e-4
     channels: tuple[int, ...] = (64, 128, 128)
     layers_per_block: int = 2
-    train_timesteps: int = 1000
+    train_timesteps: int = PRIOR_TIMESTEPS
     label_dropout: float = 0.1
     ema: bool = True
     checkpoint_every: int = 1000

@@ -33,8 +33,14 @@ def tune_cpu_allocator() -> bool:
 
 
 def cache_dir() -> Path:
-    """Where teachers, experts and priors are cached: $DDCLI_CACHE or ~/.cache/ddcli."""
-    return Path(os.environ.get("DDCLI_CACHE") or Path.home() / ".cache" / "ddcli")
+    """Where teachers, experts and priors are cached: $DDCLI_CACHE or ~/.cache/ddcli; one that
+    exists and is not a folder is refused (the work was done, then its writing failed)."""
+    from ddcli.errors import InputError
+
+    path = Path(os.environ.get("DDCLI_CACHE") or Path.home() / ".cache" / "ddcli")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"the cache {path} ($DDCLI_CACHE) is not a folder")
+    return path
 
 
 #: the caches under :func:`cache_dir`, one folder each: what fills them
@@ -84,7 +90,13 @@ def clear_cache(name: str | None = None) -> list[dict]:
         if name is not None and usage["name"] != name:
             continue
         path = Path(usage["path"])
-        if path.is_dir():
+        if path.is_symlink() and path.is_dir():  # a cache moved to another disk: its contents
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        elif path.is_dir():
             shutil.rmtree(path)
         removed.append({k: usage[k] for k in ("name", "path", "entries", "bytes")})
     return removed

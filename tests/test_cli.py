@@ -336,3 +336,35 @@ def test_readme_lists_the_generated_distill_options():
     start = readme.index("<!-- method-options:")
     body = readme[readme.index("\n", start) + 1:readme.index("<!-- /method-options -->")]
     assert body.rstrip("\n") == markdown_table()
+
+
+def test_method_option_edge_cases_found_by_an_exploration(cli, shards, tmp_path, monkeypatch):
+    # each was an internal error (exit 1), a late failure, or accepted silently
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "o.safetensors"
+    common = (shards, "--ipc", "1", "-o", out, "--device", "cpu", "--force")
+    base = (*common, "--iterations", "1", "--batch-real", "2")
+    for args, msg in (((*base, "-m", "tgdd", "--factor", "0"), "--factor must be >= 1"),
+                      ((*common, "-m", "otgen", "--sampling-steps", "1001"), "at most 1000"),
+                      ((*base, "-m", "csdm", "--sigma", "inf"), "--sigma must be a finite"),
+                      ((*common, "-m", "sfm", "--backward-chunk", "\u00b2"), "--backward-chunk"),
+                      ((*common, "-m", "otgen", "--surrogate-epochs", "-5"), "--surrogate-epochs"),
+                      ((*base, "--relabel", "--relabel-teacher", "foo"), "--relabel-teacher 'foo'"),
+                      ((*base, "--relabel", "--factor", "2"), "multi-formation")):
+        assert_one_line_error(cli("distill", *args), 2, msg)
+    for m in ("dm", "tgdd"):  # ResNet-18 took the ConvNets' --width: a TypeError
+        r = cli("distill", *base, "-m", m, "--model", "resnet18", "--num-experts", "1",
+                "--expert-epochs", "1") if m == "tgdd" else \
+            cli("distill", *base, "-m", m, "--model", "resnet18")
+        assert r.code == 0, (m, r)
+    assert_one_line_error(cli("cache", "clear", ""), 2, "the cache to clear is empty")
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "file"))
+    r = cli("distill", *base, "-m", "tgdd", "--num-experts", "1", "--expert-epochs", "1")
+    assert_one_line_error(r, 2, "is not a folder")
+    cfg = tmp_path / "c.toml"  # a TOML array for a tuple option
+    cfg.write_text("[distill]\nprior-channels = [8, 16]\n")
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "cache"))
+    r = cli("distill", *common, "-m", "otgen", "--config", cfg, "--prior-steps", "1",
+            "--sampling-steps", "2", "--real-per-class", "2", "--json")
+    assert r.code == 0 and r.json()["config"]["prior_channels"] == [8, 16], r

@@ -364,3 +364,15 @@ def test_syn_res_distills_larger_images_that_every_protocol_judges(cli, tiny_bac
                 "--backbone-weights", tiny_backbone, "-o", tmp_path / "x.safetensors")
         assert r.code == 2 and "--syn-res" in r.stderr and len(r.stderr.splitlines()) == 1, r
         assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_backbone_weights_are_recorded_absolute(cli, tiny_backbone, tmp_path, monkeypatch):
+    # recorded as typed ("tiny.pt"): evaluate from another folder could not find them
+    data = write_shards(tmp_path / "d", n_train=12, n_test=6)
+    monkeypatch.chdir(Path(tiny_backbone).parent)
+    r = cli("distill", data, "-m", "sfm", "--ipc", "1", "--iterations", "1", "--backbone",
+            "torchscript", "--backbone-weights", Path(tiny_backbone).name,
+            "--golden-head-epochs", "0", "--device", "cpu", "-o", tmp_path / "s.safetensors",
+            "--json")
+    assert r.code == 0, r
+    assert r.json()["config"]["backbone_weights"] == str(Path(tiny_backbone).absolute())

@@ -97,7 +97,8 @@ class DDCliGroup(TyperGroup):
             if os.environ.get("DDCLI_DEBUG"):
                 traceback.print_exc()
             error_line(
-                f"internal error: {type(e).__name__}: {e} (set DDCLI_DEBUG=1 for a traceback)"
+                f"internal error: {type(e).__name__}: {e}"
+                + ("" if os.environ.get("DDCLI_DEBUG") else " (set DDCLI_DEBUG=1 for a traceback)")
             )
             code = EXIT_FAILED
         sys.exit(code)
@@ -154,6 +155,8 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
         p = params[name]
         if p.multiple and not isinstance(v, list):
             v = [v]
+        elif isinstance(v, list) and not p.multiple:  # a tuple option: [8, 16] is "8,16"
+            v = ",".join(str(x) for x in v)
         try:
             _coerce(p, ctx, v)
         except click.exceptions.BadParameter as e:

@@ -10,6 +10,7 @@ import typer
 
 from ddcli import __version__
 from ddcli.cli.common import JsonOpt, print_json, stdout_console
+from ddcli.errors import InputError
 from ddcli.runtime import CACHES, cache_dir, cache_usage, clear_cache, human_bytes
 
 PACKAGES = ("torch", "torchvision", "numpy", "pillow", "safetensors", "diffusers", "timm",
@@ -81,7 +82,7 @@ def _print_caches(root: str, caches: list[dict]) -> None:
 
 cache_app = typer.Typer(
     name="cache",
-    help="List or clear the caches (teachers, experts, priors, features).",
+    help="List or clear the caches (teachers, experts, priors, features, data).",
     rich_markup_mode="rich",
     no_args_is_help=True,
 )
@@ -113,6 +114,9 @@ def cache_clear(
 
     Example: [bold]ddcli cache clear teachers[/]
     """
+    if name is not None and not name.strip():  # `cache clear "$X"` with X unset: not "all"
+        raise InputError(f"the cache to clear is empty; name one of {', '.join(CACHES)}, or "
+                         "none for all of them")
     removed = clear_cache(name.lower() if name else None)
     if json_out:
         print_json({"removed": removed})

@@ -60,6 +60,12 @@ class MethodOption:
         return out
 
 
+
+def _capital(text: str) -> str:
+    """``text`` with an ASCII first letter capitalised (a Greek symbol, α or β₁, stays as it
+    is: upper-casing it made "Α of the largest class")."""
+    return text[:1].upper() + text[1:] if text[:1].isascii() else text
+
 def _kind(cfg: type[MethodConfig], f: dataclasses.Field) -> str:
     t = str(f.type).replace(" ", "")
     for k in ("bool", "int", "float", "str"):
@@ -141,7 +147,7 @@ def method_options() -> tuple[MethodOption, ...]:
         docs = field_docs(CONFIGS[methods[0]])
         text = shared_docs.get(name) if _panel(methods) == PANEL_METHOD else None
         text = (text or docs.get(name) or name.replace("_", " ")).rstrip(".").replace("``", "")
-        text = text[:1].upper() + text[1:]
+        text = _capital(text)
         panel = _panel(methods)
         every = PANEL_METHODS.get(panel, ORDER)
         prefix = "" if set(methods) == set(every) else "/".join(methods) + ": "
@@ -222,7 +228,7 @@ def with_config_options(method: str, names: tuple[str, ...], after: str
         for name in names:
             o, default = by_name[name], getattr(cfg(), name)
             text = docs.get(name, name).rstrip(".").replace("``", "")
-            text = f"{text[:1].upper()}{text[1:]} (as distill -m {method})."
+            text = f"{_capital(text)} (as distill -m {method})."
             if o.choices:
                 text += f" One of: {', '.join(o.choices)}."
             info = typer.Option(_decl(o), help=text, case_sensitive=False) if o.choices \

@@ -254,6 +254,11 @@ class Method:
 # the harness
 
 
+def _lr_hint(method: Method) -> str:
+    """The hint of a non-finite run, for a method that takes --lr (otgen does not)."""
+    return " (a smaller --lr may help)" if "lr" in type(method.config).fields() else ""
+
+
 def checkpoint_path_for(out: Path) -> Path:
     """``<out>.ckpt.safetensors`` beside the output (shortened for a name near the limit)."""
     return out.with_name(fit_name(out.name, after=".ckpt.safetensors"))
@@ -421,7 +426,7 @@ def run_method(
                 raise SystemExit(RunError.exit_code)  # rank 0 says it
             raise RunError(
                 f"the loss became non-finite (NaN or infinity) at iteration {bad}/{total}; "
-                "no bundle was written (a smaller --lr may help)"
+                f"no bundle was written{_lr_hint(method)}"
             )
 
     def save(at: int) -> None:
@@ -498,5 +503,5 @@ def run_method(
     result = method.result()
     if not bool(torch.isfinite(result.images).all()):
         raise RunError(f"the synthetic images are not finite (NaN or infinity) after iteration "
-                       f"{total}; no bundle was written (a smaller --lr may help)")
+                       f"{total}; no bundle was written{_lr_hint(method)}")
     return result, stats

@@ -38,13 +38,17 @@ class SmallResNet(nn.Module):
         kaiming_fan_out_init_(self, generator)
 
 
+# ``width`` (the ConvNets' channels, which the DM family passes to every model) does not apply:
+# ResNet-18's stages are 64 to 512 channels (it was an internal error with --model resnet18)
+
+
 @register_model("resnet18")
-def resnet18(num_classes, channels, image_size, **kw) -> SmallResNet:
+def resnet18(num_classes, channels, image_size, width=None, **kw) -> SmallResNet:
     """ResNet-18 with instance norm, adapted to small images."""
     return SmallResNet(num_classes, channels, norm="instance", **kw)
 
 
 @register_model("resnet18-bn")
-def resnet18_bn(num_classes, channels, image_size, **kw) -> SmallResNet:
+def resnet18_bn(num_classes, channels, image_size, width=None, **kw) -> SmallResNet:
     """ResNet-18 with batch norm, adapted to small images."""
     return SmallResNet(num_classes, channels, norm="batch", **kw)
