@@ -158,16 +158,17 @@ def distill(
 
     from ddcli.distributed import env_world_size
 
-    _check_seed(seed)  # the command line's checks, before any work
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
-            or checkpoint_every < 0:
-        raise InputError(f"--checkpoint-every must be an integer >= 0 (0: never), got "
-                         f"{checkpoint_every!r}")
-    dtype = _choice("dtype", dtype, DTYPES)
-    data_cache = _choice("data_cache", data_cache, CACHE_MODES)
-    relabel_teacher = _as_list(relabel_teacher)
     world = env_world_size()
     rank = os.environ.get("RANK", "0") if world > 1 else "0"
+    with _said_by_rank_0(rank):  # the command line's checks, before any work
+        _check_seed(seed)
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
+                or checkpoint_every < 0:
+            raise InputError(f"--checkpoint-every must be an integer >= 0 (0: never), got "
+                             f"{checkpoint_every!r}")
+        dtype = _choice("dtype", dtype, DTYPES)
+        data_cache = _choice("data_cache", data_cache, CACHE_MODES)
+        relabel_teacher = _as_list(relabel_teacher)
     with _rank_errors(rank):  # torchrun: rank 0 reports
         return _distill(data, method=method, out=out, seed=seed, device=device, force=force,
                         train_files=train_files, image_size=image_size, channels=channels,
@@ -176,6 +177,18 @@ def distill(
                         relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every,
                         resume=resume, dtype=dtype, verbose=verbose if rank == "0" else False,
                         command=command, world=world, data_cache=data_cache, **options)
+
+
+@contextmanager
+def _said_by_rank_0(rank: int | str):
+    """Checks of the arguments alone (the same on every process of a torchrun): on a rank
+    other than 0 a refusal ends it quietly, so the run prints one error line, rank 0's."""
+    try:
+        yield
+    except InputError:
+        if str(rank) == "0":
+            raise
+        raise SystemExit(InputError.exit_code) from None
 
 
 @contextmanager
@@ -213,10 +226,11 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
     rep = _reporter(verbose)
     dev = resolve_device(device)
     overrides = {k: v for k, v in options.items() if v is not None}
-    for name in _int_tuple_options(method):  # "64,128" -> (64, 128)
-        if isinstance(overrides.get(name), str):
-            overrides[name] = _int_tuple(overrides[name], "--" + name.replace("_", "-"),
-                                         minimum=0)  # the config checks its own ranges
+    with _said_by_rank_0(os.environ.get("RANK", "0") if world > 1 else "0"):
+        for name in _int_tuple_options(method):  # "64,128" -> (64, 128)
+            if isinstance(overrides.get(name), str):
+                overrides[name] = _int_tuple(overrides[name], "--" + name.replace("_", "-"),
+                                             minimum=0)  # the config checks its own ranges
     if overrides.get("backbone_weights"):  # recorded absolute: evaluate from anywhere finds it
         overrides["backbone_weights"] = str(Path(overrides["backbone_weights"]).expanduser()
                                             .absolute())
@@ -226,25 +240,19 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
         _check_checkpoint(out, resume, force)
     builtin = data is None
     preset = "sample-cpu" if builtin else None
-    algo = create_method(method.lower(), preset=preset, **overrides)  # fails before reading
-    if relabel:  # its options too, not after the whole distillation
-        from ddcli.catalog import TEACHER_ARCHS
-
-        bad = [a for a in relabel_teacher if a.lower() not in TEACHER_ARCHS]
-        if bad:
-            raise InputError(f"--relabel-teacher {bad[0]!r} is not one of "
-                             f"{', '.join(TEACHER_ARCHS)}")
-        relabel_teacher[:] = [a.lower() for a in relabel_teacher]
-        if getattr(algo, "factor", 1) > 1:
-            raise InputError("--relabel does not label multi-formation images (factor > 1); "
-                             "pass --factor 1, or relabel the decoded export")
+    with _said_by_rank_0(os.environ.get("RANK", "0") if world > 1 else "0"):
+        algo = create_method(method.lower(), preset=preset, **overrides)  # before reading
+        if relabel:  # its options too, not after the whole distillation
+            _check_relabel(algo, relabel_teacher)
+        if world > 1:
+            why = algo.split_refusal()
+            if why is None and relabel:
+                why = ("--relabel does not run under torchrun; run 'ddcli relabel' on the "
+                       "bundle after")
+            if why is not None:
+                raise InputError(f"{why} (WORLD_SIZE={world}); run it as one process, without "
+                                 "torchrun")
     if world > 1:
-        why = algo.split_refusal()
-        if why is None and relabel:
-            why = "--relabel does not run under torchrun; run 'ddcli relabel' on the bundle after"
-        if why is not None:
-            raise InputError(f"{why} (WORLD_SIZE={world}); run it as one process, without "
-                             "torchrun")
         from ddcli.distributed import joined
 
         with joined(dev) as ctx:
@@ -256,6 +264,20 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
                         image_size, channels, skip_bad, max_per_class, imbalance_factor, relabel,
                         relabel_teacher, checkpoint_every, resume, dtype, command, None,
                         data_cache)
+
+
+def _check_relabel(algo, relabel_teacher: list[str]) -> None:
+    """``distill --relabel``'s options, before the distillation (they failed after it)."""
+    from ddcli.catalog import TEACHER_ARCHS
+
+    bad = [a for a in relabel_teacher if a.lower() not in TEACHER_ARCHS]
+    if bad:
+        raise InputError(f"--relabel-teacher {bad[0]!r} is not one of "
+                         f"{', '.join(TEACHER_ARCHS)}")
+    relabel_teacher[:] = [a.lower() for a in relabel_teacher]
+    if getattr(algo, "factor", 1) > 1:
+        raise InputError("--relabel does not label multi-formation images (factor > 1); pass "
+                         "--factor 1, or relabel the decoded export")
 
 
 def _check_checkpoint(out: Path, resume: bool, force: bool) -> Path:
@@ -407,21 +429,22 @@ def evaluate(
     figure on a CPU); rank 0 reports and writes ``out``, the others return ``{}``."""
     from ddcli.distributed import env_world_size
 
-    _check_seed(seed)  # the command line's checks, before any work
-    compile = _choice("compile", compile, COMPILE_MODES)
-    amp = _choice("amp", amp, AMPS)
-    data_cache = _choice("data_cache", data_cache, CACHE_MODES)
-    teacher = _as_list(teacher)
-    args = {k: v for k, v in locals().items() if k != "env_world_size"}
     world = env_world_size()
+    with _said_by_rank_0(os.environ.get("RANK", "0") if world > 1 else "0"):
+        _check_seed(seed)  # the command line's checks, before any work
+        compile = _choice("compile", compile, COMPILE_MODES)
+        amp = _choice("amp", amp, AMPS)
+        data_cache = _choice("data_cache", data_cache, CACHE_MODES)
+        teacher = _as_list(teacher)
+        if world > 1 and protocol.lower() == "linear-probe":
+            raise InputError(f"the linear-probe protocol does not run under torchrun "
+                             f"(WORLD_SIZE={world}); run it as one process")
+        if world > 1 and models < world:
+            raise InputError(f"{world} processes for {models} models: use at most one "
+                             "process per model")
+    args = {k: v for k, v in locals().items() if k not in ("env_world_size", "world")}
     if world == 1:
         return _evaluate(**args, ctx=None)
-    if protocol.lower() == "linear-probe":
-        raise InputError(f"the linear-probe protocol does not run under torchrun "
-                         f"(WORLD_SIZE={world}); run it as one process")
-    if models < world:
-        raise InputError(f"{world} processes for {models} models: use at most one process "
-                         "per model")
     from ddcli.distributed import joined
     from ddcli.reporting import resolve_device
 

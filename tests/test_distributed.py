@@ -158,6 +158,15 @@ def test_ranks_agree_to_stop_after_the_interrupted_iteration_on_a_cpu(data5: Pat
     assert torch.equal(load_bundle(full).images, load_bundle(out).images)
 
 
+def test_a_bad_option_is_said_once_not_by_every_rank(data5: Path, tmp_path: Path):
+    # each rank printed its own error line for the same bad option ("error: ..." and
+    # "error: rank 1: ..."), where the README promises one
+    r = _torchrun(2, ["-m", "ddcli"], [data5, *ARGS, "--width", "0", "-o",
+                                       tmp_path / "x.safetensors"])
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode != 0 and len(errors) == 1 and "--width" in errors[0], r.stderr
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["-m", "sfm"], "method sfm cannot split"),
     (["-m", "lgm"], "method lgm cannot split"),
