@@ -588,8 +588,9 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")},
     } if step else None
     if teachers:  # the teachers this evaluation used (--teacher, or the relabel step's)
-        report["teachers"] = [{k: t.describe()[k] for k in ("path", "arch", "checksum")}
-                              | {"source": "--teacher" if teacher else "relabel step"}
+        source = "--teacher" if teacher else "relabel step"
+        report["teachers"] = [{k: v for k, v in t.describe().items()
+                               if k in ("path", "arch", "checksum")} | {"source": source}
                               for t in teachers]
     report["result"] = result
     if real_ds is not None:
