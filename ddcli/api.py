@@ -91,8 +91,8 @@ def _int_tuple(value: str | Sequence[int] | None, flag: str, minimum: int = 1,
     if value is None:
         return None
     try:
-        if isinstance(value, str):
-            values = tuple(int(v) for v in value.split(",") if v.strip())
+        if isinstance(value, str):  # ("8,,16" was read as 8,16)
+            values = tuple(int(v) for v in value.split(","))
         else:
             values = tuple(int(v) for v in value)
         assert values and min(values) >= minimum
@@ -219,7 +219,8 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
              skip_bad, max_per_class, imbalance_factor, relabel, relabel_teacher,
              checkpoint_every, resume, dtype, verbose, command, world, data_cache,
              **options) -> dict:
-    from ddcli.io import check_writable
+    from ddcli.data import check_out_not_data
+    from ddcli.io import check_writable, output_path
     from ddcli.methods import create_method
     from ddcli.reporting import resolve_device
 
@@ -234,8 +235,9 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
     if overrides.get("backbone_weights"):  # recorded absolute: evaluate from anywhere finds it
         overrides["backbone_weights"] = str(Path(overrides["backbone_weights"]).expanduser()
                                             .absolute())
-    out = Path(out) if out is not None else None
+    out = output_path(out) if out is not None else None
     if out is not None:  # fail before a slow read
+        check_out_not_data(out, {"DATA": data})
         check_writable(out, force)
         _check_checkpoint(out, resume, force)
     builtin = data is None
@@ -244,6 +246,9 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
         algo = create_method(method.lower(), preset=preset, **overrides)  # before reading
         if relabel:  # its options too, not after the whole distillation
             _check_relabel(algo, relabel_teacher)
+        elif relabel_teacher:  # (it was ignored)
+            raise InputError("--relabel-teacher chooses the teacher of --relabel: pass "
+                             "--relabel too")
         if world > 1:
             why = algo.split_refusal()
             if why is None and relabel:
@@ -341,7 +346,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
             )
         if ctx is not None and not ctx.is_main:  # rank 0 alone writes
             return {}
-        recorded = algo.recorded_config()
+        recorded = {**algo.recorded_config(), "preset": preset}
         step = {"command": command, "step": "distill", "method": algo.name, "config": recorded,
                 "stats": stats, "parent_checksum": None}
         if ctx is not None:
@@ -351,7 +356,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
             labels=syn.labels,
             extras=syn.extras,
             method=algo.name,
-            config={**recorded, "preset": preset},
+            config=recorded,
             dataset=info,
             seed=seed,
             device=device_label(dev),
@@ -369,9 +374,11 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
                               f"saved to {ckpt}; rerun with --resume to finish") from None
         if ckpt.exists():
             ckpt.unlink()
+        rate = stats["iterations_per_s"]  # None: resumed with no iteration left
         rep.info(
             f"wrote {out}: {syn.images.shape[0]} images, IPC {getattr(cfg, 'ipc', '?')}, "
-            f"{stats['wall_time_s']:.1f} s ({stats['iterations_per_s'] or 0:.1f} it/s)"
+            + (f"{stats['wall_time_s']:.1f} s ({rate:.1f} it/s)" if rate else
+               f"resumed after iteration {stats['resumed_from']}")
         )
         return {"bundle": str(out), "checksum": checksum, "method": algo.name,
                 "config": recorded, "seed": seed, "device": bundle.device,
@@ -456,7 +463,13 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
               real_files, backbone, backbone_weights, inherit, teacher, out, seed, device,
               force, verbose, compile, amp, data_cache, ctx) -> dict:
     from ddcli.configs import check_option_value
-    from ddcli.data import imbalance_ratio, is_long_tailed, resize_images, sample_dir
+    from ddcli.data import (
+        check_out_not_data,
+        imbalance_ratio,
+        is_long_tailed,
+        resize_images,
+        sample_dir,
+    )
     from ddcli.evaluation import (
         bundle_views,
         check_classes,
@@ -466,7 +479,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         teachers_for,
         views_from,
     )
-    from ddcli.io import check_writable
+    from ddcli.io import check_writable, output_path
     from ddcli.protocols import get_protocol
     from ddcli.relabel import RelabelSettings, last_relabel_step, relabel_images
     from ddcli.reporting import load_dataset_reported, resolve_device
@@ -474,7 +487,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     rep = _reporter(verbose)
     dev = ctx.device if ctx is not None else torch.device(resolve_device(device))
     bundle = Path(bundle)
-    out = Path(out) if out is not None else None
+    out = output_path(out) if out is not None else None
     real = Path(real) if real is not None else None
     protocol = protocol.lower()
     if isinstance(models, bool) or not isinstance(models, int) or not 1 <= models <= MAX_MODELS:
@@ -483,6 +496,8 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         check_option_value("--epochs", epochs)
     if out is not None and bundle.resolve() == out.resolve():  # (with --force it became JSON)
         raise InputError("--out is the bundle being evaluated: choose another file")
+    if out is not None:
+        check_out_not_data(out, {"--test": test, "--real": real})
     if baseline not in (None, "random", "centroids"):
         raise InputError(f"--baseline must be random or centroids, got {baseline!r}")
     if baseline == "centroids" and protocol != "linear-probe":
@@ -609,8 +624,8 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
             soft, extras, _ = relabel_images(pixels, sub.labels, teachers, settings, ipc=ipc,
                                              prior=prior, mean=mean, std=std, device=dev)
         base = run(pixels, sub.labels, "random real", soft, views_from(extras, step))
-        base.update(ipc=ipc, source=real_ds.source, selection_seed=seed,
-                    relabelled=soft_protocol)
+        base.update(ipc=ipc, source=real_ds.source, fingerprint=real_ds.fingerprint,
+                    selection_seed=seed, relabelled=soft_protocol)
         _attach_baseline(report, base)
     if ctx is not None and not ctx.is_main:  # rank 0 alone reports and writes
         return {}
@@ -729,6 +744,7 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
                                                   b.ipc).cpu())
         base = run(sub.images.float() / 255, sub.labels, f"{baseline} real",
                    golden if inherit else None)
-        base.update(ipc=b.ipc, source=real_ds.source, selection_seed=seed, kind=baseline)
+        base.update(ipc=b.ipc, source=real_ds.source, fingerprint=real_ds.fingerprint,
+                    selection_seed=seed, kind=baseline)
         _attach_baseline(report, base)
     return report

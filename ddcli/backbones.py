@@ -25,7 +25,6 @@ Nothing is downloaded: weights come from a local file or an installed package.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 
 from ddcli.data import normalize
 from ddcli.errors import InputError
-from ddcli.io import regular_file
+from ddcli.io import file_sha256, regular_file
 from ddcli.runtime import is_compile_failure
 
 #: see ``Backbone.infer_chunk``
@@ -224,14 +223,6 @@ def lite0_keys_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 # registry
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     regular_file(path, "backbone weights")
     try:
@@ -275,7 +266,7 @@ def _efficientnet_lite0(weights: Path | None) -> Backbone:
     net.reset_classifier(0)  # forward() -> the pooled 1280-d features
     # TF-Lite models take inputs scaled to [-1, 1]
     return Backbone("efficientnet-lite0", net.eval(), (224, 224), (0.5, 0.5, 0.5),
-                    (0.5, 0.5, 0.5), 1280, str(path), _sha256(Path(path)))
+                    (0.5, 0.5, 0.5), 1280, str(path), file_sha256(Path(path)))
 
 
 def _torchscript(weights: Path | None, input_size=(224, 224)) -> Backbone:
@@ -292,7 +283,7 @@ def _torchscript(weights: Path | None, input_size=(224, 224)) -> Backbone:
     with torch.no_grad():
         dim = int(mod(torch.zeros(1, 3, *size)).shape[-1])
     return Backbone("torchscript", mod, size, IMAGENET_MEAN, IMAGENET_STD, dim, str(weights),
-                    _sha256(Path(weights)))
+                    file_sha256(Path(weights)))
 
 
 def _torchvision(name: str, weights: Path | None) -> Backbone:
@@ -317,7 +308,7 @@ def _torchvision(name: str, weights: Path | None) -> Backbone:
     with torch.no_grad():
         dim = int(net(torch.zeros(1, 3, 224, 224)).shape[-1])
     return Backbone(name, net, (224, 224), IMAGENET_MEAN, IMAGENET_STD, dim, str(weights),
-                    _sha256(Path(weights)))
+                    file_sha256(Path(weights)))
 
 
 def _timm(arch: str, weights: Path | None) -> Backbone:
@@ -346,7 +337,7 @@ def _timm(arch: str, weights: Path | None) -> Backbone:
         with torch.no_grad():
             dim = int(net(torch.zeros(1, 3, *size)).shape[-1])
     return Backbone(f"timm:{arch}", net, size, mean, std, dim, str(weights),
-                    _sha256(Path(weights)))
+                    file_sha256(Path(weights)))
 
 
 def _key_diff(expected: dict, got: dict) -> str:

@@ -368,7 +368,8 @@ def _parse_metadata(meta: dict[str, str], where: str) -> dict:
     if not all(isinstance(step, dict) for step in parsed["provenance"]):
         raise BundleError(f"{where}: every provenance step must be a JSON object")
     seed = meta.get("seed") or ""
-    if seed and not (seed.isdigit() or (seed[0] == "-" and seed[1:].isdigit())):
+    if seed and not (seed.isdecimal() or (seed[0] == "-" and seed[1:].isdecimal())) or \
+            len(seed) > 40:  # (thousands of digits: Python's int() refused, an internal error)
         raise BundleError(f"{where}: the seed metadata must be an integer, got {seed[:40]!r}")
     parsed["seed"] = int(seed) if seed else None
     d = parsed["dataset"]

@@ -15,6 +15,8 @@ TEACHER_ARCHS: tuple[str, ...] = ("convnet", "convnet-bn", "resnet18", "resnet18
 LIA_SCHEDULE = "10:1,20:2,50:3"
 #: ddcli.models.list_models()
 MODELS: tuple[str, ...] = ("convnet", "convnet-bn", "resnet18", "resnet18-bn")
+#: models of a fixed width: ``--width`` does not apply (recorded as null)
+WIDTHLESS_MODELS: tuple[str, ...] = ("resnet18", "resnet18-bn")
 #: the models with batch norm: they cannot be stacked and trained together (expert
 #: trajectories, extractor pools)
 BATCH_NORM_MODELS: tuple[str, ...] = tuple(m for m in MODELS if m.endswith("-bn"))

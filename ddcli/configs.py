@@ -34,6 +34,7 @@ from ddcli.catalog import (
     REDUCTIONS,
     SAMPLERS,
     STEP_MODES,
+    WIDTHLESS_MODELS,
 )
 from ddcli.errors import InputError
 from ddcli.protocols import DSA_STRATEGY, parse_strategy
@@ -42,6 +43,9 @@ from ddcli.protocols import DSA_STRATEGY, parse_strategy
 MAX_INT_OPTION = 2**31 - 1
 #: the diffusion priors' training timesteps (DDPM's 1,000; ddcli.priors)
 PRIOR_TIMESTEPS = 1000
+#: the largest float an option takes: float32's (the tensors' type; 1e39 overflowed into an
+#: internal error, or gave a temperature that made every soft label uniform)
+MAX_FLOAT_OPTION = 3.4028234663852886e38
 #: ``--syn-res`` ceiling (LGM / SFM reference: 256; 1024 px images are 12 MB each in float32)
 MAX_SYN_RES = 1024
 
@@ -52,7 +56,8 @@ def flag(name: str) -> str:
 
 
 def check_option_value(flag: str, value: Any) -> None:
-    """Refuse a non-finite float or an integer beyond :data:`MAX_INT_OPTION` for ``flag``."""
+    """Refuse a non-finite float, one beyond float32's range (:data:`MAX_FLOAT_OPTION`) or an
+    integer beyond :data:`MAX_INT_OPTION` for ``flag``."""
     if isinstance(value, bool) or value is None:
         return
     if isinstance(value, (tuple, list)):
@@ -64,6 +69,9 @@ def check_option_value(flag: str, value: Any) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise InputError(f"{flag} must be a finite number, got {value}")
+        if abs(value) > MAX_FLOAT_OPTION:
+            raise InputError(f"{flag} is out of range: {value:g} (float32 reaches "
+                             f"{MAX_FLOAT_OPTION:.3g})")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -132,6 +140,7 @@ class MethodConfig:
         cfg = cls(**values)
         cfg.check_values()
         cfg.validate()
+        cfg.check_given(set(overrides))
         return cfg
 
     @classmethod
@@ -153,6 +162,9 @@ class MethodConfig:
     def validate(self) -> None:
         """Raise InputError on a bad value (subclasses extend)."""
 
+    def check_given(self, given: set[str]) -> None:
+        """Refuse options given explicitly that change nothing with the others (subclasses)."""
+
 
 # --------------------------------------------------------------------------------------------
 # the DM family
@@ -171,7 +183,7 @@ class DMConfig(MethodConfig):
         batch_real: real images per class per iteration (DM's reference 256).
         init: ``real`` (random real images of the class) or ``noise`` (standard normal).
         model: the registry name of the feature-extractor network.
-        width: its width (reference 128).
+        width: its width (reference 128; not for the ResNets, whose widths are fixed).
         dsa_strategy: the DSA families, underscore-separated.
         amp: ``off`` or ``bf16`` (autocast of the network; the loss stays in float32).
         channels_last: run the network in channels-last memory format.
@@ -201,6 +213,15 @@ class DMConfig(MethodConfig):
         "sample-cpu": {"iterations": 150, "batch_real": 32, "width": 64, "channels_last": True},
     }
 
+    def __post_init__(self) -> None:
+        if self.model in WIDTHLESS_MODELS:  # recorded as null: no width was used
+            object.__setattr__(self, "width", None)
+
+    def check_given(self, given: set[str]) -> None:
+        if "width" in given and self.model in WIDTHLESS_MODELS:
+            raise InputError(f"--width does not apply to --model {self.model} (its widths "
+                             "are fixed)")
+
     def validate(self) -> None:
         if self.ipc < 1:
             raise InputError(f"--ipc must be >= 1, got {self.ipc}")
@@ -208,7 +229,7 @@ class DMConfig(MethodConfig):
             raise InputError(f"--iterations must be >= 0, got {self.iterations}")
         if self.batch_real < 1:
             raise InputError(f"--batch-real must be >= 1, got {self.batch_real}")
-        if self.width < 1:
+        if self.width is not None and self.width < 1:
             raise InputError(f"--width must be >= 1, got {self.width}")
         if not 0 <= self.momentum < 1:
             raise InputError(f"--momentum must lie in [0, 1), got {self.momentum}")
@@ -286,6 +307,8 @@ class CSDMConfig(DMConfig):
                                  f"{self.sigma!r}") from None
         if self.num_freqs < 1:
             raise InputError(f"--num-freqs must be >= 1, got {self.num_freqs}")
+        if not self.scale > 0:  # 0 froze the images, < 0 pushed them away from the real set
+            raise InputError(f"--scale must be > 0, got {self.scale}")
         if not (0 <= self.alpha_tail <= 1 and 0 <= self.alpha_head <= 1):
             raise InputError("--alpha-head and --alpha-tail must lie in [0, 1]")
         if self.pool_size < 1 or self.pool_epochs < 1:
@@ -523,9 +546,10 @@ class OTGenConfig(MethodConfig):
                               "real_per_class": 64}}
 
     def validate(self) -> None:
-        if min(self.ipc, self.sampling_steps, self.real_per_class, self.prior_batch) < 1:
-            raise InputError("--ipc, --sampling-steps, --real-per-class and --prior-batch "
-                             "must be >= 1")
+        for name in ("ipc", "sampling_steps", "real_per_class", "prior_batch"):  # (one message
+            # named all four, where `ddcli prior` takes one of them)
+            if getattr(self, name) < 1:
+                raise InputError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.sampling_steps > PRIOR_TIMESTEPS:  # the scheduler's own limit
             raise InputError(f"--sampling-steps must be at most {PRIOR_TIMESTEPS} (the "
                              f"prior's training timesteps), got {self.sampling_steps}")

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddcli.errors import DataError
+from ddcli.errors import DataError, InputError
 from ddcli.io import regular_file
+from ddcli.runtime import human_bytes
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 GRAY_MODES = {"1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -437,6 +438,11 @@ def _read_classes(folder: Path) -> list[str]:
         raise DataError(f"cannot read {path}: {e}") from None
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise DataError(f"{path} must hold a JSON list of class names")
+    if len(classes) < 2:  # ([] read the labels as "outside the 0 classes (0 to -1)")
+        raise DataError(f"{path} names {len(classes)} class(es); at least two needed")
+    twice = [c for c, n in Counter(classes).items() if n > 1]
+    if twice:  # two labels of one name: a bundle whose classes cannot be told apart
+        raise DataError(f"{path} names the class {twice[0]!r} more than once")
     return classes
 
 
@@ -562,8 +568,8 @@ def _load_shard(path: Path, budget: int | None = None) -> tuple[np.ndarray, np.n
     budget = max_shard_bytes() if budget is None else budget
     if need > budget:
         raise DataError(
-            f"shard {path} declares {need / 2**20:.0f} MiB of arrays, more than ddcli reads "
-            f"({budget / 2**20:.0f} MiB; set DDCLI_MAX_SHARD_BYTES to raise it)"
+            f"shard {path} declares {human_bytes(need)} of arrays, more than ddcli reads "
+            f"({human_bytes(budget)}; set DDCLI_MAX_SHARD_BYTES to raise it)"
         )
     import zipfile
 
@@ -640,8 +646,46 @@ def _read_shards(files: list[Path], classes: list[str]) -> tuple[torch.Tensor, t
 # layout A: image folders
 
 
+def is_data_file(path: Path) -> bool:
+    """Whether the readers read a file of this name inside a data folder (a shard, an image,
+    the class names)."""
+    return path.suffix.lower() in (*IMG_EXTENSIONS, ".npz") or path.name == "classes.json"
+
+
+def check_out_not_data(out: Path, sources: dict[str, str | Path | None]) -> None:
+    """Refuse an output that is one of the data options' files, or a data file inside their
+    folders (``-o DATA/train.npz --force`` replaced the training shard; a new one there would
+    join the data set). ``sources``: option -> the path it was given (None: not given)."""
+    o = Path(out).resolve()
+    for flag, src in sources.items():
+        if src is None:
+            continue
+        s = Path(src).resolve()
+        if o == s or (s.is_dir() and o.is_relative_to(s) and is_data_file(o)):
+            what = "the" if o == s else "a data file in the folder of the"
+            raise InputError(f"--out {out} is {what} {flag} data: choose a file outside it")
+
+
 def _is_hidden(p: Path | str) -> bool:
     return (p if isinstance(p, str) else p.name).startswith(".")
+
+
+def _class_files(folder: Path) -> list[Path]:
+    """The files of a class folder and its subfolders, sorted, hidden ones (and those in
+    hidden folders) left out. Subfolders that are symbolic links are followed, as
+    torchvision's ``ImageFolder`` does, each real folder once (a link to a folder above it
+    would loop)."""
+    files: list[Path] = []
+    seen: set[str] = set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [x for x in dirs if not _is_hidden(x)]
+        files += [p for x in names if not _is_hidden(x) and (p := Path(top, x)).is_file()]
+    return sorted(files)
 
 
 def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
@@ -653,12 +697,7 @@ def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], l
     items: list[tuple[Path, int]] = []
     non_images: list[Path] = []
     for label, d in enumerate(class_dirs):
-        files = sorted(
-            p
-            for p in d.rglob("*")
-            if p.is_file() and not any(_is_hidden(q) for q in p.relative_to(d).parts[:-1])
-            and not _is_hidden(p)
-        )
+        files = _class_files(d)
         imgs = [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
         non_images += [p for p in files if p.suffix.lower() not in IMG_EXTENSIONS]
         if not imgs:

@@ -27,6 +27,7 @@ from ddcli.errors import InputError
 from ddcli.io import read_safetensors, write_safetensors
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
+from ddcli.runtime import device_key
 from ddcli.seeding import SEED_SCHEME, derive_seed
 
 FORMAT = "ddcli.trajectory"
@@ -57,12 +58,14 @@ class Trajectory:
 
 
 def expert_dir(cache: Path, data: Dataset, recipe: Protocol, width: int, seed: int,
-               stream: str = "expert", ends_only: bool = False, num: int = 1) -> Path:
+               stream: str = "expert", ends_only: bool = False, num: int = 1,
+               device: torch.device | str = "cpu") -> Path:
     """The cache folder of ``num`` trajectories: they train together, every random draw made
     for all of them, so trajectory i depends on how many there are (``num`` is in the key)."""
     key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.to_dict(),
                       "width": width, "seed": seed, "init": SEED_SCHEME, "stream": stream,
-                      "ends_only": ends_only, "num": num}, sort_keys=True)
+                      "ends_only": ends_only, "num": num, **device_key(device)},
+                     sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return Path(cache) / "experts" / f"{recipe.model}-{digest}"
 
@@ -123,7 +126,7 @@ def build_experts(
                                  **({"epochs": epochs} if epochs is not None else {}))
     if recipe.epochs < 1:
         raise InputError(f"--expert-epochs must be >= 1, got {recipe.epochs}")
-    folder = expert_dir(cache, data, recipe, width, seed, stream, ends_only, num)
+    folder = expert_dir(cache, data, recipe, width, seed, stream, ends_only, num, device)
     paths = [folder / f"trajectory_{i:03d}.safetensors" for i in range(num)]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
     if not missing:

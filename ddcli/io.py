@@ -111,11 +111,11 @@ def fit_name(name: str, before: str = "", after: str = "", room: int = 0) -> str
     """``before + name + after`` for a file beside ``name``, with ``name`` shortened where the
     whole (and ``room`` more bytes) would be too long for the file system (with a hash of the
     full name, so two long names do not share the file)."""
-    if len(f"{before}{name}{after}".encode()) + room <= _NAME_MAX:
+    if len(os.fsencode(f"{before}{name}{after}")) + room <= _NAME_MAX:
         return f"{before}{name}{after}"
-    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
     short = name
-    while short and len(f"{before}{short}~{digest}{after}".encode()) + room > _NAME_MAX:
+    while short and len(os.fsencode(f"{before}{short}~{digest}{after}")) + room > _NAME_MAX:
         short = short[:-1]
     return f"{before}{short}~{digest}{after}"
 
@@ -187,6 +187,41 @@ def remove_stale_tmp(path: Path) -> list[Path]:
 # writing
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (read 1 MiB at a time)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_sha256(folder: Path) -> str:
+    """The sha256 of a folder's files: each one's relative path ('/'-separated, sorted) and the
+    sha256 of its bytes (a diffusers pipeline's weights and configs); ddcli's own marks
+    (``.ddcli-*``) are left out, so a copy made by ``prior -o`` hashes as its original."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in Path(folder).rglob("*")
+                    if q.is_file() and not q.name.startswith(".ddcli-")):  # ddcli's own marks
+        h.update(os.fsencode(p.relative_to(folder).as_posix()) + b"\0")
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def output_path(value: str | os.PathLike) -> Path:
+    """An output file's path. A name that ends in a path separator (``-o runs/``) names a
+    folder: refused (``Path`` drops the separator: such a run wrote a file named ``runs``)."""
+    text = os.fspath(value)
+    if text.endswith(("/", os.sep)):
+        raise InputError(f"{text} names a folder; give a file name (e.g. {text}NAME)")
+    try:  # (a name of other bytes was an internal error, or a bundle nothing could read back)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{text.encode('utf-8', 'backslashreplace').decode()}: the name is not "
+                         "valid UTF-8 (safetensors reads no other names)") from None
+    return Path(text)
+
+
 def check_folder_writable(folder: Path, for_path: Path | None = None) -> None:
     """Refuse a missing or unwritable output folder before any work starts (a probe file with
     the output's temporary name is created and removed)."""
@@ -210,8 +245,8 @@ def check_folder_writable(folder: Path, for_path: Path | None = None) -> None:
 def check_writable(path: Path, force: bool) -> None:
     """Refuse to overwrite ``path`` unless ``force``; check its folder exists and is writable."""
     path = Path(path)
-    if len(path.name.encode()) > _NAME_MAX:  # (is_dir raised an internal error on it)
-        raise InputError(f"{path.name[:40]}...: the file name is {len(path.name.encode())} "
+    if len(os.fsencode(path.name)) > _NAME_MAX:  # (is_dir raised an internal error on it)
+        raise InputError(f"{path.name[:40]}...: the file name is {len(os.fsencode(path.name))} "
                          f"bytes long, more than the file system takes ({_NAME_MAX})")
     if path.is_dir():
         raise InputError(f"{path} is a folder, not a file")
@@ -270,11 +305,20 @@ def _marked_entries(mark: Path) -> set[str] | None:
     return set(files) if isinstance(files, list) else None
 
 
+#: the mark of a folder that ``experts -o`` / ``prior -o`` wrote: ``--force`` replaces only
+#: such a folder (it replaced any, the input data set included)
+COPY_MARKER = ".ddcli-copy"
+
+
 def check_dir_replaceable(path: Path, force: bool, marker: str | None = None) -> None:
     """Refuse to write the folder ``path`` over a file, over a non-empty folder without
     ``force``, or (with ``marker``) over a non-empty folder that ddcli did not write, or that
-    holds anything it did not write there (the mark lists what it wrote)."""
+    holds anything it did not write there (the mark lists what it wrote); and ``.`` / ``..``,
+    which name no folder of their own (the current folder or its parent)."""
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise InputError(f"{str(path) or repr('')} names no new folder (the current folder or "
+                         "a parent); give the output folder a name")
     if path.exists() or path.is_symlink():
         if not path.is_dir():
             raise InputError(f"{path} exists and is not a folder")

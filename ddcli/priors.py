@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ddcli.configs import PRIOR_TIMESTEPS
 from ddcli.data import Dataset
 from ddcli.errors import InputError, Interrupted
-from ddcli.runtime import stop_signals
+from ddcli.runtime import device_key, stop_signals
 
 PRIOR_META = "ddcli_prior.json"
 
@@ -235,9 +235,10 @@ def _ema(unet, recipe: PriorRecipe):
                     power=3 / 4, foreach=True) if recipe.ema else None
 
 
-def prior_dir(cache: Path, data: Dataset, recipe: PriorRecipe, seed: int) -> Path:
-    key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.key(), "seed": seed},
-                     sort_keys=True)
+def prior_dir(cache: Path, data: Dataset, recipe: PriorRecipe, seed: int,
+              device: torch.device | str = "cpu") -> Path:
+    key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.key(), "seed": seed,
+                      **device_key(device)}, sort_keys=True)
     return Path(cache) / "priors" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
@@ -259,6 +260,10 @@ def _new_unet(data: Dataset, recipe: PriorRecipe):
     )
 
 
+def _number(loss: torch.Tensor | float | None) -> float | None:
+    return None if loss is None else float(loss.detach() if torch.is_tensor(loss) else loss)
+
+
 def train_prior(
     data: Dataset,
     *,
@@ -272,7 +277,7 @@ def train_prior(
     """Train (or find) the prior of ``data``; returns (folder, came_from_cache)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    folder = prior_dir(cache, data, recipe, seed)
+    folder = prior_dir(cache, data, recipe, seed, device)
     if (folder / PRIOR_META).exists():
         return folder, True
     partial = folder.with_name(folder.name + ".partial")
@@ -302,6 +307,9 @@ def train_prior(
     null = data.num_classes
     alphas = sched.alphas_cumprod.to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # the last step's loss: a tensor (no host sync per step), or the checkpoint's number where
+    # a resumed run has no step left (Ctrl-C on the last step), None for an older checkpoint
+    last = {"loss": state.get("loss") if state is not None else None}
 
     def checkpoint(step: int) -> None:
         tmp = partial.with_name(partial.name + ".tmp")
@@ -309,7 +317,8 @@ def train_prior(
             shutil.rmtree(tmp)
         unet.save_pretrained(str(tmp / "unet"))
         torch.save({"step": step, "generator": gen.get_state(), "optimizer": opt.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None},
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "loss": _number(last["loss"])},
                    str(tmp / "state.pt"))
         if partial.exists():
             shutil.rmtree(partial)
@@ -333,6 +342,7 @@ def train_prior(
             opt.step()
             if ema is not None:
                 ema.step(unet.parameters())
+            last["loss"] = loss
             done = step + 1
             if progress and (done % 50 == 0 or done == recipe.steps):  # the loss: a host sync
                 progress(done, status=f"loss {float(loss.detach()):.4f}")
@@ -355,7 +365,7 @@ def train_prior(
     (tmp / PRIOR_META).write_text(json.dumps({
         "classes": data.classes, "null_id": null, "fingerprint": data.fingerprint,
         "recipe": recipe.key(), "seed": seed,
-        "final_loss": float(loss.detach()) if recipe.steps else None,
+        "final_loss": _number(last["loss"]),
     }, indent=2))
     if folder.exists():
         shutil.rmtree(folder)

@@ -25,6 +25,27 @@ from rich.progress import (
 from ddcli.errors import InputError
 
 
+def printable(obj: Any) -> Any:
+    """``obj`` (strings, and those in lists and dicts) with control characters but newlines
+    and tabs shown escaped (``\\x1b``): a class name, path or command from a bundle or a folder
+    never drives the terminal (an escape sequence in a bundle's class names cleared the
+    screen or recoloured what followed in ``inspect``)."""
+    if isinstance(obj, str):
+        return "".join(c if c in "\n\t" or not _control(c)
+                       else c.encode("unicode_escape").decode() for c in obj)
+    if isinstance(obj, dict):
+        return {k: printable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(printable(v) for v in obj)
+    return obj
+
+
+def _control(c: str) -> bool:
+    import unicodedata
+
+    return unicodedata.category(c) == "Cc"
+
+
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
 
@@ -32,7 +53,7 @@ def stderr_console() -> Console:
 def resolve_device(spec: str) -> str:
     import torch
 
-    spec = (spec or "auto").strip().lower()
+    spec = ("auto" if spec is None else spec).strip().lower()  # ('' was taken for auto)
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cpu":
@@ -44,6 +65,8 @@ def resolve_device(spec: str) -> str:
             idx = int(idx)
         except ValueError:
             raise InputError(f"bad device {spec!r}: use cpu, cuda or cuda:N") from None
+        if idx < 0:  # (torch's own error on it was an internal error)
+            raise InputError(f"bad device {spec!r}: N of cuda:N counts from 0")
         if idx >= n:
             raise InputError(f"device {spec} is not available (this machine has {n} CUDA devices)")
         return spec
@@ -214,15 +237,15 @@ class Reporter:
     def info(self, msg: str) -> None:
         if self.messages:  # soft wrap: a log line stays one line off a terminal (80 columns);
             # the message taken literally (a path or a class name may hold [brackets])
-            self.console.print(escape(msg), soft_wrap=True)
+            self.console.print(escape(printable(msg)), soft_wrap=True)
 
     def warn(self, msg: str) -> None:
         # warnings show even with --quiet: they change how a result should be read; one line
         # each, the message taken literally (a path may hold [brackets])
-        self.console.print(f"[yellow]warning:[/] {escape(msg)}", soft_wrap=True)
+        self.console.print(f"[yellow]warning:[/] {escape(printable(msg))}", soft_wrap=True)
 
     def _plain(self, line: str) -> None:
-        self.console.print(escape(line), soft_wrap=True, highlight=False)
+        self.console.print(escape(printable(line)), soft_wrap=True, highlight=False)
 
     @contextmanager
     def progress(self, description: str, total: int | None, transient: bool = False, *,

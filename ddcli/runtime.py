@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def tune_cpu_allocator() -> bool:
@@ -32,14 +33,23 @@ def tune_cpu_allocator() -> bool:
     return ok
 
 
-def cache_dir() -> Path:
+def cache_dir(write: bool = True) -> Path:
     """Where teachers, experts and priors are cached: $DDCLI_CACHE or ~/.cache/ddcli; one that
-    exists and is not a folder is refused (the work was done, then its writing failed)."""
+    exists and is not a folder is refused (the work was done, then its writing failed), and so
+    is one that cannot be written (``write``: the caller fills it; checked before the work,
+    where a read-only cache failed after it, in an internal error)."""
     from ddcli.errors import InputError
 
     path = Path(os.environ.get("DDCLI_CACHE") or Path.home() / ".cache" / "ddcli")
     if path.exists() and not path.is_dir():
         raise InputError(f"the cache {path} ($DDCLI_CACHE) is not a folder")
+    if write:
+        nearest = path
+        while not nearest.exists() and nearest != nearest.parent:  # the folder to be made in
+            nearest = nearest.parent
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise InputError(f"the cache {path} ($DDCLI_CACHE) cannot be written ({nearest} is "
+                             "read-only for this user); point $DDCLI_CACHE to a writable folder")
     return path
 
 
@@ -65,7 +75,7 @@ def _size(path: Path) -> tuple[int, int]:
 
 def cache_usage() -> list[dict]:
     """Each cache: name, path, entries (items at its top level), files, bytes."""
-    root = cache_dir()
+    root = cache_dir(write=False)
     out = []
     for name, what in CACHES.items():
         path = root / name
@@ -100,6 +110,15 @@ def clear_cache(name: str | None = None) -> list[dict]:
             shutil.rmtree(path)
         removed.append({k: usage[k] for k in ("name", "path", "entries", "bytes")})
     return removed
+
+
+def device_key(device: Any) -> dict[str, str]:
+    """What a cache key adds for the device that builds the entry: its kind (``cuda``), so
+    that experts, teachers, priors or features built on a GPU (other random streams, other
+    rounding) are never reused by a run on a CPU, whose bundle would then depend on what the
+    cache held. Nothing for the CPU: CPU caches keep the keys they had."""
+    kind = str(device).split(":")[0]
+    return {} if kind == "cpu" else {"device": kind}
 
 
 def human_bytes(n: int) -> str:

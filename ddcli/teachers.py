@@ -33,7 +33,7 @@ from ddcli.errors import InputError
 from ddcli.io import read_safetensors, regular_file, write_safetensors
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
-from ddcli.runtime import cache_dir
+from ddcli.runtime import cache_dir, device_key
 
 if TYPE_CHECKING:
     from ddcli.reporting import Reporter
@@ -208,10 +208,11 @@ def load_teacher(path: str | Path) -> Teacher:
                    str(Path(path).absolute()))
 
 
-def teacher_cache_path(cache: Path, data: Dataset, recipe: Protocol, seed: int) -> Path:
+def teacher_cache_path(cache: Path, data: Dataset, recipe: Protocol, seed: int,
+                       device: torch.device | str = "cpu") -> Path:
     key = json.dumps({"fingerprint": data.fingerprint, "recipe": recipe.to_dict(), "seed": seed,
                       "init": SEED_SCHEME,
-                      "format": FORMAT_VERSION}, sort_keys=True)
+                      "format": FORMAT_VERSION, **device_key(device)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return Path(cache) / "teachers" / f"{recipe.model}-{digest}.safetensors"
 
@@ -250,7 +251,7 @@ def train_teacher(
         if epochs < 1:
             raise InputError(f"--teacher-epochs must be >= 1, got {epochs}")
         recipe = dataclasses.replace(recipe, epochs=epochs)
-    path = teacher_cache_path(cache, data, recipe, seed) if cache is not None else None
+    path = teacher_cache_path(cache, data, recipe, seed, device) if cache is not None else None
     if path is not None and path.exists():
         return load_teacher(path).to(device), True
 

@@ -50,7 +50,11 @@ def test_distill_and_evaluate_return_what_the_commands_report(shards, tmp_path, 
                         device="cpu", checkpoint_every=0)
     assert rep["bundle"] == str(out) and out.exists() and rep["stats"]["iterations"] == 2
     assert rep["config"]["ipc"] == 1 and rep["method"] == "dm"
-    assert "Python API" in ddcli.load_bundle(out).provenance[0]["command"]
+    # the config returned is the one recorded, preset included (the returned one lacked it)
+    recorded = ddcli.load_bundle(out)
+    assert rep["config"] == recorded.config == recorded.provenance[0]["config"]
+    assert "preset" in rep["config"]
+    assert "Python API" in recorded.provenance[0]["command"]
     r = cli("distill", shards, "--ipc", "1", "--iterations", "2", "--batch-real", "4",
             "--width", "8", "-o", tmp_path / "c.safetensors", "--device", "cpu", "--json",
             "--checkpoint-every", "0")

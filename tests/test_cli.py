@@ -8,6 +8,7 @@ import torch
 from conftest import assert_one_line_error, write_shards
 
 from ddcli import __version__
+from ddcli.errors import InputError
 
 
 def test_version_and_help(cli):
@@ -46,6 +47,8 @@ def test_inspect_summary_and_json(cli, bundle_file):
     s = r.json()
     assert s["ipc"] == 2 and s["checksum_ok"] is True and s["method"] == "dm"
     assert s["dataset"]["class_counts"] == [5, 5, 5]
+    # where the data came from (the shards chosen by --train-files) was left out
+    assert set(s["dataset"]) >= {"source", "num_images"}
     sl = s["soft_labels"]
     assert 0 <= sl["mean_entropy_nats"] <= sl["max_entropy_nats"]
     assert 0 <= sl["top1_agreement_with_labels"] <= 1
@@ -357,7 +360,7 @@ def test_method_option_edge_cases_found_by_an_exploration(cli, shards, tmp_path,
                 "--expert-epochs", "1") if m == "tgdd" else \
             cli("distill", *base, "-m", m, "--model", "resnet18")
         assert r.code == 0, (m, r)
-    assert_one_line_error(cli("cache", "clear", ""), 2, "the cache to clear is empty")
+    assert_one_line_error(cli("cache", "clear", ""), 2, "argument 3 (after 'clear') is empty")
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "file"))
     r = cli("distill", *base, "-m", "tgdd", "--num-experts", "1", "--expert-epochs", "1")
@@ -368,3 +371,43 @@ def test_method_option_edge_cases_found_by_an_exploration(cli, shards, tmp_path,
     r = cli("distill", *common, "-m", "otgen", "--config", cfg, "--prior-steps", "1",
             "--sampling-steps", "2", "--real-per-class", "2", "--json")
     assert r.code == 0 and r.json()["config"]["prior_channels"] == [8, 16], r
+
+
+def test_output_folder_names_zero_scale_and_failed_allocations(cli, shards, tmp_path, monkeypatch):
+    # `-o runs/` wrote a file named `runs`; `-m csdm --scale 0` froze the images and a
+    # negative scale pushed them away from the real set; an allocation that failed was an
+    # "internal error" asking for a traceback
+    import ddcli.methods.dm as dm_module
+
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "cache"))
+    base = (shards, "--ipc", "1", "--device", "cpu", "--iterations", "1", "--batch-real", "2")
+    for cmd, args in (("distill", base), ("evaluate", (tmp_path / "b.safetensors",)),
+                      ("relabel", (tmp_path / "b.safetensors",))):
+        r = cli(cmd, *args, "-o", f"{tmp_path}/runs/")
+        assert_one_line_error(r, 2, "runs/ names a folder; give a file name")
+        assert not (tmp_path / "runs").exists()
+    out = tmp_path / "o.safetensors"
+    r = cli("distill", *base, "--model", "resnet18", "--width", "8", "-o", out)
+    assert_one_line_error(r, 2, "--width does not apply to --model resnet18")
+    r = cli("distill", *base, "--model", "resnet18", "-o", tmp_path / "r.safetensors", "--json")
+    assert r.code == 0 and r.json()["config"]["width"] is None, r
+    for scale in ("0", "-1"):
+        assert_one_line_error(cli("distill", *base, "-m", "csdm", "--scale", scale, "-o", out),
+                              2, "--scale must be > 0")
+
+    def no_memory(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 1440000000000 bytes.")
+
+    monkeypatch.setattr(dm_module.DM, "step", no_memory)
+    r = cli("distill", *base, "-o", out)
+    assert_one_line_error(r, 1, "out of memory (1341.1 GiB asked for at once): lower the run's")
+    assert "internal error" not in r.stderr and not out.exists()
+
+
+def test_api_refuses_an_output_that_names_a_folder(shards, tmp_path):
+    import ddcli
+
+    with pytest.raises(InputError, match="names a folder"):
+        ddcli.distill(shards, out=f"{tmp_path}/runs/", ipc=1, iterations=1, device="cpu")
+    assert not (tmp_path / "runs").exists()

@@ -328,3 +328,20 @@ def test_library_warnings_become_one_warning_line_each(image_folder, recwarn):
     assert len(ds) == 14 and not recwarn.list
     assert warnings == ["2 x UserWarning while reading the data: Palette images with "
                         "Transparency expressed in bytes should be converted to RGBA images"]
+
+
+def test_symlinked_subfolders_of_a_class_are_followed_once(tmp_path):
+    # a class's subfolder that was a symbolic link was skipped (real subfolders were read;
+    # torchvision's ImageFolder follows links); a link to a folder above must not loop
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "d", n=4)
+    elsewhere = tmp_path / "more"
+    elsewhere.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, i, i)).save(elsewhere / f"m{i}.png")
+    (root / "cat" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "cat" / "again").symlink_to(elsewhere, target_is_directory=True)  # the same folder
+    (root / "cat" / "loop").symlink_to(root / "cat", target_is_directory=True)
+    ds = load_dataset(root)
+    assert ds.class_counts[0] == 7 and len(ds) == 15

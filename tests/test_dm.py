@@ -168,7 +168,7 @@ def test_an_ipc_beyond_a_class_size_is_warned_about(cli, tmp_path):
     """12 real images a class (6 in each of two shards), --ipc 13: the 13th starts as a noisy
     copy; say so (it was silent), once, and still distil; --ipc 12 says nothing."""
     data = write_shards(tmp_path / "d", n_train=12, n_test=3)
-    for ipc, want in (("13", ["3 of 3 classes have fewer real images than --ipc 13 (13)"]),
+    for ipc, want in (("13", ["3 of 3 classes have fewer real images than --ipc 13: their"]),
                       ("12", [])):
         r = cli("distill", data, "--ipc", ipc, "--iterations", "1", "--device", "cpu", "-o",
                 tmp_path / f"o{ipc}.safetensors")

@@ -130,6 +130,9 @@ def test_evaluate_report_holds_every_knob_and_the_baseline(cli, tmp_path):
     assert rep["result"]["model_seeds"] == model_seeds(4, 2)
     assert len(rep["result"]["per_class_accuracy"]) == 3
     assert rep["baseline"]["ipc"] == 2 and rep["test"]["num_images"] == 18
+    # the real set the baseline drew from is identified as the test set is (its path alone)
+    assert rep["baseline"]["fingerprint"] and rep["baseline"]["fingerprint"] != rep["test"][
+        "fingerprint"]
     assert rep["improvement_points"] == pytest.approx(
         rep["result"]["accuracy_mean"] - rep["baseline"]["accuracy_mean"], abs=0.011)
     r = cli("evaluate", b, "--test", shards, "--epochs", "2", "--models", "1", "--device", "cpu")

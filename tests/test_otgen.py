@@ -104,6 +104,22 @@ def test_prior_training_is_cached_and_resumable(tmp_path):
     assert train_prior(ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe) == (
         folder, True)
     assert load_prior(folder, ds.classes).null_id == 3
+    # Ctrl-C on the last step: the resumed run had no step left and failed for good reading
+    # the loss of a step it never ran (UnboundLocalError, in every rerun)
+    calls["n"] = 0
+
+    def stop_at_four():
+        calls["n"] += 1
+        return calls["n"] == 4
+
+    with pytest.raises(Interrupted, match="step 4"):
+        train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "last", recipe=recipe,
+                    should_stop=stop_at_four)
+    again, cached = train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "last",
+                                recipe=recipe)
+    assert not cached and torch.equal(_unet_weights(again), _unet_weights(folder))
+    meta = json.loads((again / PRIOR_META).read_text())
+    assert meta["final_loss"] == json.loads((folder / PRIOR_META).read_text())["final_loss"]
 
 
 def _unet_weights(folder):
@@ -337,6 +353,13 @@ def test_bundle_records_how_its_prior_was_really_trained(cli, tmp_path):
     assert (recipe["steps"], recipe["batch_size"], recipe["ema"]) == (2, 4, True)
     tiny_dit_pipeline(tmp_path / "dit", {"0": "a", "1": "b"})
     assert load_prior(tmp_path / "dit", ["a", "b"]).trained is None
+    # what the folder holds, not only its path: two priors copied in turn to one folder made
+    # bundles whose metadata differed by the date alone
+    from ddcli.io import tree_sha256
+
+    assert cfg["prior_sha256"] == tree_sha256(tmp_path / "p")
+    (tmp_path / "p" / "unet" / "config.json").write_text("{}")
+    assert tree_sha256(tmp_path / "p") != cfg["prior_sha256"]
 
 
 def test_ctrl_c_during_prior_training_saves_a_checkpoint(tmp_path):

@@ -426,6 +426,9 @@ def test_ctrl_c_after_the_iterations_keeps_them(cli, tmp_path, monkeypatch):
     assert cli(*args, "-o", tmp_path / "b.safetensors").code == 0
     a, b = load_bundle(tmp_path / "a.safetensors"), load_bundle(tmp_path / "b.safetensors")
     assert a.content_checksum == b.content_checksum
+    # the resumed run ran no iteration: its final loss was null ("0.0 s (0.0 it/s)")
+    loss = b.provenance[0]["stats"]["final_loss"]
+    assert loss is not None and a.provenance[0]["stats"]["final_loss"] == loss
 
 
 def test_relabel_never_writes_over_a_teacher_it_reads(cli, setup, teacher, tmp_path):

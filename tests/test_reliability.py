@@ -811,7 +811,11 @@ def test_npz_declared_sizes_are_checked_before_inflating(tmp_path, monkeypatch):
     inflated = []
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda *a, **k: inflated.append(a) or real_load(*a, **k))
-    with pytest.raises(DataError, match="declares 6 MiB"):
+    with pytest.raises(DataError, match=r"declares 6.2 MB of arrays, more than ddcli reads "
+                                        r"\(1.0 MB;"):
+        load_dataset(folder)
+    monkeypatch.setenv("DDCLI_MAX_SHARD_BYTES", "100")  # was "0 MiB ... (0 MiB"
+    with pytest.raises(DataError, match=r"\(100 B;"):
         load_dataset(folder)
     assert not inflated
 
@@ -995,3 +999,31 @@ def test_a_second_run_writing_the_same_output_is_refused_at_once(cli, tmp_path, 
         assert_one_line_error(cli(*args), 2, "another ddcli run is writing")
     assert cli(*args).code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.safetensors", "shards"]
+
+
+def test_caches_built_on_a_gpu_are_not_reused_on_a_cpu(tmp_path):
+    # experts, teachers, priors and backbone features were keyed without the device: entries a
+    # GPU built (other random streams, other rounding) made a later CPU run's bundle depend on
+    # what the cache held. The CPU's keys are those it had (no CPU cache is rebuilt).
+    import hashlib
+    import json
+
+    from conftest import tiny_dataset
+
+    from ddcli.experts import EXPERT_RECIPE, expert_dir
+    from ddcli.priors import PriorRecipe, prior_dir
+    from ddcli.seeding import SEED_SCHEME
+    from ddcli.teachers import RECIPES, teacher_cache_path
+
+    ds = tiny_dataset()
+    recipe = RECIPES["convnet"]
+    for key_of in (lambda d: expert_dir(tmp_path, ds, EXPERT_RECIPE, 128, 0, device=d),
+                   lambda d: teacher_cache_path(tmp_path, ds, recipe, 0, device=d),
+                   lambda d: prior_dir(tmp_path, ds, PriorRecipe(), 0, device=d)):
+        cpu = key_of(torch.device("cpu"))
+        assert cpu == key_of("cpu") != key_of(torch.device("cuda", 1)) == key_of("cuda")
+    old = json.dumps({"fingerprint": ds.fingerprint, "recipe": EXPERT_RECIPE.to_dict(),
+                      "width": 128, "seed": 0, "init": SEED_SCHEME, "stream": "expert",
+                      "ends_only": False, "num": 1}, sort_keys=True)
+    digest = hashlib.sha256(old.encode()).hexdigest()[:20]
+    assert expert_dir(tmp_path, ds, EXPERT_RECIPE, 128, 0).name.endswith(digest)

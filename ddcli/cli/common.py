@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from ddcli.catalog import CACHE_MODES, MAX_SEED
 from ddcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DDCliError, InputError
-from ddcli.io import regular_file, to_json  # noqa: F401  (to_json re-exported)
+from ddcli.io import output_path, regular_file, to_json  # noqa: F401  (to_json re-exported)
 from ddcli.reporting import (  # noqa: F401  (re-exported for the commands)
     ESTIMATE_AFTER_S,
     PROGRESS_INTERVAL_S,
@@ -31,6 +31,7 @@ from ddcli.reporting import (  # noqa: F401  (re-exported for the commands)
     device_label,
     format_duration,
     format_rate,
+    printable,
     resolve_device,
     stderr_console,
 )
@@ -52,7 +53,7 @@ def error_line(message: str) -> None:
     """Print one error line on stderr (no markup interpretation, no wrapping)."""
     if on_outcome is not None:
         on_outcome()
-    msg = " ".join(str(message).split())
+    msg = " ".join(printable(str(message)).split())
     sys.stderr.write(f"error: {msg}\n")
     sys.stderr.flush()
 
@@ -61,6 +62,11 @@ class DDCliGroup(TyperGroup):
     """The root group: turns every failure into one line on stderr and a documented exit code."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _usable_streams()
+        empty = _empty_argument(list(sys.argv[1:] if args is None else args))
+        if empty:
+            error_line(empty)
+            sys.exit(EXIT_BAD_INPUT)
         try:
             rv = super().main(
                 args=args,
@@ -90,18 +96,77 @@ class DDCliGroup(TyperGroup):
         except DDCliError as e:
             error_line(str(e))
             code = e.exit_code
+        except OSError as e:  # the system's refusal (a full disk, a file that cannot be
+            # written, stdout gone): not a bug of ddcli's; click already ends a closed pipe
+            if os.environ.get("DDCLI_DEBUG"):
+                traceback.print_exc()
+            where = f" ({e.filename})" if e.filename else ""
+            error_line(f"{e.strerror or e}{where}")
+            code = EXIT_FAILED
         except KeyboardInterrupt:
             error_line("interrupted")
             code = EXIT_INTERRUPTED
         except Exception as e:  # a bug: still one line, traceback on request
             if os.environ.get("DDCLI_DEBUG"):
                 traceback.print_exc()
-            error_line(
-                f"internal error: {type(e).__name__}: {e}"
-                + ("" if os.environ.get("DDCLI_DEBUG") else " (set DDCLI_DEBUG=1 for a traceback)")
-            )
+            if _out_of_memory(e):
+                error_line(f"out of memory{_requested(e)}: lower the run's sizes (--ipc, "
+                           "--batch-real, --width, --models, the image size) or use a device "
+                           "with more memory")
+            else:
+                hint = "" if os.environ.get("DDCLI_DEBUG") else \
+                    " (set DDCLI_DEBUG=1 for a traceback)"
+                error_line(f"internal error: {type(e).__name__}: {e}{hint}")
             code = EXIT_FAILED
         sys.exit(code)
+
+
+def _usable_streams() -> None:
+    """A closed stdout / stderr (``>&-``: Python's is then None, and the first print was an
+    internal error) writes nowhere, as ``> /dev/null``; a stream whose encoding cannot show a
+    character (``PYTHONIOENCODING=ascii``: the ± of a report, a class name) shows it escaped
+    (it was an internal error, after the whole evaluation)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (the process's own)
+        elif hasattr(stream, "reconfigure") and getattr(stream, "errors", "") == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _empty_argument(argv: list[str]) -> str | None:
+    """The message for an empty argument, which no option of ddcli takes: a path '' was read
+    as the current folder, a glob or a device '' as the default (a CI script's unset
+    ``"$DATA"``)."""
+    for i, arg in enumerate(argv):
+        if arg == "" or (arg.startswith("--") and arg.endswith("=")):
+            after = argv[i - 1] if arg == "" and i else arg.rstrip("=")
+            where = f"the value of {after}" if after.startswith("-") else \
+                f"argument {i + 1}" + (f" (after {after!r})" if i else "")
+            return f"{where} is empty (an unset shell variable?); give a value"
+    return None
+
+
+_OOM_SIGNS = ("DefaultCPUAllocator", "out of memory", "not enough memory")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation that failed (CPU or GPU), not a bug: torch raises it as
+    ``OutOfMemoryError`` on a GPU and as a RuntimeError of its CPU allocator."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and any(s in str(e) for s in _OOM_SIGNS))
+
+
+def _requested(e: BaseException) -> str:
+    """' (N GiB asked for)' when the message says how much was asked for."""
+    import re
+
+    text = str(e)
+    m = re.search(r"allocate (\d+) bytes", text)
+    if m:
+        return f" ({int(m.group(1)) / 2**30:.1f} GiB asked for at once)"
+    m = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]i?B)", text)
+    return f" ({m.group(1)} asked for at once)" if m else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +186,7 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
         return None
     path = Path(value)
     try:
-        regular_file(path, "config file")
+        regular_file(path, "config")
         data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except InputError as e:
         raise click.exceptions.BadParameter(str(e)) from None
@@ -200,7 +265,18 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in t
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto | cpu | cuda | cuda:N (auto: cuda when available).")
 ]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output file.")]
+
+
+def _out_file(value: Any) -> Path:
+    """``--out``: :func:`ddcli.io.output_path`'s check, as the option's own error."""
+    try:
+        return output_path(value)
+    except InputError as e:
+        raise click.exceptions.BadParameter(str(e)) from None
+
+
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output file.",
+                                             parser=_out_file)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
@@ -265,13 +341,21 @@ DataCacheOpt = Annotated[
 ]
 
 
+def check_copy_folder(out: Path, force: bool) -> None:
+    """Before the work: may :func:`copy_folder` write ``out``?"""
+    from ddcli.io import COPY_MARKER, check_dir_replaceable
+
+    check_dir_replaceable(out, force, COPY_MARKER)
+
+
 def copy_folder(items: list[Path], out: Path, force: bool) -> None:
-    """Copy files or folders into the folder ``out`` (built aside, then moved into place)."""
+    """Copy files or folders into the folder ``out`` (built aside, then moved into place);
+    ``--force`` replaces only a folder this wrote (marked :data:`ddcli.io.COPY_MARKER`)."""
     import shutil
 
-    from ddcli.io import atomic_dir
+    from ddcli.io import COPY_MARKER, atomic_dir
 
-    with atomic_dir(Path(out), force) as tmp:
+    with atomic_dir(Path(out), force, marker=COPY_MARKER) as tmp:
         for item in items:
             if item.is_dir():
                 shutil.copytree(item, tmp, dirs_exist_ok=True)

@@ -45,7 +45,7 @@ def environment() -> dict:
         "torch_cuda": torch.version.cuda,
         "cuda_available": cuda,
         "devices": devices,
-        "cache_dir": str(cache_dir()),
+        "cache_dir": str(cache_dir(write=False)),
         "caches": cache_usage(),
     }
 
@@ -96,9 +96,9 @@ def cache_list(json_out: JsonOpt = False) -> None:
     """
     caches = cache_usage()
     if json_out:
-        print_json({"cache_dir": str(cache_dir()), "caches": caches})
+        print_json({"cache_dir": str(cache_dir(write=False)), "caches": caches})
     else:
-        _print_caches(str(cache_dir()), caches)
+        _print_caches(str(cache_dir(write=False)), caches)
 
 
 @cache_app.command("clear")

@@ -20,6 +20,7 @@ from ddcli.cli.common import (
     Reporter,
     SeedOpt,
     print_json,
+    printable,
     stdout_console,
 )
 from ddcli.protocols import list_protocols, protocol_summary
@@ -162,4 +163,4 @@ def evaluate(
     if json_out:
         print_json(report)
     else:
-        _render(report)
+        _render(printable(report))

@@ -23,6 +23,7 @@ from ddcli.cli.common import (
     SkipBadOpt,
     TrainFilesOpt,
     cache_dir,
+    check_copy_folder,
     copy_folder,
     load_cli_dataset,
     print_json,
@@ -62,7 +63,6 @@ def experts(
 
     from ddcli.configs import TGDDConfig
     from ddcli.experts import build_experts
-    from ddcli.io import check_dir_replaceable
 
     num_experts, expert_epochs = options["num_experts"], options["expert_epochs"]
     model, width = options["model"].lower(), options["width"]
@@ -70,7 +70,7 @@ def experts(
     TGDDConfig.build(num_experts=num_experts, expert_epochs=expert_epochs, model=model,
                      width=width)
     if out is not None:  # before hours of training, not after
-        check_dir_replaceable(out, force)
+        check_copy_folder(out, force)
     rep = Reporter(quiet, json_out)
     dev = torch.device(resolve_device(device))
     ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,

@@ -13,7 +13,15 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ddcli.cli.common import ConfigOpt, JsonOpt, QuietOpt, Reporter, print_json, stdout_console
+from ddcli.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    QuietOpt,
+    Reporter,
+    print_json,
+    printable,
+    stdout_console,
+)
 from ddcli.errors import InputError, RunError
 
 if TYPE_CHECKING:
@@ -54,6 +62,8 @@ def summary(b: Bundle, path: Path) -> dict:
         "pixel_range": [round(float(b.images.min()), 4), round(float(b.images.max()), 4)],
         "dataset": {
             "name": d.get("name"),
+            "source": d.get("source"),
+            "num_images": d.get("num_images"),
             "fingerprint": d.get("fingerprint"),
             "classes": d.get("classes"),
             "class_counts": d.get("class_counts"),
@@ -145,7 +155,7 @@ def _render(s: dict, con: Console | None = None) -> None:
         con.print("[bold]provenance[/]")
         for i, step in enumerate(s["provenance"]):
             con.print(f"  {i + 1}. {escape(str(step.get('command', '?')))}"
-                      + (f"  (parent {step['parent_checksum'][:12]}…)"
+                      + (f"  (parent {str(step['parent_checksum'])[:12]}…)"
                          if step.get("parent_checksum") else ""), soft_wrap=wrap)
 
 
@@ -235,9 +245,10 @@ def inspect(
         print_json(s)
     else:
         con = summary_console()
-        _render(s, con)
+        _render(printable(s), con)
         if preview and con.is_terminal:
-            con.print(terminal_preview(images.float(), labels, b.classes, width=con.width),
+            con.print(terminal_preview(images.float(), labels, printable(b.classes),
+                                       width=con.width),
                       soft_wrap=True)
         elif preview:
             con.print("preview: stdout is not a terminal; use --grid FILE.png", soft_wrap=True)

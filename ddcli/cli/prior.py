@@ -22,6 +22,7 @@ from ddcli.cli.common import (
     SkipBadOpt,
     TrainFilesOpt,
     cache_dir,
+    check_copy_folder,
     copy_folder,
     load_cli_dataset,
     print_json,
@@ -62,7 +63,6 @@ def prior(
 
     from ddcli.api import _int_tuple
     from ddcli.configs import OTGenConfig
-    from ddcli.io import check_dir_replaceable
     from ddcli.priors import PriorRecipe, train_prior
 
     # distill's checks of these options (a batch of 0 ended in an internal error here)
@@ -71,7 +71,7 @@ def prior(
         prior_channels=_int_tuple(options["prior_channels"], "--prior-channels"),
         prior_ema=options["prior_ema"]))
     if out is not None:  # before the training, not after
-        check_dir_replaceable(out, force)
+        check_copy_folder(out, force)
     rep = Reporter(quiet, json_out)
     dev = torch.device(resolve_device(device))
     ds = load_cli_dataset(rep, data, "train", files=train_files, image_size=image_size,

@@ -121,6 +121,7 @@ def relabel(
 
     from ddcli.bundle import STORAGE_DTYPES, load_bundle, save_bundle
     from ddcli.configs import check_option_value
+    from ddcli.data import check_out_not_data
     from ddcli.io import check_writable
     from ddcli.relabel import (
         RelabelSettings,
@@ -146,8 +147,15 @@ def relabel(
         raise InputError("relabel writes a new bundle: choose another --out than the input")
     if any(out.resolve() == Path(t).resolve() for t in teacher or []):
         raise InputError("--out is one of the --teacher files: choose another file")
+    check_out_not_data(out, {"--data": data})
     if teacher_epochs is not None:
         check_option_value("--teacher-epochs", teacher_epochs)
+        if not train_teacher_arch:  # (it was ignored beside --teacher files)
+            raise InputError("--teacher-epochs sets the training of --train-teacher teachers: "
+                             "pass --train-teacher too")
+    if data is not None and not train_teacher_arch:
+        raise InputError("--data is the real data --train-teacher teachers learn: pass "
+                         "--train-teacher too (--teacher files are already trained)")
     check_writable(out, force)
     b = load_bundle(bundle, warn=rep.warn)
     check_relabelable(b)  # before any teacher is trained

@@ -18,7 +18,7 @@ from ddcli.configs import BackboneConfig
 from ddcli.data import Dataset, NormalizedImages
 from ddcli.io import read_safetensors, write_safetensors
 from ddcli.methods.base import Method, SyntheticSet
-from ddcli.runtime import cache_dir
+from ddcli.runtime import cache_dir, device_key
 
 #: ``--backward-chunk auto`` on a CPU: synthetic views per forward / backward pass once a
 #: step has more than ``CPU_WHOLE_STEP_VIEWS`` views. Measured (SFM, IPC 10, 100 views at
@@ -118,8 +118,8 @@ def real_features(data: Dataset, backbone: Backbone, device,
                   progress: Callable[..., None] | None = None) -> torch.Tensor:
     """Backbone features of every real image (no augmentation), cached per (data, backbone);
     ``progress(done_images, total)`` while computing them."""
-    key = json.dumps({"fingerprint": data.fingerprint, "backbone": backbone.identity},
-                     sort_keys=True)
+    key = json.dumps({"fingerprint": data.fingerprint, "backbone": backbone.identity,
+                      **device_key(device)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     path = Path(cache_dir()) / "features" / f"{digest}.safetensors"
     if path.exists():

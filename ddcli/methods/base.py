@@ -275,18 +275,34 @@ def _run_key(method: Method, data: Dataset, seed: int, device: torch.device) -> 
 
 
 def _save_checkpoint(path: Path, method: Method, gen: torch.Generator, it: int, key: dict,
-                     state: dict[str, torch.Tensor] | None = None) -> None:
+                     state: dict[str, torch.Tensor] | None = None,
+                     loss: float | None = None) -> None:
+    """``loss``: the last logged loss, the bundle's ``final_loss`` when a resumed run has no
+    iteration left (its own loop logs none)."""
     state = method.state() if state is None else state
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     tensors = {k: v.cpu() for k, v in tensors.items()}
     tensors["_generator"] = gen.get_state()
-    write_safetensors(path, tensors, {**key, "iteration": str(it)})
+    meta = {**key, "iteration": str(it)}
+    if loss is not None:
+        meta["loss"] = repr(float(loss))
+    write_safetensors(path, tensors, meta)
 
 
-def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict) -> int:
+def _checkpoint_loss(meta: dict[str, str]) -> float | None:
+    """The last logged loss a checkpoint holds (None: none logged yet, or an older one)."""
+    try:
+        return float(meta["loss"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict
+                     ) -> tuple[int, float | None]:
     """Resume from ``path`` after checking it against one schema: this run's key, an iteration
     within the run, the generator's state, and the method's state (every tensor it has from
-    setup; tensors that do not fit are refused)."""
+    setup; tensors that do not fit are refused). Returns the iteration and the last logged
+    loss."""
     tensors, meta = read_safetensors(path, "checkpoint")
     for k, v in key.items():
         if meta.get(k) != v:
@@ -296,7 +312,7 @@ def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict
             )
     bad = f"checkpoint {path} is damaged or incomplete"
     it = meta.get("iteration", "")
-    if not it.isdigit() or int(it) > method.iterations:
+    if not it.isdecimal() or len(it) > 12 or int(it) > method.iterations:
         raise InputError(f"{bad}: bad iteration {it[:20]!r}; delete it or drop --resume")
     rng = tensors.pop("_generator", None)
     ref = gen.get_state()
@@ -311,7 +327,7 @@ def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict
         method.load_state({k: v.to(method_device(method)) for k, v in tensors.items()})
     except (KeyError, IndexError, ValueError, RuntimeError) as e:  # shapes that do not fit
         raise InputError(f"{bad}: {type(e).__name__}: {e}; delete it or drop --resume") from None
-    return int(it)
+    return int(it), _checkpoint_loss(meta)
 
 
 def _gathered_state(method: Method, dist, num_classes: int) -> dict[str, torch.Tensor]:
@@ -322,15 +338,16 @@ def _gathered_state(method: Method, dist, num_classes: int) -> dict[str, torch.T
 
 
 def _resume_distributed(checkpoint: Path, method: Method, gen: torch.Generator, key: dict,
-                        dist, warn: Callable[[str], None]) -> int:
-    """Rank 0 reads and checks the checkpoint and hands it to every rank."""
+                        dist, warn: Callable[[str], None]) -> tuple[int, float | None]:
+    """Rank 0 reads and checks the checkpoint and hands it to every rank (the iteration and
+    the last logged loss, as :func:`_load_checkpoint`)."""
     payload: tuple = ("missing",)
     if dist.is_main:
         try:
             if checkpoint.exists():
-                it = _load_checkpoint(checkpoint, method, gen, key)
+                it, loss = _load_checkpoint(checkpoint, method, gen, key)
                 payload = ("ok", it, {k: v.detach().cpu() for k, v in method.state().items()},
-                           gen.get_state())
+                           gen.get_state(), loss)
             else:
                 warn(f"no checkpoint at {checkpoint}; starting from iteration 0")
         except InputError as e:
@@ -341,11 +358,11 @@ def _resume_distributed(checkpoint: Path, method: Method, gen: torch.Generator, 
             raise InputError(payload[1])
         raise SystemExit(InputError.exit_code)  # rank 0 says why
     if payload[0] == "missing":
-        return 0
+        return 0, None
     if not dist.is_main:
         gen.set_state(payload[3])
         method.load_state({k: v.to(method_device(method)) for k, v in payload[2].items()})
-    return int(payload[1])
+    return int(payload[1]), payload[4]
 
 
 def method_device(method: Method) -> torch.device:
@@ -394,12 +411,12 @@ def run_method(
         warn(msg)
     method.setup(data, device, gen, mean, std)
     key = _run_key(method, data, seed, device)
-    start = 0
+    start, resumed_loss = 0, None
     if resume and checkpoint is not None and dist is not None:
-        start = _resume_distributed(checkpoint, method, gen, key, dist, warn)
+        start, resumed_loss = _resume_distributed(checkpoint, method, gen, key, dist, warn)
     elif resume and checkpoint is not None:
         if checkpoint.exists():
-            start = _load_checkpoint(checkpoint, method, gen, key)
+            start, resumed_loss = _load_checkpoint(checkpoint, method, gen, key)
         else:
             warn(f"no checkpoint at {checkpoint}; starting from iteration 0")
 
@@ -429,13 +446,16 @@ def run_method(
                 f"no bundle was written{_lr_hint(method)}"
             )
 
+    def last_loss() -> float | None:
+        return losses[-1] if losses else resumed_loss
+
     def save(at: int) -> None:
         if dist is None:
-            _save_checkpoint(checkpoint, method, gen, at, key)
+            _save_checkpoint(checkpoint, method, gen, at, key, loss=last_loss())
             return
         state = _gathered_state(method, dist, data.num_classes)
         if dist.is_main:
-            _save_checkpoint(checkpoint, method, gen, at, key, state)
+            _save_checkpoint(checkpoint, method, gen, at, key, state, loss=last_loss())
         dist.barrier()  # the checkpoint is complete before any rank goes on
 
     with stop_signals() as stop:  # Ctrl-C / SIGTERM: finish the iteration, save, stop
@@ -494,7 +514,7 @@ def run_method(
         "wall_time_s": round(wall, 3),
         "iterations_per_s": round((total - start) / wall, 3)
         if wall > 0 and total > start else None,
-        "final_loss": losses[-1] if losses else None,
+        "final_loss": last_loss(),
         "peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         if device.type == "cuda" else None,
     }

@@ -86,9 +86,9 @@ class DM(Method):
         short = sum(n < need for n in data.class_counts)
         if self.config.init != "real" or not short:
             return []
-        what = f"--ipc {self.config.ipc}" + (f" x factor {f}²" if f > 1 else "")
-        return [f"{short} of {data.num_classes} classes have fewer real images than {what} "
-                f"({need}): their extra synthetic images start as noisy copies"]
+        what = f"--ipc {self.config.ipc}" + (f" x factor {f}² ({need})" if f > 1 else "")
+        return [f"{short} of {data.num_classes} classes have fewer real images than {what}: "
+                "their extra synthetic images start as noisy copies"]
 
     # -- the three hooks the DM family overrides --------------------------------------------
 

@@ -32,12 +32,14 @@ UNet trained on the data and sampled from the EMA of its weights (cached; ddcli.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ddcli.configs import OTGenConfig
 from ddcli.experts import EXPERT_RECIPE, build_experts, load_trajectory
+from ddcli.io import tree_sha256
 from ddcli.losses import deviation_cost, influence_cost, ot_guidance_cost
 from ddcli.methods import register_method
 from ddcli.methods.base import Method, SyntheticSet
@@ -129,6 +131,7 @@ class OTGen(Method):
                                         progress=update)
         self.prior = load_prior(folder, data.classes).to(device)
         self.prior_source = str(folder)
+        self.prior_sha256 = tree_sha256(Path(folder))  # what --prior DIR held, not only where
         self.cfg = cfg.cfg_scale if cfg.cfg_scale is not None else DEFAULT_CFG[self.prior.kind]
         self.ot_scale = (cfg.ot_scale if cfg.ot_scale is not None
                          else DEFAULT_OT_SCALE[self.prior.kind])
@@ -261,6 +264,7 @@ class OTGen(Method):
         # prior_trained: how the prior was really trained (the prior_* options apply only when
         # ddcli trains it; with --prior DIR, the folder's own recipe, None for a foreign one)
         return {**super().recorded_config(), "prior_source": self.prior_source,
+                "prior_sha256": self.prior_sha256,
                 "prior_trained": self.prior.trained, "prior_kind": self.prior.kind,
                 "latent": self.prior.latent,
                 "cfg_scale_used": self.cfg, "ot_scale_used": self.ot_scale,
