@@ -105,7 +105,7 @@ def test_default_rows_leave_out_backbone10(tmp_path, monkeypatch):
     (tmp_path / "cifar10").mkdir()
     (tmp_path / "cifar10" / "train_1.npz").touch()
     quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w")])
-    assert not {"backbone10", "lt256", "lt200"} & set(ran)
+    assert not {"backbone10", "lt256", "lt200", "lt200-it2000"} & set(ran)
     assert {"dm", "lt", "backbone1", "otgen"} <= set(ran)
     ran.clear()
     quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w"),
@@ -132,15 +132,18 @@ def test_lt_groups_have_their_own_names_specs_and_dm_comparison(tmp_path):
     s = quality_cpu.Suite(tmp_path, tmp_path / "w", smoke=False, models=3)
     seen: dict[str, dict] = {}
     s.row = lambda name, spec, body: seen.setdefault(name, spec)
-    for group in ("lt", "lt256", "lt200"):
+    for group in ("lt", "lt256", "lt200", "lt200-it2000"):
         quality_cpu.ROWS[group](s)
     ms = ("dm", "csdm", "sdm")
     assert set(seen) == {f"lt{f}-{m}{b}" for m in ms
-                         for f, b in (("50", ""), ("50", "-br256"), ("200", ""))}
-    for name, batch, imbalance in (("lt50-{}", 64, 50), ("lt50-{}-br256", 256, 50),
-                                   ("lt200-{}", 64, 200)):
+                         for f, b in (("50", ""), ("50", "-br256"), ("200", ""),
+                                      ("200", "-it2000"))}
+    for name, batch, imbalance, iterations in (
+            ("lt50-{}", 64, 50, 300), ("lt50-{}-br256", 256, 50, 300),
+            ("lt200-{}", 64, 200, 300), ("lt200-{}-it2000", 64, 200, 2000)):
         assert {seen[name.format(m)]["batch_real"] for m in ms} == {batch}
         assert {seen[name.format(m)]["imbalance_factor"] for m in ms} == {imbalance}
+        assert {seen[name.format(m)]["iterations"] for m in ms} == {iterations}
         for m in ("csdm", "sdm"):
             assert quality_cpu.VERSUS_DM[name.format(m)] == name.format("dm")
             assert quality_cpu.BASELINE_OF[name.format(m)] == name.format("dm")
