@@ -317,7 +317,7 @@ def check_dir_replaceable(path: Path, force: bool, marker: str | None = None) ->
     which name no folder of their own (the current folder or its parent)."""
     path = Path(path)
     if path.name in ("", ".", ".."):
-        raise InputError(f"{str(path) or repr('')} names no new folder (the current folder or "
+        raise InputError(f"{path} names no new folder (the current folder or "
                          "a parent); give the output folder a name")
     if path.exists() or path.is_symlink():
         if not path.is_dir():

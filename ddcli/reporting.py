@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,19 +32,13 @@ def printable(obj: Any) -> Any:
     never drives the terminal (an escape sequence in a bundle's class names cleared the
     screen or recoloured what followed in ``inspect``)."""
     if isinstance(obj, str):
-        return "".join(c if c in "\n\t" or not _control(c)
+        return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc"
                        else c.encode("unicode_escape").decode() for c in obj)
     if isinstance(obj, dict):
         return {k: printable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(printable(v) for v in obj)
     return obj
-
-
-def _control(c: str) -> bool:
-    import unicodedata
-
-    return unicodedata.category(c) == "Cc"
 
 
 def stderr_console() -> Console:
