@@ -411,6 +411,27 @@ def test_config_file_errors(cli, tmp_path):
                           "--lr must be a finite number")
 
 
+def test_a_bad_value_from_a_config_file_names_the_file(cli, tmp_path):
+    """A value checked after parsing (--ipc's range) or by an option's callback (--seed's)
+    named a flag that the command line did not give, not the file it came from."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("ipc = 0\n")
+    r = cli("distill", "--config", cfg)
+    assert_one_line_error(r, 2, "run.toml: --ipc must be >= 1")
+    # given on the command line, the flag is the command line's: no file named
+    r = cli("distill", "--config", cfg, "--ipc=0")
+    assert_one_line_error(r, 2, "--ipc must be >= 1")
+    assert "run.toml" not in r.stderr
+    # and a later command in the same process does not inherit the file
+    r = cli("distill", "--ipc", "0")
+    assert "run.toml" not in r.stderr
+    cfg.write_text("seed = -1\n")
+    r = cli("distill", "--config", cfg)
+    assert_one_line_error(r, 2, "run.toml: seed = -1: must lie in 0..")
+    r = cli("distill", "--seed", "-1")
+    assert_one_line_error(r, 2, "'--seed': must lie in 0..")  # the flag named once
+
+
 # --------------------------------------------------------------------------------------------
 # never write non-finite images
 

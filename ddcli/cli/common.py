@@ -63,6 +63,7 @@ class DDCliGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         _usable_streams()
+        _config_flags.clear()  # a second command in the same process (tests) starts afresh
         empty = _empty_argument(list(sys.argv[1:] if args is None else args))
         if empty:
             error_line(empty)
@@ -94,7 +95,7 @@ class DDCliGroup(TyperGroup):
             error_line(e.format_message() + hint)
             code = e.exit_code if not isinstance(e, click.exceptions.UsageError) else EXIT_BAD_INPUT
         except DDCliError as e:
-            error_line(str(e))
+            error_line(_name_config_file(str(e), sys.argv[1:] if args is None else args))
             code = e.exit_code
         except OSError as e:  # the system's refusal (a full disk, a file that cannot be
             # written, stdout gone): not a bug of ddcli's; click already ends a closed pipe
@@ -119,6 +120,20 @@ class DDCliGroup(TyperGroup):
                 error_line(f"internal error: {type(e).__name__}: {e}{hint}")
             code = EXIT_FAILED
         sys.exit(code)
+
+
+#: the long flags whose values came from a ``--config`` file: that file and all the option's
+#: names (set by the config callback; one command a process)
+_config_flags: dict[str, tuple[Path, tuple[str, ...]]] = {}
+
+
+def _name_config_file(message: str, argv: list[str]) -> str:
+    """``message`` prefixed with its config file where it starts with a flag whose value came
+    from one (``--iterations must be >= 0`` named a flag that the command line did not give)."""
+    path, opts = _config_flags.get(message.split(" ", 1)[0].rstrip(":,"), (None, ()))
+    given = any(a == o or a.startswith(o + "=" if o.startswith("--") else o)
+                for a in argv for o in opts)
+    return f"{path}: {message}" if path is not None and not given else message
 
 
 def _usable_streams() -> None:
@@ -227,15 +242,21 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
         except click.exceptions.BadParameter as e:
             raise InputError(f"{path}: {key} = {v!r}: {e.message}") from None
         defaults[name] = v
+        _config_flags.update({o: (path, tuple(p.opts)) for o in p.opts if o.startswith("--")})
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 
 def _coerce(param: click.Parameter, ctx: click.Context, value: Any) -> Any:
-    """Convert a config value as the option's command-line value would be."""
+    """Convert and check a config value as the option's command-line value would be (its type,
+    then its callback's check, e.g. ``--seed``'s range)."""
     if hasattr(param, "get_runtime_param"):  # typer >= 0.20: typer's own coercion
-        return param.get_runtime_param().coerce(value, param=param, ctx=ctx)
-    return param.type_cast_value(ctx, value)  # pragma: no cover - click's
+        value = param.get_runtime_param().coerce(value, param=param, ctx=ctx)
+    else:  # pragma: no cover - click's
+        value = param.type_cast_value(ctx, value)
+    if param.callback is not None:
+        value = param.callback(ctx, param, value)
+    return value
 
 
 def _command_names(ctx: click.Context) -> set[str]:
@@ -256,7 +277,7 @@ ConfigOpt = Annotated[
 
 def _seed_callback(value: int | None) -> int | None:
     if value is not None and not 0 <= value <= MAX_SEED:
-        raise click.exceptions.BadParameter(f"--seed must lie in 0..{MAX_SEED}, got {value}")
+        raise click.exceptions.BadParameter(f"must lie in 0..{MAX_SEED}, got {value}")
     return value
 
 
