@@ -9,6 +9,7 @@ and ``ddcli evaluate`` (the commands parse options, call them and print what the
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
@@ -61,7 +62,8 @@ class BundleDataset(torch.utils.data.Dataset):
         self.bundle = path if isinstance(path, Bundle) else load_bundle(path)
         images, labels, soft = self.bundle.decoded()
         if soft_labels and soft is None:
-            raise InputError(f"{path}: the bundle has no soft labels (run 'ddcli relabel')")
+            where = "the bundle" if isinstance(path, Bundle) else path  # (not its tensors)
+            raise InputError(f"{where}: the bundle has no soft labels (run 'ddcli relabel')")
         self.images = images.float().contiguous()
         self.labels = labels
         self.soft = soft.float() if soft_labels else None
@@ -94,7 +96,7 @@ def _int_tuple(value: str | Sequence[int] | None, flag: str, minimum: int = 1,
         if isinstance(value, str):  # ("8,,16" was read as 8,16)
             values = tuple(int(v) for v in value.split(","))
         else:
-            values = tuple(int(v) for v in value)
+            values = tuple(operator.index(v) for v in value)  # (1.5 was read as 1)
         assert values and min(values) >= minimum
     except (ValueError, TypeError, AssertionError):
         kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
@@ -113,6 +115,48 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value.lower()
+
+
+def _typed(flag: str, kind: Any, value: Any) -> Any:
+    """``value`` as an option of type ``kind`` (the method options' rule: numpy / torch
+    integers taken, a float for an integer or a string for a number refused)."""
+    from ddcli.configs import typed_value
+
+    return typed_value(flag, kind, value)
+
+
+def _path_arg(name: str, value: Any) -> Any:
+    """A path argument: a str or an os.PathLike, or None (an int or a list failed deep in
+    pathlib)."""
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{name} must be a path (a str or Path), got {value!r}")
+    return value
+
+
+def _device_arg(device: Any) -> str:
+    """``device`` as the command line's spelling: a ``torch.device`` is taken as its name."""
+    if isinstance(device, torch.device):
+        return str(device)
+    if not isinstance(device, str):
+        raise InputError(f"device must be a string (auto, cpu, cuda, cuda:N) or a torch.device, "
+                         f"got {device!r}")
+    return device
+
+
+def _verbose_arg(verbose: Any) -> Any:
+    """``verbose``: True / False (or the command line's own Reporter)."""
+    from ddcli.reporting import Reporter
+
+    if not isinstance(verbose, (bool, Reporter)):
+        raise InputError(f"verbose must be True or False, got {verbose!r}")
+    return verbose
+
+
+def _name_arg(name: str, value: Any) -> str:
+    """A name argument (a method, a protocol): a string."""
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be a name (a string), got {value!r}")
+    return value
 
 
 def _as_list(value: Any) -> list:
@@ -162,6 +206,16 @@ def distill(
     rank = os.environ.get("RANK", "0") if world > 1 else "0"
     with _said_by_rank_0(rank):  # the command line's checks, before any work
         _check_seed(seed)
+        data, out = _path_arg("data", data), _path_arg("out", out)
+        method, device = _name_arg("method", method), _device_arg(device)
+        verbose = _verbose_arg(verbose)
+        for name, value in (("force", force), ("skip_bad", skip_bad), ("relabel", relabel),
+                            ("resume", resume)):
+            _typed(name, bool, value)
+        train_files = _typed("train_files", str | None, train_files)
+        channels = _typed("--channels", int | None, channels)
+        max_per_class = _typed("--max-per-class", int | None, max_per_class)
+        imbalance_factor = _typed("--imbalance-factor", float | None, imbalance_factor)
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
                 or checkpoint_every < 0:
             raise InputError(f"--checkpoint-every must be an integer >= 0 (0: never), got "
@@ -169,7 +223,10 @@ def distill(
         dtype = _choice("dtype", dtype, DTYPES)
         data_cache = _choice("data_cache", data_cache, CACHE_MODES)
         relabel_teacher = _as_list(relabel_teacher)
-    with _rank_errors(rank):  # torchrun: rank 0 reports
+        if not all(isinstance(a, str) for a in relabel_teacher):
+            raise InputError(f"relabel_teacher must be teacher names (strings), got "
+                             f"{relabel_teacher!r}")
+    with _rank_errors(rank), _own_rng():  # torchrun: rank 0 reports
         return _distill(data, method=method, out=out, seed=seed, device=device, force=force,
                         train_files=train_files, image_size=image_size, channels=channels,
                         skip_bad=skip_bad, max_per_class=max_per_class,
@@ -177,6 +234,16 @@ def distill(
                         relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every,
                         resume=resume, dtype=dtype, verbose=verbose if rank == "0" else False,
                         command=command, world=world, data_cache=data_cache, **options)
+
+
+@contextmanager
+def _own_rng():
+    """Leave the caller's global torch random state as it was: the runs draw from their own
+    generators, but building a module draws its default initialisation from the global one
+    (a script's ``torch.manual_seed(0)`` stream was moved by a distill or evaluate call)."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        yield
 
 
 @contextmanager
@@ -378,7 +445,8 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
         rep.info(
             f"wrote {out}: {syn.images.shape[0]} images, IPC {getattr(cfg, 'ipc', '?')}, "
             + (f"{stats['wall_time_s']:.1f} s ({rate:.1f} it/s)" if rate else
-               f"resumed after iteration {stats['resumed_from']}")
+               f"resumed after iteration {stats['resumed_from']}" if stats["resumed_from"]
+               else "no iteration")
         )
         return {"bundle": str(out), "checksum": checksum, "method": algo.name,
                 "config": recorded, "seed": seed, "device": bundle.device,
@@ -426,7 +494,7 @@ def evaluate(
     data_cache: str = "auto",
 ) -> dict:
     """Train ``models`` fresh models on ``bundle`` under ``protocol`` and test them; return
-    the report ``ddcli evaluate --json`` prints (``result.accuracy_mean``, ``per_class``,
+    the report ``ddcli evaluate --json`` prints (``result.accuracy_mean``, ``per_class_accuracy``,
     ``baseline``, ...). ``out`` also writes it as JSON. ``test`` may be omitted for bundles
     of the built-in sample. ``data_cache`` (on / off / auto) reads the test set and the
     baseline's real set through the memory-mapped data cache, as ``distill`` does.
@@ -439,10 +507,14 @@ def evaluate(
     world = env_world_size()
     with _said_by_rank_0(os.environ.get("RANK", "0") if world > 1 else "0"):
         _check_seed(seed)  # the command line's checks, before any work
+        bundle, protocol, device, verbose, epochs, baseline = _evaluate_args(
+            bundle, protocol, device, verbose, epochs, baseline, test=test, real=real,
+            backbone_weights=backbone_weights, out=out, force=force, inherit=inherit,
+            test_files=test_files, real_files=real_files, backbone=backbone)
         compile = _choice("compile", compile, COMPILE_MODES)
         amp = _choice("amp", amp, AMPS)
         data_cache = _choice("data_cache", data_cache, CACHE_MODES)
-        teacher = _as_list(teacher)
+        teacher = [_path_arg("teacher", t) for t in _as_list(teacher)]
         if world > 1 and protocol.lower() == "linear-probe":
             raise InputError(f"the linear-probe protocol does not run under torchrun "
                              f"(WORLD_SIZE={world}); run it as one process")
@@ -451,12 +523,34 @@ def evaluate(
                              "process per model")
     args = {k: v for k, v in locals().items() if k not in ("env_world_size", "world")}
     if world == 1:
-        return _evaluate(**args, ctx=None)
+        with _own_rng():
+            return _evaluate(**args, ctx=None)
     from ddcli.distributed import joined
     from ddcli.reporting import resolve_device
 
-    with joined(resolve_device(device)) as ctx, _rank_errors(ctx.rank):
+    with joined(resolve_device(device)) as ctx, _rank_errors(ctx.rank), _own_rng():
         return _evaluate(**{**args, "verbose": verbose if ctx.is_main else False}, ctx=ctx)
+
+
+def _evaluate_args(bundle, protocol, device, verbose, epochs, baseline, **others):
+    """evaluate()'s arguments checked as the command line's (types included), before any
+    work: (bundle, protocol, device, verbose, epochs, baseline) as it uses them."""
+    if isinstance(bundle, Bundle):
+        raise InputError("evaluate takes a bundle file: write the Bundle with "
+                         "ddcli.save_bundle first")
+    if bundle is None:
+        raise InputError("bundle must be a path (a str or Path), got None")
+    _path_arg("bundle", bundle)
+    for name in ("test", "real", "backbone_weights", "out"):
+        _path_arg(name, others[name])
+    for name in ("force", "inherit"):
+        _typed(name, bool, others[name])
+    for name in ("test_files", "real_files", "backbone"):
+        _typed(name, str | None, others[name])
+    if baseline is not None:
+        baseline = _choice("baseline", baseline, ("random", "centroids"))
+    return (bundle, _name_arg("protocol", protocol), _device_arg(device), _verbose_arg(verbose),
+            _typed("--epochs", int | None, epochs), baseline)
 
 
 def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, real,

@@ -17,7 +17,7 @@ import json
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -213,33 +213,59 @@ def value_problem(b: Bundle) -> str | None:
 def save_bundle(
     bundle: Bundle, path: str | Path, *, force: bool = False, dtype: str = "float32"
 ) -> str:
-    """Write ``bundle`` atomically; return its checksum. Refuses to overwrite without force."""
+    """Write ``bundle`` atomically; return its checksum. Refuses to overwrite without force,
+    and refuses (before writing) anything :func:`load_bundle` would refuse to read back. The
+    caller's tensors are left as they are; its ``checksum``, ``content_checksum``, ``created``
+    and format fields are set to the file's."""
     path = Path(path)
     check_writable(path, force)
     if dtype not in STORAGE_DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype}")
-    bundle.images = bundle.images.detach().cpu().to(STORAGE_DTYPES[dtype]).contiguous()
-    bundle.labels = bundle.labels.detach().cpu().to(torch.int64).contiguous()
-    if bundle.soft_labels is not None:
-        bundle.soft_labels = bundle.soft_labels.detach().cpu().float().contiguous()
-    bundle.extras = {k: v.detach().cpu().contiguous() for k, v in bundle.extras.items()}
-    if not bundle.created:
-        bundle.created = utc_now()
-    if not bundle.torch_version:
-        bundle.torch_version = torch.__version__
-    _check_consistency(bundle, str(path))
+    labels = bundle.labels.detach().cpu()
+    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+        raise InputError(f"not writing {path}: labels must be class indices (integers), got "
+                         f"{labels.dtype} values that are not whole numbers")
+    stored = replace(
+        bundle,
+        images=bundle.images.detach().cpu().to(STORAGE_DTYPES[dtype]).contiguous(),
+        labels=labels.to(torch.int64).contiguous(),
+        soft_labels=None if bundle.soft_labels is None
+        else bundle.soft_labels.detach().cpu().float().contiguous(),
+        extras={k: v.detach().cpu().contiguous() for k, v in bundle.extras.items()},
+        created=bundle.created or utc_now(),
+        torch_version=bundle.torch_version or torch.__version__,
+        format_version=FORMAT_VERSION, file_format_version=FORMAT_VERSION, checksum="",
+    )
     for name in ("images", "soft_labels"):
-        t = getattr(bundle, name)
+        t = getattr(stored, name)
         if t is not None and not bool(torch.isfinite(t).all()):
             raise RunError(f"not writing {path}: the {name.replace('_', ' ')} are not finite "
                            "(NaN or infinity)")
-    tensors = bundle.tensors()
-    bundle.format_version = bundle.file_format_version = FORMAT_VERSION
-    bundle.checksum = ""
-    bundle.checksum, bundle.content_checksum = checksums(tensors, bundle.metadata())
+    # what load_bundle checks, before anything is written: a bundle it would refuse is lost
+    try:
+        meta = stored.metadata()
+        for key in ("config", "dataset", "provenance"):
+            json.loads(meta[key], parse_constant=_refuse_constant)
+        _parse_metadata(meta, f"not writing {path}")
+    except (TypeError, ValueError) as e:
+        raise InputError(f"not writing {path}: its metadata is not plain JSON ({e})") from None
+    _check_consistency(stored, f"not writing {path}")
+    problem = value_problem(stored)
+    if problem:
+        raise InputError(f"not writing {path}: {problem}")
+    tensors = stored.tensors()
+    stored.checksum, stored.content_checksum = checksums(tensors, meta)
+    write_safetensors(path, tensors, stored.metadata())
+    for name in ("checksum", "content_checksum", "created", "torch_version", "format_version",
+                 "file_format_version"):
+        setattr(bundle, name, getattr(stored, name))
     bundle.checksum_ok = True
-    write_safetensors(path, tensors, bundle.metadata())
     return bundle.checksum
+
+
+def _refuse_constant(name: str):
+    """json's hook for NaN / Infinity, which strict JSON readers refuse."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,9 +487,9 @@ def load_bundle(path: str | Path, *, verify: bool = True,
     if verify and not b.checksum_ok:
         raise BundleError(f"{path}: checksum mismatch (the file was modified or damaged)")
     _check_consistency(b, str(path))
-    # ``values``: refuse a bundle whose values are wrong (inspect shows one); a damaged
-    # file is told by its checksum
-    problem = value_problem(b) if values and b.checksum_ok else None
+    # ``values``: refuse a bundle whose values are wrong (inspect shows one), whether or not
+    # its checksum was verified (``verify=False`` skipped them: NaN images reached training)
+    problem = value_problem(b) if values else None
     if problem:
         raise BundleError(f"{path}: {problem}")
     if not covers_metadata and warn is not None:

@@ -17,7 +17,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import numbers
+import operator
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -72,6 +75,44 @@ def check_option_value(flag: str, value: Any) -> None:
         if abs(value) > MAX_FLOAT_OPTION:
             raise InputError(f"{flag} is out of range: {value:g} (float32 reaches "
                              f"{MAX_FLOAT_OPTION:.3g})")
+
+
+def typed_value(flag: str, kind: Any, value: Any) -> Any:
+    """``value`` as the field's type ``kind`` (``int``, ``float``, ``str``, ``bool``, ``X |
+    None``, ``tuple[int, ...]``) takes it, as the command line's parser would: numpy / torch
+    integers become ints, any real number a float; a bool for a number, a float for an
+    integer (``ipc=2.5``, ``iterations=2.0``) or a string for a number is refused (they failed
+    deep inside torch, or were recorded as given and made the bundle unreadable)."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+        args = typing.get_args(kind)
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+            raise InputError(f"{flag} must be a list of integers, got {value!r}")
+        return tuple(typed_value(flag, args[0], v) for v in value)
+    ok = True
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            ok = False
+        else:
+            value = operator.index(value)
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            ok = False
+        else:
+            value = float(value)
+    elif kind is str:
+        ok = isinstance(value, str)
+    if not ok:
+        what = {bool: "True or False", int: "an integer", float: "a number",
+                str: "a string"}.get(kind, str(kind))
+        raise InputError(f"{flag} must be {what}, got {value!r}")
+    return value
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -136,7 +177,8 @@ class MethodConfig:
                 raise InputError(f"unknown option {flag(k)}")
             raise InputError(f"option {flag(k)} does not apply to this method (an option of "
                              f"{', '.join(users)})")
-        values.update(overrides)
+        hints = typing.get_type_hints(cls)
+        values.update({k: typed_value(flag(k), hints[k], v) for k, v in overrides.items()})
         cfg = cls(**values)
         cfg.check_values()
         cfg.validate()

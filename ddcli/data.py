@@ -18,6 +18,7 @@ import glob
 import hashlib
 import json
 import math
+import operator
 import os
 import threading
 from collections import Counter
@@ -324,6 +325,10 @@ def is_long_tailed(class_counts: list[int] | None) -> bool:
 
 def check_subset_options(max_per_class: int | None, imbalance_factor: float | None) -> None:
     """Refuse bad --max-per-class / --imbalance-factor values before any data is read."""
+    from ddcli.configs import typed_value
+
+    imbalance_factor = typed_value("--imbalance-factor", float | None, imbalance_factor)
+    max_per_class = typed_value("--max-per-class", int | None, max_per_class)
     if imbalance_factor is not None and not (
             math.isfinite(imbalance_factor) and imbalance_factor >= 1):
         raise DataError(f"--imbalance-factor must be a finite number >= 1, got {imbalance_factor}")
@@ -390,11 +395,19 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.cat(out)
 
 
-def parse_image_size(value: str | int | None) -> tuple[int, int] | None:
+def parse_image_size(value: str | int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``--image-size``: N, "HxW", or (the Python API) an int or a sequence (N,) / (H, W)."""
     if value is None:
         return None
-    if isinstance(value, int):
+    if isinstance(value, (tuple, list)):
+        if len(value) not in (1, 2) or not all(
+                hasattr(v, "__index__") and not isinstance(v, bool) for v in value):
+            raise DataError(f"--image-size must be N or (H, W), got {value!r}")
+        size = (operator.index(value[0]), operator.index(value[-1]))
+    elif isinstance(value, int) and not isinstance(value, bool):
         size = (value, value)
+    elif not isinstance(value, str):
+        raise DataError(f"--image-size must be N or HxW, got {value!r}")
     else:
         try:
             parts = [int(p) for p in str(value).lower().split("x")]

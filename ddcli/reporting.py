@@ -303,7 +303,7 @@ def load_dataset_reported(rep: Reporter, path: Path, split: str, **kw):
     """Load a dataset with a progress bar for image folders; errors become one line."""
     from ddcli.data import check_subset_options, load_dataset, parse_image_size
 
-    if "image_size" in kw and not isinstance(kw["image_size"], tuple):
+    if "image_size" in kw:
         kw["image_size"] = parse_image_size(kw["image_size"])
     check_subset_options(kw.get("max_per_class"), kw.get("imbalance_factor"))
     with rep.progress(f"reading {path.name or path}", None, transient=True,

@@ -106,3 +106,117 @@ def test_bad_arguments_raise_input_error_before_any_work(shards, tmp_path, bundl
     with pytest.raises(InputError, match="teacher not found: nope.safetensors"):
         ddcli.evaluate(out, test=shards, protocol="kd-online", teacher="nope.safetensors",
                        models=1, epochs=1, device="cpu")
+
+
+def test_arguments_of_the_wrong_type_are_refused_before_any_work(shards, tmp_path,
+                                                                 bundle_file, monkeypatch):
+    """Wrong types failed deep inside torch after the data was read (ipc=2.5, epochs=2.5), as
+    internal errors (method=None, device=torch.device), or were recorded as given and made
+    the bundle unreadable (factor=2.0: the run's output was lost)."""
+    import numpy as np
+
+    import ddcli.reporting
+
+    def no_reading(*a, **k):
+        raise AssertionError("read data before checking the arguments")
+
+    monkeypatch.setattr(ddcli.reporting, "load_dataset_reported", no_reading)
+    out = tmp_path / "x.safetensors"
+    for kw, msg in (({"factor": 2.0}, "--factor must be an integer, got 2.0"),
+                    ({"ipc": 2.5}, "--ipc must be an integer"),
+                    ({"ipc": True}, "--ipc must be an integer"),
+                    ({"ipc": "2"}, "--ipc must be an integer"),
+                    ({"lr": "x"}, "--lr must be a number"),
+                    ({"channels_last": "no"}, "--channels-last must be True or False"),
+                    ({"method": None}, "method must be a name"),
+                    ({"verbose": "yes"}, "verbose must be True or False"),
+                    ({"out": 3}, "out must be a path"),
+                    ({"channels": "3"}, "--channels must be an integer"),
+                    ({"max_per_class": 1.5}, "--max-per-class must be an integer"),
+                    ({"imbalance_factor": "2"}, "--imbalance-factor must be a number"),
+                    ({"train_files": ["a.npz"]}, "train_files must be a string"),
+                    ({"relabel": True, "relabel_teacher": [1]}, "relabel_teacher must be"),
+                    ({"device": 0}, "device must be a string")):
+        with pytest.raises(InputError, match=msg):
+            ddcli.distill(shards, **{"iterations": 1, "out": out, "device": "cpu", **kw})
+    for kw, msg in (({"epochs": 2.5}, "--epochs must be an integer"),
+                    ({"protocol": None}, "protocol must be a name"),
+                    ({"test": [shards]}, "test must be a path")):
+        with pytest.raises(InputError, match=msg):
+            ddcli.evaluate(bundle_file, **{"test": shards, "models": 1, "device": "cpu", **kw})
+    with pytest.raises(InputError, match="write the Bundle with ddcli.save_bundle"):
+        ddcli.evaluate(ddcli.load_bundle(bundle_file), test=shards)
+    monkeypatch.undo()
+    # what a script passes and the command line could not: numpy / torch integers, a
+    # torch.device, a list image size, any case of a choice
+    rep = ddcli.distill(shards, ipc=np.int64(1), iterations=torch.tensor(1), lr=np.float32(1),
+                        batch_real=2, width=8, image_size=[8, 8], out=out,
+                        device=torch.device("cpu"))
+    assert rep["config"]["ipc"] == 1 and type(rep["config"]["iterations"]) is int
+    assert ddcli.load_bundle(out).config["lr"] == 1.0
+    r = ddcli.evaluate(out, test=shards, models=1, epochs=1, device=torch.device("cpu"),
+                       baseline="RANDOM", real=shards)
+    assert r["baseline"] is not None
+
+
+def test_distill_and_evaluate_leave_the_global_random_state_alone(shards, tmp_path):
+    """Building a module drew its default initialisation from the caller's global torch
+    generator: a script's seeded stream moved with every call."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    out = tmp_path / "d.safetensors"
+    ddcli.distill(shards, ipc=1, iterations=1, batch_real=2, width=8, out=out, device="cpu")
+    ddcli.evaluate(out, test=shards, models=1, epochs=1, device="cpu")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_save_bundle_refuses_what_load_bundle_would_refuse(tmp_path):
+    """save_bundle wrote bundles that ddcli then refused to read (a run's output lost), and
+    truncated float labels."""
+    from ddcli.errors import BundleError
+
+    def bad(**changes):
+        b = make_bundle()
+        for k, v in changes.items():
+            if k in ("dataset", "config"):
+                getattr(b, k).update(v)
+            else:
+                setattr(b, k, v)
+        return b
+
+    for b, msg in ((bad(soft_labels=torch.full((6, 3), 2.0)), "not probabilities"),
+                   (bad(seed="x"), "seed metadata must be an integer"),
+                   (bad(config={"factor": 2.0}), "config.factor"),
+                   (bad(provenance={"a": 1}), "provenance metadata must be a JSON list"),
+                   (bad(dataset={"classes": [0, 1, 2]}), "dataset.classes"),
+                   (bad(dataset={"mean": [float("nan")] * 3}), "not plain JSON"),
+                   (bad(labels=torch.tensor([0.7, 1.2, 0, 1, 2, 2])), "class indices")):
+        path = tmp_path / "b.safetensors"
+        with pytest.raises((InputError, BundleError), match=msg):
+            save_bundle(b, path)
+        assert not path.exists()
+    # whole-number float labels are class indices; the caller's tensors stay as they were
+    b = make_bundle()
+    b.labels = b.labels.float()
+    images = b.images.clone()
+    save_bundle(b, tmp_path / "h.safetensors", dtype="float16")
+    assert b.images.dtype == torch.float32 and torch.equal(b.images, images)
+    assert b.labels.dtype == torch.float32
+    loaded = ddcli.load_bundle(tmp_path / "h.safetensors")
+    assert loaded.checksum == b.checksum and loaded.images.dtype == torch.float16
+    assert loaded.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_errors_module_and_short_messages():
+    """ddcli.errors was unreachable after a bare `import ddcli`; a Bundle given to
+    BundleDataset without soft labels printed its tensors in the message."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "import ddcli; print(ddcli.errors.InputError)"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "InputError" in r.stdout, r.stderr
+    with pytest.raises(InputError) as e:
+        ddcli.BundleDataset(make_bundle(soft=False), soft_labels=True)
+    assert len(str(e.value)) < 120 and str(e.value).startswith("the bundle:")

@@ -973,6 +973,15 @@ def test_checksum_valid_bundles_with_wrong_values_are_refused_in_one_line(cli, t
             load_bundle(path)
         r = cli("evaluate", path, "--epochs", "1", "--models", "1", "--device", "cpu")
         assert_one_line_error(r, 2, msg)
+    # inspect shows such a bundle; its --verify exited 0 on wrong values and --json had no
+    # field telling them (a CI check passed a bundle evaluate refuses)
+    for i in (3, 4):
+        path, msg = tmp_path / f"b{i}.safetensors", cases[i][2]
+        r = cli("inspect", path, "--json")
+        assert r.code == 0 and msg in json.loads(r.stdout)["problem"]
+        assert_one_line_error(cli("inspect", path, "--verify"), 1, msg)
+    r = cli("inspect", tmp_path / "b5.safetensors", "--json")  # not a value problem: refused
+    assert r.code == 2
 
 
 def test_safetensors_writes_leave_no_file_of_their_own(tmp_path, monkeypatch):

@@ -124,6 +124,8 @@ def _render(s: dict, con: Console | None = None) -> None:
         ("content", f"{s['content_checksum'][:16]}… (the tensors alone: same seed, same "
                     "content)"),
     ]
+    if s.get("problem"):
+        rows.append(("problem", Text(s["problem"], style="bold red")))
     if ds.get("subset"):
         rows.append(("subset", json.dumps(ds["subset"])))
     if s["soft_labels"]:
@@ -200,7 +202,9 @@ def inspect(
         bool, typer.Option("--decode", help="Show / export multi-formation images decoded.")
     ] = False,
     verify: Annotated[
-        bool, typer.Option("--verify", help="Exit 1 if the checksum does not match.")
+        bool, typer.Option("--verify", help="Exit 1 if the checksum does not match or the "
+                                            "values are wrong (NaN images, soft labels that "
+                                            "are not probabilities).")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --grid / --export.")] = False,
     json_out: JsonOpt = False,
@@ -222,7 +226,12 @@ def inspect(
         if verify:  # the one line, before anything is shown or written
             raise RunError(mismatch)
         rep.warn(mismatch)
-    elif problem := value_problem(b):
+    # values that evaluate / relabel / load_bundle refuse (NaN images, soft labels that are
+    # not probabilities): --verify's failure too, and a field for scripts (they saw exit 0)
+    s["problem"] = problem = value_problem(b)
+    if problem and verify:
+        raise RunError(f"{bundle}: {problem}")
+    if problem and b.checksum_ok:
         rep.warn(f"{bundle}: {problem}")
     _check_outputs(grid, export, force)  # all of them before writing any
     images, labels, soft = b.images, b.labels, b.soft_labels
