@@ -492,12 +492,14 @@ def evaluate(
     compile: str = "auto",
     amp: str = "off",
     data_cache: str = "auto",
+    skip_bad: bool = False,
 ) -> dict:
     """Train ``models`` fresh models on ``bundle`` under ``protocol`` and test them; return
     the report ``ddcli evaluate --json`` prints (``result.accuracy_mean``, ``per_class_accuracy``,
     ``baseline``, ...). ``out`` also writes it as JSON. ``test`` may be omitted for bundles
     of the built-in sample. ``data_cache`` (on / off / auto) reads the test set and the
-    baseline's real set through the memory-mapped data cache, as ``distill`` does.
+    baseline's real set through the memory-mapped data cache, as ``distill`` does; ``skip_bad``
+    skips their unreadable images with a warning count, as ``distill``'s does.
 
     Under ``torchrun`` the models are spread over the processes (each trains its block, with
     the random draws of a single process, so every model's accuracy equals the one-process
@@ -510,7 +512,7 @@ def evaluate(
         bundle, protocol, device, verbose, epochs, baseline = _evaluate_args(
             bundle, protocol, device, verbose, epochs, baseline, test=test, real=real,
             backbone_weights=backbone_weights, out=out, force=force, inherit=inherit,
-            test_files=test_files, real_files=real_files, backbone=backbone)
+            skip_bad=skip_bad, test_files=test_files, real_files=real_files, backbone=backbone)
         compile = _choice("compile", compile, COMPILE_MODES)
         amp = _choice("amp", amp, AMPS)
         data_cache = _choice("data_cache", data_cache, CACHE_MODES)
@@ -543,7 +545,7 @@ def _evaluate_args(bundle, protocol, device, verbose, epochs, baseline, **others
     _path_arg("bundle", bundle)
     for name in ("test", "real", "backbone_weights", "out"):
         _path_arg(name, others[name])
-    for name in ("force", "inherit"):
+    for name in ("force", "inherit", "skip_bad"):
         _typed(name, bool, others[name])
     for name in ("test_files", "real_files", "backbone"):
         _typed(name, str | None, others[name])
@@ -555,7 +557,7 @@ def _evaluate_args(bundle, protocol, device, verbose, epochs, baseline, **others
 
 def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, real,
               real_files, backbone, backbone_weights, inherit, teacher, out, seed, device,
-              force, verbose, compile, amp, data_cache, ctx) -> dict:
+              force, verbose, compile, amp, data_cache, skip_bad, ctx) -> dict:
     from ddcli.configs import check_option_value
     from ddcli.data import (
         check_out_not_data,
@@ -627,7 +629,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     chans = int(ds_info.get("channels") or b.images.shape[1])
     test_ds = load_dataset_reported(rep, Path(test), "test", files=test_files, image_size=size,
                                     channels=chans, cache="off" if builtin else data_cache,
-                                    skip_flag=None)
+                                    skip_bad=skip_bad, skip_flag="--skip-bad")
     check_classes(b, test_ds)
     if is_long_tailed(ds_info.get("class_counts")) and imbalance_ratio(test_ds.class_counts) > 1.1:
         rep.warn("the test set is not balanced: long-tailed results assume a balanced test set")
@@ -638,7 +640,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     if proto.name == "linear-probe":
         report = _linear_probe_report(rep, b, bundle, test_ds, proto, models, seed, dev, backbone,
                                       backbone_weights, inherit, baseline, real, real_files,
-                                      size, chans, data_cache)
+                                      size, chans, data_cache, skip_bad)
         return _finish(rep, report, out)
     if inherit:
         raise InputError("--inherit goes with --protocol linear-probe")
@@ -687,7 +689,8 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         images = resize_images(images, size)
     real_ds = None  # read (and checked) before any model trains: a bad --real fails first
     if baseline == "random":
-        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache)
+        real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache,
+                                      skip_bad)
     result = run(images, labels, "bundle", soft_labels, views)
     report = _report_head(b, bundle, proto, models, seed, dev, test_ds)
     if resized_from:
@@ -748,7 +751,8 @@ def _report_head(b, bundle_path, proto, models, seed, dev, test_ds) -> dict:
     }
 
 
-def _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache):
+def _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache,
+                        skip_bad=False):
     """The real data a baseline draws from: the bundle's classes, and its recorded subset."""
     from ddcli.evaluation import as_distilled, check_classes
     from ddcli.reporting import load_dataset_reported
@@ -756,7 +760,8 @@ def _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_ca
     if b.ipc is None:
         raise InputError(f"--baseline {baseline} needs a bundle with the same IPC in every class")
     real_ds = load_dataset_reported(rep, real, "train", files=real_files, image_size=size,
-                                    channels=chans, cache=data_cache, skip_flag=None)
+                                    channels=chans, cache=data_cache, skip_bad=skip_bad,
+                                    skip_flag="--skip-bad")
     check_classes(b, real_ds, "real")
     return as_distilled(real_ds, b, rep.warn, "--real data")
 
@@ -778,7 +783,7 @@ def _finish(rep, report: dict, out: Path | None) -> dict:
 
 def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev, backbone,
                          backbone_weights, inherit, baseline, real, real_files, size, chans,
-                         data_cache):
+                         data_cache, skip_bad):
     """The linear-probe protocol (frozen backbone), with or without classifier inheritance."""
     from ddcli.backbones import create_backbone
     from ddcli.evaluation import random_real_subset
@@ -820,7 +825,7 @@ def _linear_probe_report(rep, b, bundle_path, test_ds, proto, models, seed, dev,
                                 progress=update, test_progress=test_progress)
 
     real_ds = None if baseline is None else _baseline_real_data(  # before any probe trains
-        rep, b, baseline, real, real_files, size, chans, data_cache)
+        rep, b, baseline, real, real_files, size, chans, data_cache, skip_bad)
     result = run(images, labels, "bundle", golden if inherit else None)
     report = _report_head(b, bundle_path, proto, models, seed, dev, test_ds)
     report.update(

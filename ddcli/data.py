@@ -21,6 +21,7 @@ import math
 import operator
 import os
 import threading
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,15 @@ GRAY_MODES = {"1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N"}
 WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 #: 32-bit modes have no fixed range (a float TIFF in [0, 1] or [0, 255]?): refused, not guessed
 RANGELESS_MODES = {"I": "32-bit integer", "F": "32-bit float"}
-SPLIT_DIRS = {"train": ("train",), "test": ("test", "val")}
+#: split folder names, matched in any case (``Training/``, ``TEST/``), in order of preference
+SPLIT_DIRS = {"train": ("train", "training"),
+              "test": ("test", "testing", "val", "valid", "validation")}
+#: folders an image folder's reader never takes for a class (a zip made on a Mac unpacks its
+#: resource forks into ``__MACOSX/``)
+IGNORED_DIRS = {"__macosx"}
+#: how an image folder is decoded (in the data cache's key: version 2 turns EXIF-rotated photos
+#: upright, as a viewer shows them)
+FOLDER_READER = 2
 #: the largest image side ddcli reads into (--image-size)
 MAX_IMAGE_SIDE = 4096
 #: the smallest: a ConvNet's pooling needs a few pixels (of the data, or of --image-size)
@@ -683,6 +692,57 @@ def _is_hidden(p: Path | str) -> bool:
     return (p if isinstance(p, str) else p.name).startswith(".")
 
 
+def _subfolders(root: Path, strict: bool = True) -> list[Path]:
+    """The visible subfolders of ``root`` (hidden ones and ``__MACOSX`` left out), sorted;
+    with ``strict`` a symbolic link that points nowhere is an error (a whole class was dropped
+    silently)."""
+    out = []
+    for p in sorted(root.iterdir()):
+        if _is_hidden(p) or p.name.lower() in IGNORED_DIRS:
+            continue
+        if strict and p.is_symlink() and not p.exists():
+            raise DataError(f"{p} is a symbolic link to nothing ({os.readlink(p)}): mount or "
+                            "remove it")
+        if p.is_dir():
+            out.append(p)
+    return out
+
+
+def _has_images(folder: Path) -> bool:
+    """Whether ``folder`` holds an image file itself (not only in subfolders)."""
+    return any(p.suffix.lower() in IMG_EXTENSIONS and not _is_hidden(p) and p.is_file()
+               for p in folder.iterdir())
+
+
+def split_folders(root: Path) -> dict[str, Path] | None:
+    """The split folders of an image folder (``DATA/<split>/<class>/<image>``): split name ->
+    folder, or None for a class layout (``DATA/<class>/<image>``). Split names are matched in
+    any case. A folder named like a split beside other folders is a class when it holds images
+    itself (CIFAR-100 has a class ``train``); when it holds only folders the layout is
+    ambiguous and refused (``train/`` beside ``notes/`` was read as two classes)."""
+    subdirs = _subfolders(root)
+    names = {n for ns in SPLIT_DIRS.values() for n in ns}
+    splits = [p for p in subdirs if p.name.lower() in names]
+    if not splits:
+        return None
+    others = [p for p in subdirs if p not in splits]
+    if others:
+        if all(_has_images(p) for p in splits):
+            return None  # classes that happen to be named like splits
+        raise DataError(
+            f"{root} mixes split folders ({', '.join(p.name for p in splits)}) with other "
+            f"folders ({', '.join(p.name for p in others[:3])}"
+            + (", ..." if len(others) > 3 else "") + "): keep only DATA/<split>/<class>/ or "
+            "only DATA/<class>/")
+    found: dict[str, Path] = {}
+    for split, options in SPLIT_DIRS.items():
+        for n in options:
+            match = [p for p in splits if p.name.lower() == n]
+            if match and split not in found:
+                found[split] = match[0]
+    return found
+
+
 def _class_files(folder: Path) -> list[Path]:
     """The files of a class folder and its subfolders, sorted, hidden ones (and those in
     hidden folders) left out. Subfolders that are symbolic links are followed, as
@@ -690,19 +750,28 @@ def _class_files(folder: Path) -> list[Path]:
     would loop)."""
     files: list[Path] = []
     seen: set[str] = set()
-    for top, dirs, names in os.walk(folder, followlinks=True):
+    for top, dirs, names in os.walk(folder, followlinks=True, onerror=_unlistable):
         real = os.path.realpath(top)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
         dirs[:] = [x for x in dirs if not _is_hidden(x)]
-        files += [p for x in names if not _is_hidden(x) and (p := Path(top, x)).is_file()]
+        # a link to nothing stays: it is reported as an unreadable image (it was dropped)
+        files += [p for x in names if not _is_hidden(x)
+                  and ((p := Path(top, x)).is_file() or p.is_symlink())]
     return sorted(files)
 
 
-def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+def _unlistable(e: OSError) -> None:
+    """os.walk's error hook: a folder that cannot be listed (its images were dropped
+    silently)."""
+    raise DataError(f"cannot list the folder {e.filename}: {e.strerror or e}")
+
+
+def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,
+                       ) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
+    class_dirs = _subfolders(root)
     if not class_dirs:
         raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
     if len(class_dirs) == 1:
@@ -716,7 +785,25 @@ def _scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]], l
         if not imgs:
             raise DataError(f"class folder {d} has no images")
         items += [(p, label) for p in imgs]
-    return [d.name for d in class_dirs], items, non_images
+    # names as typed on any system: a folder unpacked on a Mac spells "é" decomposed (NFD),
+    # the same class on Linux composed (NFC), and the two never matched
+    names = [unicodedata.normalize("NFC", d.name) for d in class_dirs]
+    if warn is not None:
+        stray = sum(1 for p in root.iterdir()
+                    if p.suffix.lower() in IMG_EXTENSIONS and p.is_file() and not _is_hidden(p))
+        if stray:
+            warn(f"{root} holds {stray} image(s) outside any class folder: not read")
+        # the mark of splits under other names (Train2019/, Test2019/): a few "classes" that
+        # hold no image themselves and the same subfolders each
+        inner = [{p.name for p in _subfolders(d, strict=False)} for d in class_dirs
+                 ] if len(class_dirs) <= 3 else [set()]
+        if inner[0] and all(x == inner[0] for x in inner) and not any(
+                _has_images(d) for d in class_dirs):
+            warn(f"the classes {', '.join(d.name for d in class_dirs)} of {root} look like "
+                 f"splits (each holds the same folders: {', '.join(sorted(inner[0])[:3])}"
+                 + (", ..." if len(inner[0]) > 3 else "") + "): name split folders train / "
+                 "test to read DATA/<split>/<class>/")
+    return names, items, non_images
 
 
 def _probe(path: Path) -> tuple[tuple[int, int], int]:
@@ -725,7 +812,24 @@ def _probe(path: Path) -> tuple[tuple[int, int], int]:
 
     with Image.open(path) as im:
         _check_mode(im.mode)
-        return (im.height, im.width), 1 if im.mode in GRAY_MODES else 3
+        h, w = (im.width, im.height) if _rotated(im) else (im.height, im.width)
+        return (h, w), 1 if im.mode in GRAY_MODES else 3
+
+
+#: EXIF orientations that turn the stored picture a quarter (a phone's portrait photo)
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def _orientation(im) -> int:
+    """The EXIF orientation of an opened image (1: as stored)."""
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a damaged EXIF block: the picture as stored
+        return 1
+
+
+def _rotated(im) -> bool:
+    return _orientation(im) in _QUARTER_TURNS
 
 
 def _check_mode(mode: str) -> None:
@@ -748,13 +852,17 @@ def _decode(path: Path, size: tuple[int, int], channels: int) -> torch.Tensor:
     """One image as uint8 (channels, H, W) at ``size``, resized as soon as it is decoded (a
     JPEG much larger than ``size`` is decoded at a reduced scale), so a folder of large photos
     never holds more than one full-size picture per reading thread."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        if im.width >= 2 * size[1] and im.height >= 2 * size[0]:
-            im.draft(im.mode, (size[1], size[0]))  # JPEG only: DCT scaling, still >= size
+        turn = _orientation(im)
+        h, w = (size[1], size[0]) if turn in _QUARTER_TURNS else size  # as stored
+        if im.width >= 2 * w and im.height >= 2 * h:
+            im.draft(im.mode, (w, h))  # JPEG only: DCT scaling, still >= size
         im.load()
-        arr = _to_array(im)
+        # upright, as a viewer shows it (a phone's photo was read sideways, and squashed
+        # when resized to the folder's size)
+        arr = _to_array(ImageOps.exif_transpose(im) if turn != 1 else im)
     arr = arr[..., None] if arr.ndim == 2 else arr
     t = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None]
     return resize_images(to_channels(t, channels), tuple(size))[0]
@@ -775,7 +883,7 @@ def _plan_image_folder(
     majority mode —, the unreadable files with why). Non-image files are skipped with a
     warning; an unreadable image is an error unless ``skip_bad`` (naming ``skip_flag``, the
     caller's option that skips it)."""
-    classes, items, non_images = _scan_image_folder(root)
+    classes, items, non_images = _scan_image_folder(root, warn)
     if non_images:  # a notes.txt beside the images: skipped, as torchvision's ImageFolder does
         names = sorted({p.suffix.lower() or p.name for p in non_images})
         warn(f"skipped {len(non_images)} non-image file(s) in {root} ({', '.join(names[:5])}"
@@ -938,8 +1046,9 @@ def _folder_source(root: Path, name: str, plan: tuple, skip_bad: bool, skip_flag
                 failed[j - lo] = True
         return out, failed
 
-    key = {"kind": "folder", "files": file_key(paths), "labels": hashlib.sha256(
-        labels.tobytes()).hexdigest(), "classes": classes, "size": list(size), "channels": c}
+    key = {"kind": "folder", "reader": FOLDER_READER, "files": file_key(paths),
+           "labels": hashlib.sha256(labels.tobytes()).hexdigest(), "classes": classes,
+           "size": list(size), "channels": c}
     return Source(key, name, str(root), classes, labels, (c, *size), chunks, read,
                   chunk_bytes=chunk * c * size[0] * size[1])
 
@@ -1045,14 +1154,12 @@ def _load_dataset(
             images, labels = _read_shards(shard_files, classes)
     else:
         split_root = root
-        for d in SPLIT_DIRS[split]:
-            if (root / d).is_dir():
-                split_root = root / d
-                break
-        else:
-            has_splits = any((root / d).is_dir() for ds in SPLIT_DIRS.values() for d in ds)
-            if has_splits:
-                raise DataError(f"{root} has split folders but no {split} split")
+        splits = split_folders(root)
+        if splits is not None:
+            if split not in splits:
+                raise DataError(f"{root} has split folders but no {split} split (its folders "
+                                f"are named {', '.join(SPLIT_DIRS[split])} in any case)")
+            split_root = splits[split]
         name, source = _name(root), str(split_root)
         with ThreadPoolExecutor(max_workers=_folder_workers()) as pool:  # the headers, once
             plan = _plan_image_folder(split_root, image_size, channels, skip_bad, skip_flag,

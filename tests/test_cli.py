@@ -411,3 +411,26 @@ def test_api_refuses_an_output_that_names_a_folder(shards, tmp_path):
     with pytest.raises(InputError, match="names a folder"):
         ddcli.distill(shards, out=f"{tmp_path}/runs/", ipc=1, iterations=1, device="cpu")
     assert not (tmp_path / "runs").exists()
+
+
+def test_skip_bad_reaches_evaluates_real_and_test_data_and_relabels_data(cli, tmp_path):
+    """After `distill --skip-bad`, the same folder could not serve as `evaluate --real` or
+    `relabel --data` (no --skip-bad there: every run ended on the bad file)."""
+    from conftest import write_image_folder
+
+    data = write_image_folder(tmp_path / "d", n=6)
+    (data / "cat" / "broken.png").write_bytes(b"not a png")
+    test = write_image_folder(tmp_path / "t", n=2)
+    b = tmp_path / "b.safetensors"
+    assert cli("distill", data, "--skip-bad", "--ipc", "1", "--iterations", "1",
+               "--batch-real", "2", "--width", "8", "-o", b, "--device", "cpu").code == 0
+    args = ("evaluate", b, "--test", test, "--baseline", "random", "--real", data,
+            "--epochs", "1", "--models", "1", "--device", "cpu")
+    assert_one_line_error(cli(*args), 2, "broken.png", "--skip-bad")
+    r = cli(*args, "--skip-bad")
+    assert r.code == 0 and "skipped 1" in r.stderr, r.stderr
+    args = ("relabel", b, "--train-teacher", "convnet", "--data", data, "--teacher-epochs",
+            "1", "-o", tmp_path / "r.safetensors", "--device", "cpu")
+    assert_one_line_error(cli(*args), 2, "broken.png", "--skip-bad")
+    r = cli(*args, "--skip-bad")
+    assert r.code == 0 and "skipped 1" in r.stderr, r.stderr

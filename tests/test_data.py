@@ -345,3 +345,96 @@ def test_symlinked_subfolders_of_a_class_are_followed_once(tmp_path):
     (root / "cat" / "loop").symlink_to(root / "cat", target_is_directory=True)
     ds = load_dataset(root)
     assert ds.class_counts[0] == 7 and len(ds) == 15
+
+
+def test_split_folders_in_any_case_and_classes_named_like_splits(tmp_path):
+    """Split folders spelled other than train / test / val (Kaggle's Training/ Testing/,
+    TRAIN/) were read as two classes, test images trained on; a class named like a split
+    (CIFAR-100's "train") was taken for a split."""
+    for train, test in (("Training", "Testing"), ("TRAIN", "Validation")):
+        root = tmp_path / train
+        write_image_folder(root / train)
+        write_image_folder(root / test, n=2)
+        ds = load_dataset(root, "train")
+        assert ds.classes == sorted(CLASSES) and len(ds) == 12
+        assert len(load_dataset(root, "test")) == 6
+    # a class "train" holding images beside other classes: four classes
+    c100 = write_image_folder(tmp_path / "c100", classes=["apple", "bus", "tractor", "train"])
+    assert load_dataset(c100).classes == ["apple", "bus", "tractor", "train"]
+    # a split-named folder holding folders beside other folders: ambiguous, refused
+    mixed = write_image_folder(tmp_path / "mixed" / "train")
+    write_image_folder(tmp_path / "mixed" / "notes", classes=["a", "b"])
+    with pytest.raises(DataError, match="mixes split folders"):
+        load_dataset(mixed.parent)
+
+
+def test_folder_layout_warnings_and_what_is_never_a_class(tmp_path):
+    """__MACOSX (a Mac zip's resource forks) was refused as an empty class; images at the root
+    of DATA were ignored silently; splits under other names (Train2019/) are said."""
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "d")
+    (root / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / "__MACOSX" / "cat" / "._img000.png").write_bytes(b"x")
+    Image.new("RGB", (8, 8)).save(root / "stray.png")
+    said: list[str] = []
+    ds = load_dataset(root, warn=said.append)
+    assert ds.classes == sorted(CLASSES)
+    assert any("1 image(s) outside any class folder" in w for w in said), said
+    splits = tmp_path / "s"
+    write_image_folder(splits / "Train2019")
+    write_image_folder(splits / "Test2019", n=2)
+    said.clear()
+    assert load_dataset(splits, warn=said.append).classes == ["Test2019", "Train2019"]
+    assert any("look like splits" in w for w in said), said
+    said.clear()  # a nested class layout is not warned about
+    load_dataset(tmp_path / "d", warn=said.append)
+    assert not any("look like splits" in w for w in said)
+
+
+def test_dangling_links_are_errors_not_silent_drops(tmp_path):
+    """A class folder that is a link to an unmounted disk, or an image link to a deleted
+    file, was left out without a word (a whole class missing)."""
+    root = write_image_folder(tmp_path / "d")
+    (root / "zebra").symlink_to(tmp_path / "unmounted" / "zebra")
+    with pytest.raises(DataError, match="symbolic link to nothing"):
+        load_dataset(root)
+    (root / "zebra").unlink()
+    (root / "cat" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    with pytest.raises(DataError, match="gone.png"):
+        load_dataset(root)
+    said: list[str] = []
+    assert len(load_dataset(root, skip_bad=True, warn=said.append)) == 12
+    assert any("skipped 1" in w for w in said), said
+
+
+def test_exif_rotated_photos_are_read_upright(tmp_path):
+    """A phone's portrait photo (stored landscape, EXIF orientation 6) was read sideways, and
+    an upright copy of it squashed to the folder's landscape size."""
+    from PIL import Image
+
+    upright = np.zeros((32, 24, 3), np.uint8)
+    upright[:16] = 255  # 32 tall, 24 wide, white on top
+    for c in ("a", "b"):
+        d = tmp_path / "exif" / c
+        d.mkdir(parents=True)
+        Image.fromarray(upright).save(d / "upright.png")
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90° clockwise to display
+        Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(
+            d / "phone.png", exif=exif)
+    ds = load_dataset(tmp_path / "exif")
+    assert ds.image_size == (32, 24)
+    top, bottom = ds.images[:, :, :16].float().mean(), ds.images[:, :, 16:].float().mean()
+    assert top > 250 and bottom < 5  # every image upright: white on top
+
+
+def test_class_names_are_unicode_normalised(tmp_path):
+    """A folder unpacked on a Mac spells "café" decomposed (NFD), the same class on Linux
+    composed (NFC): the test classes "did not match" the bundle's."""
+    import unicodedata
+
+    nfd = write_image_folder(tmp_path / "nfd", classes=[unicodedata.normalize("NFD", "café"),
+                                                        "dog"])
+    nfc = write_image_folder(tmp_path / "nfc", classes=["café", "dog"])
+    assert load_dataset(nfd).classes == load_dataset(nfc).classes == ["café", "dog"]

@@ -108,6 +108,10 @@ def evaluate(
         str | None, typer.Option("--real-files", help="Glob choosing the real shards.")
     ] = None,
     data_cache: DataCacheOpt = "auto",
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable images of --test and --real "
+                                              "with a warning count.", rich_help_panel="Data")
+    ] = False,
     backbone: Annotated[
         str | None, typer.Option("--backbone", help="linear-probe: evaluation backbone "
                                                     "(default: the bundle's), e.g. timm:NAME.")
@@ -157,7 +161,8 @@ def evaluate(
         epochs=epochs, baseline=baseline, real=real, real_files=real_files, backbone=backbone,
         backbone_weights=backbone_weights, inherit=inherit, teacher=teacher, out=out, seed=seed,
         device=device, force=force, verbose=Reporter(quiet, json_out),
-        compile=compile_mode.lower(), amp=amp.lower(), data_cache=data_cache.lower())
+        compile=compile_mode.lower(), amp=amp.lower(), data_cache=data_cache.lower(),
+        skip_bad=skip_bad)
     if not report:  # under torchrun only rank 0 reports
         return
     if json_out:

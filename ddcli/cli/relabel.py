@@ -19,6 +19,7 @@ from ddcli.cli.common import (
     QuietOpt,
     Reporter,
     SeedOpt,
+    SkipBadOpt,
     TrainFilesOpt,
     command_line,
     load_cli_dataset,
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 
 def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Path | None,
                  train_files: str | None, bundle, device: torch.device, seed: int,
-                 epochs: int | None, data_cache: str = "auto") -> tuple[list, list[dict]]:
+                 epochs: int | None, data_cache: str = "auto", skip_bad: bool = False,
+                 ) -> tuple[list, list[dict]]:
     """Load ``--teacher`` files and train (or fetch cached) ``--train-teacher`` ones."""
     from ddcli.data import sample_dir
     from ddcli.evaluation import as_distilled, check_classes
@@ -50,7 +52,8 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
         chans = int(bundle.dataset.get("channels") or bundle.images.shape[1])
         ds = load_cli_dataset(rep, data or sample_dir(), "train", files=train_files,
                               image_size=size, channels=chans,
-                              cache="off" if data is None else data_cache, skip_flag=None)
+                              cache="off" if data is None else data_cache, skip_bad=skip_bad,
+                              skip_flag="--skip-bad")
         check_classes(bundle, ds, "--data")
         # the teachers learn the data the bundle was distilled from (its recorded per-class
         # cap or long-tailed subset), as ``distill --relabel``'s do
@@ -82,6 +85,7 @@ def relabel(
     ] = None,
     train_files: TrainFilesOpt = None,
     data_cache: DataCacheOpt = "auto",
+    skip_bad: SkipBadOpt = False,
     teacher_epochs: Annotated[
         int | None, typer.Option("--teacher-epochs", help="Override the recipe's epochs.")
     ] = None,
@@ -163,7 +167,8 @@ def relabel(
     teachers, log = get_teachers(rep, files=list(teacher or []),
                                  archs=list(train_teacher_arch or []), data=data,
                                  train_files=train_files, bundle=b, device=dev, seed=seed,
-                                 epochs=teacher_epochs, data_cache=data_cache.lower())
+                                 epochs=teacher_epochs, data_cache=data_cache.lower(),
+                                 skip_bad=skip_bad)
     n = int(b.images.shape[0])
     if views:
         cost = views_storage_bytes(n, views, b.num_classes)
