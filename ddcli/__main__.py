@@ -23,15 +23,27 @@ EXIT_INTERRUPTED = 130  # ddcli.errors.EXIT_INTERRUPTED, not imported: nothing b
 
 
 def _finish(code) -> None:
-    """Exit with ``code`` (SIGINT is already ignored: see :func:`main`)."""
-    if code == EXIT_INTERRUPTED:
+    """Exit with ``code`` (SIGINT is already ignored: see :func:`main`).
+
+    A process of a torchrun group leaves through ``os._exit`` too, once its output is flushed
+    and its group left (every rank waits for the others first): the interpreter's and C++'s
+    teardown of gloo's threads could abort it afterwards ('terminate called without an active
+    exception', exit -6), after the work was done and written, and torchrun then reported the
+    whole run as failed."""
+    if code == EXIT_INTERRUPTED or _in_process_group():
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:  # a closed pipe: nothing more to say
                 pass
-        os._exit(EXIT_INTERRUPTED)
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
     sys.exit(code)
+
+
+def _in_process_group() -> bool:
+    """Whether this process joined a torchrun group (``ddcli.distributed`` records it: the
+    group is left before the end, so ``is_initialized()`` is False by then)."""
+    return bool(getattr(sys.modules.get("ddcli.distributed"), "joined_a_group", False))
 
 
 def _in_import(frame) -> bool:

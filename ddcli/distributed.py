@@ -127,6 +127,10 @@ class DistContext:
             dist.destroy_process_group()
 
 
+#: set once this process has joined a torchrun group (read by ``ddcli.__main__._finish``)
+joined_a_group = False
+
+
 def init_distributed(device: str) -> DistContext:
     """Join the process group torchrun set up: gloo on the CPU, nccl on CUDA (one GPU per
     process, ``cuda:LOCAL_RANK``). A SIGTERM (torchrun stopping the survivors after a rank
@@ -157,6 +161,8 @@ def init_distributed(device: str) -> DistContext:
         dist.init_process_group(backend, rank=rank, world_size=world)
     except (RuntimeError, ValueError) as e:
         raise RunError(f"cannot join the process group ({backend}): {e}") from None
+    global joined_a_group
+    joined_a_group = True  # the entry point leaves through os._exit (ddcli.__main__)
 
     def on_term(signum, frame):  # rank 0 says it once; the others end quietly
         if rank == 0:

@@ -217,3 +217,32 @@ def test_evaluate_spreads_its_models_over_the_processes(data5: Path, tmp_path: P
     assert (len(set(a["result"]["accuracy_per_model"])) > 1
             or any(abs(p - round(p)) > 1e-3 for p in per_class))
     assert b["result"]["model_seeds"] == a["result"]["model_seeds"]
+
+
+def test_a_process_of_a_group_leaves_through_os_exit(monkeypatch):
+    """A torchrun process aborted now and then after its work (gloo's threads torn down at
+    the interpreter's and C++'s exit: 'terminate called without an active exception', exit
+    -6, a red CI): once it has joined a group it leaves through os._exit with its code, its
+    output flushed; a process that joined none exits as before."""
+    import ddcli.__main__ as entry
+    import ddcli.distributed
+
+    exits: list[int] = []
+
+    class Left(Exception):
+        pass
+
+    def os_exit(code):
+        exits.append(code)
+        raise Left
+
+    monkeypatch.setattr(entry.os, "_exit", os_exit)
+    monkeypatch.setattr(ddcli.distributed, "joined_a_group", True)
+    for code, expected in ((0, 0), (2, 2), (None, 0)):
+        with pytest.raises(Left):
+            entry._finish(code)
+        assert exits[-1] == expected
+    monkeypatch.setattr(ddcli.distributed, "joined_a_group", False)
+    with pytest.raises(SystemExit):
+        entry._finish(0)
+    assert len(exits) == 3
