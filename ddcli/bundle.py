@@ -492,7 +492,10 @@ def load_bundle(path: str | Path, *, verify: bool = True,
     problem = value_problem(b) if values else None
     if problem:
         raise BundleError(f"{path}: {problem}")
-    if not covers_metadata and warn is not None:
+    if file_version == 0 and warn is not None:  # (its checksum is computed on reading)
+        warn(f"{path} is a bundle of format 0: it has no checksum, so nothing in it can be "
+             "verified")
+    elif not covers_metadata and warn is not None:
         warn(f"{path} is a bundle of format {file_version}: its checksum covers the tensors "
              "only, not the metadata (class names, dataset, config, provenance)")
     return b

@@ -134,7 +134,11 @@ def test_migration_from_v0(tmp_path):
     save_file(tensors, str(tmp_path / "v0.safetensors"),
               metadata={"ddcli.format": "ddcli.bundle", "ddcli.format_version": "0",
                         "metadata": json.dumps(old_meta)})
-    b = load_bundle(tmp_path / "v0.safetensors")
+    said: list[str] = []
+    b = load_bundle(tmp_path / "v0.safetensors", warn=said.append)
+    # v0 had no checksum: it was told its checksum "covers the tensors only"
+    assert said == [f"{tmp_path / 'v0.safetensors'} is a bundle of format 0: it has no "
+                    "checksum, so nothing in it can be verified"]
     assert b.format_version == FORMAT_VERSION and b.method == "dm" and b.seed == 3
     assert torch.equal(b.labels, torch.tensor([0, 0, 1, 1])) and b.soft_labels.shape == (4, 2)
     assert b.provenance[-1]["command"] == "migrate v0->v1"
