@@ -106,7 +106,9 @@ def typed_value(flag: str, kind: Any, value: Any) -> Any:
             ok = False
         else:
             value = float(value)
-    elif kind is str:
+    elif kind is str:  # a number for a string option (sigma=2.0 for --sigma 2.0) reads as typed
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = str(value)
         ok = isinstance(value, str)
     if not ok:
         what = {bool: "True or False", int: "an integer", float: "a number",

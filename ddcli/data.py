@@ -413,8 +413,8 @@ def parse_image_size(value: str | int | tuple[int, int] | None) -> tuple[int, in
                 hasattr(v, "__index__") and not isinstance(v, bool) for v in value):
             raise DataError(f"--image-size must be N or (H, W), got {value!r}")
         size = (operator.index(value[0]), operator.index(value[-1]))
-    elif isinstance(value, int) and not isinstance(value, bool):
-        size = (value, value)
+    elif hasattr(value, "__index__") and not isinstance(value, bool):  # numpy's too
+        size = (operator.index(value),) * 2
     elif not isinstance(value, str):
         raise DataError(f"--image-size must be N or HxW, got {value!r}")
     else:
@@ -692,17 +692,12 @@ def _is_hidden(p: Path | str) -> bool:
     return (p if isinstance(p, str) else p.name).startswith(".")
 
 
-def _subfolders(root: Path, strict: bool = True) -> list[Path]:
-    """The visible subfolders of ``root`` (hidden ones and ``__MACOSX`` left out), sorted;
-    with ``strict`` a symbolic link that points nowhere is an error (a whole class was dropped
-    silently)."""
+def _subfolders(root: Path) -> list[Path]:
+    """The visible subfolders of ``root`` (hidden ones and ``__MACOSX`` left out), sorted."""
     out = []
     for p in sorted(root.iterdir()):
         if _is_hidden(p) or p.name.lower() in IGNORED_DIRS:
             continue
-        if strict and p.is_symlink() and not p.exists():
-            raise DataError(f"{p} is a symbolic link to nothing ({os.readlink(p)}): mount or "
-                            "remove it")
         if p.is_dir():
             out.append(p)
     return out
@@ -718,22 +713,20 @@ def split_folders(root: Path) -> dict[str, Path] | None:
     """The split folders of an image folder (``DATA/<split>/<class>/<image>``): split name ->
     folder, or None for a class layout (``DATA/<class>/<image>``). Split names are matched in
     any case. A folder named like a split beside other folders is a class when it holds images
-    itself (CIFAR-100 has a class ``train``); when it holds only folders the layout is
-    ambiguous and refused (``train/`` beside ``notes/`` was read as two classes)."""
+    itself (CIFAR-100 has a class ``train``), or when no training split is among them; other
+    folders beside the splits (``docs/``, ``models/``) are not read."""
     subdirs = _subfolders(root)
     names = {n for ns in SPLIT_DIRS.values() for n in ns}
     splits = [p for p in subdirs if p.name.lower() in names]
     if not splits:
         return None
     others = [p for p in subdirs if p not in splits]
-    if others:
-        if all(_has_images(p) for p in splits):
-            return None  # classes that happen to be named like splits
-        raise DataError(
-            f"{root} mixes split folders ({', '.join(p.name for p in splits)}) with other "
-            f"folders ({', '.join(p.name for p in others[:3])}"
-            + (", ..." if len(others) > 3 else "") + "): keep only DATA/<split>/<class>/ or "
-            "only DATA/<class>/")
+    if others and (all(_has_images(p) for p in splits)
+                   or not any(p.name.lower() in SPLIT_DIRS["train"] for p in splits)):
+        # classes that happen to be named like splits: holding images themselves (CIFAR-100's
+        # "train"), or beside other folders with no training split among them (a class
+        # "validation" whose images sit in subfolders)
+        return None
     found: dict[str, Path] = {}
     for split, options in SPLIT_DIRS.items():
         for n in options:
@@ -789,13 +782,19 @@ def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,
     # the same class on Linux composed (NFC), and the two never matched
     names = [unicodedata.normalize("NFC", d.name) for d in class_dirs]
     if warn is not None:
+        # a class folder that is a link to an unmounted disk was dropped without a word
+        dangling = [p.name for p in sorted(root.iterdir())
+                    if p.is_symlink() and not p.exists() and not _is_hidden(p)]
+        if dangling:
+            warn(f"{root}: {', '.join(dangling[:3])}" + (", ..." if len(dangling) > 3 else "")
+                 + " link(s) to nothing: not read (a class folder on a disk not mounted?)")
         stray = sum(1 for p in root.iterdir()
                     if p.suffix.lower() in IMG_EXTENSIONS and p.is_file() and not _is_hidden(p))
         if stray:
             warn(f"{root} holds {stray} image(s) outside any class folder: not read")
         # the mark of splits under other names (Train2019/, Test2019/): a few "classes" that
         # hold no image themselves and the same subfolders each
-        inner = [{p.name for p in _subfolders(d, strict=False)} for d in class_dirs
+        inner = [{p.name for p in _subfolders(d)} for d in class_dirs
                  ] if len(class_dirs) <= 3 else [set()]
         if inner[0] and all(x == inner[0] for x in inner) and not any(
                 _has_images(d) for d in class_dirs):
@@ -821,7 +820,11 @@ _QUARTER_TURNS = {5, 6, 7, 8}
 
 
 def _orientation(im) -> int:
-    """The EXIF orientation of an opened image (1: as stored)."""
+    """The EXIF orientation of an opened image (1: as stored). Pillow turns a TIFF itself (its
+    size and pixels are upright already); only an image whose header carried EXIF is asked
+    (a PNG's ``getexif()`` decodes the whole picture to look for a late eXIf chunk)."""
+    if im.format == "TIFF" or "exif" not in im.info:
+        return 1
     try:
         return int(im.getexif().get(0x0112, 1) or 1)
     except Exception:  # a damaged EXIF block: the picture as stored

@@ -37,9 +37,16 @@ if TYPE_CHECKING:
 
 
 def check_classes(bundle: Bundle, test: Dataset, what: str = "test") -> None:
-    """The bundle's classes must be the test classes: same names, same order."""
-    if bundle.classes != test.classes:
-        if sorted(bundle.classes) == sorted(test.classes):
+    """The bundle's classes must be the test classes: same names (compared Unicode-normalised:
+    a bundle written before folder names were NFC-normalised keeps a Mac's spelling), same
+    order."""
+    import unicodedata
+
+    def nfc(names: list[str]) -> list[str]:
+        return [unicodedata.normalize("NFC", c) for c in names]
+
+    if nfc(bundle.classes) != nfc(test.classes):
+        if sorted(nfc(bundle.classes)) == sorted(nfc(test.classes)):
             raise InputError(f"the {what} data lists the bundle's classes in another order; "
                              "labels would be mixed up")
         missing = [c for c in bundle.classes if c not in test.classes]

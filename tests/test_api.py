@@ -152,6 +152,12 @@ def test_arguments_of_the_wrong_type_are_refused_before_any_work(shards, tmp_pat
     rep = ddcli.distill(shards, ipc=np.int64(1), iterations=torch.tensor(1), lr=np.float32(1),
                         batch_real=2, width=8, image_size=[8, 8], out=out,
                         device=torch.device("cpu"))
+    # a number for a string option, a numpy image size (refused by the first version of
+    # these checks)
+    rep2 = ddcli.distill(shards, method="csdm", sigma=2.0, ipc=1, iterations=1, batch_real=2,
+                         width=8, image_size=np.int64(8), out=tmp_path / "c.safetensors",
+                         device="cpu")
+    assert rep2["config"]["sigma"] == "2.0"
     assert rep["config"]["ipc"] == 1 and type(rep["config"]["iterations"]) is int
     assert ddcli.load_bundle(out).config["lr"] == 1.0
     r = ddcli.evaluate(out, test=shards, models=1, epochs=1, device=torch.device("cpu"),

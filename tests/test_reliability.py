@@ -427,7 +427,10 @@ def test_a_bad_value_from_a_config_file_names_the_file(cli, tmp_path):
     assert "run.toml" not in r.stderr
     cfg.write_text("seed = -1\n")
     r = cli("distill", "--config", cfg)
-    assert_one_line_error(r, 2, "run.toml: seed = -1: must lie in 0..")
+    assert_one_line_error(r, 2, "run.toml: Invalid value for '--seed': must lie in 0..")
+    # the command line's --seed wins over the file's, which is then not checked
+    r = cli("distill", "--config", cfg, "--seed", "3", "--iterations", "-1")
+    assert_one_line_error(r, 2, "--iterations must be >= 0")
     r = cli("distill", "--seed", "-1")
     assert_one_line_error(r, 2, "'--seed': must lie in 0..")  # the flag named once
 

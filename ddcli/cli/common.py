@@ -92,7 +92,7 @@ class DDCliGroup(TyperGroup):
             hint = ""
             if isinstance(e, click.exceptions.UsageError) and e.ctx is not None:
                 hint = f" (see '{e.ctx.command_path} --help')"
-            error_line(e.format_message() + hint)
+            error_line(_from_config_file(e) + e.format_message() + hint)
             code = e.exit_code if not isinstance(e, click.exceptions.UsageError) else EXIT_BAD_INPUT
         except DDCliError as e:
             error_line(_name_config_file(str(e), sys.argv[1:] if args is None else args))
@@ -134,6 +134,18 @@ def _name_config_file(message: str, argv: list[str]) -> str:
     given = any(a == o or a.startswith(o + "=" if o.startswith("--") else o)
                 for a in argv for o in opts)
     return f"{path}: {message}" if path is not None and not given else message
+
+
+def _from_config_file(e: click.exceptions.ClickException) -> str:
+    """'FILE: ' when ``e`` refuses a value that came from a ``--config`` file (``seed = -1``:
+    the message named the flag ``--seed``, which the command line did not give)."""
+    param, ctx = getattr(e, "param", None), getattr(e, "ctx", None)
+    if param is None or ctx is None or param.name is None:
+        return ""
+    if ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT_MAP:
+        return ""
+    path = next((_config_flags[o][0] for o in param.opts if o in _config_flags), None)
+    return f"{path}: " if path is not None else ""
 
 
 def _usable_streams() -> None:
@@ -248,15 +260,12 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
 
 
 def _coerce(param: click.Parameter, ctx: click.Context, value: Any) -> Any:
-    """Convert and check a config value as the option's command-line value would be (its type,
-    then its callback's check, e.g. ``--seed``'s range)."""
+    """Convert a config value as the option's command-line value would be (its range checks,
+    such as ``--seed``'s, run where click uses the value: a flag given on the command line
+    wins over the file's value, checked or not)."""
     if hasattr(param, "get_runtime_param"):  # typer >= 0.20: typer's own coercion
-        value = param.get_runtime_param().coerce(value, param=param, ctx=ctx)
-    else:  # pragma: no cover - click's
-        value = param.type_cast_value(ctx, value)
-    if param.callback is not None:
-        value = param.callback(ctx, param, value)
-    return value
+        return param.get_runtime_param().coerce(value, param=param, ctx=ctx)
+    return param.type_cast_value(ctx, value)  # pragma: no cover - click's
 
 
 def _command_names(ctx: click.Context) -> set[str]:
