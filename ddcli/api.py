@@ -22,6 +22,7 @@ import torch.utils.data
 from ddcli import __version__
 from ddcli.bundle import Bundle, load_bundle, save_bundle
 from ddcli.catalog import AMPS, CACHE_MODES, COMPILE_MODES, DTYPES, MAX_SEED
+from ddcli.configs import typed_value
 from ddcli.errors import DDCliError, InputError, Interrupted
 
 __all__ = ["BundleDataset", "distill", "evaluate", "load_bundle"]
@@ -117,14 +118,6 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     return value.lower()
 
 
-def _typed(flag: str, kind: Any, value: Any) -> Any:
-    """``value`` as an option of type ``kind`` (the method options' rule: numpy / torch
-    integers taken, a float for an integer or a string for a number refused)."""
-    from ddcli.configs import typed_value
-
-    return typed_value(flag, kind, value)
-
-
 def _path_arg(name: str, value: Any) -> Any:
     """A path argument: a str or an os.PathLike, or None (an int or a list failed deep in
     pathlib)."""
@@ -211,11 +204,11 @@ def distill(
         verbose = _verbose_arg(verbose)
         for name, value in (("force", force), ("skip_bad", skip_bad), ("relabel", relabel),
                             ("resume", resume)):
-            _typed(name, bool, value)
-        train_files = _typed("train_files", str | None, train_files)
-        channels = _typed("--channels", int | None, channels)
-        max_per_class = _typed("--max-per-class", int | None, max_per_class)
-        imbalance_factor = _typed("--imbalance-factor", float | None, imbalance_factor)
+            typed_value(name, bool, value)
+        train_files = typed_value("train_files", str | None, train_files)
+        channels = typed_value("--channels", int | None, channels)
+        max_per_class = typed_value("--max-per-class", int | None, max_per_class)
+        imbalance_factor = typed_value("--imbalance-factor", float | None, imbalance_factor)
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
                 or checkpoint_every < 0:
             raise InputError(f"--checkpoint-every must be an integer >= 0 (0: never), got "
@@ -546,13 +539,13 @@ def _evaluate_args(bundle, protocol, device, verbose, epochs, baseline, **others
     for name in ("test", "real", "backbone_weights", "out"):
         _path_arg(name, others[name])
     for name in ("force", "inherit", "skip_bad"):
-        _typed(name, bool, others[name])
+        typed_value(name, bool, others[name])
     for name in ("test_files", "real_files", "backbone"):
-        _typed(name, str | None, others[name])
+        typed_value(name, str | None, others[name])
     if baseline is not None:
         baseline = _choice("baseline", baseline, ("random", "centroids"))
     return (bundle, _name_arg("protocol", protocol), _device_arg(device), _verbose_arg(verbose),
-            _typed("--epochs", int | None, epochs), baseline)
+            typed_value("--epochs", int | None, epochs), baseline)
 
 
 def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, real,

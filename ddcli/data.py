@@ -692,21 +692,25 @@ def _is_hidden(p: Path | str) -> bool:
     return (p if isinstance(p, str) else p.name).startswith(".")
 
 
-def _subfolders(root: Path) -> list[Path]:
-    """The visible subfolders of ``root`` (hidden ones and ``__MACOSX`` left out), sorted."""
-    out = []
-    for p in sorted(root.iterdir()):
-        if _is_hidden(p) or p.name.lower() in IGNORED_DIRS:
-            continue
-        if p.is_dir():
-            out.append(p)
-    return out
+def _visible(folder: Path) -> list[Path]:
+    """The entries of ``folder`` that are not hidden, sorted."""
+    return [p for p in sorted(folder.iterdir()) if not _is_hidden(p)]
+
+
+def _subfolders(root: Path, entries: list[Path] | None = None) -> list[Path]:
+    """The visible subfolders of ``root`` (hidden ones and ``__MACOSX`` left out), sorted;
+    ``entries``: :func:`_visible` of ``root``, when the caller has listed it already."""
+    return [p for p in (_visible(root) if entries is None else entries)
+            if p.name.lower() not in IGNORED_DIRS and p.is_dir()]
+
+
+def _is_image_file(p: Path) -> bool:
+    return p.suffix.lower() in IMG_EXTENSIONS and not _is_hidden(p) and p.is_file()
 
 
 def _has_images(folder: Path) -> bool:
     """Whether ``folder`` holds an image file itself (not only in subfolders)."""
-    return any(p.suffix.lower() in IMG_EXTENSIONS and not _is_hidden(p) and p.is_file()
-               for p in folder.iterdir())
+    return any(map(_is_image_file, folder.iterdir()))
 
 
 def split_folders(root: Path) -> dict[str, Path] | None:
@@ -764,7 +768,8 @@ def _unlistable(e: OSError) -> None:
 
 def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,
                        ) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
-    class_dirs = _subfolders(root)
+    entries = _visible(root)
+    class_dirs = _subfolders(root, entries)
     if not class_dirs:
         raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
     if len(class_dirs) == 1:
@@ -783,13 +788,11 @@ def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,
     names = [unicodedata.normalize("NFC", d.name) for d in class_dirs]
     if warn is not None:
         # a class folder that is a link to an unmounted disk was dropped without a word
-        dangling = [p.name for p in sorted(root.iterdir())
-                    if p.is_symlink() and not p.exists() and not _is_hidden(p)]
+        dangling = [p.name for p in entries if p.is_symlink() and not p.exists()]
         if dangling:
             warn(f"{root}: {', '.join(dangling[:3])}" + (", ..." if len(dangling) > 3 else "")
                  + " link(s) to nothing: not read (a class folder on a disk not mounted?)")
-        stray = sum(1 for p in root.iterdir()
-                    if p.suffix.lower() in IMG_EXTENSIONS and p.is_file() and not _is_hidden(p))
+        stray = sum(map(_is_image_file, entries))
         if stray:
             warn(f"{root} holds {stray} image(s) outside any class folder: not read")
         # the mark of splits under other names (Train2019/, Test2019/): a few "classes" that

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,20 +41,17 @@ def check_classes(bundle: Bundle, test: Dataset, what: str = "test") -> None:
     """The bundle's classes must be the test classes: same names (compared Unicode-normalised:
     a bundle written before folder names were NFC-normalised keeps a Mac's spelling), same
     order."""
-    import unicodedata
-
-    def nfc(names: list[str]) -> list[str]:
-        return [unicodedata.normalize("NFC", c) for c in names]
-
-    if nfc(bundle.classes) != nfc(test.classes):
-        if sorted(nfc(bundle.classes)) == sorted(nfc(test.classes)):
+    ours = [unicodedata.normalize("NFC", c) for c in bundle.classes]
+    theirs = [unicodedata.normalize("NFC", c) for c in test.classes]
+    if ours != theirs:
+        if sorted(ours) == sorted(theirs):
             raise InputError(f"the {what} data lists the bundle's classes in another order; "
                              "labels would be mixed up")
-        missing = [c for c in bundle.classes if c not in test.classes]
-        extra = [c for c in test.classes if c not in bundle.classes]
+        missing = [c for c in ours if c not in theirs]
+        extra = [c for c in theirs if c not in ours]
         raise InputError(
-            f"the {what} classes do not match the bundle's ({len(test.classes)} vs "
-            f"{len(bundle.classes)}; missing {missing[:3]}, unexpected {extra[:3]})"
+            f"the {what} classes do not match the bundle's ({len(theirs)} vs "
+            f"{len(ours)}; missing {missing[:3]}, unexpected {extra[:3]})"
         )
 
 

@@ -19,6 +19,7 @@ from ddcli.cli.common import (
     QuietOpt,
     Reporter,
     SeedOpt,
+    SkipBadOpt,
     print_json,
     printable,
     stdout_console,
@@ -108,10 +109,7 @@ def evaluate(
         str | None, typer.Option("--real-files", help="Glob choosing the real shards.")
     ] = None,
     data_cache: DataCacheOpt = "auto",
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip unreadable images of --test and --real "
-                                              "with a warning count.", rich_help_panel="Data")
-    ] = False,
+    skip_bad: SkipBadOpt = False,  # (--test and --real)
     backbone: Annotated[
         str | None, typer.Option("--backbone", help="linear-probe: evaluation backbone "
                                                     "(default: the bundle's), e.g. timm:NAME.")
