@@ -105,7 +105,7 @@ def test_default_rows_leave_out_backbone10(tmp_path, monkeypatch):
     (tmp_path / "cifar10").mkdir()
     (tmp_path / "cifar10" / "train_1.npz").touch()
     quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w")])
-    assert not {"backbone10", "lt256", "lt200", "lt200-it2000"} & set(ran)
+    assert not {"backbone10", "sfm10-it1000", "lt256", "lt200", "lt200-it2000"} & set(ran)
     assert {"dm", "lt", "backbone1", "otgen"} <= set(ran)
     ran.clear()
     quality_cpu.main(["--data-root", str(tmp_path), "--workdir", str(tmp_path / "w"),
@@ -147,6 +147,30 @@ def test_lt_groups_have_their_own_names_specs_and_dm_comparison(tmp_path):
         for m in ("csdm", "sdm"):
             assert quality_cpu.VERSUS_DM[name.format(m)] == name.format("dm")
             assert quality_cpu.BASELINE_OF[name.format(m)] == name.format("dm")
+
+
+def test_backbone_rows_at_other_iterations_have_their_own_names_and_comparison(tmp_path,
+                                                                                monkeypatch):
+    """SFM at IPC 10 and 1,000 iterations must not overwrite the 200-iteration rows (names,
+    bundles), must carry its iterations and pyramid in its spec, must bring its own random
+    real baseline under each judge and be compared with the 200-iteration row."""
+    s = quality_cpu.Suite(tmp_path, tmp_path / "w", smoke=False, models=3)
+    seen: dict[str, dict] = {}
+    s.row = lambda name, spec, body: seen.setdefault(name, spec)
+    s.data = lambda name: ([], [], [], [])
+    monkeypatch.setattr(quality_cpu, "probe_test", lambda s, n: tmp_path)
+    quality_cpu.ROWS["sfm10-it1000"](s)
+    assert set(seen) == {"sfm-ipc10-it1000-distill", "sfm-ipc10-it1000",
+                         "sfm-ipc10-it1000+inherit"}
+    assert seen["sfm-ipc10-it1000"]["iterations"] == 1000
+    assert seen["sfm-ipc10-it1000"]["pyramid_every"] == 150
+    seen.clear()
+    quality_cpu.ROWS["backbone10"](s)
+    assert {"sfm-ipc10", "lgm-ipc10", "centroids-ipc10"} <= set(seen)
+    assert seen["sfm-ipc10"]["iterations"] == 200
+    for m in ("", "+inherit"):
+        assert quality_cpu.VERSUS_OTHER[f"sfm-ipc10-it1000{m}"][0] == f"sfm-ipc10{m}"
+        assert f"sfm-ipc10-it1000{m}" not in quality_cpu.BASELINE_OF
 
 
 def test_held_out_subset_skips_the_distilled_images_and_keeps_the_first_per_class(tmp_path):
