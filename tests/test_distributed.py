@@ -42,6 +42,13 @@ main()
 INTERRUPTER = KILLER.replace("signal.SIGKILL", "signal.SIGINT")
 
 
+@pytest.fixture(autouse=True)
+def _own_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun leaves a torchelastic_* folder in $TMPDIR per launch: keep them in the test's
+    own folder, not the machine's /tmp."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
