@@ -11,7 +11,7 @@
 See ``docs/python-api.md``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 
 _LAZY = {
     "load_bundle": "ddcli.bundle",

@@ -647,7 +647,9 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         raise InputError(f"--teacher changes nothing under the {proto.name} protocol (it "
                          "serves kd-online, and a --baseline random under kd or otm)")
     teachers = teachers_for(b, [Path(t) for t in teacher or []], dev) if needs_teachers else []
-    check_no_test_leak(b, teachers, test_ds)
+    uses_soft = soft_protocol or proto.loss == "kd-online"
+    if uses_soft:  # a hard-label protocol learns nothing from the teachers
+        check_no_test_leak(b, teachers, test_ds)
 
     cpu_hint = ("a GPU (--device cuda), fewer --models or fewer --epochs is faster"
                 if dev.type == "cpu" else None)
@@ -689,7 +691,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     if resized_from:
         report["images_resized_from"] = resized_from
     report["soft_labels"] = {
-        "temperature": temperature, "views": bool(views),
+        "used": uses_soft, "temperature": temperature, "views": bool(views),
         "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")},
     } if step else None
     if teachers:  # the teachers this evaluation used (--teacher, or the relabel step's)
@@ -702,7 +704,11 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         sub = random_real_subset(real_ds, ipc, seed)  # the same storage: IPC images
         pixels = sub.images.float() / 255.0
         soft, extras = None, {}
-        if soft_protocol:  # relabelled by the same teachers, with the same settings
+        record = None
+        if soft_protocol:
+            # relabelled by the same teachers with the same relabel settings (temperature,
+            # calibration, views): what `ddcli relabel` would do to these images, so ADSA's τ
+            # is searched on them as relabel searches it on the bundle's (recorded below)
             rec = step or {}
             settings = RelabelSettings(
                 temperature=temperature,
@@ -711,11 +717,16 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
                 seed=seed)
             prior = torch.tensor(ds_info.get("class_counts") or [1] * b.num_classes,
                                  dtype=torch.float32).clamp_min(1)
-            soft, extras, _ = relabel_images(pixels, sub.labels, teachers, settings, ipc=ipc,
-                                             prior=prior, mean=mean, std=std, device=dev)
+            soft, extras, record = relabel_images(pixels, sub.labels, teachers, settings,
+                                                  ipc=ipc, prior=prior, mean=mean, std=std,
+                                                  device=dev)
+            record = {k: record[k] for k in ("temperature", "calibrate", "views")} | {
+                "teachers": [t["checksum"] for t in record["teachers"]]}
         base = run(pixels, sub.labels, "random real", soft, views_from(extras, step))
         base.update(ipc=ipc, source=real_ds.source, fingerprint=real_ds.fingerprint,
                     selection_seed=seed, relabelled=soft_protocol)
+        if record is not None:
+            base["relabel"] = record
         _attach_baseline(report, base)
     if ctx is not None and not ctx.is_main:  # rank 0 alone reports and writes
         return {}

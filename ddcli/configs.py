@@ -447,7 +447,8 @@ class BackboneConfig(MethodConfig):
         iterations: optimisation steps (SFM / LGM reference 5,000).
         lr: Adam learning rate on the image pyramid (SFM / LGM reference 2e-3).
         backbone: the frozen feature extractor: efficientnet-lite0, timm:NAME, a torchvision
-            name, or a TorchScript file (see ddcli.backbones).
+            name, or torchscript (a TorchScript module given as --backbone-weights; see
+            ddcli.backbones).
         backbone_weights: its weights file (safetensors or a state dict).
         augs: augmented views of the synthetic set per step (LGM 10, SFM 1).
         pyramid_every: add a pyramid level of double resolution every N steps.

@@ -121,13 +121,20 @@ def teachers_for(bundle: Bundle, files: list[Path], device: torch.device) -> lis
 
 
 def check_no_test_leak(bundle: Bundle, teachers: list[Teacher], test: Dataset) -> None:
-    """Refuse soft labels or teachers that come from a teacher trained on the test data."""
-    recorded = [t.get("data_fingerprint") for s in bundle.provenance if s.get("step") == "relabel"
+    """Refuse soft labels or teachers that come from a teacher trained on the test data, or
+    on a subset cut from it (``relabel --data TEST``: the teacher learns the bundle's subset of
+    it, whose fingerprint is not the test set's; the whole --data's is recorded beside)."""
+    recorded = [t for s in bundle.provenance if s.get("step") == "relabel"
                 for t in s.get("teachers", [])]
-    for fp in recorded + [t.data_fingerprint for t in teachers]:
-        if fp and fp == test.fingerprint:
+    recorded += [t.describe() for t in teachers]
+    for t in recorded:
+        if t.get("data_fingerprint") == test.fingerprint:
             raise InputError("a teacher behind these soft labels was trained on the test data "
                              "(same fingerprint); its labels would leak the test set")
+        if t.get("source_fingerprint") == test.fingerprint:
+            raise InputError("a teacher behind these soft labels was trained on images cut "
+                             "from the test data (its relabel --data had the test data's "
+                             "fingerprint); its labels would leak the test set")
 
 
 def views_from(extras: dict[str, torch.Tensor], step: dict | None) -> Views | None:

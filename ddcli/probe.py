@@ -130,6 +130,10 @@ def linear_probe(
         # initialisation, batch order and views in turn (no per-model seed to report)
         model_seeds=None,
         generator_seed=seed,
+        # the protocol records the reference's base values (lr 1e-3, batch up to 100): these
+        # ran (lr scaled by batch / 256, batch min(100, n); 0.01 for --inherit's projector)
+        lr=lr,
+        batch_size=bs,
         lr_schedule="cosine, stepped per epoch",
         test_center_crop=round(TEST_CENTER_CROP, 4),
         train_time_s=round(train_s, 3),

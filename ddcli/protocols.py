@@ -138,7 +138,8 @@ _KNOB_APPLIES: dict[str, Callable[[dict], bool]] = {
     "dsa_always": lambda p: p["augment"] in ("dsa", "dsa-all") and bool(p["dsa_always"]),
     "cutmix_prob": lambda p: p["cutmix_prob"] > 0,
     "cutmix_beta": lambda p: p["cutmix_prob"] > 0,
-    "temperature": lambda p: p["loss"] in ("kd", "kd-online", "otm"),
+    # otm matches softmax(s) at T 1 to the soft labels (methods.md §5.4): no temperature
+    "temperature": lambda p: p["loss"] in ("kd", "kd-online"),
     "w_ce": lambda p: p["loss"] == "otm",
     "w_mse": lambda p: p["loss"] == "otm",
     "w_ot": lambda p: p["loss"] == "otm",

@@ -74,6 +74,10 @@ class Teacher:
     val_accuracy: float | None
     checksum: str = ""
     path: str | None = None
+    #: the fingerprint of the whole real set this teacher's training images were cut from
+    #: (``relabel --data`` before the bundle's subset), where it differs from data_fingerprint:
+    #: recorded with the soft labels so that evaluate can refuse a teacher cut from its test set
+    source_fingerprint: str | None = None
 
     @property
     def num_params(self) -> int:
@@ -82,7 +86,9 @@ class Teacher:
     def describe(self) -> dict:
         return {"path": self.path, "arch": self.arch, "checksum": self.checksum,
                 "data_fingerprint": self.data_fingerprint, "val_accuracy": self.val_accuracy,
-                "num_params": self.num_params, "recipe": self.recipe}
+                "num_params": self.num_params, "recipe": self.recipe,
+                **({"source_fingerprint": self.source_fingerprint}
+                   if self.source_fingerprint else {})}
 
     def to(self, device) -> Teacher:
         self.model.to(device)

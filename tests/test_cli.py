@@ -16,9 +16,10 @@ def test_version_and_help(cli):
     assert r.code == 0 and "Usage" in r.stdout and "error" not in r.stderr, r
     r = cli("--version")
     assert r.code == 0 and r.stdout.strip() == f"ddcli {__version__}"
-    for cmd in ("distill", "relabel", "evaluate", "inspect"):
+    for cmd in ("distill", "relabel", "evaluate", "inspect", "cache", "experts", "prior",
+                "list", "env"):
         r = cli(cmd, "--help")
-        assert r.code == 0 and "Example" in r.stdout, r
+        assert r.code == 0 and "Example" in r.stdout, (cmd, r)
 
 
 def test_python_dash_m_entry_point():
@@ -212,7 +213,28 @@ def test_config_rules_shared_keys_sections_and_types(cli, shards, tmp_path, bund
     assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg),
                           "unknown section [distil]", "distill")
     cfg.write_text("[distill]\nipc = 'ten'\n")
-    assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg), "ipc = 'ten'")
+    assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg), 'ipc = "ten"')
+    # a TOML value of another type was converted: "2" ran a whole distillation at IPC 2, true
+    # and [0] became 1 and 0 (as the Python API refuses them)
+    for value, wants in (("'2'", "an integer"), ("true", "an integer"), ("[0]", "an integer"),
+                         ("2.0", "an integer")):
+        cfg.write_text(f"[distill]\nipc = {value}\n")
+        assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg), wants)
+    for text, wants in (("lr = '0.1'", "a number"), ("json = 'yes'", "true or false"),
+                        ("lr = false", "a number")):
+        cfg.write_text(f"[distill]\n{text}\n")
+        assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg), wants)
+    cfg.write_text("[evaluate]\nmodels = '3'\n")
+    assert_one_line_error(cli("evaluate", bundle_file, "--config", cfg), 2, "an integer")
+    # numbers where a number is taken, a list for a text option that is a list
+    cfg.write_text("[distill]\nlr = 1\nipc = 1\niterations = 1\nbatch-real = 2\n"
+                   "width = 8\n")
+    assert cli("distill", shards, "--config", cfg, "-o", tmp_path / "c.safetensors",
+               "--device", "cpu", "-q").code == 0
+    # the sections named are those of commands that take --config
+    cfg.write_text("[distil]\nipc = 2\n")
+    r = cli("distill", shards, "--config", cfg)
+    assert "inspect" in r.stderr and "cache" not in r.stderr and "env" not in r.stderr
     cfg.write_text("ipc = 'ten'\n")  # top-level: checked where it applies
     assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg), "ipc")
     assert cli("inspect", bundle_file, "--config", cfg).code == 0
@@ -403,6 +425,15 @@ def test_output_folder_names_zero_scale_and_failed_allocations(cli, shards, tmp_
     r = cli("distill", *base, "-o", out)
     assert_one_line_error(r, 1, "out of memory (1341.1 GiB asked for at once): lower the run's")
     assert "internal error" not in r.stderr and not out.exists()
+    # the sizes named are the command's own (relabel's --views was never named)
+    assert "--batch-real" in r.stderr and "--views" not in r.stderr
+    import typer
+
+    from ddcli.cli import app
+    group = typer.main.get_command(app)
+    sizes = group._size_options(["relabel", "b.safetensors", "--views", "9"])
+    assert sizes == "--views, " and "--views" in group._size_options(["--version"])
+    assert "--models" in group._size_options(["evaluate", "b"])
 
 
 def test_api_refuses_an_output_that_names_a_folder(shards, tmp_path):

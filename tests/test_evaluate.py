@@ -150,6 +150,9 @@ def test_protocol_summary_lists_only_the_knobs_used():
     otm = get_protocol("otm").to_dict()
     assert "momentum" not in protocol_knobs(otm) and "w_ot" in protocol_knobs(otm)
     assert "dsa_strategy" not in protocol_knobs(otm)
+    # otm matches softmax(s) at T 1: a temperature there would be a knob that changes nothing
+    assert "temperature" not in protocol_knobs(otm)
+    assert "temperature" in protocol_knobs(get_protocol("kd").to_dict())
     assert "OT" in protocol_summary(otm) and "momentum" not in protocol_summary(otm)
     tgdd = protocol_summary(get_protocol("tgdd").to_dict())
     assert "cutmix p 0.5" in tgdd and "always color_flip" in tgdd

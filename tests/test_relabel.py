@@ -442,3 +442,58 @@ def test_relabel_never_writes_over_a_teacher_it_reads(cli, setup, teacher, tmp_p
     r = cli("relabel", b, "--data", data, "--train-teacher", "convnet", "--teacher-epochs",
             "3000000000", "-o", tmp_path / "s.safetensors")
     assert_one_line_error(r, 2, "--teacher-epochs is out of range")
+
+
+def test_a_teacher_cut_from_the_test_data_is_refused_where_its_labels_are_used(cli, tmp_path):
+    """relabel --data TEST on a bundle distilled with --max-per-class: the teacher learns the
+    bundle's per-class cut of TEST, whose fingerprint is not TEST's, and the leak check let kd
+    judge on TEST. A hard-label protocol learns nothing from the teacher: it runs, and its
+    report says the soft labels were not used."""
+    data = write_shards(tmp_path / "d", n_train=16, n_test=8)
+    b = tmp_path / "b.safetensors"
+    r = cli("distill", data, "--ipc", "1", "--iterations", "2", "--batch-real", "2", "--width",
+            "8", "--max-per-class", "2", "-o", b, "--device", "cpu", "-q")
+    assert r.code == 0, r
+    leak = tmp_path / "leak.safetensors"
+    r = cli("relabel", b, "--data", data / "test.npz", "--train-teacher", "convnet",
+            "--teacher-epochs", "1", "--device", "cpu", "-o", leak)
+    assert r.code == 0, r
+    step = load_bundle(leak).provenance[-1]
+    assert step["teachers"][0]["data_fingerprint"] != step["teachers"][0]["source_fingerprint"]
+    for proto in ("kd", "otm"):
+        assert_one_line_error(cli("evaluate", leak, "--test", data / "test.npz", "-p", proto,
+                                  "--epochs", "1", "--models", "1"), 2,
+                              "cut from the test data")
+    r = cli("evaluate", leak, "--test", data / "test.npz", "-p", "dm", "--epochs", "1",
+            "--models", "1", "--json", "--compile", "off")
+    assert r.code == 0, r
+    assert r.json()["soft_labels"]["used"] is False
+    # the same teacher judged on other test data: no refusal, the soft labels used
+    r = cli("evaluate", leak, "--test", data, "--test-files", "train_1.npz", "-p", "kd",
+            "--epochs", "1", "--models", "1", "--json")
+    assert r.code == 0, r
+    assert r.json()["soft_labels"]["used"] is True
+
+
+def test_kd_baseline_records_how_its_random_images_were_relabelled(cli, tmp_path):
+    """The random baseline under kd is relabelled as relabel would (ADSA's τ searched on its own
+    images): the report must say with which τ, temperature and teachers, as it does the
+    bundle's."""
+    data = write_shards(tmp_path / "d", n_train=16, n_test=8)
+    b = tmp_path / "b.safetensors"
+    r = cli("distill", data, "--ipc", "1", "--iterations", "2", "--batch-real", "2", "--width",
+            "8", "--imbalance-factor", "4", "-o", b, "--device", "cpu", "-q")
+    assert r.code == 0, r
+    s = tmp_path / "s.safetensors"
+    relabel(cli, data, b, s, "--calibrate", "adsa", "--temperature", "2")
+    step = load_bundle(s).provenance[-1]
+    r = cli("evaluate", s, "--test", data, "-p", "kd", "--epochs", "1", "--models", "1",
+            "--json", "--baseline", "random", "--real", data)
+    assert r.code == 0, r
+    base = r.json()["baseline"]["relabel"]
+    assert base["temperature"] == 2.0 and base["calibrate"]["method"] == "adsa"
+    assert isinstance(base["calibrate"]["tau"], float)
+    assert base["teachers"] == [t["checksum"] for t in step["teachers"]]
+    assert r.json()["protocol"]["temperature"] is None  # the soft labels' T, shown in text
+    r = cli("evaluate", s, "--test", data, "-p", "kd", "--epochs", "1", "--models", "1")
+    assert r.code == 0 and "loss kd T 2" in r.stdout, r

@@ -171,6 +171,11 @@ def test_cli_sfm_linear_probe_and_inheritance(cli, tiny_backbone, tmp_path):
     # stacked heads from one generator: the report names it, not a per-model seed it never used
     assert reports[False]["result"]["model_seeds"] is None
     assert reports[False]["result"]["generator_seed"] == 0
+    # the lr and batch that ran (the protocol records the reference's base lr 1e-3 and batch
+    # up to 100, scaled by batch / 256): 3 images, batch 3
+    assert reports[False]["result"]["batch_size"] == 3
+    assert reports[False]["result"]["lr"] == pytest.approx(1e-3 * 3 / 256)
+    assert reports[True]["result"]["lr"] == pytest.approx(0.01 * 3 / 256)
     r = cli("evaluate", out, "--test", data, "-p", "linear-probe", "--epochs", "1", "--models",
             "1", "--device", "cpu", "--baseline", "centroids", "--real", data, "--json")
     assert r.code == 0 and r.json()["baseline"]["kind"] == "centroids", r

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
 import tomllib
 import traceback
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -111,15 +114,24 @@ class DDCliGroup(TyperGroup):
             if os.environ.get("DDCLI_DEBUG"):
                 traceback.print_exc()
             if _out_of_memory(e):
-                error_line(f"out of memory{_requested(e)}: lower the run's sizes (--ipc, "
-                           "--batch-real, --width, --models, the image size) or use a device "
-                           "with more memory")
+                sizes = self._size_options(sys.argv[1:] if args is None else args)
+                error_line(f"out of memory{_requested(e)}: lower the run's sizes ({sizes}the "
+                           "image size) or use a device with more memory")
             else:
                 hint = "" if os.environ.get("DDCLI_DEBUG") else \
                     " (set DDCLI_DEBUG=1 for a traceback)"
                 error_line(f"internal error: {type(e).__name__}: {e}{hint}")
             code = EXIT_FAILED
         sys.exit(code)
+
+    #: the options that set how much memory a run takes, named in an out-of-memory error
+    #: where the command has them
+    SIZE_OPTIONS = ("--ipc", "--batch-real", "--width", "--models", "--views", "--augs")
+
+    def _size_options(self, argv: list[str]) -> str:
+        cmd = self.commands.get(next((a for a in argv if not a.startswith("-")), ""))
+        opts = {o for p in getattr(cmd, "params", []) for o in p.opts}
+        return "".join(f"{o}, " for o in self.SIZE_OPTIONS if o in opts or cmd is None)
 
 
 #: the long flags whose values came from a ``--config`` file: that file and all the option's
@@ -245,6 +257,13 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
     defaults: dict[str, Any] = {}
     for name, (key, v) in merged.items():
         p = params[name]
+        kind = _scalar_kind(p)
+        if kind is not None:  # TOML has numbers and booleans: "2", true or [2] is no --ipc
+            wrong = [x for x in (v if p.multiple and isinstance(v, list) else [v])
+                     if not _TOML_KINDS[kind][0](x)]
+            if wrong:
+                raise InputError(f"{path}: {key} = {json.dumps(wrong[0])}: expected "
+                                 f"{_TOML_KINDS[kind][1]}")
         if p.multiple and not isinstance(v, list):
             v = [v]
         elif isinstance(v, list) and not p.multiple:  # a tuple option: [8, 16] is "8,16"
@@ -259,6 +278,28 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
     return value
 
 
+#: a config value's TOML type for the options of these Python types: (check, what it wants)
+_TOML_KINDS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda x: isinstance(x, bool), "true or false"),
+    int: (lambda x: isinstance(x, int) and not isinstance(x, bool), "an integer"),
+    float: (lambda x: isinstance(x, int | float) and not isinstance(x, bool), "a number"),
+}
+
+
+def _scalar_kind(param: click.Parameter) -> type | None:
+    """bool, int or float where the option takes that type (its items, for a repeatable
+    option), None for text, paths and choices (a TOML number there is read as its text)."""
+    if hasattr(param, "get_runtime_param"):  # typer >= 0.20: the parameter's annotation
+        ann = param.get_runtime_param().annotation
+        while typing.get_origin(ann) in (list, tuple, typing.Union, types.UnionType):
+            ann = next(a for a in typing.get_args(ann) if a is not type(None))
+        return ann if ann in _TOML_KINDS else None
+    t = getattr(param, "type", None)  # pragma: no cover - click's types
+    return next((k for k, c in ((bool, click.types.BoolParamType),
+                                (int, click.types.IntParamType),
+                                (float, click.types.FloatParamType)) if isinstance(t, c)), None)
+
+
 def _coerce(param: click.Parameter, ctx: click.Context, value: Any) -> Any:
     """Convert a config value as the option's command-line value would be (its range checks,
     such as ``--seed``'s, run where click uses the value: a flag given on the command line
@@ -269,8 +310,11 @@ def _coerce(param: click.Parameter, ctx: click.Context, value: Any) -> Any:
 
 
 def _command_names(ctx: click.Context) -> set[str]:
-    """The command names of the root group: the config file's section names."""
-    return set(getattr(ctx.find_root().command, "commands", {}) or {ctx.info_name})
+    """The names of the root group's commands that take --config: the config file's section
+    names."""
+    commands = getattr(ctx.find_root().command, "commands", {}) or {}
+    return {n for n, c in commands.items()
+            if any(p.name == "config" for p in getattr(c, "params", []))} | {ctx.info_name}
 
 
 ConfigOpt = Annotated[

@@ -82,7 +82,8 @@ def _print_caches(root: str, caches: list[dict]) -> None:
 
 cache_app = typer.Typer(
     name="cache",
-    help="List or clear the caches (teachers, experts, priors, features, data).",
+    help="List or clear the caches (teachers, experts, priors, features, data).\n\n"
+         "Example: [bold]ddcli cache list[/]",
     rich_markup_mode="rich",
     no_args_is_help=True,
 )
