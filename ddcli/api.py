@@ -193,11 +193,11 @@ def distill(
     stderr.
     """
 
-    from ddcli.distributed import env_world_size
+    from ddcli.distributed import env_world_size, said_by_rank_0
 
     world = env_world_size()
-    rank = os.environ.get("RANK", "0") if world > 1 else "0"
-    with _said_by_rank_0(rank):  # the command line's checks, before any work
+    rank = _env_rank(world)
+    with said_by_rank_0(rank):  # the command line's checks, before any work
         _check_seed(seed)
         data, out = _path_arg("data", data), _path_arg("out", out)
         method, device = _name_arg("method", method), _device_arg(device)
@@ -225,7 +225,7 @@ def distill(
                         skip_bad=skip_bad, max_per_class=max_per_class,
                         imbalance_factor=imbalance_factor, relabel=relabel,
                         relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every,
-                        resume=resume, dtype=dtype, verbose=verbose if rank == "0" else False,
+                        resume=resume, dtype=dtype, verbose=verbose if rank == 0 else False,
                         command=command, world=world, data_cache=data_cache, **options)
 
 
@@ -240,30 +240,29 @@ def _own_rng():
 
 
 @contextmanager
-def _said_by_rank_0(rank: int | str):
-    """Checks of the arguments alone (the same on every process of a torchrun): on a rank
-    other than 0 a refusal ends it quietly, so the run prints one error line, rank 0's."""
-    try:
-        yield
-    except InputError:
-        if str(rank) == "0":
-            raise
-        raise SystemExit(InputError.exit_code) from None
-
-
-@contextmanager
 def _rank_errors(rank: int | str):
-    """Under torchrun, on a rank other than 0: an interrupt ends it quietly (rank 0 says it)
-    and an error names the rank."""
+    """Under torchrun, on a rank other than 0: an interrupt ends it quietly (rank 0 says it),
+    and an error is left to rank 0 (``leave_to_rank_0``), which meets the same refusal (a
+    missing file, an existing output) or sees this rank fail and says so; one rank 0 did not
+    meet is said by this rank, named, after the wait. (A failure to join the group, rank 0
+    having left it with its refusal, printed a second line.)"""
+    from ddcli.distributed import leave_to_rank_0
+
     if str(rank) == "0":
         yield
         return
     try:
         yield
-    except Interrupted:
+    except (Interrupted, KeyboardInterrupt):
         raise SystemExit(Interrupted.exit_code) from None
     except DDCliError as e:
-        raise type(e)(f"rank {rank}: {e}", e.exit_code) from None
+        leave_to_rank_0(e, rank)
+
+
+def _env_rank(world: int) -> int:
+    from ddcli.distributed import env_rank
+
+    return env_rank(world)[0] if world > 1 else 0
 
 
 def _int_tuple_options(method: str) -> list[str]:
@@ -280,6 +279,7 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
              checkpoint_every, resume, dtype, verbose, command, world, data_cache,
              **options) -> dict:
     from ddcli.data import check_out_not_data
+    from ddcli.distributed import said_by_rank_0
     from ddcli.io import check_writable, output_path
     from ddcli.methods import create_method
     from ddcli.reporting import resolve_device
@@ -287,7 +287,7 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
     rep = _reporter(verbose)
     dev = resolve_device(device)
     overrides = {k: v for k, v in options.items() if v is not None}
-    with _said_by_rank_0(os.environ.get("RANK", "0") if world > 1 else "0"):
+    with said_by_rank_0(_env_rank(world)):
         for name in _int_tuple_options(method):  # "64,128" -> (64, 128)
             if isinstance(overrides.get(name), str):
                 overrides[name] = _int_tuple(overrides[name], "--" + name.replace("_", "-"),
@@ -302,7 +302,7 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
         _check_checkpoint(out, resume, force)
     builtin = data is None
     preset = "sample-cpu" if builtin else None
-    with _said_by_rank_0(os.environ.get("RANK", "0") if world > 1 else "0"):
+    with said_by_rank_0(_env_rank(world)):
         algo = create_method(method.lower(), preset=preset, **overrides)  # before reading
         if relabel:  # its options too, not after the whole distillation
             _check_relabel(algo, relabel_teacher)
@@ -497,10 +497,10 @@ def evaluate(
     Under ``torchrun`` the models are spread over the processes (each trains its block, with
     the random draws of a single process, so every model's accuracy equals the one-process
     figure on a CPU); rank 0 reports and writes ``out``, the others return ``{}``."""
-    from ddcli.distributed import env_world_size
+    from ddcli.distributed import env_world_size, said_by_rank_0
 
     world = env_world_size()
-    with _said_by_rank_0(os.environ.get("RANK", "0") if world > 1 else "0"):
+    with said_by_rank_0(_env_rank(world)):
         _check_seed(seed)  # the command line's checks, before any work
         bundle, protocol, device, verbose, epochs, baseline = _evaluate_args(
             bundle, protocol, device, verbose, epochs, baseline, test=test, real=real,
@@ -516,14 +516,15 @@ def evaluate(
         if world > 1 and models < world:
             raise InputError(f"{world} processes for {models} models: use at most one "
                              "process per model")
-    args = {k: v for k, v in locals().items() if k not in ("env_world_size", "world")}
+    args = {k: v for k, v in locals().items()
+            if k not in ("env_world_size", "said_by_rank_0", "world")}
     if world == 1:
         with _own_rng():
             return _evaluate(**args, ctx=None)
     from ddcli.distributed import joined
     from ddcli.reporting import resolve_device
 
-    with joined(resolve_device(device)) as ctx, _rank_errors(ctx.rank), _own_rng():
+    with _rank_errors(_env_rank(world)), joined(resolve_device(device)) as ctx, _own_rng():
         return _evaluate(**{**args, "verbose": verbose if ctx.is_main else False}, ctx=ctx)
 
 

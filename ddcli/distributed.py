@@ -20,10 +20,16 @@ from typing import Any
 
 import torch
 
-from ddcli.errors import InputError, RunError
+from ddcli.errors import DDCliError, InputError, RunError
 
 FAILED = ("another process of the distributed run failed or was killed (torchrun's report "
-          "names it); no bundle was written")
+          "names it); its output was not written")
+
+#: how long a rank other than 0 waits, after a refusal, for rank 0 to print the same refusal
+#: (torchrun stops this process once rank 0 has exited); exiting at once had torchrun stop
+#: rank 0 before it printed, leaving no error line at all. Past it (rank 0 did not refuse:
+#: a refusal of this rank's own) this rank says it.
+RANK_0_WAIT_S = 30.0
 
 
 def env_world_size() -> int:
@@ -36,6 +42,64 @@ def env_world_size() -> int:
     if n < 1:
         raise InputError(f"bad WORLD_SIZE {raw!r} in the environment")
     return n
+
+
+def env_rank(world: int) -> tuple[int, int]:
+    """(RANK, LOCAL_RANK) torchrun set for a run of ``world`` processes, checked: a rank outside
+    0..world-1 waited for its peers forever."""
+    raw = os.environ.get("RANK")
+    if raw is None or not raw.strip():
+        raise InputError("WORLD_SIZE is set but RANK is not: start several processes with "
+                         "torchrun (see the README, 'Several GPUs / machines')")
+    values = []
+    for name, value in (("RANK", raw), ("LOCAL_RANK", os.environ.get("LOCAL_RANK", raw))):
+        try:
+            n = int(value)
+        except ValueError:
+            raise InputError(f"bad {name} {value!r} in the environment") from None
+        if not 0 <= n < world:
+            raise InputError(f"{name} {n} is outside 0..{world - 1} (WORLD_SIZE {world})")
+        values.append(n)
+    return values[0], values[1]
+
+
+def leave_to_rank_0(error: DDCliError, rank: int | str) -> None:
+    """On a rank other than 0, an error rank 0 meets as well (or sees as this rank's
+    failure): rank 0 prints it. Wait for torchrun to stop this process (it does once rank 0
+    has exited), then, if still running (the error was this rank's alone), raise it naming
+    the rank."""
+    import time
+
+    if getattr(error, "rank_said", False):  # waited for already (an inner check's)
+        raise error
+    time.sleep(RANK_0_WAIT_S)
+    own = type(error)(f"rank {rank}: {error}", error.exit_code)
+    own.rank_said = True
+    raise own from None
+
+
+@contextmanager
+def said_by_rank_0(rank: int | str) -> Iterator[None]:
+    """Refusals the same on every process of a torchrun run (the command line's checks, a
+    missing file): rank 0 says them, the other ranks leave it to rank 0
+    (:func:`leave_to_rank_0`)."""
+    try:
+        yield
+    except InputError as e:
+        if str(rank) == "0":
+            raise
+        leave_to_rank_0(e, rank)
+
+
+def single_process(command: str) -> None:
+    """Refuse ``command`` under torchrun: only distill and evaluate share their work among
+    processes (every rank ran the whole command and raced to write one output)."""
+    world = env_world_size()
+    if world > 1:
+        with said_by_rank_0(env_rank(world)[0]):
+            raise InputError(f"ddcli {command} does not run under torchrun (WORLD_SIZE="
+                             f"{world}): only distill and evaluate share their work among "
+                             "processes; run it as one process")
 
 
 def class_block(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -138,12 +202,7 @@ def init_distributed(device: str) -> DistContext:
     import torch.distributed as dist
 
     world = env_world_size()
-    try:
-        rank = int(os.environ["RANK"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
-    except (KeyError, ValueError):
-        raise InputError("WORLD_SIZE is set but RANK is not: start several processes with "
-                         "torchrun (see the README, 'Several GPUs / machines')") from None
+    rank, local = env_rank(world)
     if device.startswith("cuda"):
         if local >= torch.cuda.device_count():
             raise InputError(f"LOCAL_RANK {local} has no GPU (this machine has "

@@ -134,7 +134,7 @@ def test_killed_rank_fails_the_run_and_resume_continues(data5: Path, tmp_path: P
     assert r.returncode != 0
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1, r.stderr
-    assert "no bundle was written" in errors[0]
+    assert "its output was not written" in errors[0]
     assert not out.exists()
     assert ckpt.exists()  # rank 0's, from iteration 4
 
@@ -253,3 +253,95 @@ def test_a_process_of_a_group_leaves_through_os_exit(monkeypatch):
     with pytest.raises(SystemExit):
         entry._finish(0)
     assert len(exits) == 3
+
+
+# a launcher whose rank 0 starts $SLOW0 seconds late (a loaded node), then runs the CLI
+SLOW0 = """
+import os, sys, time
+if os.environ["RANK"] == "0":
+    time.sleep(float(os.environ["SLOW0"]))
+from ddcli.__main__ import main
+main()
+"""
+
+
+def _errors(r: subprocess.CompletedProcess) -> list[str]:
+    return [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+
+
+def test_a_refusal_is_said_once_even_when_rank_0_is_late(data5: Path, tmp_path: Path):
+    """Rank 1 refused at once and exited: torchrun then stopped rank 0 (SIGTERM) before it
+    printed the refusal, and the run ended with no error line at all. Refusals that every rank
+    meets (a bad option, a missing data set, an existing output, more processes than classes)
+    printed one line per rank."""
+    slow = tmp_path / "slow0.py"
+    slow.write_text(SLOW0)
+    r = _torchrun(2, [str(slow)], [data5, *ARGS, "--width", "0", "-o", tmp_path / "x.st"],
+                  SLOW0="3")
+    assert r.returncode != 0 and len(_errors(r)) == 1 and "--width" in _errors(r)[0], r.stderr
+    out = tmp_path / "exists.safetensors"
+    out.write_bytes(b"")
+    for args, fragment in (([tmp_path / "nowhere", *ARGS, "-o", tmp_path / "y.st"], "not found"),
+                           ([data5, *ARGS, "-o", out], "already exists")):
+        r = _torchrun(2, ["-m", "ddcli"], args)
+        assert r.returncode != 0 and len(_errors(r)) == 1, r.stderr
+        assert fragment in _errors(r)[0], r.stderr
+
+
+def test_commands_that_do_not_split_are_refused_under_torchrun(data5: Path, tmp_path: Path):
+    """relabel (and experts, prior, inspect) ran whole on every rank: both trained the
+    teacher, one wrote the output and the other failed on it, so a run that wrote its bundle
+    reported failure."""
+    b = tmp_path / "b.safetensors"
+    assert _single([data5, *ARGS, "-o", b]).returncode == 0
+    out = tmp_path / "r.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "ddcli", "relabel", str(b), "--data", str(data5), "--train-teacher",
+           "convnet", "--teacher-epochs", "1", "-o", str(out)]
+    r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode != 0 and len(_errors(r)) == 1, r.stderr
+    assert "ddcli relabel does not run under torchrun" in _errors(r)[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["relabel", "b.safetensors", "--teacher", "t"],
+                                     ["experts", "data"], ["prior", "data"],
+                                     ["inspect", "b.safetensors"]])
+def test_single_process_commands_refuse_a_torchrun_environment(cli, monkeypatch, command):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert_one_line_error(cli(*command), 2, f"ddcli {command[0]} does not run under torchrun")
+
+
+@pytest.mark.parametrize("rank, fragment", [("5", "RANK 5 is outside 0..1"),
+                                            ("-1", "RANK -1 is outside 0..1"),
+                                            ("x", "bad RANK 'x'")])
+def test_a_rank_outside_the_world_is_refused(cli, shards: Path, tmp_path: Path, monkeypatch,
+                                             rank: str, fragment: str):
+    """RANK 5 of WORLD_SIZE 2 waited for its peers forever; RANK x was taken for a rank other
+    than 0, whose refusals are silent, so a bad option ended with no message."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    monkeypatch.setenv("MASTER_PORT", "29533")
+    for extra in ([], ["--ipc", "0"]):
+        run = cli("distill", shards, "--iterations", "1", *extra, "-o", tmp_path / "x.st")
+        assert_one_line_error(run, 2, fragment)
+
+
+def test_rank_errors_leave_refusals_to_rank_0_and_end_interrupts_quietly(monkeypatch):
+    from ddcli import api, distributed
+    from ddcli.errors import DataError, InputError, RunError
+
+    monkeypatch.setattr(distributed, "RANK_0_WAIT_S", 0.0)
+    with pytest.raises(SystemExit) as e, api._rank_errors(1):
+        raise KeyboardInterrupt  # evaluate's Ctrl-C: a second "interrupted" line before
+    assert e.value.code == 130
+    # a refusal rank 0 did not make (past the wait): this rank says it, named once
+    with pytest.raises(DataError, match=r"^rank 1: no data$"), api._rank_errors(1):
+        with distributed.said_by_rank_0(1):
+            raise DataError("no data")
+    with pytest.raises(RunError, match="^rank 1: boom$"), api._rank_errors(1):
+        raise RunError("boom")
+    with pytest.raises(InputError, match="^bad$"), api._rank_errors(0):
+        raise InputError("bad")

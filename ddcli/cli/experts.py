@@ -59,6 +59,9 @@ def experts(
     Use the data options and --seed of the later distill: the cache is keyed by both.
     Example: [bold]ddcli experts data/cifar10 --train-files 'train_[123].npz' --num-experts 5[/]
     """
+    from ddcli.distributed import single_process
+
+    single_process("experts")  # before any work: every rank would run it whole
     import torch
 
     from ddcli.configs import TGDDConfig

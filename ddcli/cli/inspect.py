@@ -215,6 +215,9 @@ def inspect(
 
     Example: [bold]ddcli inspect fmnist-dm.safetensors --preview --grid grid.png[/]
     """
+    from ddcli.distributed import single_process
+
+    single_process("inspect")  # before any work: every rank would run it whole
     from ddcli.bundle import load_bundle, value_problem
     from ddcli.viz import export_image_folder, export_shards, save_grid, terminal_preview
 

@@ -59,6 +59,9 @@ def prior(
     that run finds it in the cache. Example: [bold]ddcli prior data/cifar10 --train-files
     'train_[123].npz'[/]
     """  # noqa: E501  (rich help shows the first paragraph's line breaks)
+    from ddcli.distributed import single_process
+
+    single_process("prior")  # before any work: every rank would run it whole
     import torch
 
     from ddcli.api import _int_tuple

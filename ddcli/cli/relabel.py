@@ -124,6 +124,9 @@ def relabel(
     Example: [bold]ddcli relabel dm.safetensors --data data/cifar10 --train-files
     'train_[123].npz' --train-teacher convnet -o dm-soft.safetensors[/]
     """
+    from ddcli.distributed import single_process
+
+    single_process("relabel")  # before any work: every rank would run it whole
     import torch
 
     from ddcli.bundle import STORAGE_DTYPES, load_bundle, save_bundle
