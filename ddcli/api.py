@@ -692,7 +692,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     if resized_from:
         report["images_resized_from"] = resized_from
     report["soft_labels"] = {
-        "used": uses_soft, "temperature": temperature, "views": bool(views),
+        "used": soft_protocol, "temperature": temperature, "views": bool(views),
         "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")},
     } if step else None
     if teachers:  # the teachers this evaluation used (--teacher, or the relabel step's)

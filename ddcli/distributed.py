@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ddcli.errors import DDCliError, InputError, RunError
+from ddcli.errors import DDCliError, InputError, Interrupted, RunError
 
 FAILED = ("another process of the distributed run failed or was killed (torchrun's report "
           "names it); its output was not written")
@@ -72,7 +72,11 @@ def leave_to_rank_0(error: DDCliError, rank: int | str) -> None:
 
     if getattr(error, "rank_said", False):  # waited for already (an inner check's)
         raise error
-    time.sleep(RANK_0_WAIT_S)
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun's: it stops us once rank 0 exits
+        try:  # (another launcher stops no one: say it at once)
+            time.sleep(RANK_0_WAIT_S)
+        except KeyboardInterrupt:  # rank 0 says "interrupted"
+            raise SystemExit(Interrupted.exit_code) from None
     own = type(error)(f"rank {rank}: {error}", error.exit_code)
     own.rank_said = True
     raise own from None
@@ -243,7 +247,14 @@ def joined(device: str) -> Iterator[DistContext]:
     ctx = init_distributed(device)
     try:
         yield ctx
-    except BaseException:
-        ctx.close(wait=False)
+    except BaseException as e:
+        try:
+            # a rank other than 0 waits in the group: rank 0, blocked in a collective with it,
+            # would otherwise see it leave, report a failed peer, and be named the culprit
+            if ctx.rank != 0 and isinstance(e, DDCliError) and not isinstance(e, Interrupted) \
+                    and str(e) != FAILED:
+                leave_to_rank_0(e, ctx.rank)
+        finally:
+            ctx.close(wait=False)
         raise
     ctx.close()

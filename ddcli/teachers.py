@@ -129,6 +129,7 @@ def save_teacher(t: Teacher, path: Path) -> str:
         "data_fingerprint": t.data_fingerprint, "recipe": json.dumps(t.recipe),
         "val_accuracy": json.dumps(t.val_accuracy), "checksum": t.checksum,
         "created": utc_now(), "torch": torch.__version__,
+        **({"source_fingerprint": t.source_fingerprint} if t.source_fingerprint else {}),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +212,8 @@ def load_teacher(path: str | Path) -> Teacher:
     model.eval()
     return Teacher(model, m["arch"], classes, channels, size, m["mean"], m["std"],
                    m["data_fingerprint"], m["recipe"], m["val_accuracy"], meta["checksum"],
-                   str(Path(path).absolute()))
+                   str(Path(path).absolute()),
+                   source_fingerprint=meta.get("source_fingerprint") or None)
 
 
 def teacher_cache_path(cache: Path, data: Dataset, recipe: Protocol, seed: int,
@@ -246,8 +248,11 @@ def train_teacher(
     epochs: int | None = None,
     cache: Path | None = None,
     progress: Callable[..., None] | None = None,
+    source_fingerprint: str | None = None,
 ) -> tuple[Teacher, bool]:
-    """Train (or fetch from the cache) a teacher; returns (teacher, came_from_cache)."""
+    """Train (or fetch from the cache) a teacher; returns (teacher, came_from_cache).
+    ``source_fingerprint``: that of the whole data set ``data`` was cut from, kept with the
+    teacher (its file, and this run's record of a cached one) for evaluate's leak check."""
     from ddcli.training import Ensemble, predict, train_ensemble
 
     if arch not in RECIPES:
@@ -259,7 +264,9 @@ def train_teacher(
         recipe = dataclasses.replace(recipe, epochs=epochs)
     path = teacher_cache_path(cache, data, recipe, seed, device) if cache is not None else None
     if path is not None and path.exists():
-        return load_teacher(path).to(device), True
+        t = load_teacher(path).to(device)
+        t.source_fingerprint = source_fingerprint or t.source_fingerprint
+        return t, True
 
     mean, std = data.mean_std()
     train, val = split_train_val(data, seed)
@@ -281,7 +288,8 @@ def train_teacher(
     model = model.to(device).eval()
     t = Teacher(model, arch, list(data.classes), data.channels, data.image_size, mean, std,
                 data.fingerprint, {**recipe.to_dict(), "seed": seed,
-                                   "val_fraction": VAL_FRACTION}, val_acc)
+                                   "val_fraction": VAL_FRACTION}, val_acc,
+                source_fingerprint=source_fingerprint)
     if path is not None:
         save_teacher(t, path)
     return t, False
@@ -300,8 +308,10 @@ def check_teacher(t: Teacher, classes: list[str], channels: int) -> None:
 
 
 def train_teachers(rep: Reporter, ds, archs: list[str], device: torch.device, seed: int,
-                   epochs: int | None = None) -> tuple[list, list[dict]]:
-    """Train (or fetch cached) one teacher per architecture on ``ds``, with progress."""
+                   epochs: int | None = None, source_fingerprint: str | None = None,
+                   ) -> tuple[list, list[dict]]:
+    """Train (or fetch cached) one teacher per architecture on ``ds``, with progress
+    (``source_fingerprint``: :func:`train_teacher`'s)."""
     teachers, log = [], []
     for arch in archs:
         if arch not in RECIPES:
@@ -310,7 +320,8 @@ def train_teachers(rep: Reporter, ds, archs: list[str], device: torch.device, se
         epochs_ = epochs if epochs is not None else RECIPES[arch].epochs
         with rep.progress(f"teacher {arch}", epochs_, unit="epochs") as update:
             t, cached = train_teacher(ds, arch, device=device, seed=seed, epochs=epochs,
-                                      cache=cache_dir(), progress=update)
+                                      cache=cache_dir(), progress=update,
+                                      source_fingerprint=source_fingerprint)
         took = time.perf_counter() - t0
         rep.info(f"teacher {arch}: validation accuracy {t.val_accuracy}% "
                  f"({'cached' if cached else f'trained in {took:.1f} s'}) -> {t.path}")

@@ -233,8 +233,11 @@ def test_config_rules_shared_keys_sections_and_types(cli, shards, tmp_path, bund
                "--device", "cpu", "-q").code == 0
     # the sections named are those of commands that take --config
     cfg.write_text("[distil]\nipc = 2\n")
-    r = cli("distill", shards, "--config", cfg)
-    assert "inspect" in r.stderr and "cache" not in r.stderr and "env" not in r.stderr
+    named = cli("distill", shards, "--config", cfg).stderr.split("command names:")[1].split(",")
+    assert {n.strip() for n in named} == {"distill", "evaluate", "experts", "inspect", "prior",
+                                          "relabel"}
+    cfg.write_text("[distill]\nipc = 1979-05-27\n")  # a TOML date: an internal error
+    assert_one_line_error(cli("distill", shards, "--config", cfg), 2, "ipc = \"1979-05-27\"")
     cfg.write_text("ipc = 'ten'\n")  # top-level: checked where it applies
     assert_one_line_error(cli("distill", shards, "--config", cfg), 2, str(cfg), "ipc")
     assert cli("inspect", bundle_file, "--config", cfg).code == 0

@@ -334,6 +334,7 @@ def test_rank_errors_leave_refusals_to_rank_0_and_end_interrupts_quietly(monkeyp
     from ddcli.errors import DataError, InputError, RunError
 
     monkeypatch.setattr(distributed, "RANK_0_WAIT_S", 0.0)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
     with pytest.raises(SystemExit) as e, api._rank_errors(1):
         raise KeyboardInterrupt  # evaluate's Ctrl-C: a second "interrupted" line before
     assert e.value.code == 130
@@ -345,3 +346,38 @@ def test_rank_errors_leave_refusals_to_rank_0_and_end_interrupts_quietly(monkeyp
         raise RunError("boom")
     with pytest.raises(InputError, match="^bad$"), api._rank_errors(0):
         raise InputError("bad")
+    # another launcher (RANK and WORLD_SIZE set by hand, a pod) stops no one: no wait
+    monkeypatch.setattr(distributed, "RANK_0_WAIT_S", 3600.0)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    with pytest.raises(InputError, match="^rank 1: bad$"), api._rank_errors(1):
+        raise InputError("bad")
+
+
+# a launcher whose rank 1 alone fails with a refusal in DM's iteration 2 (a file only its node
+# lacks), rank 0 being blocked in a collective meanwhile
+RANK1_ERROR = """
+import ddcli.distributed
+ddcli.distributed.RANK_0_WAIT_S = 2.0
+import os
+from ddcli.errors import DataError
+from ddcli.methods.dm import DM
+_step = DM.step
+def step(self, it):
+    if os.environ["RANK"] == "1" and it == 2:
+        raise DataError("only rank 1 cannot read shard X")
+    return _step(self, it)
+DM.step = step
+from ddcli.__main__ import main
+main()
+"""
+
+
+def test_an_error_of_rank_1_alone_is_said_by_rank_1(data5: Path, tmp_path: Path):
+    """Rank 1 left the group before its wait for rank 0: rank 0, blocked in a collective,
+    reported a failed peer, torchrun named rank 0 the culprit and rank 1's error was lost."""
+    script = tmp_path / "rank1err.py"
+    script.write_text(RANK1_ERROR)
+    r = _torchrun(2, [str(script)], [data5, *ARGS, "--checkpoint-every", "0", "-o",
+                                      tmp_path / "o.st"])
+    assert r.returncode != 0
+    assert "error: rank 1: only rank 1 cannot read shard X" in r.stderr, r.stderr

@@ -468,6 +468,12 @@ def test_a_teacher_cut_from_the_test_data_is_refused_where_its_labels_are_used(c
             "--models", "1", "--json", "--compile", "off")
     assert r.code == 0, r
     assert r.json()["soft_labels"]["used"] is False
+    # the cached teacher file keeps it: the same teacher given as a file to relabel again
+    teacher = step["teachers"][0]["path"]
+    again = tmp_path / "again.safetensors"
+    assert cli("relabel", b, "--teacher", teacher, "-o", again, "--device", "cpu").code == 0
+    assert_one_line_error(cli("evaluate", again, "--test", data / "test.npz", "-p", "kd",
+                              "--epochs", "1", "--models", "1"), 2, "cut from the test data")
     # the same teacher judged on other test data: no refusal, the soft labels used
     r = cli("evaluate", leak, "--test", data, "--test-files", "train_1.npz", "-p", "kd",
             "--epochs", "1", "--models", "1", "--json")

@@ -126,7 +126,8 @@ class DDCliGroup(TyperGroup):
 
     #: the options that set how much memory a run takes, named in an out-of-memory error
     #: where the command has them
-    SIZE_OPTIONS = ("--ipc", "--batch-real", "--width", "--models", "--views", "--augs")
+    SIZE_OPTIONS = ("--ipc", "--batch-real", "--width", "--models", "--views", "--augs",
+                    "--real-per-class", "--prior-batch", "--prior-channels", "--syn-res")
 
     def _size_options(self, argv: list[str]) -> str:
         cmd = self.commands.get(next((a for a in argv if not a.startswith("-")), ""))
@@ -262,7 +263,7 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: Path | N
             wrong = [x for x in (v if p.multiple and isinstance(v, list) else [v])
                      if not _TOML_KINDS[kind][0](x)]
             if wrong:
-                raise InputError(f"{path}: {key} = {json.dumps(wrong[0])}: expected "
+                raise InputError(f"{path}: {key} = {json.dumps(wrong[0], default=str)}: expected "
                                  f"{_TOML_KINDS[kind][1]}")
         if p.multiple and not isinstance(v, list):
             v = [v]

@@ -61,9 +61,10 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
         ds = as_distilled(ds, bundle, rep.warn, "--data")
         from ddcli.teachers import train_teachers
 
-        trained, trained_log = train_teachers(rep, ds, archs, device, seed, epochs)
-        for t in trained:  # recorded with the soft labels: evaluate's test-leak check
-            t.source_fingerprint = source if source != t.data_fingerprint else None
+        # the whole --data's fingerprint, kept with the teachers: evaluate's test-leak check
+        trained, trained_log = train_teachers(
+            rep, ds, archs, device, seed, epochs,
+            source_fingerprint=source if source != ds.fingerprint else None)
         teachers += trained
         log += trained_log
     if not teachers:
