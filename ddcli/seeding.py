@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 
-STREAMS = ("eval", "expert", "teacher", "pool", "surrogate")
+STREAMS = ("eval", "expert", "teacher", "pool", "surrogate", "golden")
 #: part of every cache key of trained networks (teachers, experts): caches made with 0.1.0's
 #: overlapping seeds are not reused
 SEED_SCHEME = "derive_seed/1"

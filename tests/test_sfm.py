@@ -381,3 +381,26 @@ def test_backbone_weights_are_recorded_absolute(cli, tiny_backbone, tmp_path, mo
             "--json")
     assert r.code == 0, r
     assert r.json()["config"]["backbone_weights"] == str(Path(tiny_backbone).absolute())
+
+
+def test_the_golden_head_does_not_depend_on_the_distillation_length(cli, tiny_backbone,
+                                                                    tmp_path):
+    """The golden head learns the real features alone: drawn from the run's generator after
+    the last iteration, it changed with --iterations (the quality suite's random real images
+    under --inherit scored 81.43 beside 200 SFM iterations and 82.17 beside 1,000)."""
+    data = write_shards(tmp_path / "d", n_train=12, n_test=6)
+    heads = []
+    for it in ("2", "5"):
+        out = tmp_path / f"s{it}.safetensors"
+        r = cli("distill", data, "-m", "sfm", "--ipc", "1", "--iterations", it, "--backbone",
+                "torchscript", "--backbone-weights", tiny_backbone, "--golden-head-epochs", "3",
+                "--device", "cpu", "-o", out)
+        assert r.code == 0, r
+        heads.append(load_bundle(out).extras["golden_head.weight"])
+    assert torch.equal(heads[0], heads[1])
+    r = cli("distill", data, "-m", "sfm", "--ipc", "1", "--iterations", "2", "--backbone",
+            "torchscript", "--backbone-weights", tiny_backbone, "--golden-head-epochs", "3",
+            "--device", "cpu", "--seed", "1", "-o", tmp_path / "seed1.safetensors")
+    assert r.code == 0, r
+    assert not torch.equal(heads[0],
+                           load_bundle(tmp_path / "seed1.safetensors").extras["golden_head.weight"])

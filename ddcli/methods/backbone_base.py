@@ -19,6 +19,7 @@ from ddcli.data import Dataset, NormalizedImages
 from ddcli.io import read_safetensors, write_safetensors
 from ddcli.methods.base import Method, SyntheticSet
 from ddcli.runtime import cache_dir, device_key
+from ddcli.seeding import derive_seed
 
 #: ``--backward-chunk auto`` on a CPU: synthetic views per forward / backward pass once a
 #: step has more than ``CPU_WHOLE_STEP_VIEWS`` views. Measured (SFM, IPC 10, 100 views at
@@ -250,8 +251,12 @@ class BackboneMethod(Method):
             images = self.pyramid.render().cpu()
         extras = {}
         if cfg.golden_head_epochs:
+            # its own seed stream: drawn from the run's generator, the head (a property of the
+            # real data) changed with --iterations, and so did every --inherit figure
+            gen = torch.Generator(device=self.real_feats.device)
+            gen.manual_seed(derive_seed("golden", self.seed))
             w, b = train_linear_head(self.real_feats, self.real_labels, self.num_classes,
-                                     cfg.golden_head_epochs, self.gen)
+                                     cfg.golden_head_epochs, gen)
             extras = {"golden_head.weight": w.cpu(), "golden_head.bias": b.cpu()}
         return SyntheticSet(images, self.syn_labels.cpu(), extras)
 
