@@ -444,16 +444,22 @@ def test_relabel_never_writes_over_a_teacher_it_reads(cli, setup, teacher, tmp_p
     assert_one_line_error(r, 2, "--teacher-epochs is out of range")
 
 
+def _small_bundle(cli, tmp_path, *subset: str):
+    """Shards and a 1-image-a-class DM bundle distilled from a ``subset`` of them."""
+    data = write_shards(tmp_path / "d", n_train=16, n_test=8)
+    b = tmp_path / "b.safetensors"
+    r = cli("distill", data, "--ipc", "1", "--iterations", "2", "--batch-real", "2", "--width",
+            "8", *subset, "-o", b, "--device", "cpu", "-q")
+    assert r.code == 0, r
+    return data, b
+
+
 def test_a_teacher_cut_from_the_test_data_is_refused_where_its_labels_are_used(cli, tmp_path):
     """relabel --data TEST on a bundle distilled with --max-per-class: the teacher learns the
     bundle's per-class cut of TEST, whose fingerprint is not TEST's, and the leak check let kd
     judge on TEST. A hard-label protocol learns nothing from the teacher: it runs, and its
     report says the soft labels were not used."""
-    data = write_shards(tmp_path / "d", n_train=16, n_test=8)
-    b = tmp_path / "b.safetensors"
-    r = cli("distill", data, "--ipc", "1", "--iterations", "2", "--batch-real", "2", "--width",
-            "8", "--max-per-class", "2", "-o", b, "--device", "cpu", "-q")
-    assert r.code == 0, r
+    data, b = _small_bundle(cli, tmp_path, "--max-per-class", "2")
     leak = tmp_path / "leak.safetensors"
     r = cli("relabel", b, "--data", data / "test.npz", "--train-teacher", "convnet",
             "--teacher-epochs", "1", "--device", "cpu", "-o", leak)
@@ -485,11 +491,7 @@ def test_kd_baseline_records_how_its_random_images_were_relabelled(cli, tmp_path
     """The random baseline under kd is relabelled as relabel would (ADSA's τ searched on its own
     images): the report must say with which τ, temperature and teachers, as it does the
     bundle's."""
-    data = write_shards(tmp_path / "d", n_train=16, n_test=8)
-    b = tmp_path / "b.safetensors"
-    r = cli("distill", data, "--ipc", "1", "--iterations", "2", "--batch-real", "2", "--width",
-            "8", "--imbalance-factor", "4", "-o", b, "--device", "cpu", "-q")
-    assert r.code == 0, r
+    data, b = _small_bundle(cli, tmp_path, "--imbalance-factor", "4")
     s = tmp_path / "s.safetensors"
     relabel(cli, data, b, s, "--calibrate", "adsa", "--temperature", "2")
     step = load_bundle(s).provenance[-1]
