@@ -218,7 +218,7 @@ def save_bundle(
     caller's tensors are left as they are; its ``checksum``, ``content_checksum``, ``created``
     and format fields are set to the file's."""
     path = Path(path)
-    check_writable(path, force)
+    check_writable(path, force, "force=True")  # (the commands check theirs before)
     if dtype not in STORAGE_DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype}")
     labels = bundle.labels.detach().cpu()

@@ -242,8 +242,9 @@ def check_folder_writable(folder: Path, for_path: Path | None = None) -> None:
         raise InputError(f"cannot write to output folder {folder}: {e.strerror or e}") from None
 
 
-def check_writable(path: Path, force: bool) -> None:
-    """Refuse to overwrite ``path`` unless ``force``; check its folder exists and is writable."""
+def check_writable(path: Path, force: bool, force_flag: str = "--force") -> None:
+    """Refuse to overwrite ``path`` unless ``force``; check its folder exists and is writable.
+    ``force_flag``: how the caller passes force (``force=True`` from Python)."""
     path = Path(path)
     if len(os.fsencode(path.name)) > _NAME_MAX:  # (is_dir raised an internal error on it)
         raise InputError(f"{path.name[:40]}...: the file name is {len(os.fsencode(path.name))} "
@@ -251,7 +252,7 @@ def check_writable(path: Path, force: bool) -> None:
     if path.is_dir():
         raise InputError(f"{path} is a folder, not a file")
     if path.exists() and not force:
-        raise InputError(f"{path} already exists; pass --force to overwrite it")
+        raise InputError(f"{path} already exists; pass {force_flag} to overwrite it")
     if path.exists() and not path.is_file():
         raise InputError(f"{path} is not a regular file; ddcli will not replace it")
     check_folder_writable(path.parent, path)
