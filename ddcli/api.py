@@ -23,7 +23,8 @@ from ddcli import __version__
 from ddcli.bundle import Bundle, load_bundle, save_bundle
 from ddcli.catalog import AMPS, CACHE_MODES, COMPILE_MODES, DTYPES, MAX_SEED
 from ddcli.configs import typed_value
-from ddcli.errors import DDCliError, InputError, Interrupted
+from ddcli.distributed import process_rank, rank_errors
+from ddcli.errors import InputError, Interrupted
 
 __all__ = ["BundleDataset", "distill", "evaluate", "load_bundle"]
 
@@ -193,11 +194,11 @@ def distill(
     stderr.
     """
 
-    from ddcli.distributed import env_world_size, said_by_rank_0
+    from ddcli.distributed import env_world_size
 
     world = env_world_size()
-    rank = _env_rank(world)
-    with said_by_rank_0(rank):  # the command line's checks, before any work
+    rank = process_rank(world)
+    with rank_errors(rank):  # the command line's checks, before any work
         _check_seed(seed)
         data, out = _path_arg("data", data), _path_arg("out", out)
         method, device = _name_arg("method", method), _device_arg(device)
@@ -219,7 +220,7 @@ def distill(
         if not all(isinstance(a, str) for a in relabel_teacher):
             raise InputError(f"relabel_teacher must be teacher names (strings), got "
                              f"{relabel_teacher!r}")
-    with _rank_errors(rank), _own_rng():  # torchrun: rank 0 reports
+    with rank_errors(rank), _own_rng():  # torchrun: rank 0 reports
         return _distill(data, method=method, out=out, seed=seed, device=device, force=force,
                         train_files=train_files, image_size=image_size, channels=channels,
                         skip_bad=skip_bad, max_per_class=max_per_class,
@@ -239,32 +240,6 @@ def _own_rng():
         yield
 
 
-@contextmanager
-def _rank_errors(rank: int | str):
-    """Under torchrun, on a rank other than 0: an interrupt ends it quietly (rank 0 says it),
-    and an error is left to rank 0 (``leave_to_rank_0``), which meets the same refusal (a
-    missing file, an existing output) or sees this rank fail and says so; one rank 0 did not
-    meet is said by this rank, named, after the wait. (A failure to join the group, rank 0
-    having left it with its refusal, printed a second line.)"""
-    from ddcli.distributed import leave_to_rank_0
-
-    if str(rank) == "0":
-        yield
-        return
-    try:
-        yield
-    except (Interrupted, KeyboardInterrupt):
-        raise SystemExit(Interrupted.exit_code) from None
-    except DDCliError as e:
-        leave_to_rank_0(e, rank)
-
-
-def _env_rank(world: int) -> int:
-    from ddcli.distributed import env_rank
-
-    return env_rank(world)[0] if world > 1 else 0
-
-
 def _int_tuple_options(method: str) -> list[str]:
     """The options of ``method``'s config that hold a tuple of ints (given as "a,b,c")."""
     from ddcli.configs import CONFIGS
@@ -279,7 +254,6 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
              checkpoint_every, resume, dtype, verbose, command, world, data_cache,
              **options) -> dict:
     from ddcli.data import check_out_not_data
-    from ddcli.distributed import said_by_rank_0
     from ddcli.io import check_writable, output_path
     from ddcli.methods import create_method
     from ddcli.reporting import resolve_device
@@ -287,11 +261,11 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
     rep = _reporter(verbose)
     dev = resolve_device(device)
     overrides = {k: v for k, v in options.items() if v is not None}
-    with said_by_rank_0(_env_rank(world)):
-        for name in _int_tuple_options(method):  # "64,128" -> (64, 128)
-            if isinstance(overrides.get(name), str):
-                overrides[name] = _int_tuple(overrides[name], "--" + name.replace("_", "-"),
-                                             minimum=0)  # the config checks its own ranges
+    # (refusals here run inside distill()'s rank_errors: said once, by rank 0)
+    for name in _int_tuple_options(method):  # "64,128" -> (64, 128)
+        if isinstance(overrides.get(name), str):
+            overrides[name] = _int_tuple(overrides[name], "--" + name.replace("_", "-"),
+                                         minimum=0)  # the config checks its own ranges
     if overrides.get("backbone_weights"):  # recorded absolute: evaluate from anywhere finds it
         overrides["backbone_weights"] = str(Path(overrides["backbone_weights"]).expanduser()
                                             .absolute())
@@ -302,21 +276,20 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
         _check_checkpoint(out, resume, force)
     builtin = data is None
     preset = "sample-cpu" if builtin else None
-    with said_by_rank_0(_env_rank(world)):
-        algo = create_method(method.lower(), preset=preset, **overrides)  # before reading
-        if relabel:  # its options too, not after the whole distillation
-            _check_relabel(algo, relabel_teacher)
-        elif relabel_teacher:  # (it was ignored)
-            raise InputError("--relabel-teacher chooses the teacher of --relabel: pass "
-                             "--relabel too")
-        if world > 1:
-            why = algo.split_refusal()
-            if why is None and relabel:
-                why = ("--relabel does not run under torchrun; run 'ddcli relabel' on the "
-                       "bundle after")
-            if why is not None:
-                raise InputError(f"{why} (WORLD_SIZE={world}); run it as one process, without "
-                                 "torchrun")
+    algo = create_method(method.lower(), preset=preset, **overrides)  # before reading
+    if relabel:  # its options too, not after the whole distillation
+        _check_relabel(algo, relabel_teacher)
+    elif relabel_teacher:  # (it was ignored)
+        raise InputError("--relabel-teacher chooses the teacher of --relabel: pass "
+                         "--relabel too")
+    if world > 1:
+        why = algo.split_refusal()
+        if why is None and relabel:
+            why = ("--relabel does not run under torchrun; run 'ddcli relabel' on the "
+                   "bundle after")
+        if why is not None:
+            raise InputError(f"{why} (WORLD_SIZE={world}); run it as one process, without "
+                             "torchrun")
     if world > 1:
         from ddcli.distributed import joined
 
@@ -497,10 +470,10 @@ def evaluate(
     Under ``torchrun`` the models are spread over the processes (each trains its block, with
     the random draws of a single process, so every model's accuracy equals the one-process
     figure on a CPU); rank 0 reports and writes ``out``, the others return ``{}``."""
-    from ddcli.distributed import env_world_size, said_by_rank_0
+    from ddcli.distributed import env_world_size
 
     world = env_world_size()
-    with said_by_rank_0(_env_rank(world)):
+    with rank_errors(process_rank(world)):
         _check_seed(seed)  # the command line's checks, before any work
         bundle, protocol, device, verbose, epochs, baseline = _evaluate_args(
             bundle, protocol, device, verbose, epochs, baseline, test=test, real=real,
@@ -517,14 +490,14 @@ def evaluate(
             raise InputError(f"{world} processes for {models} models: use at most one "
                              "process per model")
     args = {k: v for k, v in locals().items()
-            if k not in ("env_world_size", "said_by_rank_0", "world")}
+            if k not in ("env_world_size", "world")}
     if world == 1:
         with _own_rng():
             return _evaluate(**args, ctx=None)
     from ddcli.distributed import joined
     from ddcli.reporting import resolve_device
 
-    with _rank_errors(_env_rank(world)), joined(resolve_device(device)) as ctx, _own_rng():
+    with rank_errors(process_rank(world)), joined(resolve_device(device)) as ctx, _own_rng():
         return _evaluate(**{**args, "verbose": verbose if ctx.is_main else False}, ctx=ctx)
 
 

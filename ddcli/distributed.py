@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,8 +69,6 @@ def leave_to_rank_0(error: DDCliError, rank: int | str) -> None:
     failure): rank 0 prints it. Wait for torchrun to stop this process (it does once rank 0
     has exited), then, if still running (the error was this rank's alone), raise it naming
     the rank."""
-    import time
-
     if getattr(error, "rank_said", False):  # waited for already (an inner check's)
         raise error
     if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun's: it stops us once rank 0 exits
@@ -83,16 +82,27 @@ def leave_to_rank_0(error: DDCliError, rank: int | str) -> None:
 
 
 @contextmanager
-def said_by_rank_0(rank: int | str) -> Iterator[None]:
-    """Refusals the same on every process of a torchrun run (the command line's checks, a
-    missing file): rank 0 says them, the other ranks leave it to rank 0
-    (:func:`leave_to_rank_0`)."""
+def rank_errors(rank: int) -> Iterator[None]:
+    """Under torchrun, on a rank other than 0: an interrupt ends it quietly (rank 0 says it),
+    and an error is left to rank 0 (:func:`leave_to_rank_0`), which meets the same refusal
+    (the command line's checks, a missing file, an existing output) or sees this rank fail
+    and says so; one rank 0 did not meet is said by this rank, named, after the wait. (A
+    failure to join the group, rank 0 having left it with its refusal, printed a second
+    line.) On rank 0 (and outside torchrun) errors pass as they are."""
+    if rank == 0:
+        yield
+        return
     try:
         yield
-    except InputError as e:
-        if str(rank) == "0":
-            raise
+    except (Interrupted, KeyboardInterrupt):
+        raise SystemExit(Interrupted.exit_code) from None
+    except DDCliError as e:
         leave_to_rank_0(e, rank)
+
+
+def process_rank(world: int) -> int:
+    """This process's rank: RANK under torchrun (checked by :func:`env_rank`), else 0."""
+    return env_rank(world)[0] if world > 1 else 0
 
 
 def single_process(command: str) -> None:
@@ -100,7 +110,7 @@ def single_process(command: str) -> None:
     processes (every rank ran the whole command and raced to write one output)."""
     world = env_world_size()
     if world > 1:
-        with said_by_rank_0(env_rank(world)[0]):
+        with rank_errors(env_rank(world)[0]):
             raise InputError(f"ddcli {command} does not run under torchrun (WORLD_SIZE="
                              f"{world}): only distill and evaluate share their work among "
                              "processes; run it as one process")

@@ -330,26 +330,26 @@ def test_a_rank_outside_the_world_is_refused(cli, shards: Path, tmp_path: Path, 
 
 
 def test_rank_errors_leave_refusals_to_rank_0_and_end_interrupts_quietly(monkeypatch):
-    from ddcli import api, distributed
+    from ddcli import distributed
     from ddcli.errors import DataError, InputError, RunError
 
     monkeypatch.setattr(distributed, "RANK_0_WAIT_S", 0.0)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
-    with pytest.raises(SystemExit) as e, api._rank_errors(1):
+    with pytest.raises(SystemExit) as e, distributed.rank_errors(1):
         raise KeyboardInterrupt  # evaluate's Ctrl-C: a second "interrupted" line before
     assert e.value.code == 130
     # a refusal rank 0 did not make (past the wait): this rank says it, named once
-    with pytest.raises(DataError, match=r"^rank 1: no data$"), api._rank_errors(1):
-        with distributed.said_by_rank_0(1):
+    with pytest.raises(DataError, match=r"^rank 1: no data$"), distributed.rank_errors(1):
+        with distributed.rank_errors(1):  # an inner refusal: waited for once
             raise DataError("no data")
-    with pytest.raises(RunError, match="^rank 1: boom$"), api._rank_errors(1):
+    with pytest.raises(RunError, match="^rank 1: boom$"), distributed.rank_errors(1):
         raise RunError("boom")
-    with pytest.raises(InputError, match="^bad$"), api._rank_errors(0):
+    with pytest.raises(InputError, match="^bad$"), distributed.rank_errors(0):
         raise InputError("bad")
     # another launcher (RANK and WORLD_SIZE set by hand, a pod) stops no one: no wait
     monkeypatch.setattr(distributed, "RANK_0_WAIT_S", 3600.0)
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
-    with pytest.raises(InputError, match="^rank 1: bad$"), api._rank_errors(1):
+    with pytest.raises(InputError, match="^rank 1: bad$"), distributed.rank_errors(1):
         raise InputError("bad")
 
 
