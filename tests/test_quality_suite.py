@@ -168,9 +168,29 @@ def test_backbone_rows_at_other_iterations_have_their_own_names_and_comparison(t
     quality_cpu.ROWS["backbone10"](s)
     assert {"sfm-ipc10", "lgm-ipc10", "centroids-ipc10"} <= set(seen)
     assert seen["sfm-ipc10"]["iterations"] == 200
-    for m in ("", "+inherit"):
-        assert quality_cpu.VERSUS_OTHER[f"sfm-ipc10-it1000{m}"][0] == f"sfm-ipc10{m}"
-        assert f"sfm-ipc10-it1000{m}" not in quality_cpu.BASELINE_OF
+    for a in ("sfm", "lgm"):
+        for m in ("", "+inherit"):
+            assert quality_cpu.VERSUS_OTHER[f"{a}-ipc10-it1000{m}"][0] == f"{a}-ipc10{m}"
+            assert f"{a}-ipc10-it1000{m}" not in quality_cpu.BASELINE_OF
+
+
+def test_a_backbone_group_without_sfm_brings_its_own_random_real(tmp_path, monkeypatch):
+    """LGM at IPC 10 and 1,000 iterations runs without SFM's rows, whose random real baseline
+    the 200-iteration LGM rows borrow (BASELINE_OF): it must evaluate its own, under both
+    judges, at LGM's own scale."""
+    s = quality_cpu.Suite(tmp_path, tmp_path / "w", smoke=False, models=3)
+    calls: list[tuple[str, ...]] = []
+    s.row = lambda name, spec, body: body(spec) if not name.endswith("-distill") else {
+        "bundle": "b.safetensors", "distill": {}}
+    s.data = lambda name: ([], [], ["--random-data", "R"], [])
+    monkeypatch.setattr(quality_cpu, "probe_test", lambda s, n: tmp_path)
+    monkeypatch.setattr(quality_cpu, "run", lambda *a: calls.append(a) or {})
+    monkeypatch.setattr(quality_cpu, "_eval_summary", lambda e: e)
+    quality_cpu.ROWS["lgm10-it1000"](s)
+    evals = [c for c in calls if c[0] == "evaluate"]
+    assert len(evals) == 2 and all("--baseline" in c for c in evals)
+    assert {("--inherit" in c) for c in evals} == {True, False}
+    assert "lgm10-it1000" in quality_cpu.OPTIONAL_ROWS
 
 
 def test_held_out_subset_skips_the_distilled_images_and_keeps_the_first_per_class(tmp_path):
