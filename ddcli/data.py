@@ -725,11 +725,14 @@ def split_folders(root: Path) -> dict[str, Path] | None:
     if not splits:
         return None
     others = [p for p in subdirs if p not in splits]
-    if others and (all(_has_images(p) for p in splits)
-                   or not any(p.name.lower() in SPLIT_DIRS["train"] for p in splits)):
+    hold_images = all(_has_images(p) for p in splits)
+    if (others and (hold_images
+                    or not any(p.name.lower() in SPLIT_DIRS["train"] for p in splits))) \
+            or (hold_images and not any(_subfolders(p) for p in splits)):
         # classes that happen to be named like splits: holding images themselves (CIFAR-100's
         # "train"), or beside other folders with no training split among them (a class
-        # "validation" whose images sit in subfolders)
+        # "validation" whose images sit in subfolders); alone, classes "train" and "val"
+        # holding images and no class folders
         return None
     found: dict[str, Path] = {}
     for split, options in SPLIT_DIRS.items():
@@ -743,13 +746,14 @@ def split_folders(root: Path) -> dict[str, Path] | None:
 def _class_files(folder: Path) -> list[Path]:
     """The files of a class folder and its subfolders, sorted, hidden ones (and those in
     hidden folders) left out. Subfolders that are symbolic links are followed, as
-    torchvision's ``ImageFolder`` does, each real folder once (a link to a folder above it
-    would loop)."""
+    torchvision's ``ImageFolder`` does, each real folder once; a link to a folder above it
+    (which holds the other classes' folders too) is not."""
     files: list[Path] = []
+    base = Path(os.path.realpath(folder))
     seen: set[str] = set()
     for top, dirs, names in os.walk(folder, followlinks=True, onerror=_unlistable):
         real = os.path.realpath(top)
-        if real in seen:
+        if real in seen or (real != str(base) and base.is_relative_to(real)):
             dirs[:] = []
             continue
         seen.add(real)
@@ -766,14 +770,48 @@ def _unlistable(e: OSError) -> None:
     raise DataError(f"cannot list the folder {e.filename}: {e.strerror or e}")
 
 
+#: the file marking a folder as an export of ddcli's (``inspect --export``; ``--force`` replaces
+#: only those); it holds the real class names, which the folder reader gives back
+EXPORT_MARKER = ".ddcli-export"
+
+
+def _nfc(name: str) -> str:
+    """A name as typed on any system: a folder unpacked on a Mac spells "é" decomposed (NFD),
+    the same class on Linux composed (NFC)."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _exported_names(root: Path, folders: list[str]) -> list[str] | None:
+    """The real class names of a folder ddcli exported (its marker lists the folders it made
+    of them: ``0_cat``), or None when ``root`` is not such a folder as ddcli wrote it."""
+    try:
+        info = json.loads((root / EXPORT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("format") != "ddcli.export":
+        return None
+    classes, made = info.get("classes"), info.get("folders")
+    ok = isinstance(classes, list) and isinstance(made, list) and len(classes) == len(made) \
+        and all(isinstance(c, str) for c in classes) and len(set(classes)) == len(classes) \
+        and [_nfc(str(f)) for f in made] == folders
+    return list(classes) if ok else None
+
+
 def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,
                        ) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
     entries = _visible(root)
-    class_dirs = _subfolders(root, entries)
+    # sorted by the names as normalised (code-point order, as torchvision's ImageFolder), so
+    # that a folder's classes get the same labels on a Mac as on Linux
+    class_dirs = sorted(_subfolders(root, entries), key=lambda d: _nfc(d.name))
     if not class_dirs:
         raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
     if len(class_dirs) == 1:
         raise DataError(f"{root} has a single class ({class_dirs[0].name}); at least two needed")
+    names = [_nfc(d.name) for d in class_dirs]
+    twice = [n for n, k in Counter(names).items() if k > 1]
+    if twice:  # "é" composed beside "é" decomposed: two labels that cannot be told apart
+        raise DataError(f"{root} has two class folders named {twice[0]!r} (spelt with composed "
+                        "and with decomposed accents): rename or merge one")
     items: list[tuple[Path, int]] = []
     non_images: list[Path] = []
     for label, d in enumerate(class_dirs):
@@ -783,9 +821,7 @@ def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,
         if not imgs:
             raise DataError(f"class folder {d} has no images")
         items += [(p, label) for p in imgs]
-    # names as typed on any system: a folder unpacked on a Mac spells "é" decomposed (NFD),
-    # the same class on Linux composed (NFC), and the two never matched
-    names = [unicodedata.normalize("NFC", d.name) for d in class_dirs]
+    names = _exported_names(root, names) or names  # (an export's folders are "0_cat")
     if warn is not None:
         # a class folder that is a link to an unmounted disk was dropped without a word
         dangling = [p.name for p in entries if p.is_symlink() and not p.exists()]

@@ -92,11 +92,13 @@ def cache_key(src: Source) -> str:
 
 
 def file_key(paths: list[Path]) -> list[list]:
-    """What identifies files without reading them: name, size, modification time."""
+    """What identifies files without reading them: name, size, modification time, and the
+    inode and its change time (a file replaced by one of the same size whose modification time
+    was kept, as ``cp -p``, ``rsync -a`` and ``tar -x`` keep it, differs only in those)."""
     out = []
     for p in paths:
         st = p.stat()
-        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
     return out
 
 

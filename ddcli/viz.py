@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from rich.text import Text
 
+from ddcli.data import EXPORT_MARKER
 from ddcli.errors import InputError
 from ddcli.io import atomic_dir, atomic_path, check_writable
 
@@ -110,9 +111,6 @@ def terminal_preview(
 
 #: the longest folder name (in UTF-8 bytes) export makes of a class name; file systems allow 255
 MAX_NAME_BYTES = 100
-#: the file marking a folder as an export of ddcli's (``--force`` replaces only those); it holds
-#: the real class names
-EXPORT_MARKER = ".ddcli-export"
 
 
 def safe_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:

@@ -454,3 +454,60 @@ def test_class_names_are_unicode_normalised(tmp_path):
 
     old = SimpleNamespace(classes=[unicodedata.normalize("NFD", "café"), "dog"])
     check_classes(old, load_dataset(nfc))
+
+
+def test_class_order_and_labels_do_not_depend_on_how_accents_are_spelt(tmp_path):
+    """The classes were sorted by the folder names as spelt and normalised after: "élan"
+    decomposed (a Mac's copy) sorted before "zebra", composed (Linux's) after it, so the same
+    folder gave other labels on each system; both spellings at once gave a bundle with the
+    class "élan" twice."""
+    import unicodedata
+
+    nfd = write_image_folder(tmp_path / "nfd", classes=[unicodedata.normalize("NFD", "élan"),
+                                                        "zebra"])
+    nfc = write_image_folder(tmp_path / "nfc", classes=["élan", "zebra"])
+    a, b = load_dataset(nfd), load_dataset(nfc)
+    assert a.classes == b.classes == ["zebra", "élan"]  # code-point order of the NFC names
+    assert a.fingerprint == b.fingerprint
+    both = write_image_folder(tmp_path / "both", classes=["élan", "zebra"])
+    write_image_folder(tmp_path / "both", classes=[unicodedata.normalize("NFD", "élan"), "x"])
+    with pytest.raises(DataError, match="two class folders named 'élan'"):
+        load_dataset(both)
+
+
+def test_a_png_export_reads_back_with_its_class_names(tmp_path):
+    """`inspect --export` names its folders 0_<class> (safe for a file system, in the
+    bundle's order) and keeps the real names in .ddcli-export, which the reader ignored:
+    distilling from an export, or testing on one, saw classes "0_T-shirt_top" ..."""
+    from ddcli.data import EXPORT_MARKER
+    from ddcli.viz import export_image_folder
+
+    classes = ["T-shirt/top", "10", "2"]
+    images = torch.rand(6, 3, 8, 8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    out = tmp_path / "export"
+    export_image_folder(images, labels, classes, out)
+    ds = load_dataset(out)
+    assert ds.classes == classes and ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    # a marker that does not describe the folders (renamed by hand): the folders' names
+    marker = json.loads((out / EXPORT_MARKER).read_text())
+    marker["folders"][0] = "0_other"
+    (out / EXPORT_MARKER).write_text(json.dumps(marker))
+    assert load_dataset(out).classes == ["0_T-shirt_top", "1_10", "2_2"]
+
+
+def test_a_link_to_a_folder_above_a_class_is_not_read_into_it(tmp_path):
+    """cat/up -> .. read dog's images into cat (each real folder once, but the root's other
+    classes were new folders)."""
+    root = write_image_folder(tmp_path / "d", n=4)
+    before = load_dataset(root).class_counts
+    (root / "cat" / "up").symlink_to(root, target_is_directory=True)
+    (root / "cat" / "top").symlink_to(tmp_path, target_is_directory=True)
+    assert load_dataset(root).class_counts == before
+
+
+def test_two_classes_named_train_and_val_are_classes(tmp_path):
+    """Two folders "train" and "val" holding images and no class folders were taken for
+    splits: "d/train has no class folders"."""
+    root = write_image_folder(tmp_path / "d", classes=["train", "val"])
+    assert load_dataset(root).classes == ["train", "val"]

@@ -259,3 +259,27 @@ def test_evaluate_and_relabel_read_through_the_cache(cli, tmp_path, monkeypatch)
     assert e_on["result"]["accuracy_per_model"] == e_off["result"]["accuracy_per_model"]
     assert e_on["baseline"]["accuracy_per_model"] == e_off["baseline"]["accuracy_per_model"]
     assert torch.equal(soft_on, soft_off)
+
+
+def test_a_file_replaced_with_its_size_and_time_kept_is_read_again(tmp_path):
+    """The cache knew a file by path, size and modification time: a file replaced by another
+    of the same size whose time was kept (cp -p, rsync -a, tar -x) served the old pixels."""
+    import os
+
+    from PIL import Image
+
+    root = tmp_path / "d"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / c / f"{i}.bmp")
+    first = load_dataset(root, cache="on")
+    target = root / "cat" / "0.bmp"
+    st = target.stat()
+    new = tmp_path / "new.bmp"
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(new)
+    assert new.stat().st_size == st.st_size
+    os.replace(new, target)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = load_dataset(root, cache="on")
+    assert again.fingerprint == load_dataset(root).fingerprint != first.fingerprint

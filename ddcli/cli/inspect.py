@@ -164,8 +164,9 @@ def _render(s: dict, con: Console | None = None) -> None:
 def _check_outputs(grid: Path | None, export: Path | None, force: bool) -> None:
     """Refuse bad ``--grid`` / ``--export`` targets before anything is written (a grid was
     written, then the export refused; or written inside the folder the export replaced)."""
+    from ddcli.data import EXPORT_MARKER
     from ddcli.io import check_dir_replaceable
-    from ddcli.viz import EXPORT_MARKER, check_grid
+    from ddcli.viz import check_grid
 
     if grid is not None:
         check_grid(grid, force)
