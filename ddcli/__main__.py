@@ -70,19 +70,26 @@ def _on_alarm(signum, frame) -> None:
 
 
 def _guard_sigint() -> None:
-    """Install :func:`_on_sigint` (where the platform has timers; Python's default otherwise)."""
+    """Install :func:`_on_sigint` (where the platform has timers; Python's default otherwise),
+    for SIGTERM too (``timeout``, a batch scheduler): outside the loops that finish their step
+    on it, it ended the process at once, exit 143 without a word, where Ctrl-C says
+    "interrupted" and exits 130."""
     if hasattr(signal, "setitimer"):
         try:
             signal.signal(signal.SIGALRM, _on_alarm)
             signal.signal(signal.SIGINT, _on_sigint)
+            signal.signal(signal.SIGTERM, _on_sigint)
         except (ValueError, OSError):  # not the main thread / no signals here
             pass
 
 
 def _unguard_sigint() -> None:
-    """From here on Ctrl-C changes nothing: ignore it, and drop a held one."""
+    """From here on Ctrl-C changes nothing: ignore it, and drop a held one (SIGTERM ends the
+    process as by default again)."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if signal.getsignal(signal.SIGTERM) is _on_sigint:  # (not a torchrun group's handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if hasattr(signal, "setitimer"):
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, signal.SIG_DFL)

@@ -73,13 +73,21 @@ def output_lock(path: Path) -> Iterator[None]:
 
     path = Path(path)
     lock = path.with_name(fit_name(path.name, ".", ".ddcli-lock"))
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise InputError(f"another ddcli run is writing {path} (it holds {lock}); wait for "
+                             "it to end or choose another output") from None
+        try:  # the file locked is still the one at that name (a run ending deletes its lock:
+            # a file opened just before that, locked just after, was no lock any more)
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise InputError(f"another ddcli run is writing {path} (it holds {lock}); wait for it "
-                         "to end or choose another output") from None
     try:
         yield
     finally:

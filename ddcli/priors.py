@@ -281,14 +281,24 @@ def train_prior(
     if (folder / PRIOR_META).exists():
         return folder, True
     partial = folder.with_name(folder.name + ".partial")
+    # the checkpoint before the last, while the last replaces it (a kill between the two
+    # renames left no checkpoint: the run started over)
+    previous = partial.with_name(partial.name + ".old")
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     start = 0
-    if (partial / "state.pt").exists():  # resume
-        unet = UNet2DModel.from_pretrained(str(partial / "unet"), low_cpu_mem_usage=False)
-        state = torch.load(str(partial / "state.pt"), map_location="cpu", weights_only=True)
-        start = int(state["step"])
-        gen.set_state(state["generator"])
+    saved = next((p for p in (partial, previous) if (p / "state.pt").exists()), None)
+    if saved is not None:  # resume
+        try:
+            unet = UNet2DModel.from_pretrained(str(saved / "unet"), low_cpu_mem_usage=False)
+            state = torch.load(str(saved / "state.pt"), map_location="cpu", weights_only=True)
+            start = int(state["step"])
+            gen.set_state(state["generator"])
+        except Exception as e:  # a truncated or edited checkpoint: an internal error before
+            raise InputError(
+                f"the prior's checkpoint {saved} cannot be read ({type(e).__name__}: "
+                f"{str(e)[:200]}); delete that folder (or run 'ddcli cache clear priors') to "
+                "train the prior from the start") from None
     else:
         torch.manual_seed(seed)  # diffusers initialises from the global generator
         unet = _new_unet(data, recipe)
@@ -320,9 +330,13 @@ def train_prior(
                     "ema": ema.state_dict() if ema is not None else None,
                     "loss": _number(last["loss"])},
                    str(tmp / "state.pt"))
+        if previous.exists():
+            shutil.rmtree(previous)
         if partial.exists():
-            shutil.rmtree(partial)
+            partial.rename(previous)
         tmp.rename(partial)
+        if previous.exists():
+            shutil.rmtree(previous)
 
     with stop_signals() as ctrl_c:  # Ctrl-C / SIGTERM: finish the step, save, stop
         for step in range(start, recipe.steps):
@@ -370,7 +384,8 @@ def train_prior(
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
-    if partial.exists():
-        shutil.rmtree(partial)
+    for p in (partial, previous):
+        if p.exists():
+            shutil.rmtree(p)
     return folder, False
 

@@ -145,9 +145,48 @@ def test_resume_refuses_a_foreign_checkpoint(tmp_path):
     assert ckpt.exists()
     from ddcli.errors import InputError
 
-    with pytest.raises(InputError, match="another run"):
+    # the option that differs is named (it said "config differs"), and the remedy works (it
+    # said "drop --resume", which is refused while a checkpoint exists)
+    with pytest.raises(InputError, match=r"another run \(--lr 1\.0 there, 2\.0 here\); delete "
+                       r"it, or rerun with --force instead of --resume"):
         run_method(create_method("dm", **{**TINY, "lr": 2.0}), ds, seed=1, checkpoint=ckpt,
                    resume=True)
+
+
+def test_a_damaged_checkpoint_is_refused_not_resumed(tmp_path):
+    """A checkpoint had no checksum: flipped bits in its synthetic images resumed silently
+    into another bundle (or failed later as "loss became non-finite ... a smaller --lr")."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ddcli.errors import InputError
+
+    ds = tiny_dataset()
+    ckpt = tmp_path / "c.safetensors"
+    run_method(create_method("dm", **TINY), ds, seed=1, checkpoint=ckpt, checkpoint_every=2)
+    with safe_open(str(ckpt), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 8)
+    t = tensors[name].clone()
+    t.view(-1)[:8].view(torch.int32).bitwise_xor_(1)  # the lowest bit of 8 numbers
+    save_file({**tensors, name: t}, str(ckpt), metadata=meta)
+    with pytest.raises(InputError, match="checksum does not match"):
+        run_method(create_method("dm", **TINY), ds, seed=1, checkpoint=ckpt, resume=True)
+
+
+def test_the_last_iteration_is_checkpointed_even_with_checkpoint_every_0(tmp_path):
+    """With --checkpoint-every 0 nothing was saved after the last iteration, so a Ctrl-C during
+    --relabel's teacher training (or the write) lost every iteration; with the default it was
+    kept. The checkpoint is deleted once the bundle is written (the command's part)."""
+    ds = tiny_dataset()
+    ckpt = tmp_path / "c.safetensors"
+    full, _ = run_method(create_method("dm", **TINY), ds, seed=1, checkpoint=ckpt,
+                         checkpoint_every=0)
+    assert ckpt.exists()
+    again, stats = run_method(create_method("dm", **TINY), ds, seed=1, checkpoint=ckpt,
+                              resume=True)
+    assert stats["resumed_from"] == TINY["iterations"] and torch.equal(again.images, full.images)
 
 
 def test_bad_config_values():

@@ -385,3 +385,44 @@ def test_ctrl_c_during_prior_training_saves_a_checkpoint(tmp_path):
     assert steps == [4]  # resumed after step 3
     whole, _ = train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "b", recipe=recipe)
     assert torch.equal(_unet_weights(resumed), _unet_weights(whole))
+
+
+def test_a_damaged_or_half_replaced_prior_checkpoint(tmp_path):
+    """A truncated state.pt in the prior's checkpoint failed every rerun with an internal error
+    (exit 1) naming no remedy; a kill between the two renames that replace the checkpoint left
+    none (only .partial.tmp, which the next run deleted): it started over from step 0."""
+    import shutil
+
+    from ddcli.errors import InputError, Interrupted
+
+    ds = tiny_dataset(n=4)
+    recipe = PriorRecipe(steps=4, batch_size=4, channels=(8, 16), checkpoint_every=2)
+    whole, _ = train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "w", recipe=recipe)
+
+    def stopped(cache):
+        calls = {"n": 0}
+
+        def stop_at_three():
+            calls["n"] += 1
+            return calls["n"] == 3
+
+        with pytest.raises(Interrupted, match="step 3"):
+            train_prior(ds, device=torch.device("cpu"), cache=cache, recipe=recipe,
+                        should_stop=stop_at_three)
+        return next(cache.glob("priors/*.partial"))
+
+    partial = stopped(tmp_path / "d")
+    state = partial / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    with pytest.raises(InputError, match="cannot be read.*delete that folder"):
+        train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "d", recipe=recipe)
+    # killed after the old checkpoint moved aside, before the new one took its name
+    partial = stopped(tmp_path / "k")
+    previous = partial.with_name(partial.name + ".old")
+    partial.rename(previous)
+    steps = []
+    again, _ = train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "k", recipe=recipe,
+                           progress=lambda done, **_: steps.append(done))
+    assert steps == [4] and torch.equal(_unet_weights(again), _unet_weights(whole))
+    assert not previous.exists() and not partial.exists()
+    shutil.rmtree(tmp_path / "d")

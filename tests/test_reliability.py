@@ -774,6 +774,7 @@ def test_checkpoint_without_its_rng_state(cli, tmp_path):
     with safe_open(str(ckpt), "pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys() if k != "_generator"}
+    meta.pop("checksum", None)  # (a file made by hand: a stale checksum is refused first)
     save_file(tensors, str(ckpt), metadata=meta)
     args = ("distill", shards, "--ipc", "1", "--iterations", "4", "--batch-real", "2",
             "--width", "8", "--device", "cpu", "--resume", "-o", out)
@@ -1034,6 +1035,32 @@ def test_a_second_run_writing_the_same_output_is_refused_at_once(cli, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.safetensors", "shards"]
 
 
+def test_a_lock_file_deleted_while_it_was_being_taken_is_taken_again(tmp_path, monkeypatch):
+    """A run ending deletes its lock file: a run that had opened it just before, and locked it
+    just after, held a lock on a file no longer there, and a third run took the lock at the
+    name at the same time: two runs writing one output."""
+    import fcntl
+
+    from ddcli.io import output_lock
+
+    out = tmp_path / "o.safetensors"
+    real = fcntl.flock
+    taken: list[int] = []
+
+    def flock(fd, op):
+        if not taken:  # the run that held it ends between this run's open and its lock
+            next(tmp_path.glob(".*ddcli-lock")).unlink()
+        taken.append(fd)
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with output_lock(out):
+        monkeypatch.setattr(fcntl, "flock", real)
+        with pytest.raises(InputError, match="another ddcli run is writing"):
+            with output_lock(out):
+                pass
+
+
 def test_caches_built_on_a_gpu_are_not_reused_on_a_cpu(tmp_path):
     # experts, teachers, priors and backbone features were keyed without the device: entries a
     # GPU built (other random streams, other rounding) made a later CPU run's bundle depend on
@@ -1060,3 +1087,29 @@ def test_caches_built_on_a_gpu_are_not_reused_on_a_cpu(tmp_path):
                       "ends_only": False, "num": 1}, sort_keys=True)
     digest = hashlib.sha256(old.encode()).hexdigest()[:20]
     assert expert_dir(tmp_path, ds, EXPERT_RECIPE, 128, 0).name.endswith(digest)
+
+
+def test_sigterm_outside_the_loops_ends_with_one_line_and_130():
+    """SIGTERM (timeout, a batch scheduler) outside the loops that finish their step on it (a
+    data read, an evaluation, a teacher's training) killed the process at once: exit 143 and
+    no word, where Ctrl-C says "interrupted" and exits 130 (the README's table: "also on
+    SIGTERM")."""
+    code = (
+        "import os, signal, sys, time\n"
+        "import ddcli.__main__ as m\n"
+        "import ddcli.cli\n"
+        "def cli_main():  # a command at work, outside any loop's own handler\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "    print('not interrupted', flush=True)\n"
+        "ddcli.cli.main = cli_main\n"
+        "def finish(code):\n"
+        "    print('exit', code, flush=True)\n"
+        "    os._exit(0)\n"
+        "m._finish = finish\n"
+        "sys.argv = ['ddcli', 'evaluate', 'x.safetensors']\n"
+        "m.main()\n"
+    )
+    r = python_c(code)
+    assert r.stdout.strip() == "exit 130", (r.stdout, r.stderr)
+    assert r.stderr == "error: interrupted\n", r.stderr

@@ -74,7 +74,8 @@ def distill(
         int,
         typer.Option(
             "--checkpoint-every",
-            help="Save a checkpoint next to the output every N iterations (0: never).",
+            help="Save a checkpoint next to the output every N iterations (0: only on Ctrl-C / "
+                 "SIGTERM and after the last one; it is deleted once the bundle is written).",
             rich_help_panel=PANEL_RUN,
         ),
     ] = 1000,

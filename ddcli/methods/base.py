@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ddcli.bundle import checksums
 from ddcli.configs import MAX_INT_OPTION, MethodConfig, check_option_value  # noqa: F401
 from ddcli.data import Dataset, NormalizedImages
 from ddcli.errors import InputError, Interrupted, RunError
@@ -286,6 +287,7 @@ def _save_checkpoint(path: Path, method: Method, gen: torch.Generator, it: int, 
     meta = {**key, "iteration": str(it)}
     if loss is not None:
         meta["loss"] = repr(float(loss))
+    meta["checksum"] = checksums(tensors, meta)[0]  # (the bundles' hash, over all of it)
     write_safetensors(path, tensors, meta)
 
 
@@ -303,31 +305,53 @@ def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict
     within the run, the generator's state, and the method's state (every tensor it has from
     setup; tensors that do not fit are refused). Returns the iteration and the last logged
     loss."""
-    tensors, meta = read_safetensors(path, "checkpoint")
+    start_over = "delete it, or rerun with --force instead of --resume to start over"
+    try:
+        tensors, meta = read_safetensors(path, "checkpoint")
+    except InputError as e:
+        raise InputError(f"{e}; {start_over}") from None
     for k, v in key.items():
         if meta.get(k) != v:
-            raise InputError(
-                f"checkpoint {path} belongs to another run ({k} differs); delete it or drop "
-                "--resume"
-            )
+            raise InputError(f"checkpoint {path} belongs to another run "
+                             f"({_key_difference(k, meta.get(k), v)}); {start_over}")
     bad = f"checkpoint {path} is damaged or incomplete"
+    recorded = meta.get("checksum")  # (checkpoints of ddcli 0.3.0.dev0 and before have none)
+    if recorded is not None and recorded != checksums(tensors, meta)[0]:
+        raise InputError(f"{bad}: its checksum does not match its contents; {start_over}")
     it = meta.get("iteration", "")
     if not it.isdecimal() or len(it) > 12 or int(it) > method.iterations:
-        raise InputError(f"{bad}: bad iteration {it[:20]!r}; delete it or drop --resume")
+        raise InputError(f"{bad}: bad iteration {it[:20]!r}; {start_over}")
     rng = tensors.pop("_generator", None)
     ref = gen.get_state()
     if rng is None or rng.dtype != ref.dtype or rng.shape != ref.shape:
-        raise InputError(f"{bad}: it lacks the random generator's state; delete it or drop "
-                         "--resume")
+        raise InputError(f"{bad}: it lacks the random generator's state; {start_over}")
     missing = sorted(set(method.state()) - set(tensors))  # the state every run has from setup
     if missing:
-        raise InputError(f"{bad}: it lacks the state {missing[0]!r}; delete it or drop --resume")
+        raise InputError(f"{bad}: it lacks the state {missing[0]!r}; {start_over}")
     gen.set_state(rng)
     try:
         method.load_state({k: v.to(method_device(method)) for k, v in tensors.items()})
     except (KeyError, IndexError, ValueError, RuntimeError) as e:  # shapes that do not fit
-        raise InputError(f"{bad}: {type(e).__name__}: {e}; delete it or drop --resume") from None
+        raise InputError(f"{bad}: {type(e).__name__}: {e}; {start_over}") from None
     return int(it), _checkpoint_loss(meta)
+
+
+def _key_difference(key: str, theirs: str | None, ours: str) -> str:
+    """What differs between a checkpoint's run and this one, as the user can tell it: the
+    options of the config by name (``--iterations 20 there, 40 here``), else the key."""
+    if key == "config" and theirs is not None:
+        try:
+            a, b = json.loads(theirs), json.loads(ours)
+        except ValueError:
+            return "its config differs"
+        names = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)) \
+            if isinstance(a, dict) and isinstance(b, dict) else []
+        if names:
+            return ", ".join(f"--{k.replace('_', '-')} {json.dumps(a.get(k))} there, "
+                             f"{json.dumps(b.get(k))} here" for k in names[:3])
+    if key == "fingerprint":
+        return "other data"
+    return f"its {key.replace('_', ' ')} differs"
 
 
 def _gathered_state(method: Method, dist, num_classes: int) -> dict[str, torch.Tensor]:
@@ -503,8 +527,10 @@ def run_method(
                     )
                 raise Interrupted(f"interrupted at iteration {it}/{total}")
         check_finite()
-        if checkpoint is not None and checkpoint_every and total > start:
-            save(total)  # what follows (relabelling, writing) may be interrupted: keep the work
+        if checkpoint is not None and total > start:
+            # what follows (relabelling, writing) may be interrupted: keep the work, whatever
+            # checkpoint_every says (with 0, a Ctrl-C during --relabel lost every iteration)
+            save(total)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
