@@ -621,7 +621,10 @@ def _shard_files(folder: Path, split: str, pattern: str | None) -> list[Path]:
     if not train and not test:
         return all_npz  # an unsplit folder of shards is one set
     other = "--train-files" if split == "train" else "--test-files"
-    raise DataError(f"{folder} has no {split} shards; choose them with {other}")
+    held = [p.name for p in all_npz]
+    raise DataError(f"{folder} has no {split} shards (it holds {', '.join(held[:3])}"
+                    + (", ..." if len(held) > 3 else "") + f"); choose them with {other}, "
+                    f"e.g. {other} '{held[0]}'")
 
 
 def _check_shard_fits(f: Path, shape: tuple, labels: np.ndarray, first: tuple[tuple, Path],

@@ -31,7 +31,9 @@ def test_shards_splits_and_globs(shards):
 def test_shard_test_split_missing_is_refused(tmp_path):
     folder = write_shards(tmp_path / "s")
     (folder / "test.npz").unlink()
-    with pytest.raises(DataError, match="no test shards"):
+    # it names what the folder holds and the option (an npz export holds train.npz alone)
+    with pytest.raises(DataError, match=r"no test shards \(it holds train_1\.npz, train_2\.npz\); "
+                       r"choose them with --test-files, e\.g\. --test-files 'train_1\.npz'"):
         load_dataset(folder, "test")
 
 
