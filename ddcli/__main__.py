@@ -73,12 +73,15 @@ def _guard_sigint() -> None:
     """Install :func:`_on_sigint` (where the platform has timers; Python's default otherwise),
     for SIGTERM too (``timeout``, a batch scheduler): outside the loops that finish their step
     on it, it ended the process at once, exit 143 without a word, where Ctrl-C says
-    "interrupted" and exits 130."""
+    "interrupted" and exits 130. Not under a launcher (WORLD_SIZE set): a Python handler runs
+    only between C++ calls, and joining a torchrun group blocks in one for up to 30 minutes,
+    where torchrun's SIGTERM must end the process (the group's own handler follows the join)."""
     if hasattr(signal, "setitimer"):
         try:
             signal.signal(signal.SIGALRM, _on_alarm)
             signal.signal(signal.SIGINT, _on_sigint)
-            signal.signal(signal.SIGTERM, _on_sigint)
+            if "WORLD_SIZE" not in os.environ:
+                signal.signal(signal.SIGTERM, _on_sigint)
         except (ValueError, OSError):  # not the main thread / no signals here
             pass
 

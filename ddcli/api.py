@@ -375,7 +375,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
                           estimate=True, cpu_hint=cpu_hint) as update:
             syn, stats = run_method(
                 algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-                resume=resume, progress=update, warn=rep.warn, dist=ctx,
+                resume=resume, progress=update, warn=rep.warn, dist=ctx, keep_last=bool(relabel),
             )
         if ctx is not None and not ctx.is_main:  # rank 0 alone writes
             return {}

@@ -728,14 +728,11 @@ def split_folders(root: Path) -> dict[str, Path] | None:
     if not splits:
         return None
     others = [p for p in subdirs if p not in splits]
-    hold_images = all(_has_images(p) for p in splits)
-    if (others and (hold_images
-                    or not any(p.name.lower() in SPLIT_DIRS["train"] for p in splits))) \
-            or (hold_images and not any(_subfolders(p) for p in splits)):
+    if others and (all(_has_images(p) for p in splits)
+                   or not any(p.name.lower() in SPLIT_DIRS["train"] for p in splits)):
         # classes that happen to be named like splits: holding images themselves (CIFAR-100's
         # "train"), or beside other folders with no training split among them (a class
-        # "validation" whose images sit in subfolders); alone, classes "train" and "val"
-        # holding images and no class folders
+        # "validation" whose images sit in subfolders)
         return None
     found: dict[str, Path] = {}
     for split, options in SPLIT_DIRS.items():
@@ -795,9 +792,9 @@ def _exported_names(root: Path, folders: list[str]) -> list[str] | None:
         return None
     classes, made = info.get("classes"), info.get("folders")
     ok = isinstance(classes, list) and isinstance(made, list) and len(classes) == len(made) \
-        and all(isinstance(c, str) for c in classes) and len(set(classes)) == len(classes) \
-        and [_nfc(str(f)) for f in made] == folders
-    return list(classes) if ok else None
+        and all(isinstance(c, str) for c in classes) and [_nfc(str(f)) for f in made] == folders
+    names = [_nfc(c) for c in classes] if ok else []
+    return names if ok and len(set(names)) == len(names) else None
 
 
 def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,

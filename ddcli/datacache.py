@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import mmap
 import os
 from collections.abc import Callable
@@ -44,6 +45,7 @@ import torch
 
 from ddcli.catalog import CACHE_MODES  # noqa: F401  (re-exported)
 from ddcli.errors import DataError
+from ddcli.io import build_lock
 
 CACHE_VERSION = 1
 #: the most bytes of decoded chunks a build holds at once (large shards: fewer threads)
@@ -92,13 +94,14 @@ def cache_key(src: Source) -> str:
 
 
 def file_key(paths: list[Path]) -> list[list]:
-    """What identifies files without reading them: name, size, modification time, and the
-    inode and its change time (a file replaced by one of the same size whose modification time
-    was kept, as ``cp -p``, ``rsync -a`` and ``tar -x`` keep it, differs only in those)."""
+    """What identifies files without reading them: name, size, modification time, and change
+    time (a file replaced by one of the same size whose modification time was kept, as
+    ``cp -p``, ``rsync -a`` and ``tar -x`` keep it, differs only there; not the inode, which
+    some network file systems do not keep stable)."""
     out = []
     for p in paths:
         st = p.stat()
-        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
+        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns])
     return out
 
 
@@ -234,26 +237,12 @@ def _copy_rows(src: Path, dst: Path, rows: np.ndarray, row: int, block: int = 64
         os.close(fd_out)
 
 
-@contextlib.contextmanager
-def _locked(folder: Path):
-    """One builder per cache folder (torchrun ranks, two shells): the others wait for it."""
-    import fcntl
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure(src: Source, root: Path, progress: Callable[[int, int], None] | None = None) -> Path:
     """The complete cache folder of ``src`` under ``root``, built (or resumed) if need be."""
     folder = root / cache_key(src)
     if (folder / "meta.json").exists():
         return folder
-    with _locked(folder):
+    with build_lock(folder / ".lock"):  # one builder per entry: the others wait for it
         if not (folder / "meta.json").exists():
             build(src, folder, progress=progress)
     return folder
@@ -302,12 +291,22 @@ def open_dataset(folder: Path, source: str):
     """The cached set as a :class:`~ddcli.data.Dataset` over the mapping."""
     from ddcli.data import Dataset
 
-    meta = json.loads((folder / "meta.json").read_text())
-    shape = tuple(meta["shape"])
-    mapped = MappedImages(folder / meta.get("images_file", "images.u8"), shape)
-    labels = torch.from_numpy(np.load(folder / "labels.npy"))
-    ds = Dataset(mapped.tensor, labels, meta["classes"], name=meta["name"], source=source,
-                 mapped=mapped)
+    try:  # a damaged entry failed with internal errors (exit 1) or a bare "No such file"
+        meta = json.loads((folder / "meta.json").read_text())
+        shape = tuple(int(d) for d in meta["shape"])
+        images = folder / meta.get("images_file", "images.u8")
+        if images.stat().st_size != math.prod(shape):
+            raise ValueError(f"{images.name} holds {images.stat().st_size} bytes, "
+                             f"{math.prod(shape)} expected")
+        labels = torch.from_numpy(np.load(folder / "labels.npy"))
+        if labels.shape != shape[:1]:
+            raise ValueError(f"{len(labels)} labels for {shape[0]} images")
+        mapped = MappedImages(images, shape)
+        ds = Dataset(mapped.tensor, labels, meta["classes"], name=meta["name"], source=source,
+                     mapped=mapped)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"the data cache entry {folder} is damaged ({e}); run 'ddcli cache "
+                        "clear data' (or delete that folder) and it is built again") from None
     ds.__dict__["fingerprint"] = meta["fingerprint"]  # cached_property values, not recomputed
     ds.__dict__["_mean_std"] = (meta["mean"], meta["std"])
     return ds

@@ -96,6 +96,40 @@ def output_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def build_lock(lock: Path) -> Iterator[None]:
+    """One builder of a cache entry at a time (two CI jobs, torchrun ranks, two shells): the
+    others wait here, then find the entry built. The lock file stays (deleting it would let a
+    waiting process lock a file no longer at that name); ``cache clear`` leaves an entry
+    whose lock is held (:func:`lock_held`)."""
+    import fcntl
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def lock_held(lock: Path) -> bool:
+    """Whether a running process holds ``lock`` (:func:`build_lock`)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically, through ddcli's own temporary name (a killed write
     leaves a file that the next write of ``path`` removes): safetensors' ``save_file`` writes

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ddcli.configs import PRIOR_TIMESTEPS
 from ddcli.data import Dataset
 from ddcli.errors import InputError, Interrupted
+from ddcli.io import build_lock
 from ddcli.runtime import device_key, stop_signals
 
 PRIOR_META = "ddcli_prior.json"
@@ -275,11 +276,28 @@ def train_prior(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[Path, bool]:
     """Train (or find) the prior of ``data``; returns (folder, came_from_cache)."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
     folder = prior_dir(cache, data, recipe, seed, device)
     if (folder / PRIOR_META).exists():
         return folder, True
+    # one trainer per prior (two CI jobs at once wrote one temporary folder, and left an entry
+    # without its unet/ that every later run took for complete): the others wait, then find it
+    lock = folder.with_name(folder.name + ".lock")
+    with build_lock(lock):
+        if (folder / PRIOR_META).exists():
+            return folder, True
+        _train_prior(data, folder, device, recipe, seed, progress, should_stop)
+        # complete: a process still waiting on this lock finds the prior when it gets it (an
+        # interrupted run keeps the lock file, so a waiting one resumes its checkpoint alone)
+        lock.unlink(missing_ok=True)
+    return folder, False
+
+
+def _train_prior(data: Dataset, folder: Path, device: torch.device, recipe: PriorRecipe,
+                 seed: int, progress: Callable[..., None] | None,
+                 should_stop: Callable[[], bool]) -> None:
+    """:func:`train_prior`'s training into ``folder``, resumed from its checkpoint."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
     partial = folder.with_name(folder.name + ".partial")
     # the checkpoint before the last, while the last replaces it (a kill between the two
     # renames left no checkpoint: the run started over)
@@ -294,6 +312,8 @@ def train_prior(
             state = torch.load(str(saved / "state.pt"), map_location="cpu", weights_only=True)
             start = int(state["step"])
             gen.set_state(state["generator"])
+            if "optimizer" not in state or (state.get("ema") is None) == bool(recipe.ema):
+                raise ValueError("it lacks the optimiser's or the EMA's state")
         except Exception as e:  # a truncated or edited checkpoint: an internal error before
             raise InputError(
                 f"the prior's checkpoint {saved} cannot be read ({type(e).__name__}: "
@@ -330,9 +350,9 @@ def train_prior(
                     "ema": ema.state_dict() if ema is not None else None,
                     "loss": _number(last["loss"])},
                    str(tmp / "state.pt"))
-        if previous.exists():
-            shutil.rmtree(previous)
-        if partial.exists():
+        if partial.exists():  # (else the only checkpoint may be ``previous``: kept till now)
+            if previous.exists():
+                shutil.rmtree(previous)
             partial.rename(previous)
         tmp.rename(partial)
         if previous.exists():
@@ -387,5 +407,4 @@ def train_prior(
     for p in (partial, previous):
         if p.exists():
             shutil.rmtree(p)
-    return folder, False
 

@@ -79,7 +79,8 @@ def cache_usage() -> list[dict]:
     out = []
     for name, what in CACHES.items():
         path = root / name
-        entries = sorted(path.iterdir()) if path.is_dir() else []
+        entries = [p for p in sorted(path.iterdir()) if p.suffix != ".lock"] \
+            if path.is_dir() else []  # (a prior's build lock beside it is no entry)
         files, size = _size(path) if path.is_dir() else (0, 0)
         out.append({"name": name, "path": str(path), "holds": what,
                     "entries": len(entries), "files": files, "bytes": size})
@@ -87,11 +88,13 @@ def cache_usage() -> list[dict]:
 
 
 def clear_cache(name: str | None = None) -> list[dict]:
-    """Delete one cache (or all of them); return what was removed (name, entries, bytes). Only
-    the cache folders are touched, nothing else under the cache directory."""
+    """Delete one cache (or all of them); return what was removed (name, entries, bytes, and
+    ``in_use``: the entries left because a running process is building them). Only the cache
+    folders are touched, nothing else under the cache directory."""
     import shutil
 
     from ddcli.errors import InputError
+    from ddcli.io import lock_held
 
     if name is not None and name not in CACHES:
         raise InputError(f"unknown cache {name!r}; choose from {', '.join(CACHES)}")
@@ -100,15 +103,22 @@ def clear_cache(name: str | None = None) -> list[dict]:
         if name is not None and usage["name"] != name:
             continue
         path = Path(usage["path"])
-        if path.is_symlink() and path.is_dir():  # a cache moved to another disk: its contents
-            for child in path.iterdir():
-                if child.is_dir() and not child.is_symlink():
+        in_use = []
+        if path.is_dir():  # (a cache moved to another disk by a link: its contents)
+            for child in sorted(path.iterdir()):
+                # an entry being built (its lock held: a data cache's own .lock, a prior's
+                # <key>.lock beside it) is left: deleting it ended that run with an error
+                key = child.name.split(".")[0]
+                if lock_held(child / ".lock") or lock_held(path / f"{key}.lock"):
+                    in_use.append(child.name)
+                elif child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)
                 else:
                     child.unlink()
-        elif path.is_dir():
-            shutil.rmtree(path)
-        removed.append({k: usage[k] for k in ("name", "path", "entries", "bytes")})
+            if not in_use and not path.is_symlink():
+                path.rmdir()
+        removed.append({**{k: usage[k] for k in ("name", "path", "entries", "bytes")},
+                        "in_use": in_use})
     return removed
 
 

@@ -506,10 +506,3 @@ def test_a_link_to_a_folder_above_a_class_is_not_read_into_it(tmp_path):
     (root / "cat" / "up").symlink_to(root, target_is_directory=True)
     (root / "cat" / "top").symlink_to(tmp_path, target_is_directory=True)
     assert load_dataset(root).class_counts == before
-
-
-def test_two_classes_named_train_and_val_are_classes(tmp_path):
-    """Two folders "train" and "val" holding images and no class folders were taken for
-    splits: "d/train has no class folders"."""
-    root = write_image_folder(tmp_path / "d", classes=["train", "val"])
-    assert load_dataset(root).classes == ["train", "val"]

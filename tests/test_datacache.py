@@ -10,6 +10,7 @@ from conftest import write_image_folder, write_shards
 
 from ddcli import datacache
 from ddcli.data import load_dataset
+from ddcli.errors import DataError
 from ddcli.methods.base import ClassPool
 
 
@@ -283,3 +284,21 @@ def test_a_file_replaced_with_its_size_and_time_kept_is_read_again(tmp_path):
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     again = load_dataset(root, cache="on")
     assert again.fingerprint == load_dataset(root).fingerprint != first.fingerprint
+
+
+def test_a_damaged_entry_is_refused_with_its_remedy(tmp_path):
+    """A truncated images file, a lost labels file or a garbled meta.json ended the run with an
+    internal error (exit 1) or a bare "No such file or directory"."""
+    data = write_shards(tmp_path / "d", n_train=20)
+    first = load_dataset(data, cache="on")
+    folder = first.mapped.path.parent
+    saved = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    for damage in (lambda: (folder / "images.u8").write_bytes(saved["images.u8"][:100]),
+                   lambda: (folder / "labels.npy").unlink(),
+                   lambda: (folder / "meta.json").write_text("garbage")):
+        damage()
+        with pytest.raises(DataError, match="is damaged .*cache clear data"):
+            load_dataset(data, cache="on")
+        for name, content in saved.items():  # mended: read again
+            (folder / name).write_bytes(content)
+        assert len(load_dataset(data, cache="on")) == len(first)

@@ -175,18 +175,37 @@ def test_a_damaged_checkpoint_is_refused_not_resumed(tmp_path):
         run_method(create_method("dm", **TINY), ds, seed=1, checkpoint=ckpt, resume=True)
 
 
-def test_the_last_iteration_is_checkpointed_even_with_checkpoint_every_0(tmp_path):
+def test_the_last_iteration_is_checkpointed_before_relabel_even_with_checkpoint_every_0(
+        cli, tmp_path, monkeypatch):
     """With --checkpoint-every 0 nothing was saved after the last iteration, so a Ctrl-C during
-    --relabel's teacher training (or the write) lost every iteration; with the default it was
-    kept. The checkpoint is deleted once the bundle is written (the command's part)."""
+    --relabel's teacher training lost every iteration; with the default it was kept. Without
+    --relabel, 0 still writes nothing (a failed run left no checkpoint to refuse a rerun)."""
+    import ddcli.methods.base as base
+
     ds = tiny_dataset()
     ckpt = tmp_path / "c.safetensors"
+    run_method(create_method("dm", **TINY), ds, seed=1, checkpoint=ckpt, checkpoint_every=0)
+    assert not ckpt.exists()
     full, _ = run_method(create_method("dm", **TINY), ds, seed=1, checkpoint=ckpt,
-                         checkpoint_every=0)
+                         checkpoint_every=0, keep_last=True)
     assert ckpt.exists()
     again, stats = run_method(create_method("dm", **TINY), ds, seed=1, checkpoint=ckpt,
                               resume=True)
     assert stats["resumed_from"] == TINY["iterations"] and torch.equal(again.images, full.images)
+    # the command asks for it exactly when --relabel follows
+    seen = []
+
+    def spy(*a, **k):
+        seen.append(k["keep_last"])
+        raise KeyboardInterrupt  # (enough: the run is not needed)
+
+    monkeypatch.setattr(base, "run_method", spy)
+    data = write_shards(tmp_path / "d", n_train=6, n_test=3)
+    for extra in ([], ["--relabel"]):
+        r = cli("distill", data, "--ipc", "1", "--iterations", "2", "--checkpoint-every", "0",
+                "--device", "cpu", "-o", tmp_path / "o.safetensors", *extra)
+        assert r.code == 130, r
+    assert seen == [False, True]
 
 
 def test_bad_config_values():

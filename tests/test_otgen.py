@@ -426,3 +426,66 @@ def test_a_damaged_or_half_replaced_prior_checkpoint(tmp_path):
     assert steps == [4] and torch.equal(_unet_weights(again), _unet_weights(whole))
     assert not previous.exists() and not partial.exists()
     shutil.rmtree(tmp_path / "d")
+
+
+def test_the_prior_trains_once_while_another_process_trains_it(tmp_path):
+    """Two CI jobs training one prior at once wrote one temporary folder: the entry was left
+    without its unet/ and taken for complete by every later run. One trains, the other waits
+    for it (here: the lock held, the trainer waits; released, it finds or trains the prior)."""
+    import threading
+    import time
+
+    from ddcli.io import build_lock
+
+    ds = tiny_dataset(n=4)
+    recipe = PriorRecipe(steps=2, batch_size=4, channels=(8, 16))
+    folder = prior_dir(tmp_path, ds, recipe, 0, torch.device("cpu"))
+    out = {}
+    with build_lock(folder.with_name(folder.name + ".lock")):
+        t = threading.Thread(target=lambda: out.update(r=train_prior(
+            ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe)))
+        t.start()
+        time.sleep(1.0)
+        assert t.is_alive() and not list(folder.parent.glob(folder.name + "*.tmp")) \
+            and not folder.with_name(folder.name + ".partial").exists()
+    t.join(timeout=300)
+    assert out["r"] == (folder, False) and (folder / "unet").is_dir()
+    assert not folder.with_name(folder.name + ".lock").exists()  # done: no lock left
+
+
+def test_a_resumed_prior_keeps_its_only_checkpoint_until_the_next_is_in_place(tmp_path,
+                                                                               monkeypatch):
+    """Resumed from .partial.old (a kill between the renames), the next save deleted .old
+    before the new checkpoint took its name: a kill then left none."""
+    from pathlib import Path
+
+    from ddcli.errors import Interrupted
+
+    ds = tiny_dataset(n=4)
+    recipe = PriorRecipe(steps=6, batch_size=4, channels=(8, 16), checkpoint_every=2)
+    calls = {"n": 0}
+
+    def stop_at_three():
+        calls["n"] += 1
+        return calls["n"] == 3
+
+    with pytest.raises(Interrupted):
+        train_prior(ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe,
+                    should_stop=stop_at_three)
+    partial = next(tmp_path.glob("priors/*.partial"))
+    previous = partial.with_name(partial.name + ".old")
+    partial.rename(previous)
+    real = Path.rename
+
+    class Killed(Exception):
+        pass
+
+    def rename(self, target):
+        if Path(target) == partial:
+            raise Killed  # the kill, as the new checkpoint was taking its name
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(Killed):
+        train_prior(ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe)
+    assert (previous / "state.pt").exists() and (previous / "unet").is_dir()

@@ -1113,3 +1113,38 @@ def test_sigterm_outside_the_loops_ends_with_one_line_and_130():
     r = python_c(code)
     assert r.stdout.strip() == "exit 130", (r.stdout, r.stderr)
     assert r.stderr == "error: interrupted\n", r.stderr
+
+
+def test_under_a_launcher_sigterm_is_left_to_end_the_process():
+    """A Python handler runs only between C++ calls: with it, a rank blocked joining a torchrun
+    group (up to 30 minutes) no longer ended on torchrun's SIGTERM. Under a launcher
+    (WORLD_SIZE set) SIGTERM keeps its default until the group's own handler."""
+    import os
+
+    code = ("import signal\n"
+            "from ddcli.__main__ import _guard_sigint\n"
+            "_guard_sigint()\n"
+            "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n")
+    for env, want in (({"WORLD_SIZE": "2"}, "True"), ({}, "False")):
+        r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                           text=True, timeout=120,
+                           env={**{k: v for k, v in os.environ.items() if k != "WORLD_SIZE"},
+                                **env})
+        assert r.stdout.strip() == want, (env, r.stdout, r.stderr)
+
+
+def test_cache_clear_leaves_an_entry_being_built(tmp_path, monkeypatch):
+    """`cache clear` deleted a data-cache entry while another run built it: that run ended
+    with "No such file or directory (.../labels.npy)"."""
+    from ddcli.io import build_lock
+    from ddcli.runtime import clear_cache
+
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "c"))
+    busy, done = tmp_path / "c" / "data" / "busy", tmp_path / "c" / "data" / "done"
+    for d in (busy, done):
+        d.mkdir(parents=True)
+        (d / "images.u8").write_bytes(b"x")
+    with build_lock(busy / ".lock"):
+        (r,) = clear_cache("data")
+        assert r["in_use"] == ["busy"] and busy.exists() and not done.exists()
+    assert clear_cache("data")[0]["in_use"] == [] and not busy.parent.exists()

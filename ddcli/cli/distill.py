@@ -75,7 +75,8 @@ def distill(
         typer.Option(
             "--checkpoint-every",
             help="Save a checkpoint next to the output every N iterations (0: only on Ctrl-C / "
-                 "SIGTERM and after the last one; it is deleted once the bundle is written).",
+                 "SIGTERM, and after the last one with --relabel); deleted once the bundle is "
+                 "written.",
             rich_help_panel=PANEL_RUN,
         ),
     ] = 1000,

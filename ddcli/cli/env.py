@@ -124,4 +124,6 @@ def cache_clear(
         return
     con = stdout_console()
     for r in removed:
-        con.print(f"cleared {r['name']}: {r['entries']} entries, {human_bytes(r['bytes'])}")
+        con.print(f"cleared {r['name']}: {r['entries']} entries, {human_bytes(r['bytes'])}"
+                  + (f" ({len(r['in_use'])} being built by a running ddcli left: "
+                     f"{', '.join(r['in_use'][:3])})" if r["in_use"] else ""))

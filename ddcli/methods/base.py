@@ -310,14 +310,14 @@ def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict
         tensors, meta = read_safetensors(path, "checkpoint")
     except InputError as e:
         raise InputError(f"{e}; {start_over}") from None
-    for k, v in key.items():
-        if meta.get(k) != v:
-            raise InputError(f"checkpoint {path} belongs to another run "
-                             f"({_key_difference(k, meta.get(k), v)}); {start_over}")
     bad = f"checkpoint {path} is damaged or incomplete"
     recorded = meta.get("checksum")  # (checkpoints of ddcli 0.3.0.dev0 and before have none)
     if recorded is not None and recorded != checksums(tensors, meta)[0]:
         raise InputError(f"{bad}: its checksum does not match its contents; {start_over}")
+    for k, v in key.items():
+        if meta.get(k) != v:
+            raise InputError(f"checkpoint {path} belongs to another run "
+                             f"({_key_difference(k, meta.get(k), v)}); {start_over}")
     it = meta.get("iteration", "")
     if not it.isdecimal() or len(it) > 12 or int(it) > method.iterations:
         raise InputError(f"{bad}: bad iteration {it[:20]!r}; {start_over}")
@@ -409,8 +409,12 @@ def run_method(
     log_every: int = 50,
     warn: Callable[[str], None] = lambda m: None,
     dist=None,
+    keep_last: bool = False,
 ) -> tuple[SyntheticSet, dict[str, Any]]:
     """Run ``method`` on ``data``; return the synthetic set and run statistics.
+
+    ``keep_last``: checkpoint the last iteration even with ``checkpoint_every`` 0, for a caller
+    whose next step is long (``--relabel``'s teacher training).
 
     All randomness comes from one ``torch.Generator`` on ``device`` seeded with ``seed``; its
     state is checkpointed with the method's state, so a resumed run equals an uninterrupted
@@ -527,9 +531,9 @@ def run_method(
                     )
                 raise Interrupted(f"interrupted at iteration {it}/{total}")
         check_finite()
-        if checkpoint is not None and total > start:
-            # what follows (relabelling, writing) may be interrupted: keep the work, whatever
-            # checkpoint_every says (with 0, a Ctrl-C during --relabel lost every iteration)
+        if checkpoint is not None and total > start and (checkpoint_every or keep_last):
+            # what follows (relabelling, writing) may be interrupted: keep the work (with
+            # checkpoint_every 0, a Ctrl-C during --relabel's teacher training lost it all)
             save(total)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
