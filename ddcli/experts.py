@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from ddcli import __version__
-from ddcli.bundle import utc_now
+from ddcli.bundle import checksums, utc_now
 from ddcli.data import Dataset, NormalizedImages
 from ddcli.errors import InputError
 from ddcli.io import read_safetensors, write_safetensors
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
-from ddcli.runtime import device_key
+from ddcli.runtime import cache_entry_errors, device_key
 from ddcli.seeding import SEED_SCHEME, derive_seed
 
 FORMAT = "ddcli.trajectory"
@@ -76,14 +76,25 @@ def save_trajectory(path: Path, arch: str, snapshots: list[dict], meta: dict) ->
     md = {k: json.dumps(v) for k, v in meta.items()}
     md.update({"ddcli.format": FORMAT, "ddcli.version": __version__, "arch": arch,
                "epochs": str(len(snapshots) - 1), "created": utc_now()})
+    md["checksum"] = checksums(tensors, md)[0]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(path, tensors, md)
 
 
 def load_trajectory(path: Path, fingerprint: str | None = None) -> Trajectory:
+    with cache_entry_errors(path):
+        return _load_trajectory(path, fingerprint)
+
+
+def _load_trajectory(path: Path, fingerprint: str | None) -> Trajectory:
     tensors, md = read_safetensors(path, "expert trajectory")
     if md.get("ddcli.format") != FORMAT:
         raise InputError(f"{path} is not a ddcli expert trajectory")
+    # bytes changed in place read as another trajectory (or as "loss became non-finite");
+    # trajectories of ddcli 0.3.0.dev0 and before have no checksum
+    if "checksum" in md and md["checksum"] != checksums(tensors, md)[0]:
+        raise InputError(f"{path}: checksum mismatch (the expert trajectory was modified)")
+    md.pop("checksum", None)
     meta = {k: json.loads(v) for k, v in md.items()
             if k not in ("ddcli.format", "ddcli.version", "arch", "epochs", "created")}
     if fingerprint is not None and meta.get("data_fingerprint") != fingerprint:

@@ -27,7 +27,7 @@ from ddcli.configs import PRIOR_TIMESTEPS
 from ddcli.data import Dataset
 from ddcli.errors import InputError, Interrupted
 from ddcli.io import build_lock
-from ddcli.runtime import device_key, stop_signals
+from ddcli.runtime import cache_entry_errors, device_key, stop_signals
 
 PRIOR_META = "ddcli_prior.json"
 
@@ -103,6 +103,11 @@ def _ddim(scheduler) -> object:
 
 def load_prior(folder: str | Path, classes: list[str]) -> Prior:
     """Load a local diffusers pipeline folder and map ``classes`` to its class ids."""
+    with cache_entry_errors(folder):
+        return _load_prior(folder, classes)
+
+
+def _load_prior(folder: str | Path, classes: list[str]) -> Prior:
     from diffusers import DiTPipeline, UNet2DModel
     from diffusers.schedulers import DDPMScheduler
 

@@ -122,6 +122,26 @@ def clear_cache(name: str | None = None) -> list[dict]:
     return removed
 
 
+@contextlib.contextmanager
+def cache_entry_errors(path: str | Path) -> Iterator[None]:
+    """Refusals of a file or folder inside one of the caches (a damaged teacher, expert
+    trajectory or prior) end with the remedy, which they did not say: clear that cache and the
+    next run builds the entry again. Files outside the caches (``--teacher F``) are unchanged."""
+    from ddcli.errors import InputError
+
+    try:
+        yield
+    except InputError as e:
+        try:
+            rel = Path(path).resolve().relative_to(cache_dir(write=False).resolve())
+        except Exception:  # outside the caches, or no usable cache folder
+            raise e from None
+        if not rel.parts or rel.parts[0] not in CACHES:
+            raise
+        raise type(e)(f"{e} (a damaged cache entry: run 'ddcli cache clear {rel.parts[0]}' "
+                      "and the next run builds it again)") from None
+
+
 def device_key(device: Any) -> dict[str, str]:
     """What a cache key adds for the device that builds the entry: its kind (``cuda``), so
     that experts, teachers, priors or features built on a GPU (other random streams, other

@@ -33,7 +33,7 @@ from ddcli.errors import InputError
 from ddcli.io import read_safetensors, regular_file, write_safetensors
 from ddcli.models import create_model
 from ddcli.protocols import Protocol
-from ddcli.runtime import cache_dir, device_key
+from ddcli.runtime import cache_dir, cache_entry_errors, device_key
 
 if TYPE_CHECKING:
     from ddcli.reporting import Reporter
@@ -181,6 +181,11 @@ def _teacher_metadata(meta: dict[str, str], path: Path) -> dict:
 def load_teacher(path: str | Path) -> Teacher:
     """Read and check a teacher file: format, version, checksum, metadata schema, and weights
     that fit the recorded architecture exactly."""
+    with cache_entry_errors(path):
+        return _load_teacher(path)
+
+
+def _load_teacher(path: str | Path) -> Teacher:
     path = regular_file(path, "teacher")
     tensors, meta = read_safetensors(path, "ddcli teacher")
     if meta.get("ddcli.format") != FORMAT:

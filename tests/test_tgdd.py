@@ -174,3 +174,19 @@ def test_tgdd_resume_equals_uninterrupted(tmp_path, monkeypatch):
     resumed, _ = run_method(create_method("tgdd", **kw), ds, seed=5, checkpoint=ckpt,
                             resume=True)
     assert torch.equal(resumed.images, full.images)
+
+
+def test_a_trajectory_changed_in_place_is_refused_with_the_remedy(tmp_path, monkeypatch):
+    """Expert trajectories had no checksum: 4 KB overwritten at the same size were used
+    without a word (here: a run ending "loss became non-finite"), and no refusal of a damaged
+    cache entry said what to do."""
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path))
+    ds = tiny_dataset(n=4)
+    (path,) = build_experts(ds, num=1, device=torch.device("cpu"), cache=tmp_path / "experts",
+                            epochs=1, width=8)
+    load_trajectory(path, ds.fingerprint)  # as written: read
+    raw = bytearray(path.read_bytes())
+    raw[-64:-32] = bytes(32)  # numbers inside the last tensor, the file's size kept
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match=r"checksum mismatch .*'ddcli cache clear experts'"):
+        load_trajectory(path, ds.fingerprint)
