@@ -22,7 +22,7 @@ def test_env_json_has_versions_devices_and_caches(cli):
     e = r.json()
     assert e["ddcli"] == __version__ and e["packages"]["torch"]
     assert e["devices"][0]["device"] == "cpu"
-    assert e["cache_dir"] == os.environ["DDCLI_CACHE"]
+    assert e["cache_dir"] == os.environ["DDCLI_CACHE"] and e["cache_problem"] is None
     assert [c["name"] for c in e["caches"]] == ["teachers", "experts", "priors", "features",
                                                "data"]
     r = cli("env")
@@ -49,3 +49,17 @@ def test_cache_list_and_clear(cli):
 def test_shell_completion_is_offered(cli):
     r = cli("--help")
     assert "--install-completion" in r.stdout and "--show-completion" in r.stdout
+
+
+def test_env_reports_a_cache_it_cannot_use(cli, tmp_path, monkeypatch):
+    """`env` is the bug-report command: with $DDCLI_CACHE a file it failed (exit 2) instead of
+    reporting that, with the rest of the environment."""
+    bad = tmp_path / "cachefile"
+    bad.write_text("x")
+    monkeypatch.setenv("DDCLI_CACHE", str(bad))
+    r = cli("env", "--json")
+    assert r.code == 0, r
+    e = r.json()
+    assert e["caches"] == [] and "is not a folder" in e["cache_problem"] and e["packages"]
+    r = cli("env")
+    assert r.code == 0 and "is not a folder" in r.stdout, r

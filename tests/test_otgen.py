@@ -89,15 +89,9 @@ def test_prior_training_is_cached_and_resumable(tmp_path):
 
     ds = tiny_dataset(n=4)
     recipe = PriorRecipe(steps=4, batch_size=4, channels=(8, 16), checkpoint_every=2)
-    calls = {"n": 0}
-
-    def stop_after_three():
-        calls["n"] += 1
-        return calls["n"] == 3
-
     with pytest.raises(Interrupted, match="step 3"):
         train_prior(ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe,
-                    should_stop=stop_after_three)
+                    should_stop=_stop_at(3))
     folder, cached = train_prior(ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe)
     assert not cached and (folder / "unet" / "config.json").exists()
     assert json.loads((folder / PRIOR_META).read_text())["classes"] == ["c0", "c1", "c2"]
@@ -106,15 +100,9 @@ def test_prior_training_is_cached_and_resumable(tmp_path):
     assert load_prior(folder, ds.classes).null_id == 3
     # Ctrl-C on the last step: the resumed run had no step left and failed for good reading
     # the loss of a step it never ran (UnboundLocalError, in every rerun)
-    calls["n"] = 0
-
-    def stop_at_four():
-        calls["n"] += 1
-        return calls["n"] == 4
-
     with pytest.raises(Interrupted, match="step 4"):
         train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "last", recipe=recipe,
-                    should_stop=stop_at_four)
+                    should_stop=_stop_at(4))
     again, cached = train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "last",
                                 recipe=recipe)
     assert not cached and torch.equal(_unet_weights(again), _unet_weights(folder))
@@ -127,6 +115,17 @@ def _unet_weights(folder):
 
     unet = UNet2DModel.from_pretrained(str(folder / "unet"))
     return torch.cat([p.detach().flatten() for p in unet.parameters()])
+
+def _stop_at(n: int):
+    """A ``should_stop`` that says stop on its n-th call (the n-th step)."""
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] == n
+
+    return stop
+
 
 
 def test_prior_samples_from_the_ema_of_its_weights_and_resumes_it(tmp_path):
@@ -143,16 +142,10 @@ def test_prior_samples_from_the_ema_of_its_weights_and_resumes_it(tmp_path):
     # the same training (same seed, same draws): the EMA weights lag the last step's
     assert (w_ema - w_raw).abs().max() > 1e-6
     # a run stopped at step 3 and resumed ends with the same EMA as one that ran through
-    calls = {"n": 0}
-
-    def stop_at_three():
-        calls["n"] += 1
-        return calls["n"] == 3
-
     from ddcli.errors import Interrupted
 
     with pytest.raises(Interrupted):
-        train_prior(ds, device=cpu, cache=tmp_path / "b", recipe=recipe, should_stop=stop_at_three)
+        train_prior(ds, device=cpu, cache=tmp_path / "b", recipe=recipe, should_stop=_stop_at(3))
     resumed, _ = train_prior(ds, device=cpu, cache=tmp_path / "b", recipe=recipe)
     assert torch.equal(_unet_weights(resumed), w_ema)
 
@@ -400,15 +393,9 @@ def test_a_damaged_or_half_replaced_prior_checkpoint(tmp_path):
     whole, _ = train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "w", recipe=recipe)
 
     def stopped(cache):
-        calls = {"n": 0}
-
-        def stop_at_three():
-            calls["n"] += 1
-            return calls["n"] == 3
-
         with pytest.raises(Interrupted, match="step 3"):
             train_prior(ds, device=torch.device("cpu"), cache=cache, recipe=recipe,
-                        should_stop=stop_at_three)
+                        should_stop=_stop_at(3))
         return next(cache.glob("priors/*.partial"))
 
     partial = stopped(tmp_path / "d")
@@ -463,15 +450,9 @@ def test_a_resumed_prior_keeps_its_only_checkpoint_until_the_next_is_in_place(tm
 
     ds = tiny_dataset(n=4)
     recipe = PriorRecipe(steps=6, batch_size=4, channels=(8, 16), checkpoint_every=2)
-    calls = {"n": 0}
-
-    def stop_at_three():
-        calls["n"] += 1
-        return calls["n"] == 3
-
     with pytest.raises(Interrupted):
         train_prior(ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe,
-                    should_stop=stop_at_three)
+                    should_stop=_stop_at(3))
     partial = next(tmp_path.glob("priors/*.partial"))
     previous = partial.with_name(partial.name + ".old")
     partial.rename(previous)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from typing import Annotated
@@ -37,6 +38,10 @@ def environment() -> dict:
             p = torch.cuda.get_device_properties(i)
             devices.append({"device": f"cuda:{i}", "name": p.name,
                             "memory_gb": round(p.total_memory / 2**30, 1)})
+    try:  # the bug-report command reports a cache it cannot use (it failed with exit 2)
+        root, caches, problem = str(cache_dir(write=False)), cache_usage(), None
+    except InputError as e:
+        root, caches, problem = os.environ.get("DDCLI_CACHE", ""), [], str(e)
     return {
         "ddcli": __version__,
         "python": sys.version.split()[0],
@@ -45,8 +50,9 @@ def environment() -> dict:
         "torch_cuda": torch.version.cuda,
         "cuda_available": cuda,
         "devices": devices,
-        "cache_dir": str(cache_dir(write=False)),
-        "caches": cache_usage(),
+        "cache_dir": root,
+        "caches": caches,
+        "cache_problem": problem,
     }
 
 
@@ -68,6 +74,9 @@ def env(json_out: JsonOpt = False) -> None:
     for d in e["devices"]:
         extra = f", {d['threads']} threads" if "threads" in d else f", {d['memory_gb']} GiB"
         con.print(f"  {d['device']}: {d['name']}{extra}")
+    if e["cache_problem"]:
+        con.print(f"[bold]caches[/] {e['cache_problem']}")
+        return
     _print_caches(e["cache_dir"], e["caches"])
 
 
