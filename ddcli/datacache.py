@@ -304,11 +304,12 @@ def open_dataset(folder: Path, source: str):
         mapped = MappedImages(images, shape)
         ds = Dataset(mapped.tensor, labels, meta["classes"], name=meta["name"], source=source,
                      mapped=mapped)
+        fingerprint, mean_std = meta["fingerprint"], (meta["mean"], meta["std"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"the data cache entry {folder} is damaged ({e}); run 'ddcli cache "
                         "clear data' (or delete that folder) and it is built again") from None
-    ds.__dict__["fingerprint"] = meta["fingerprint"]  # cached_property values, not recomputed
-    ds.__dict__["_mean_std"] = (meta["mean"], meta["std"])
+    ds.__dict__["fingerprint"] = fingerprint  # cached_property values, not recomputed
+    ds.__dict__["_mean_std"] = mean_std
     return ds
 
 

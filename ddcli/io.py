@@ -5,6 +5,7 @@ never half-written."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -106,25 +107,39 @@ def build_lock(lock: Path) -> Iterator[None]:
 
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:  # a file system without locks (Lustre noflock, some FUSE):
+            if e.errno not in _NO_LOCKS:  # build as before there, unguarded
+                raise
+            yield
+            return
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+#: what flock says on a file system that has no locks
+_NO_LOCKS = (errno.ENOSYS, errno.ENOTSUP, errno.ENOLCK, errno.EINVAL)
+
+
 def lock_held(lock: Path) -> bool:
-    """Whether a running process holds ``lock`` (:func:`build_lock`)."""
+    """Whether a running process holds ``lock`` (:func:`build_lock`); False where locks cannot
+    be taken at all."""
     import fcntl
 
-    try:
-        fd = os.open(lock, os.O_RDONLY)
+    try:  # (for writing: an NFS client's flock is a byte-range lock, which needs it)
+        fd = os.open(lock, os.O_RDWR)
     except OSError:
-        return False
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
+    except OSError as e:
+        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
     finally:
         os.close(fd)
     return False

@@ -1148,3 +1148,24 @@ def test_cache_clear_leaves_an_entry_being_built(tmp_path, monkeypatch):
         (r,) = clear_cache("data")
         assert r["in_use"] == ["busy"] and busy.exists() and not done.exists()
     assert clear_cache("data")[0]["in_use"] == [] and not busy.parent.exists()
+
+
+def test_cache_locks_on_a_file_system_without_locks(tmp_path, monkeypatch):
+    """Where flock is refused outright (Lustre noflock, an NFS client without its lock
+    service), every entry read as "being built" (cache clear cleared nothing), and a prior
+    could not be trained at all (OSError): such entries are built unguarded, as before."""
+    import errno
+    import fcntl
+
+    from ddcli.io import build_lock, lock_held
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    lock = tmp_path / "k.lock"
+    lock.write_text("")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert not lock_held(lock)
+    with build_lock(tmp_path / "p.lock"):
+        ran = True
+    assert ran
