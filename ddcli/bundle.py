@@ -151,6 +151,19 @@ def checksums(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None 
     return h.hexdigest(), content
 
 
+def seal(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Put the checksum of ``tensors`` and ``metadata`` into ``metadata["checksum"]`` (a
+    checkpoint's, an expert trajectory's): :func:`seal_broken` finds any byte changed since."""
+    metadata["checksum"] = checksums(tensors, metadata)[0]
+
+
+def seal_broken(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
+    """Whether a file's contents no longer match the checksum :func:`seal` put in its
+    metadata (files written before there was one pass)."""
+    recorded = metadata.get("checksum")
+    return recorded is not None and recorded != checksums(tensors, metadata)[0]
+
+
 def _check_consistency(b: Bundle, where: str) -> None:
     n = b.images.shape[0] if b.images.ndim == 4 else -1
     if b.images.ndim != 4:

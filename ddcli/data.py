@@ -775,7 +775,7 @@ def _unlistable(e: OSError) -> None:
 EXPORT_MARKER = ".ddcli-export"
 
 
-def _nfc(name: str) -> str:
+def nfc(name: str) -> str:
     """A name as typed on any system: a folder unpacked on a Mac spells "é" decomposed (NFD),
     the same class on Linux composed (NFC)."""
     return unicodedata.normalize("NFC", name)
@@ -792,8 +792,8 @@ def _exported_names(root: Path, folders: list[str]) -> list[str] | None:
         return None
     classes, made = info.get("classes"), info.get("folders")
     ok = isinstance(classes, list) and isinstance(made, list) and len(classes) == len(made) \
-        and all(isinstance(c, str) for c in classes) and [_nfc(str(f)) for f in made] == folders
-    names = [_nfc(c) for c in classes] if ok else []
+        and all(isinstance(c, str) for c in classes) and [nfc(str(f)) for f in made] == folders
+    names = [nfc(c) for c in classes] if ok else []
     return names if ok and len(set(names)) == len(names) else None
 
 
@@ -802,12 +802,12 @@ def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,
     entries = _visible(root)
     # sorted by the names as normalised (code-point order, as torchvision's ImageFolder), so
     # that a folder's classes get the same labels on a Mac as on Linux
-    class_dirs = sorted(_subfolders(root, entries), key=lambda d: _nfc(d.name))
+    class_dirs = sorted(_subfolders(root, entries), key=lambda d: nfc(d.name))
     if not class_dirs:
         raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
     if len(class_dirs) == 1:
         raise DataError(f"{root} has a single class ({class_dirs[0].name}); at least two needed")
-    names = [_nfc(d.name) for d in class_dirs]
+    names = [nfc(d.name) for d in class_dirs]
     twice = [n for n, k in Counter(names).items() if k > 1]
     if twice:  # "é" composed beside "é" decomposed: two labels that cannot be told apart
         raise DataError(f"{root} has two class folders named {twice[0]!r} (spelt with composed "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from ddcli.data import (
     cap_per_class,
     denormalize,
     make_long_tailed,
+    nfc,
     normalize,
 )
 from ddcli.errors import InputError
@@ -41,8 +41,8 @@ def check_classes(bundle: Bundle, test: Dataset, what: str = "test") -> None:
     """The bundle's classes must be the test classes: same names (compared Unicode-normalised:
     a bundle written before folder names were NFC-normalised keeps a Mac's spelling), same
     order."""
-    ours = [unicodedata.normalize("NFC", c) for c in bundle.classes]
-    theirs = [unicodedata.normalize("NFC", c) for c in test.classes]
+    ours = [nfc(c) for c in bundle.classes]
+    theirs = [nfc(c) for c in test.classes]
     if ours != theirs:
         if sorted(ours) == sorted(theirs):
             raise InputError(f"the {what} data lists the bundle's classes in another order; "

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ddcli import __version__
-from ddcli.bundle import checksums, utc_now
+from ddcli.bundle import seal, seal_broken, utc_now
 from ddcli.data import Dataset, NormalizedImages
 from ddcli.errors import InputError
 from ddcli.io import read_safetensors, write_safetensors
@@ -76,7 +76,7 @@ def save_trajectory(path: Path, arch: str, snapshots: list[dict], meta: dict) ->
     md = {k: json.dumps(v) for k, v in meta.items()}
     md.update({"ddcli.format": FORMAT, "ddcli.version": __version__, "arch": arch,
                "epochs": str(len(snapshots) - 1), "created": utc_now()})
-    md["checksum"] = checksums(tensors, md)[0]
+    seal(tensors, md)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(path, tensors, md)
 
@@ -92,7 +92,7 @@ def _load_trajectory(path: Path, fingerprint: str | None) -> Trajectory:
         raise InputError(f"{path} is not a ddcli expert trajectory")
     # bytes changed in place read as another trajectory (or as "loss became non-finite");
     # trajectories of ddcli 0.3.0.dev0 and before have no checksum
-    if "checksum" in md and md["checksum"] != checksums(tensors, md)[0]:
+    if seal_broken(tensors, md):
         raise InputError(f"{path}: checksum mismatch (the expert trajectory was modified)")
     md.pop("checksum", None)
     meta = {k: json.loads(v) for k, v in md.items()

@@ -100,9 +100,10 @@ def output_lock(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def build_lock(lock: Path) -> Iterator[None]:
     """One builder of a cache entry at a time (two CI jobs, torchrun ranks, two shells): the
-    others wait here, then find the entry built. The lock file stays (deleting it would let a
-    waiting process lock a file no longer at that name); ``cache clear`` leaves an entry
-    whose lock is held (:func:`lock_held`)."""
+    others wait here, then find the entry built. The lock file stays, unless the entry is
+    complete and every waiter checks for it once it holds the lock (deleting it otherwise would
+    let a waiting process and a new one lock two files); ``cache clear`` leaves an entry whose
+    lock is held (:func:`lock_held`)."""
     import fcntl
 
     lock.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ddcli.bundle import checksums
+from ddcli.bundle import seal, seal_broken
 from ddcli.configs import MAX_INT_OPTION, MethodConfig, check_option_value  # noqa: F401
 from ddcli.data import Dataset, NormalizedImages
 from ddcli.errors import InputError, Interrupted, RunError
@@ -287,7 +287,7 @@ def _save_checkpoint(path: Path, method: Method, gen: torch.Generator, it: int, 
     meta = {**key, "iteration": str(it)}
     if loss is not None:
         meta["loss"] = repr(float(loss))
-    meta["checksum"] = checksums(tensors, meta)[0]  # (the bundles' hash, over all of it)
+    seal(tensors, meta)
     write_safetensors(path, tensors, meta)
 
 
@@ -311,8 +311,7 @@ def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict
     except InputError as e:
         raise InputError(f"{e}; {start_over}") from None
     bad = f"checkpoint {path} is damaged or incomplete"
-    recorded = meta.get("checksum")  # (checkpoints of ddcli 0.3.0.dev0 and before have none)
-    if recorded is not None and recorded != checksums(tensors, meta)[0]:
+    if seal_broken(tensors, meta):  # (checkpoints of ddcli 0.3.0.dev0 and before have none)
         raise InputError(f"{bad}: its checksum does not match its contents; {start_over}")
     for k, v in key.items():
         if meta.get(k) != v:
