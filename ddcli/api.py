@@ -336,7 +336,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
                  data_cache="auto") -> dict:
     from ddcli.data import sample_dir
     from ddcli.io import check_writable, output_lock
-    from ddcli.methods.base import run_method
+    from ddcli.methods.base import checkpoint_notes, run_method
     from ddcli.reporting import device_label, load_dataset_reported
 
     dev = str(dev)
@@ -371,11 +371,22 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
             command = PYTHON_COMMAND.format("distill")
         cpu_hint = ("a GPU (--device cuda) or fewer --iterations is faster"
                     if dev == "cpu" else None)
+        # what follows the iterations, so that a resumed run that forgets it says so (it wrote
+        # a bundle without the soft labels the interrupted run had asked for, without a word)
+        notes = {"relabel": ",".join(relabel_teacher or ["convnet"])} if relabel else {}
+        if resume and not relabel and ckpt.exists() and ctx is None:
+            asked = checkpoint_notes(ckpt).get("relabel")
+            if asked:
+                rep.warn(f"the interrupted run asked for --relabel (teachers: {asked}); this one "
+                         "does not, so its bundle gets hard labels only: add --relabel "
+                         f"--relabel-teacher {asked.replace(',', ' --relabel-teacher ')} to "
+                         "label it as asked")
         with rep.progress(f"distill ({algo.name})", algo.iterations, unit="iterations",
                           estimate=True, cpu_hint=cpu_hint) as update:
             syn, stats = run_method(
                 algo, ds, device=dev, seed=seed, checkpoint=ckpt, checkpoint_every=checkpoint_every,
                 resume=resume, progress=update, warn=rep.warn, dist=ctx, keep_last=bool(relabel),
+                notes=notes,
             )
         if ctx is not None and not ctx.is_main:  # rank 0 alone writes
             return {}

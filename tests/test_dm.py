@@ -137,6 +137,36 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, sig):
     assert torch.equal(resumed.images, full.images)
 
 
+def test_a_resumed_runs_total_time_counts_the_interrupted_part(tmp_path, monkeypatch):
+    # a resumed bundle's wall time covered only the resumed iterations: a 10-hour run
+    # interrupted at 9 hours recorded 1 hour
+    import ddcli.methods.base as base
+
+    clock = {"t": 0.0}
+
+    def tick():  # every reading of the clock: one second later
+        clock["t"] += 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(base.time, "perf_counter", tick)
+    ds = tiny_dataset()
+    ckpt = tmp_path / "out.ckpt.safetensors"
+
+    def stop_at_3(it, **_):
+        if it == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        run_method(create_method("dm", **TINY), ds, checkpoint=ckpt, checkpoint_every=100,
+                   progress=stop_at_3, log_every=1)
+    first = clock["t"]
+    _, stats = run_method(create_method("dm", **TINY), ds, checkpoint=ckpt, resume=True)
+    assert stats["resumed_from"] == 3 and stats["wall_time_s"] < clock["t"] - first + 1
+    assert stats["total_wall_time_s"] > stats["wall_time_s"] + 0.5
+    _, fresh = run_method(create_method("dm", **TINY), ds)
+    assert fresh["total_wall_time_s"] == fresh["wall_time_s"]
+
+
 def test_resume_refuses_a_foreign_checkpoint(tmp_path):
     ds = tiny_dataset()
     ckpt = tmp_path / "c.safetensors"

@@ -431,6 +431,42 @@ def test_ctrl_c_after_the_iterations_keeps_them(cli, tmp_path, monkeypatch):
     assert loss is not None and a.provenance[0]["stats"]["final_loss"] == loss
 
 
+def test_resuming_without_the_relabel_the_first_run_asked_for_says_so(cli, tmp_path,
+                                                                      monkeypatch):
+    # `--resume` without `--relabel` wrote a bundle with hard labels only, without a word,
+    # though the interrupted command had asked for soft labels
+    import ddcli.teachers
+
+    data = write_shards(tmp_path / "d", n_train=8, n_test=4)
+    args = ("distill", data, "--ipc", "1", "--iterations", "3", "--batch-real", "4", "--width",
+            "8", "--device", "cpu", "-o", tmp_path / "a.safetensors")
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(ddcli.teachers, "train_teachers", ctrl_c)
+        r = cli(*args, "--relabel", "--relabel-teacher", "ConvNet")
+    assert r.code == 130
+    r = cli(*args, "--resume")
+    assert r.code == 0, r
+    assert "asked for --relabel (teachers: convnet)" in r.stderr
+    assert "--relabel --relabel-teacher convnet" in r.stderr
+    assert load_bundle(tmp_path / "a.safetensors").soft_labels is None
+    # a resume that asks for it again, and one of a run that never asked, say nothing
+    import ddcli.api
+
+    for asked in (("--relabel",), ()):
+        (tmp_path / "a.safetensors").unlink(missing_ok=True)
+        with monkeypatch.context() as m:  # interrupted while writing, after the iterations
+            m.setattr(ddcli.api, "save_bundle", ctrl_c)
+            assert cli(*args, *asked, "--force", "--checkpoint-every", "1").code == 130
+        with monkeypatch.context() as m:
+            m.setattr(ddcli.api, "save_bundle", ctrl_c)
+            r = cli(*args, *asked, "--resume")
+        assert r.code == 130 and "asked for --relabel" not in r.stderr, r
+
+
 def test_relabel_never_writes_over_a_teacher_it_reads(cli, setup, teacher, tmp_path):
     data, b = setup
     t, _ = teacher

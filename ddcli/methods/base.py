@@ -277,34 +277,54 @@ def _run_key(method: Method, data: Dataset, seed: int, device: torch.device) -> 
 
 def _save_checkpoint(path: Path, method: Method, gen: torch.Generator, it: int, key: dict,
                      state: dict[str, torch.Tensor] | None = None,
-                     loss: float | None = None) -> None:
+                     loss: float | None = None, elapsed: float | None = None,
+                     notes: dict[str, str] | None = None) -> None:
     """``loss``: the last logged loss, the bundle's ``final_loss`` when a resumed run has no
-    iteration left (its own loop logs none)."""
+    iteration left (its own loop logs none). ``elapsed``: the seconds of iterations so far,
+    over every run that led here. ``notes``: the caller's (see :func:`checkpoint_notes`)."""
     state = method.state() if state is None else state
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     tensors = {k: v.cpu() for k, v in tensors.items()}
     tensors["_generator"] = gen.get_state()
-    meta = {**key, "iteration": str(it)}
+    meta = {**{f"note_{k}": v for k, v in (notes or {}).items()}, **key, "iteration": str(it)}
     if loss is not None:
         meta["loss"] = repr(float(loss))
+    if elapsed is not None:
+        meta["elapsed_s"] = repr(round(float(elapsed), 3))
     seal(tensors, meta)
     write_safetensors(path, tensors, meta)
 
 
-def _checkpoint_loss(meta: dict[str, str]) -> float | None:
-    """The last logged loss a checkpoint holds (None: none logged yet, or an older one)."""
+def _checkpoint_number(meta: dict[str, str], name: str) -> float | None:
+    """A number a checkpoint holds: ``loss`` (None: none logged yet) or ``elapsed_s``; None
+    in an older checkpoint without it."""
     try:
-        return float(meta["loss"])
+        value = float(meta[name])
     except (KeyError, ValueError):
         return None
+    return value if math.isfinite(value) else None
+
+
+def checkpoint_notes(path: Path) -> dict[str, str]:
+    """The notes a caller of :func:`run_method` left in the checkpoint at ``path`` (its
+    ``notes``; ``distill`` records there what the interrupted command asked for after the
+    iterations); {} when there is no readable checkpoint (:func:`run_method` says why)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return {}
+    return {k[len("note_"):]: v for k, v in meta.items() if k.startswith("note_")}
 
 
 def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict
-                     ) -> tuple[int, float | None]:
+                     ) -> tuple[int, float | None, float]:
     """Resume from ``path`` after checking it against one schema: this run's key, an iteration
     within the run, the generator's state, and the method's state (every tensor it has from
-    setup; tensors that do not fit are refused). Returns the iteration and the last logged
-    loss."""
+    setup; tensors that do not fit are refused). Returns the iteration, the last logged loss
+    and the seconds the earlier runs spent iterating (0 in an older checkpoint)."""
     start_over = "delete it, or rerun with --force instead of --resume to start over"
     try:
         tensors, meta = read_safetensors(path, "checkpoint")
@@ -332,7 +352,7 @@ def _load_checkpoint(path: Path, method: Method, gen: torch.Generator, key: dict
         method.load_state({k: v.to(method_device(method)) for k, v in tensors.items()})
     except (KeyError, IndexError, ValueError, RuntimeError) as e:  # shapes that do not fit
         raise InputError(f"{bad}: {type(e).__name__}: {e}; {start_over}") from None
-    return int(it), _checkpoint_loss(meta)
+    return int(it), _checkpoint_number(meta, "loss"), _checkpoint_number(meta, "elapsed_s") or 0.0
 
 
 def _key_difference(key: str, theirs: str | None, ours: str) -> str:
@@ -361,16 +381,16 @@ def _gathered_state(method: Method, dist, num_classes: int) -> dict[str, torch.T
 
 
 def _resume_distributed(checkpoint: Path, method: Method, gen: torch.Generator, key: dict,
-                        dist, warn: Callable[[str], None]) -> tuple[int, float | None]:
-    """Rank 0 reads and checks the checkpoint and hands it to every rank (the iteration and
-    the last logged loss, as :func:`_load_checkpoint`)."""
+                        dist, warn: Callable[[str], None]) -> tuple[int, float | None, float]:
+    """Rank 0 reads and checks the checkpoint and hands it to every rank (what
+    :func:`_load_checkpoint` returns)."""
     payload: tuple = ("missing",)
     if dist.is_main:
         try:
             if checkpoint.exists():
-                it, loss = _load_checkpoint(checkpoint, method, gen, key)
+                it, loss, earlier = _load_checkpoint(checkpoint, method, gen, key)
                 payload = ("ok", it, {k: v.detach().cpu() for k, v in method.state().items()},
-                           gen.get_state(), loss)
+                           gen.get_state(), loss, earlier)
             else:
                 warn(f"no checkpoint at {checkpoint}; starting from iteration 0")
         except InputError as e:
@@ -381,11 +401,11 @@ def _resume_distributed(checkpoint: Path, method: Method, gen: torch.Generator, 
             raise InputError(payload[1])
         raise SystemExit(InputError.exit_code)  # rank 0 says why
     if payload[0] == "missing":
-        return 0, None
+        return 0, None, 0.0
     if not dist.is_main:
         gen.set_state(payload[3])
         method.load_state({k: v.to(method_device(method)) for k, v in payload[2].items()})
-    return int(payload[1]), payload[4]
+    return int(payload[1]), payload[4], payload[5]
 
 
 def method_device(method: Method) -> torch.device:
@@ -409,11 +429,17 @@ def run_method(
     warn: Callable[[str], None] = lambda m: None,
     dist=None,
     keep_last: bool = False,
+    notes: dict[str, str] | None = None,
 ) -> tuple[SyntheticSet, dict[str, Any]]:
     """Run ``method`` on ``data``; return the synthetic set and run statistics.
 
     ``keep_last``: checkpoint the last iteration even with ``checkpoint_every`` 0, for a caller
-    whose next step is long (``--relabel``'s teacher training).
+    whose next step is long (``--relabel``'s teacher training). ``notes``: strings the caller
+    keeps in each checkpoint, read back with :func:`checkpoint_notes` (not part of the run's
+    key: a resumed run may differ in them).
+
+    The statistics' ``wall_time_s`` and ``iterations_per_s`` are this run's;
+    ``total_wall_time_s`` adds the iterating time of the runs a resumed one continues.
 
     All randomness comes from one ``torch.Generator`` on ``device`` seeded with ``seed``; its
     state is checkpointed with the method's state, so a resumed run equals an uninterrupted
@@ -438,12 +464,13 @@ def run_method(
         warn(msg)
     method.setup(data, device, gen, mean, std)
     key = _run_key(method, data, seed, device)
-    start, resumed_loss = 0, None
+    start, resumed_loss, earlier = 0, None, 0.0
     if resume and checkpoint is not None and dist is not None:
-        start, resumed_loss = _resume_distributed(checkpoint, method, gen, key, dist, warn)
+        start, resumed_loss, earlier = _resume_distributed(checkpoint, method, gen, key, dist,
+                                                           warn)
     elif resume and checkpoint is not None:
         if checkpoint.exists():
-            start, resumed_loss = _load_checkpoint(checkpoint, method, gen, key)
+            start, resumed_loss, earlier = _load_checkpoint(checkpoint, method, gen, key)
         else:
             warn(f"no checkpoint at {checkpoint}; starting from iteration 0")
 
@@ -477,12 +504,14 @@ def run_method(
         return losses[-1] if losses else resumed_loss
 
     def save(at: int) -> None:
+        saved = {"loss": last_loss(), "elapsed": earlier + time.perf_counter() - t0,
+                 "notes": notes}
         if dist is None:
-            _save_checkpoint(checkpoint, method, gen, at, key, loss=last_loss())
+            _save_checkpoint(checkpoint, method, gen, at, key, **saved)
             return
         state = _gathered_state(method, dist, data.num_classes)
         if dist.is_main:
-            _save_checkpoint(checkpoint, method, gen, at, key, state, loss=last_loss())
+            _save_checkpoint(checkpoint, method, gen, at, key, state, **saved)
         dist.barrier()  # the checkpoint is complete before any rank goes on
 
     with stop_signals() as stop:  # Ctrl-C / SIGTERM: finish the iteration, save, stop
@@ -541,6 +570,7 @@ def run_method(
         "iterations": total,
         "resumed_from": start,
         "wall_time_s": round(wall, 3),
+        "total_wall_time_s": round(earlier + wall, 3),
         "iterations_per_s": round((total - start) / wall, 3)
         if wall > 0 and total > start else None,
         "final_loss": last_loss(),
