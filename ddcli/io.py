@@ -165,6 +165,16 @@ def _umask() -> int:
     return mask
 
 
+def honour_umask(folder: Path) -> None:
+    """Give the files and folders under ``folder`` the modes the umask allows (0644 / 0755
+    under the usual 022): writers such as safetensors create 0600 files, which left a cache
+    shared by a group unreadable to the others."""
+    mask = _umask()
+    for p in [Path(folder), *Path(folder).rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def fit_name(name: str, before: str = "", after: str = "", room: int = 0) -> str:
     """``before + name + after`` for a file beside ``name``, with ``name`` shortened where the
     whole (and ``room`` more bytes) would be too long for the file system (with a hash of the

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ddcli.configs import PRIOR_TIMESTEPS
 from ddcli.data import Dataset
 from ddcli.errors import InputError, Interrupted
-from ddcli.io import build_lock
+from ddcli.io import build_lock, honour_umask
 from ddcli.runtime import cache_entry_errors, device_key, stop_signals
 
 PRIOR_META = "ddcli_prior.json"
@@ -297,6 +297,15 @@ def train_prior(
     return folder, False
 
 
+def _drop_load_path(config: Path) -> None:
+    """Remove the ``_name_or_path`` that diffusers records in a model loaded from a folder: a
+    prior resumed from its checkpoint named the ``.partial`` folder, since deleted, where an
+    uninterrupted one names none."""
+    d = json.loads(config.read_text())
+    if d.pop("_name_or_path", None) is not None:
+        config.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
 def _train_prior(data: Dataset, folder: Path, device: torch.device, recipe: PriorRecipe,
                  seed: int, progress: Callable[..., None] | None,
                  should_stop: Callable[[], bool]) -> None:
@@ -401,11 +410,13 @@ def _train_prior(data: Dataset, folder: Path, device: torch.device, recipe: Prio
         ema.copy_to(unet.parameters())
     unet.eval().save_pretrained(str(tmp / "unet"))
     sched.save_pretrained(str(tmp / "scheduler"))
+    _drop_load_path(tmp / "unet" / "config.json")
     (tmp / PRIOR_META).write_text(json.dumps({
         "classes": data.classes, "null_id": null, "fingerprint": data.fingerprint,
         "recipe": recipe.key(), "seed": seed,
         "final_loss": _number(last["loss"]),
     }, indent=2))
+    honour_umask(tmp)  # (the weights were 0600: a group's shared cache could not read them)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)

@@ -108,6 +108,18 @@ def test_prior_training_is_cached_and_resumable(tmp_path):
     assert not cached and torch.equal(_unet_weights(again), _unet_weights(folder))
     meta = json.loads((again / PRIOR_META).read_text())
     assert meta["final_loss"] == json.loads((folder / PRIOR_META).read_text())["final_loss"]
+    # a resumed prior's config named its deleted .partial folder, where an uninterrupted one
+    # names none; and the weights were written 0600 (a group's shared cache could not read them)
+    fresh, _ = train_prior(ds, device=torch.device("cpu"), cache=tmp_path / "fresh", recipe=recipe)
+    assert (folder / "unet" / "config.json").read_text() == \
+        (fresh / "unet" / "config.json").read_text()
+    assert "partial" not in (again / "unet" / "config.json").read_text()
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in (folder / "unet").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
 
 
 def _unet_weights(folder):
