@@ -20,7 +20,7 @@ import torch
 import torch.utils.data
 
 from ddcli import __version__
-from ddcli.bundle import Bundle, load_bundle, save_bundle
+from ddcli.bundle import Bundle, check_bundle_name, load_bundle, save_bundle
 from ddcli.catalog import AMPS, CACHE_MODES, COMPILE_MODES, DTYPES, MAX_SEED
 from ddcli.configs import typed_value
 from ddcli.distributed import process_rank, rank_errors
@@ -271,6 +271,7 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
                                             .absolute())
     out = output_path(out) if out is not None else None
     if out is not None:  # fail before a slow read
+        check_bundle_name(out)
         check_out_not_data(out, {"DATA": data})
         check_writable(out, force)
         _check_checkpoint(out, resume, force)

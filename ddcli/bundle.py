@@ -223,6 +223,25 @@ def value_problem(b: Bundle) -> str | None:
     return None
 
 
+# names that promise another format: a bundle written as ``x.npz`` (accepted before) was
+# read as an array shard by every tool, ddcli's own included
+_FOREIGN_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".pkl", ".pickle", ".png", ".jpg", ".jpeg",
+                     ".json", ".csv", ".txt", ".zip", ".tar", ".gz", ".h5", ".hdf5")
+
+
+def check_bundle_name(path: str | Path) -> None:
+    """Refuse a bundle file name whose suffix promises another format (``-o x.npz``)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in _FOREIGN_SUFFIXES:
+        raise InputError(
+            f"{path.name}: a bundle is a safetensors file, not {suffix[1:]}; name it "
+            f"{path.stem}.safetensors"
+            + (" (to get arrays or images, write the bundle, then 'ddcli inspect BUNDLE "
+               "--export DIR --format npz' or png)" if suffix in (".npz", ".npy", ".png",
+                                                                  ".jpg", ".jpeg") else ""))
+
+
 def save_bundle(
     bundle: Bundle, path: str | Path, *, force: bool = False, dtype: str = "float32"
 ) -> str:
@@ -231,6 +250,7 @@ def save_bundle(
     caller's tensors are left as they are; its ``checksum``, ``content_checksum``, ``created``
     and format fields are set to the file's."""
     path = Path(path)
+    check_bundle_name(path)
     check_writable(path, force, "force=True")  # (the commands check theirs before)
     if dtype not in STORAGE_DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype}")

@@ -382,6 +382,26 @@ def test_a_files_glob_with_one_shard_is_refused(cli, tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def test_a_bundle_name_that_promises_another_format_is_refused(cli, tmp_path, bundle_file):
+    # `-o x.npz` wrote a safetensors bundle named .npz, which every tool (ddcli's own shard
+    # reader included) then took for arrays
+    from ddcli.bundle import load_bundle, save_bundle
+    from ddcli.errors import InputError
+
+    data = write_shards(tmp_path / "d", n_train=8, n_test=4)
+    r = cli("distill", data, "--iterations", "1", "--ipc", "1", "-o", tmp_path / "x.npz",
+            "--force")
+    assert_one_line_error(r, 2, "x.npz: a bundle is a safetensors file", "x.safetensors",
+                          "--export")
+    r = cli("relabel", bundle_file, "--teacher", tmp_path / "t.pt", "-o", tmp_path / "s.PT")
+    assert_one_line_error(r, 2, "s.PT: a bundle is a safetensors file, not pt")
+    with pytest.raises(InputError, match="not json"):
+        save_bundle(load_bundle(bundle_file), tmp_path / "b.json")
+    assert not list(tmp_path.glob("x*")) and not (tmp_path / "b.json").exists()
+    assert cli("distill", data, "--iterations", "1", "--ipc", "1", "-o",
+               tmp_path / "x.bundle").code == 0
+
+
 def test_grid_format_follows_its_name(cli, tmp_path, bundle_file):
     # --grid wrote PNG bytes under any name
     r = cli("inspect", bundle_file, "--grid", tmp_path / "g.jpgx")

@@ -130,7 +130,7 @@ def relabel(
     single_process("relabel")  # before any work: every rank would run it whole
     import torch
 
-    from ddcli.bundle import STORAGE_DTYPES, load_bundle, save_bundle
+    from ddcli.bundle import STORAGE_DTYPES, check_bundle_name, load_bundle, save_bundle
     from ddcli.configs import check_option_value
     from ddcli.data import check_out_not_data
     from ddcli.io import check_writable
@@ -167,6 +167,7 @@ def relabel(
     if data is not None and not train_teacher_arch:
         raise InputError("--data is the real data --train-teacher teachers learn: pass "
                          "--train-teacher too (--teacher files are already trained)")
+    check_bundle_name(out)
     check_writable(out, force)
     b = load_bundle(bundle, warn=rep.warn)
     check_relabelable(b)  # before any teacher is trained
