@@ -798,6 +798,7 @@ def _exported_names(root: Path, folders: list[str]) -> list[str] | None:
 
 
 def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,
+                       min_classes: int = 2,
                        ) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
     entries = _visible(root)
     # sorted by the names as normalised (code-point order, as torchvision's ImageFolder), so
@@ -805,7 +806,7 @@ def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,
     class_dirs = sorted(_subfolders(root, entries), key=lambda d: nfc(d.name))
     if not class_dirs:
         raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
-    if len(class_dirs) == 1:
+    if len(class_dirs) < min_classes:
         raise DataError(f"{root} has a single class ({class_dirs[0].name}); at least two needed")
     names = [nfc(d.name) for d in class_dirs]
     twice = [n for n, k in Counter(names).items() if k > 1]
@@ -918,14 +919,16 @@ def _plan_image_folder(
     skip_flag: str | None,
     warn: Callable[[str], None],
     pool: ThreadPoolExecutor,
+    min_classes: int = 2,
 ) -> tuple[list[str], list[tuple[Path, int]], tuple[int, int] | None, int | None,
            list[tuple[Path, str]]]:
     """The headers pass over an image folder: (classes, the (path, label) of every image whose
     header reads, the size and channels to use — given, or the most common size and the
     majority mode —, the unreadable files with why). Non-image files are skipped with a
     warning; an unreadable image is an error unless ``skip_bad`` (naming ``skip_flag``, the
-    caller's option that skips it)."""
-    classes, items, non_images = _scan_image_folder(root, warn)
+    caller's option that skips it). ``min_classes``: 1 for a test set, whose classes the
+    caller checks against a bundle's by name (which names the missing ones)."""
+    classes, items, non_images = _scan_image_folder(root, warn, min_classes)
     if non_images:  # a notes.txt beside the images: skipped, as torchvision's ImageFolder does
         names = sorted({p.suffix.lower() or p.name for p in non_images})
         warn(f"skipped {len(non_images)} non-image file(s) in {root} ({', '.join(names[:5])}"
@@ -1205,7 +1208,7 @@ def _load_dataset(
         name, source = _name(root), str(split_root)
         with ThreadPoolExecutor(max_workers=_folder_workers()) as pool:  # the headers, once
             plan = _plan_image_folder(split_root, image_size, channels, skip_bad, skip_flag,
-                                      warn, pool)
+                                      warn, pool, 2 if split == "train" else 1)
         if cache != "off":
             src = _folder_source(split_root, name, plan, skip_bad, skip_flag)
             if cache == "auto" and src.nbytes < auto_min_bytes():
@@ -1225,7 +1228,8 @@ def _load_dataset(
         channels = image_size = None
         images, labels = ds.images, ds.labels
 
-    if len(classes) < 2:
+    if len(classes) < 2 and split == "train":  # (a test set's classes are checked against
+        # the bundle's by name, which names the missing ones)
         raise DataError(f"{root}: at least two classes are needed, found {len(classes)}")
     if channels is not None or image_size is not None:
         check_pixel_budget(images.shape[0], channels or images.shape[1],

@@ -402,6 +402,19 @@ def test_a_bundle_name_that_promises_another_format_is_refused(cli, tmp_path, bu
                tmp_path / "x.bundle").code == 0
 
 
+def test_a_one_class_test_folder_names_the_missing_classes(cli, tmp_path):
+    # it said "at least two classes are needed, found 1", not which classes the test lacks
+    data = write_shards(tmp_path / "d", n_train=8, n_test=4)
+    out = tmp_path / "b.safetensors"
+    assert cli("distill", data, "--iterations", "1", "--ipc", "1", "-o", out).code == 0
+    test = write_image_folder(tmp_path / "t", n=2, classes=["dog"])
+    r = cli("evaluate", out, "--test", test, "--models", "1", "--epochs", "1")
+    assert_one_line_error(r, 2, "missing ['cat', 'frog']")
+    one = write_image_folder(tmp_path / "one", n=2, classes=["dog"])  # still refused to distil
+    assert_one_line_error(cli("distill", one, "-o", tmp_path / "o.safetensors"), 2,
+                          "a single class (dog); at least two needed")
+
+
 def test_grid_format_follows_its_name(cli, tmp_path, bundle_file):
     # --grid wrote PNG bytes under any name
     r = cli("inspect", bundle_file, "--grid", tmp_path / "g.jpgx")
