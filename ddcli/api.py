@@ -271,8 +271,8 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
                                             .absolute())
     out = output_path(out) if out is not None else None
     if out is not None:  # fail before a slow read
+        check_out_not_data(out, {"DATA": data})  # (the more pressing of the two)
         check_bundle_name(out)
-        check_out_not_data(out, {"DATA": data})
         check_writable(out, force)
         _check_checkpoint(out, resume, force)
     builtin = data is None

@@ -226,3 +226,34 @@ def test_errors_module_and_short_messages():
     with pytest.raises(InputError) as e:
         ddcli.BundleDataset(make_bundle(soft=False), soft_labels=True)
     assert len(str(e.value)) < 120 and str(e.value).startswith("the bundle:")
+
+
+@pytest.mark.parametrize("interrupted", ["ddcli.methods.lgm", "ddcli.models.resnet"])
+def test_an_import_interrupted_by_ctrl_c_leaves_the_registries_whole(interrupted):
+    # a Ctrl-C in a notebook's first call, while ddcli imported its methods, left "unknown
+    # method 'dm'" (or model 'convnet') on every later call until the kernel restarted
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+class Boom:
+    def find_spec(self, name, *a):
+        if name == {interrupted!r}:
+            sys.meta_path.remove(self)
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Boom())
+try:
+    import ddcli.methods
+except KeyboardInterrupt:
+    pass
+else:
+    raise SystemExit("not interrupted")
+import ddcli.methods, ddcli.models
+print(ddcli.methods.list_methods(), ddcli.models.list_models())
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ("['csdm', 'dm', 'lgm', 'otgen', 'sdm', 'sfm', 'tgdd'] "
+                                "['convnet', 'convnet-bn', 'resnet18', 'resnet18-bn']")

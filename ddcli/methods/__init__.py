@@ -11,15 +11,13 @@ import fnmatch
 
 from ddcli.errors import InputError
 from ddcli.methods.base import Method, MethodConfig
+from ddcli.registry import METHODS
 
-_METHODS: dict[str, type[Method]] = {}
+_METHODS = METHODS  # (ddcli.registry: it outlives an interrupted import of this package)
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    if cls.name in _METHODS:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    _METHODS[cls.name] = cls
-    return cls
+    return _METHODS.add(cls.name, cls)
 
 
 def list_methods(pattern: str = "*") -> list[str]:

@@ -12,15 +12,14 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+from ddcli.registry import MODELS
+
+_MODELS = MODELS  # (ddcli.registry: it outlives an interrupted import of this package)
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = fn
-        return fn
+        return _MODELS.add(name, fn)
 
     return deco
 
