@@ -42,7 +42,15 @@ class RunError(DDCliError):
     exit_code = EXIT_FAILED
 
 
-class Interrupted(DDCliError):
-    """The user pressed Ctrl-C; state was saved where possible."""
+class Interrupted(KeyboardInterrupt):
+    """The user pressed Ctrl-C (or the run got SIGTERM); state was saved where possible, and
+    the message says where. A :class:`KeyboardInterrupt`, not a :class:`DDCliError`: a Python
+    caller's ``except Exception`` (a sweep over settings) caught it and went on to the next
+    setting after a Ctrl-C."""
 
     exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, message: str = "interrupted", exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code

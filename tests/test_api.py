@@ -257,3 +257,32 @@ print(ddcli.methods.list_methods(), ddcli.models.list_models())
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ("['csdm', 'dm', 'lgm', 'otgen', 'sdm', 'sfm', 'tgdd'] "
                                 "['convnet', 'convnet-bn', 'resnet18', 'resnet18-bn']")
+
+
+def test_a_ctrl_c_in_distill_is_not_swallowed_by_except_exception(shards, tmp_path,
+                                                                   monkeypatch):
+    # Interrupted was an Exception: a sweep's `except Exception` caught the Ctrl-C and went
+    # on to its next setting
+    import signal
+
+    from ddcli.errors import Interrupted
+    from ddcli.methods.dm import DM
+
+    step = DM.step
+
+    def ctrl_c_at_2(self, it):
+        if it == 1:
+            signal.raise_signal(signal.SIGINT)
+        return step(self, it)
+
+    monkeypatch.setattr(DM, "step", ctrl_c_at_2)
+    done = []
+    with pytest.raises(KeyboardInterrupt, match="checkpoint saved to") as caught:
+        for lr in (1.0, 2.0):
+            try:
+                ddcli.distill(shards, ipc=1, iterations=5, batch_real=4, width=8, lr=lr,
+                              out=tmp_path / f"s{lr}.safetensors", device="cpu", verbose=False)
+            except Exception:
+                done.append(lr)
+    assert isinstance(caught.value, Interrupted) and caught.value.exit_code == 130
+    assert done == [] and (tmp_path / "s1.0.safetensors.ckpt.safetensors").exists()

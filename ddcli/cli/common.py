@@ -24,7 +24,14 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     import click
 
 from ddcli.catalog import CACHE_MODES, MAX_SEED
-from ddcli.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, DDCliError, InputError
+from ddcli.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    DDCliError,
+    InputError,
+    Interrupted,
+)
 from ddcli.io import output_path, regular_file, to_json  # noqa: F401  (to_json re-exported)
 from ddcli.reporting import (  # noqa: F401  (re-exported for the commands)
     ESTIMATE_AFTER_S,
@@ -61,12 +68,19 @@ def error_line(message: str) -> None:
     sys.stderr.flush()
 
 
+def _interrupted_message(e: BaseException | None) -> str:
+    """What an interrupt says: an :class:`Interrupted`'s message (where the work was saved),
+    else "interrupted"."""
+    return str(e) if isinstance(e, Interrupted) and str(e) else "interrupted"
+
+
 class DDCliGroup(TyperGroup):
     """The root group: turns every failure into one line on stderr and a documented exit code."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         _usable_streams()
         _config_flags.clear()  # a second command in the same process (tests) starts afresh
+        self._interrupt = None
         empty = _empty_argument(list(sys.argv[1:] if args is None else args))
         if empty:
             error_line(empty)
@@ -81,15 +95,15 @@ class DDCliGroup(TyperGroup):
             )
             code = rv if isinstance(rv, int) else 0
             if code == EXIT_INTERRUPTED:  # typer returns a KeyboardInterrupt as the code 130
-                error_line("interrupted")
+                error_line(_interrupted_message(self._interrupt))
         except typer.Exit as e:
             code = e.exit_code
             if code == EXIT_INTERRUPTED:  # a KeyboardInterrupt, as typer reports it
-                error_line("interrupted")
+                error_line(_interrupted_message(self._interrupt))
         except click.exceptions.NoArgsIsHelpError:  # plain `ddcli`: the help, printed already
             code = 0
-        except typer.Abort:
-            error_line("interrupted")
+        except typer.Abort as e:  # click's for a KeyboardInterrupt (an Interrupted: its cause)
+            error_line(_interrupted_message(e.__cause__))
             code = EXIT_INTERRUPTED
         except click.exceptions.ClickException as e:
             hint = ""
@@ -107,8 +121,8 @@ class DDCliGroup(TyperGroup):
             where = f" ({e.filename})" if e.filename else ""
             error_line(f"{e.strerror or e}{where}")
             code = EXIT_FAILED
-        except KeyboardInterrupt:
-            error_line("interrupted")
+        except KeyboardInterrupt as e:
+            error_line(_interrupted_message(e))
             code = EXIT_INTERRUPTED
         except Exception as e:  # a bug: still one line, traceback on request
             if os.environ.get("DDCLI_DEBUG"):
@@ -123,6 +137,13 @@ class DDCliGroup(TyperGroup):
                 error_line(f"internal error: {type(e).__name__}: {e}{hint}")
             code = EXIT_FAILED
         sys.exit(code)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Interrupted as e:  # typer turns it into the code 130 and drops it: its
+            self._interrupt = e  # message says where the work was saved
+            raise
 
     #: the options that set how much memory a run takes, named in an out-of-memory error
     #: where the command has them
