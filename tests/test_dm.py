@@ -61,6 +61,26 @@ def test_pool_sampling_without_replacement_and_small_classes():
     assert not torch.equal(init[6], init[7]) and not torch.equal(init[7], init[8])
 
 
+@pytest.mark.parametrize("per_class", [8, 150])
+def test_a_small_class_weighs_its_images_alike(per_class):
+    # a class smaller than the batch topped it up with its first images in file order at
+    # every step: 5 images in batches of 8 weighed [.25, .25, .25, .125, .125]
+    ds = tiny_dataset(n=100, classes=2)
+    ds = ds.select(torch.cat([torch.nonzero(ds.labels == 0).flatten(),
+                              torch.nonzero(ds.labels == 1).flatten()[:5]]))
+    pool = ClassPool(ds, torch.device("cpu"), [0.5] * 3, [0.25] * 3)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(5)
+    for _ in range(2000):
+        idx = pool.sample_index(per_class, g)
+        assert idx[1].bincount(minlength=105)[100:].min() >= per_class // 5  # each in turn
+        if per_class <= 100:
+            assert len(set(idx[0].tolist())) == per_class  # (a large class: no repeats)
+        counts += idx[1].bincount(minlength=105)[100:]
+    share = counts / counts.sum()
+    assert torch.allclose(share, torch.full((5,), 0.2), atol=0.01), share
+
+
 @pytest.mark.parametrize("n", [2, 7, 1000, 70_000])
 def test_smallest_keys_is_a_stable_sort_of_the_keys(n):
     """The pool's selection == a stable argsort, ties (float32 keys repeat at 2**-24; the

@@ -124,7 +124,10 @@ class ClassPool:
 
     def sample_index(self, per_class: int, generator: torch.Generator) -> torch.Tensor:
         """(C, per_class) indices: without replacement within each class; a class with fewer
-        images than ``per_class`` repeats its images (every image at least once).
+        images than ``per_class`` cycles through a random order of its images (every image at
+        least once, the repeats drawn afresh each time: the top-up repeated the class's first
+        images, in file order, at every step, so a tail class was matched against a skewed
+        distribution).
 
         Each class's ``per_class`` smallest of ``n_max`` uniform keys, equal keys in order of
         position (what a stable sort gives, on any device): a selection, not a sort of every
@@ -134,10 +137,9 @@ class ClassPool:
         pos = torch.arange(self.n_max, device=self.device).view(1, -1)
         keys = torch.where(pos < self.counts.view(-1, 1), keys, 2.0)
         k = min(per_class, self.n_max)
-        perm = smallest_keys(keys, k)
-        if per_class > k:  # more wanted than the largest class holds: cycle
-            perm = perm.repeat(1, -(-per_class // k))[:, :per_class]
-        perm = perm % self.counts.view(-1, 1)
+        perm = smallest_keys(keys, k)  # a class's first min(count, k) columns: its images
+        slot = torch.arange(per_class, device=self.device).view(1, -1)
+        perm = perm.gather(1, slot % self.counts.view(-1, 1))  # (beyond a class's size: cycle)
         return self.offsets.view(-1, 1) + perm
 
     def sample(self, per_class: int, generator: torch.Generator,
