@@ -173,7 +173,10 @@ def alpha_schedule(class_counts: list[int], schedule: str = "log-linear", head: 
     """α(c), the amplitude (diversity) weight of class c; 1 − α(c) weighs phase (realism).
 
     ``log-linear``: α = tail + (head − tail)·r_c with r_c = (log n_c − log n_min) /
-    (log n_max − log n_min); ``two-group``: head for n_c >= median, tail below;
+    (log n_max − log n_min); ``two-group``: head for n_c at or above the median count (the
+    mean of the two middle ones for an even number of classes), tail below, and the smallest
+    classes always tail (``torch.median``'s lower middle value, with ties, gave 1-image classes
+    beside a 100-image one the head α);
     ``constant``: ½. Tail classes thus lean to realism. Data that is not long-tailed
     (``ddcli.data.is_long_tailed``: max / min < 2) gives ½ everywhere.
     """
@@ -186,7 +189,7 @@ def alpha_schedule(class_counts: list[int], schedule: str = "log-linear", head: 
         r = (n.log() - n.min().log()) / (n.max().log() - n.min().log())
         return (tail + (head - tail) * r).float()
     if schedule == "two-group":
-        return torch.where(n >= n.median(), head, tail).float()
+        return torch.where((n >= n.quantile(0.5)) & (n > n.min()), head, tail).float()
     raise ValueError(f"unknown alpha schedule {schedule!r}")
 
 

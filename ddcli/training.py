@@ -394,17 +394,29 @@ def predict(ens: Ensemble, images: torch.Tensor, chunk: int = 1000,
 
 def class_groups(class_counts: list[int]) -> dict[str, list[int]] | None:
     """Long-tailed class groups by the real class counts: the classes ranked by count, the
-    first third ``many``, the last third ``few``, the rest ``medium``; None unless the counts
-    are long-tailed (``ddcli.data.is_long_tailed``)."""
+    first third ``many``, the last third ``few``, the rest ``medium``; classes of one count
+    share a group, the one most of their ranks fall in (the one nearer the tail on a tie),
+    and of two classes the larger is ``many``, the smaller ``few``. None unless the counts
+    are long-tailed (``ddcli.data.is_long_tailed``). (Ties were split by class index: of nine
+    100-image classes beside a 1-image one, three were "few".)"""
     if not is_long_tailed(class_counts):
         return None
     c = len(class_counts)
     order = sorted(range(c), key=lambda k: (-class_counts[k], k))
-    groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
-    for rank, k in enumerate(order):
-        name = "many" if rank < c / 3 else "few" if rank >= 2 * c / 3 else "medium"
-        groups[name].append(k)
-    return groups
+    names = ("many", "medium", "few")
+
+    def third(rank: int) -> int:
+        if c == 2:
+            return 2 * rank
+        return 0 if rank < c / 3 else 2 if rank >= 2 * c / 3 else 1
+
+    groups: dict[str, list[int]] = {name: [] for name in names}
+    for count in sorted(set(class_counts), reverse=True):
+        ranks = [r for r, k in enumerate(order) if class_counts[k] == count]
+        votes = [sum(third(r) == g for r in ranks) for g in range(3)]
+        g = max(range(3), key=lambda i: (votes[i], i))  # (a tie: the one nearer the tail)
+        groups[names[g]] += [k for k in order if class_counts[k] == count]
+    return {name: sorted(ks) for name, ks in groups.items()}
 
 
 def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, num_classes: int,

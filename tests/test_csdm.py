@@ -121,6 +121,25 @@ def test_group_accuracies_on_a_toy_case():
     assert ga["many"] == 100.0 and ga["medium"] == 100.0 and ga["few"] == 50.0
 
 
+
+def test_groups_and_two_group_alpha_keep_equal_counts_together():
+    # ties were split by class index (three of nine 100-image classes were "few" beside a
+    # 1-image class); with two classes the small one was "medium", and no class was "few"
+    assert class_groups([100] * 9 + [1]) == {"many": list(range(9)), "medium": [], "few": [9]}
+    assert class_groups([100, 2]) == {"many": [0], "medium": [], "few": [1]}
+    assert class_groups([50, 50, 50] + [5] * 6) == {"many": [0, 1, 2], "medium": [],
+                                                    "few": [3, 4, 5, 6, 7, 8]}
+    cifar = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # IF 100: as before
+    assert class_groups(cifar) == {"many": [0, 1, 2, 3], "medium": [4, 5, 6], "few": [7, 8, 9]}
+    # two-group α: torch.median's lower middle value gave the 1-image classes the head α
+    assert alpha_schedule([100, 1, 1, 1], "two-group").tolist() == pytest.approx(
+        [0.7, 0.3, 0.3, 0.3])
+    assert alpha_schedule([100, 40, 15, 5, 2, 1], "two-group").tolist() == pytest.approx(
+        [0.7, 0.7, 0.7, 0.3, 0.3, 0.3])
+    assert alpha_schedule([100, 100, 100, 1], "two-group").tolist() == pytest.approx(
+        [0.7, 0.7, 0.7, 0.3])
+
+
 TINY = dict(ipc=2, iterations=4, batch_real=4, width=8, num_freqs=64)
 
 
