@@ -61,7 +61,10 @@ class BundleDataset(torch.utils.data.Dataset):
 
     def __init__(self, path: str | Path | Bundle, transform: Callable | None = None,
                  soft_labels: bool = False):
-        self.bundle = path if isinstance(path, Bundle) else load_bundle(path)
+        typed_value("soft_labels", bool, soft_labels)
+        if transform is not None and not callable(transform):
+            raise InputError(f"transform must be a callable, got {transform!r}")
+        self.bundle = path if isinstance(path, Bundle) else load_bundle(_path_arg("path", path))
         images, labels, soft = self.bundle.decoded()
         if soft_labels and soft is None:
             where = "the bundle" if isinstance(path, Bundle) else path  # (not its tensors)
@@ -79,10 +82,12 @@ class BundleDataset(torch.utils.data.Dataset):
         return int(self.images.shape[0])
 
     def __getitem__(self, i: int):
-        x = self.images[i]
+        # copies: a transform that works in place (x.mul_, Normalize(inplace=True)) changed
+        # the dataset's images (and a float32 bundle's own), compounding every epoch
+        x = self.images[i].clone()
         if self.transform is not None:
             x = self.transform(x)
-        y = self.soft[i] if self.soft is not None else int(self.labels[i])
+        y = self.soft[i].clone() if self.soft is not None else int(self.labels[i])
         return x, y
 
 
@@ -106,10 +111,23 @@ def _int_tuple(value: str | Sequence[int] | None, flag: str, minimum: int = 1,
     return values
 
 
-def _check_seed(seed: Any) -> None:
+def _whole(value: Any) -> int | None:
+    """``value`` as a Python int when it is an integer (a Python, numpy or torch one, as the
+    options take them), else None (a bool, a float, a str)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _check_seed(seed: Any) -> int:
     """The command line's rule for a seed (an int in 0..MAX_SEED), for the Python API."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+    whole = _whole(seed)
+    if whole is None or not 0 <= whole <= MAX_SEED:
         raise InputError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    return whole
 
 
 def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
@@ -199,7 +217,7 @@ def distill(
     world = env_world_size()
     rank = process_rank(world)
     with rank_errors(rank):  # the command line's checks, before any work
-        _check_seed(seed)
+        seed = _check_seed(seed)
         data, out = _path_arg("data", data), _path_arg("out", out)
         method, device = _name_arg("method", method), _device_arg(device)
         verbose = _verbose_arg(verbose)
@@ -216,11 +234,17 @@ def distill(
                              f"{checkpoint_every!r}")
         dtype = _choice("dtype", dtype, DTYPES)
         data_cache = _choice("data_cache", data_cache, CACHE_MODES)
+        if "preset" in options:  # (these collided with internal arguments: a TypeError)
+            raise InputError("preset: presets are the built-in sample's (sample-cpu, used when "
+                             "data is None); pass the method's options instead")
+        for name in ("name", "world"):
+            if name in options:
+                raise InputError(f"unknown option {name!r} of method {method!r}")
         relabel_teacher = _as_list(relabel_teacher)
         if not all(isinstance(a, str) for a in relabel_teacher):
             raise InputError(f"relabel_teacher must be teacher names (strings), got "
                              f"{relabel_teacher!r}")
-    with rank_errors(rank), _own_rng():  # torchrun: rank 0 reports
+    with rank_errors(rank), _own_torch_state():  # torchrun: rank 0 reports
         return _distill(data, method=method, out=out, seed=seed, device=device, force=force,
                         train_files=train_files, image_size=image_size, channels=channels,
                         skip_bad=skip_bad, max_per_class=max_per_class,
@@ -231,13 +255,23 @@ def distill(
 
 
 @contextmanager
-def _own_rng():
-    """Leave the caller's global torch random state as it was: the runs draw from their own
-    generators, but building a module draws its default initialisation from the global one
-    (a script's ``torch.manual_seed(0)`` stream was moved by a distill or evaluate call)."""
+def _own_torch_state():
+    """Run with torch's global state as ddcli needs it, and leave the caller's as it was:
+    - the global random state: the runs draw from their own generators, but building a module
+      draws its default initialisation from the global one (a script's
+      ``torch.manual_seed(0)`` stream was moved by a distill or evaluate call);
+    - gradients on and inference mode off (a call inside ``torch.no_grad()`` failed with an
+      internal error, inside ``torch.inference_mode()`` blamed every image as unreadable);
+    - float32 as the default dtype (``torch.set_default_dtype(torch.float64)`` failed)."""
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda):
-        yield
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with torch.random.fork_rng(devices=cuda), torch.inference_mode(False), \
+                torch.enable_grad():
+            yield
+    finally:
+        torch.set_default_dtype(dtype)
 
 
 def _int_tuple_options(method: str) -> list[str]:
@@ -486,7 +520,8 @@ def evaluate(
 
     world = env_world_size()
     with rank_errors(process_rank(world)):
-        _check_seed(seed)  # the command line's checks, before any work
+        seed = _check_seed(seed)  # the command line's checks, before any work
+        models = _whole(models) if _whole(models) is not None else models
         bundle, protocol, device, verbose, epochs, baseline = _evaluate_args(
             bundle, protocol, device, verbose, epochs, baseline, test=test, real=real,
             backbone_weights=backbone_weights, out=out, force=force, inherit=inherit,
@@ -504,12 +539,13 @@ def evaluate(
     args = {k: v for k, v in locals().items()
             if k not in ("env_world_size", "world")}
     if world == 1:
-        with _own_rng():
+        with _own_torch_state():
             return _evaluate(**args, ctx=None)
     from ddcli.distributed import joined
     from ddcli.reporting import resolve_device
 
-    with rank_errors(process_rank(world)), joined(resolve_device(device)) as ctx, _own_rng():
+    with rank_errors(process_rank(world)), joined(resolve_device(device)) as ctx, \
+            _own_torch_state():
         return _evaluate(**{**args, "verbose": verbose if ctx.is_main else False}, ctx=ctx)
 
 

@@ -15,6 +15,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -223,6 +224,14 @@ def value_problem(b: Bundle) -> str | None:
     return None
 
 
+def _path_argument(path: object) -> Path:
+    """A path argument of the Python API (a str or an os.PathLike; an int failed in
+    pathlib with a TypeError)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"a bundle path must be a str or Path, got {path!r}")
+    return Path(path)
+
+
 # names that promise another format: a bundle written as ``x.npz`` (accepted before) was
 # read as an array shard by every tool, ddcli's own included
 _FOREIGN_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".pkl", ".pickle", ".png", ".jpg", ".jpeg",
@@ -249,7 +258,9 @@ def save_bundle(
     and refuses (before writing) anything :func:`load_bundle` would refuse to read back. The
     caller's tensors are left as they are; its ``checksum``, ``content_checksum``, ``created``
     and format fields are set to the file's."""
-    path = Path(path)
+    if not isinstance(bundle, Bundle):
+        raise InputError(f"save_bundle writes a ddcli Bundle, got {type(bundle).__name__}")
+    path = _path_argument(path)
     check_bundle_name(path)
     check_writable(path, force, "force=True")  # (the commands check theirs before)
     if dtype not in STORAGE_DTYPES:
@@ -471,7 +482,10 @@ def load_bundle(path: str | Path, *, verify: bool = True,
     ``Bundle.checksum_ok`` tells the result. With ``values``, non-finite images or soft labels
     that are not probabilities are an error (:func:`value_problem`). ``warn`` hears that an
     older bundle's metadata was not covered by its checksum."""
-    path = Path(path)
+    path = _path_argument(path)
+    for name, value in (("verify", verify), ("values", values)):
+        if not isinstance(value, bool):  # ("no" is true: it verified)
+            raise InputError(f"{name} must be True or False, got {value!r}")
     tensors, meta = _read_raw(path)
     if meta.get("ddcli.format") != FORMAT:
         raise BundleError(f"{path} is not a ddcli bundle (no ddcli.format metadata)")

@@ -42,7 +42,9 @@ def printable(obj: Any) -> Any:
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    # force_jupyter=False: in a notebook rich drew messages and warnings as display outputs
+    # (saved into the notebook, with terminal colour codes) instead of writing to stderr
+    return Console(stderr=True, highlight=False, force_jupyter=False)
 
 
 def resolve_device(spec: str) -> str:
@@ -51,7 +53,7 @@ def resolve_device(spec: str) -> str:
     spec = ("auto" if spec is None else spec).strip().lower()  # ('' was taken for auto)
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
+    if spec in ("cpu", "cpu:0"):  # (torch.device("cpu", 0) reads "cpu:0")
         return "cpu"
     if spec == "cuda" or spec.startswith("cuda:"):
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -286,3 +286,63 @@ def test_a_ctrl_c_in_distill_is_not_swallowed_by_except_exception(shards, tmp_pa
                 done.append(lr)
     assert isinstance(caught.value, Interrupted) and caught.value.exit_code == 130
     assert done == [] and (tmp_path / "s1.0.safetensors.ckpt.safetensors").exists()
+
+
+def test_the_api_runs_whatever_the_callers_torch_state(shards, tmp_path):
+    # inside torch.no_grad() distill failed with an internal error, inside
+    # torch.inference_mode() every image was "unreadable", with float64 as the default dtype
+    # the ConvNet failed; numpy seeds and torch.device("cpu", 0) were refused
+    import numpy as np
+
+    kw = dict(ipc=1, iterations=2, batch_real=4, width=8, device=torch.device("cpu", 0),
+              seed=np.int64(3))
+    ref = ddcli.distill(shards, out=tmp_path / "ref.safetensors", **kw)
+    for i, state in enumerate((torch.no_grad, torch.inference_mode)):
+        with state():
+            r = ddcli.distill(shards, out=tmp_path / f"{i}.safetensors", **kw)
+        assert r["checksum"] and not torch.is_inference_mode_enabled()
+        assert ddcli.load_bundle(r["bundle"]).content_checksum == \
+            ddcli.load_bundle(ref["bundle"]).content_checksum
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        r = ddcli.evaluate(ref["bundle"], test=shards, test_files="test.npz", epochs=1,
+                           models=np.int64(1), device="cpu")
+        assert torch.get_default_dtype() == torch.float64  # the caller's, left as it was
+    finally:
+        torch.set_default_dtype(old)
+    assert r["result"]["accuracy_per_model"]
+    with pytest.raises(InputError, match="presets are the built-in sample's"):
+        ddcli.distill(shards, out=tmp_path / "p.safetensors", preset="sample-cpu")
+    with pytest.raises(InputError, match="unknown option 'world'"):
+        ddcli.distill(shards, out=tmp_path / "p.safetensors", world=2)
+
+
+def test_bundle_dataset_items_are_copies_and_arguments_are_checked(bundle_file, tmp_path):
+    # an in-place transform changed the bundle's images (x8 after three epochs); load_bundle(5)
+    # and save_bundle(5, path) were TypeError / AttributeError; verify="no" verified
+    b = ddcli.load_bundle(bundle_file)
+    before = b.images.clone()
+    ds = ddcli.BundleDataset(b, transform=lambda x: x.mul_(2))
+    for _ in range(3):
+        _ = [ds[i] for i in range(len(ds))]
+    assert torch.equal(b.images, before) and torch.equal(ds[0][0], before[0].float() * 2)
+    for call in (lambda: ddcli.load_bundle(5), lambda: ddcli.save_bundle(5, tmp_path / "x"),
+                 lambda: ddcli.save_bundle(b, 5), lambda: ddcli.load_bundle(bundle_file,
+                                                                             verify="no"),
+                 lambda: ddcli.BundleDataset(bundle_file, soft_labels="yes"),
+                 lambda: ddcli.BundleDataset(None)):
+        with pytest.raises(InputError):
+            call()
+
+
+def test_messages_go_to_stderr_in_a_notebook_too(monkeypatch):
+    # in Jupyter rich drew ddcli's messages and warnings as display outputs (saved into the
+    # notebook with colour codes, out of reach of redirect_stderr)
+    import rich.console
+
+    from ddcli.reporting import stderr_console
+
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)
+    assert rich.console.Console().is_jupyter  # (what rich would do)
+    assert not stderr_console().is_jupyter
