@@ -460,7 +460,8 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
                f"resumed after iteration {stats['resumed_from']}" if stats["resumed_from"]
                else "no iteration")
         )
-        return {"bundle": str(out), "checksum": checksum, "method": algo.name,
+        return {"bundle": str(out), "checksum": checksum,
+                "content_checksum": bundle.content_checksum, "method": algo.name,
                 "config": recorded, "seed": seed, "device": bundle.device,
                 "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
                 "stats": stats}
@@ -762,6 +763,9 @@ def _report_head(b, bundle_path, proto, models, seed, dev, test_ds) -> dict:
     return {
         "bundle": str(bundle_path),
         "bundle_checksum": b.checksum,
+        # the images, labels and soft labels alone: equal for two same-seed runs (the file's
+        # checksum covers the creation time and the command too)
+        "bundle_content_checksum": b.content_checksum,
         "method": b.method,
         "ipc": b.ipc,
         "factor": b.factor,

@@ -346,3 +346,16 @@ def test_messages_go_to_stderr_in_a_notebook_too(monkeypatch):
     monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)
     assert rich.console.Console().is_jupyter  # (what rich would do)
     assert not stderr_console().is_jupyter
+
+
+def test_reports_carry_the_content_checksum_two_same_seed_runs_share(shards, tmp_path, cli):
+    # distill --json and evaluate reported only the file's checksum, which covers the creation
+    # time: reports of bit-identical bundles could not be matched
+    kw = dict(ipc=1, iterations=2, batch_real=4, width=8, device="cpu", checkpoint_every=0)
+    a = ddcli.distill(shards, out=tmp_path / "a.safetensors", **kw)
+    b = ddcli.distill(shards, out=tmp_path / "b.safetensors", **kw)
+    assert a["content_checksum"] == b["content_checksum"] == \
+        ddcli.load_bundle(a["bundle"]).content_checksum
+    r = ddcli.evaluate(a["bundle"], test=shards, test_files="test.npz", epochs=1, models=1,
+                       device="cpu")
+    assert r["bundle_content_checksum"] == a["content_checksum"]

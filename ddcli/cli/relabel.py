@@ -197,7 +197,8 @@ def relabel(
              + (f", ADSA tau={step['calibrate']['tau']}" if step["calibrate"] else "")
              + f"; {size / 1e6:.2f} MB; relabel {relabel_s:.2f} s")
     if json_out:
-        print_json({"bundle": str(out), "checksum": new.checksum, "parent": str(bundle),
+        print_json({"bundle": str(out), "checksum": new.checksum,
+                    "content_checksum": new.content_checksum, "parent": str(bundle),
                     "parent_checksum": b.checksum, "teachers": log, "relabel": step,
                     "relabel_time_s": round(relabel_s, 3),
                     "total_time_s": round(time.perf_counter() - t0, 3), "bundle_bytes": size})
