@@ -283,6 +283,13 @@ def save_bundle(
     for name in ("images", "soft_labels"):
         t = getattr(stored, name)
         if t is not None and not bool(torch.isfinite(t).all()):
+            given = getattr(bundle, name).detach()
+            if name == "images" and dtype != "float32" and bool(torch.isfinite(given).all()):
+                # finite as computed: the storage dtype's range overflowed
+                top = float(given.abs().max())
+                raise RunError(f"not writing {path}: the images reach {top:.3g}, beyond "
+                               f"{dtype}'s range ({torch.finfo(STORAGE_DTYPES[dtype]).max:.5g});"
+                               " write them with --dtype float32")
             raise RunError(f"not writing {path}: the {name.replace('_', ' ')} are not finite "
                            "(NaN or infinity)")
     # what load_bundle checks, before anything is written: a bundle it would refuse is lost

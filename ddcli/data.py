@@ -1185,6 +1185,10 @@ def _load_dataset(
         classes = _read_classes(root.parent)
         shard_files, name, source = [root], _name(root.parent), str(root)
     elif files or any(root.glob("*.npz")):
+        if not any(root.rglob("*.npz")) and any(p.is_dir() for p in root.iterdir()):
+            # ("missing classes.json: npz shards need a classes.json" sent users astray)
+            raise DataError(f"the files glob {files!r} chooses .npz shards; {root} holds none "
+                            "(an image folder: drop the glob)")
         classes = _read_classes(root)
         shard_files = _shard_files(root, split, files)
         name = _name(root)

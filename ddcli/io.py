@@ -280,6 +280,9 @@ def output_path(value: str | os.PathLike) -> Path:
     """An output file's path. A name that ends in a path separator (``-o runs/``) names a
     folder: refused (``Path`` drops the separator: such a run wrote a file named ``runs``)."""
     text = os.fspath(value)
+    if text == "-":  # (a file named "-" was written)
+        raise InputError("- is not a file: ddcli writes its outputs to files (--json prints the "
+                         "report on stdout); name a file, or ./- for a file named -")
     if text.endswith(("/", os.sep)):
         raise InputError(f"{text} names a folder; give a file name (e.g. {text}NAME)")
     try:  # (a name of other bytes was an internal error, or a bundle nothing could read back)

@@ -66,6 +66,18 @@ def test_float16_storage(tmp_path):
     assert load_bundle(tmp_path / "h.safetensors").images.dtype == torch.float16
 
 
+def test_a_float16_overflow_is_named_as_such(tmp_path):
+    # images finite as computed but beyond float16's 65504 were "not finite (NaN or infinity)"
+    from ddcli.errors import RunError
+
+    b = make_bundle()
+    b.images = b.images.float() * 0 + 4e5
+    with pytest.raises(RunError, match="reach 4e.05, beyond float16's range .*--dtype float32"):
+        save_bundle(b, tmp_path / "h.safetensors", dtype="float16")
+    assert not (tmp_path / "h.safetensors").exists()
+    save_bundle(b, tmp_path / "f.safetensors")
+
+
 def test_refuses_overwrite_without_force(tmp_path):
     path = tmp_path / "b.safetensors"
     save_bundle(make_bundle(), path)

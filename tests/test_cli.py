@@ -411,6 +411,10 @@ def test_output_folder_names_zero_scale_and_failed_allocations(cli, shards, tmp_
         r = cli(cmd, *args, "-o", f"{tmp_path}/runs/")
         assert_one_line_error(r, 2, "runs/ names a folder; give a file name")
         assert not (tmp_path / "runs").exists()
+        with monkeypatch.context() as m:  # `-o -` wrote a file named "-"
+            m.chdir(tmp_path)
+            assert_one_line_error(cli(cmd, *args, "-o", "-"), 2, "- is not a file")
+            assert not (tmp_path / "-").exists()
     out = tmp_path / "o.safetensors"
     r = cli("distill", *base, "--model", "resnet18", "--width", "8", "-o", out)
     assert_one_line_error(r, 2, "--width does not apply to --model resnet18")

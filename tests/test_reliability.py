@@ -380,6 +380,11 @@ def test_a_files_glob_with_one_shard_is_refused(cli, tmp_path):
             tmp_path / "o.safetensors")
     assert_one_line_error(r, 2, "chooses shards in a dataset folder", "is one shard")
     assert not (tmp_path / "o.safetensors").exists()
+    # a glob on an image folder said "missing classes.json: npz shards need a classes.json"
+    folder = write_image_folder(tmp_path / "imgs", n=4)
+    r = cli("distill", folder, "--train-files", "*.npz", "--iterations", "1", "-o",
+            tmp_path / "o.safetensors")
+    assert_one_line_error(r, 2, "chooses .npz shards", "holds none", "drop the glob")
 
 
 def test_a_bundle_name_that_promises_another_format_is_refused(cli, tmp_path, bundle_file):
