@@ -753,6 +753,10 @@ def test_v1_bundles_are_read_with_a_warning(cli, tmp_path):
     raw[-5] ^= 0x01
     path.write_bytes(bytes(raw))
     assert_one_line_error(cli("inspect", path, "--verify"), 1, "checksum mismatch")
+    # with --json, CI read nothing on stdout: the summary comes first, then the error
+    r = cli("inspect", path, "--verify", "--json")
+    assert_one_line_error(r, 1, "checksum mismatch")
+    assert r.json()["checksum_ok"] is False
 
 
 def test_a_v1_bundle_rewritten_gets_a_v2_checksum(tmp_path):
@@ -1022,6 +1026,8 @@ def test_checksum_valid_bundles_with_wrong_values_are_refused_in_one_line(cli, t
         r = cli("inspect", path, "--json")
         assert r.code == 0 and msg in json.loads(r.stdout)["problem"]
         assert_one_line_error(cli("inspect", path, "--verify"), 1, msg)
+        r = cli("inspect", path, "--verify", "--json")
+        assert r.code == 1 and msg in r.json()["problem"]
     r = cli("inspect", tmp_path / "b5.safetensors", "--json")  # not a value problem: refused
     assert r.code == 2
 

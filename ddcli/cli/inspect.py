@@ -225,16 +225,17 @@ def inspect(
     rep = Reporter(quiet, json_out)
     b = load_bundle(bundle, verify=False, warn=rep.warn, values=False)  # wrong values: shown
     s = summary(b, bundle)
-    if not b.checksum_ok:
-        mismatch = f"{bundle}: checksum mismatch (the file was modified or damaged)"
-        if verify:  # the one line, before anything is shown or written
-            raise RunError(mismatch)
-        rep.warn(mismatch)
     # values that evaluate / relabel / load_bundle refuse (NaN images, soft labels that are
     # not probabilities): --verify's failure too, and a field for scripts (they saw exit 0)
     s["problem"] = problem = value_problem(b)
-    if problem and verify:
-        raise RunError(f"{bundle}: {problem}")
+    mismatch = None if b.checksum_ok else \
+        f"{bundle}: checksum mismatch (the file was modified or damaged)"
+    if verify and (mismatch or problem):  # the one line, before anything is written; with
+        if json_out:  # --json the summary first (checksum_ok, problem), as CI reads it
+            print_json(s)
+        raise RunError(mismatch or f"{bundle}: {problem}")
+    if mismatch:
+        rep.warn(mismatch)
     if problem and b.checksum_ok:
         rep.warn(f"{bundle}: {problem}")
     _check_outputs(grid, export, force)  # all of them before writing any
