@@ -31,11 +31,11 @@ def run_main(main, *args) -> None:
     """Call ``main(*args)``; a ddcli error (a missing bundle or dataset, a bad option) ends the
     script as it ends the CLI: one ``error:`` line on stderr and the error's exit code (2 for
     bad input), not a traceback."""
-    from ddcli.errors import DDCliError
+    from ddcli.errors import DDCliError, Interrupted
 
     try:
         main(*args)
-    except DDCliError as e:
+    except (DDCliError, Interrupted) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
 

@@ -234,11 +234,12 @@ def distill(
                              f"{checkpoint_every!r}")
         dtype = _choice("dtype", dtype, DTYPES)
         data_cache = _choice("data_cache", data_cache, CACHE_MODES)
-        if "preset" in options:  # (these collided with internal arguments: a TypeError)
+        if options.get("preset") is not None:  # (these collided with internal arguments)
             raise InputError("preset: presets are the built-in sample's (sample-cpu, used when "
                              "data is None); pass the method's options instead")
+        options.pop("preset", None)
         for name in ("name", "world"):
-            if name in options:
+            if options.get(name) is not None:
                 raise InputError(f"unknown option {name!r} of method {method!r}")
         relabel_teacher = _as_list(relabel_teacher)
         if not all(isinstance(a, str) for a in relabel_teacher):

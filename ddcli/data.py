@@ -1185,7 +1185,8 @@ def _load_dataset(
         classes = _read_classes(root.parent)
         shard_files, name, source = [root], _name(root.parent), str(root)
     elif files or any(root.glob("*.npz")):
-        if not any(root.rglob("*.npz")) and any(p.is_dir() for p in root.iterdir()):
+        if files and not glob.glob(str(root / files)) and not any(root.glob("*.npz")) \
+                and any(p.is_dir() for p in root.iterdir()):
             # ("missing classes.json: npz shards need a classes.json" sent users astray)
             raise DataError(f"the files glob {files!r} chooses .npz shards; {root} holds none "
                             "(an image folder: drop the glob)")

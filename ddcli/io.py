@@ -282,7 +282,7 @@ def output_path(value: str | os.PathLike) -> Path:
     text = os.fspath(value)
     if text == "-":  # (a file named "-" was written)
         raise InputError("- is not a file: ddcli writes its outputs to files (--json prints the "
-                         "report on stdout); name a file, or ./- for a file named -")
+                         "report on stdout); name a file (one named - by its full path)")
     if text.endswith(("/", os.sep)):
         raise InputError(f"{text} names a folder; give a file name (e.g. {text}NAME)")
     try:  # (a name of other bytes was an internal error, or a bundle nothing could read back)

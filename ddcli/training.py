@@ -438,7 +438,8 @@ def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, num_classes: int,
                      for name, ks in groups.items() if any(has[k] for k in ks)}
         group_acc["classes"] = groups
         group_acc["definition"] = ("classes ranked by real image count: first third many, "
-                                   "last third few; mean of per-class test accuracy")
+                                   "last third few, classes of one count in one group; mean "
+                                   "of per-class test accuracy")
     return {
         "group_accuracy": group_acc,
         "accuracy_per_model": [round(float(a) * 100, 2) for a in per_model],

@@ -385,6 +385,23 @@ def test_a_files_glob_with_one_shard_is_refused(cli, tmp_path):
     r = cli("distill", folder, "--train-files", "*.npz", "--iterations", "1", "-o",
             tmp_path / "o.safetensors")
     assert_one_line_error(r, 2, "chooses .npz shards", "holds none", "drop the glob")
+    # (the review: globs into a linked folder, or out of the folder, still choose shards)
+    (folder / "shards").symlink_to(write_shards(tmp_path / "real", n_train=4))
+    (folder / "classes.json").write_text('["cat", "dog", "frog"]')
+    for glob in ("shards/train_*.npz", str(tmp_path / "real" / "train_*.npz"),
+                 "../real/train_*.npz"):
+        r = cli("distill", folder, "--train-files", glob, "--iterations", "1", "--ipc", "1",
+                "-o", tmp_path / "o.safetensors", "--force")
+        assert r.code == 0, (glob, r)
+    # a FIFO where the checkpoint is: --resume blocked for good reading its notes
+    os.mkfifo(tmp_path / "o.safetensors.ckpt.safetensors")
+    signal.alarm(120)
+    try:
+        r = cli("distill", folder, "--train-files", "shards/train_*.npz", "--iterations", "1",
+                "--ipc", "1", "-o", tmp_path / "o.safetensors", "--force", "--resume")
+    finally:
+        signal.alarm(0)
+    assert_one_line_error(r, 2, "not a regular file")
 
 
 def test_a_bundle_name_that_promises_another_format_is_refused(cli, tmp_path, bundle_file):

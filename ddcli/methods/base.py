@@ -313,6 +313,8 @@ def checkpoint_notes(path: Path) -> dict[str, str]:
     iterations); {} when there is no readable checkpoint (:func:`run_method` says why)."""
     from safetensors import safe_open
 
+    if not Path(path).is_file():  # (a FIFO there blocked the open for good: run_method
+        return {}  # refuses it with a message)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
