@@ -266,13 +266,16 @@ def _own_torch_state():
     - float32 as the default dtype (``torch.set_default_dtype(torch.float64)`` failed)."""
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
+    own_dtype = dtype != torch.float32  # (process-wide: touched only where it must be)
+    if own_dtype:
+        torch.set_default_dtype(torch.float32)
     try:
         with torch.random.fork_rng(devices=cuda), torch.inference_mode(False), \
                 torch.enable_grad():
             yield
     finally:
-        torch.set_default_dtype(dtype)
+        if own_dtype:
+            torch.set_default_dtype(dtype)
 
 
 def _int_tuple_options(method: str) -> list[str]:
