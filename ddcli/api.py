@@ -142,7 +142,8 @@ def _path_arg(name: str, value: Any) -> Any:
     pathlib)."""
     if value is not None and not isinstance(value, (str, os.PathLike)):
         raise InputError(f"{name} must be a path (a str or Path), got {value!r}")
-    return value
+    # "~/x" as a shell gives it (out="~/b.safetensors" was "output folder ~ does not exist")
+    return None if value is None else Path(os.path.expanduser(os.fspath(value)))
 
 
 def _device_arg(device: Any) -> str:
@@ -221,6 +222,7 @@ def distill(
         data, out = _path_arg("data", data), _path_arg("out", out)
         method, device = _name_arg("method", method), _device_arg(device)
         verbose = _verbose_arg(verbose)
+        command = typed_value("command", str | None, command)  # (5 was recorded as a number)
         for name, value in (("force", force), ("skip_bad", skip_bad), ("relabel", relabel),
                             ("resume", resume)):
             typed_value(name, bool, value)
@@ -535,6 +537,8 @@ def evaluate(
         amp = _choice("amp", amp, AMPS)
         data_cache = _choice("data_cache", data_cache, CACHE_MODES)
         teacher = [_path_arg("teacher", t) for t in _as_list(teacher)]
+        test, real, backbone_weights, out = (_path_arg("", v) for v in (
+            test, real, backbone_weights, out))  # ("~/..." expanded: checked just above)
         if world > 1 and protocol.lower() == "linear-probe":
             raise InputError(f"the linear-probe protocol does not run under torchrun "
                              f"(WORLD_SIZE={world}); run it as one process")
@@ -562,7 +566,7 @@ def _evaluate_args(bundle, protocol, device, verbose, epochs, baseline, **others
                          "ddcli.save_bundle first")
     if bundle is None:
         raise InputError("bundle must be a path (a str or Path), got None")
-    _path_arg("bundle", bundle)
+    bundle = _path_arg("bundle", bundle)
     for name in ("test", "real", "backbone_weights", "out"):
         _path_arg(name, others[name])
     for name in ("force", "inherit", "skip_bad"):

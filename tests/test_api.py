@@ -359,3 +359,17 @@ def test_reports_carry_the_content_checksum_two_same_seed_runs_share(shards, tmp
     r = ddcli.evaluate(a["bundle"], test=shards, test_files="test.npz", epochs=1, models=1,
                        device="cpu")
     assert r["bundle_content_checksum"] == a["content_checksum"]
+
+
+def test_api_paths_expand_the_home_folder(shards, tmp_path, monkeypatch):
+    # out="~/b.safetensors" said "output folder ~ does not exist"; command=5 was recorded
+    monkeypatch.setenv("HOME", str(tmp_path))
+    r = ddcli.distill(shards, out="~/b.safetensors", ipc=1, iterations=1, batch_real=4, width=8,
+                      device="cpu")
+    assert r["bundle"] == str(tmp_path / "b.safetensors")
+    e = ddcli.evaluate("~/b.safetensors", test=shards, test_files="test.npz", epochs=1,
+                       models=1, device="cpu", out="~/r.json")
+    assert (tmp_path / "r.json").exists() and e["bundle"] == str(tmp_path / "b.safetensors")
+    r = ddcli.distill(shards, out=tmp_path / "c.safetensors", command=5, ipc=1, iterations=1,
+                      batch_real=4, width=8, device="cpu")
+    assert ddcli.load_bundle(r["bundle"]).provenance[0]["command"] == "5"
