@@ -143,7 +143,9 @@ def _path_arg(name: str, value: Any) -> Any:
     if value is not None and not isinstance(value, (str, os.PathLike)):
         raise InputError(f"{name} must be a path (a str or Path), got {value!r}")
     # "~/x" as a shell gives it (out="~/b.safetensors" was "output folder ~ does not exist")
-    return None if value is None else Path(os.path.expanduser(os.fspath(value)))
+    # (a str stays a str: Path drops the trailing "/" of "runs/", which output_path refuses)
+    return None if value is None else type(value)(os.path.expanduser(os.fspath(value))) \
+        if isinstance(value, (str, Path)) else Path(os.path.expanduser(os.fspath(value)))
 
 
 def _device_arg(device: Any) -> str:
