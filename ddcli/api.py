@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -25,6 +24,7 @@ from ddcli.catalog import AMPS, CACHE_MODES, COMPILE_MODES, DTYPES, MAX_SEED
 from ddcli.configs import typed_value
 from ddcli.distributed import process_rank, rank_errors
 from ddcli.errors import InputError, Interrupted
+from ddcli.io import path_argument as _path_arg
 
 __all__ = ["BundleDataset", "distill", "evaluate", "load_bundle"]
 
@@ -113,12 +113,10 @@ def _int_tuple(value: str | Sequence[int] | None, flag: str, minimum: int = 1,
 
 def _whole(value: Any) -> int | None:
     """``value`` as a Python int when it is an integer (a Python, numpy or torch one, as the
-    options take them), else None (a bool, a float, a str)."""
-    if isinstance(value, bool):
-        return None
+    options take them: :func:`typed_value`'s rule), else None (a bool, a float, a str)."""
     try:
-        return operator.index(value)
-    except TypeError:
+        return typed_value("", int, value)
+    except InputError:
         return None
 
 
@@ -135,17 +133,6 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value.lower()
-
-
-def _path_arg(name: str, value: Any) -> Any:
-    """A path argument: a str or an os.PathLike, or None (an int or a list failed deep in
-    pathlib)."""
-    if value is not None and not isinstance(value, (str, os.PathLike)):
-        raise InputError(f"{name} must be a path (a str or Path), got {value!r}")
-    # "~/x" as a shell gives it (out="~/b.safetensors" was "output folder ~ does not exist")
-    # (a str stays a str: Path drops the trailing "/" of "runs/", which output_path refuses)
-    return None if value is None else type(value)(os.path.expanduser(os.fspath(value))) \
-        if isinstance(value, (str, Path)) else Path(os.path.expanduser(os.fspath(value)))
 
 
 def _device_arg(device: Any) -> str:
@@ -221,7 +208,7 @@ def distill(
     rank = process_rank(world)
     with rank_errors(rank):  # the command line's checks, before any work
         seed = _check_seed(seed)
-        data, out = _path_arg("data", data), _path_arg("out", out)
+        data, out = _path_arg("data", data, True), _path_arg("out", out, True)
         method, device = _name_arg("method", method), _device_arg(device)
         verbose = _verbose_arg(verbose)
         command = typed_value("command", str | None, command)  # (5 was recorded as a number)
@@ -416,7 +403,8 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
                     if dev == "cpu" else None)
         # what follows the iterations, so that a resumed run that forgets it says so (it wrote
         # a bundle without the soft labels the interrupted run had asked for, without a word)
-        notes = {"relabel": ",".join(relabel_teacher or ["convnet"])} if relabel else {}
+        teachers = list(relabel_teacher or ["convnet"])
+        notes = {"relabel": ",".join(teachers)} if relabel else {}
         if resume and not relabel and ckpt.exists() and ctx is None:
             asked = checkpoint_notes(ckpt).get("relabel")
             if asked:
@@ -451,8 +439,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
         )
         try:
             if relabel:  # the paper's pipeline in one command: LIA soft labels
-                bundle = _relabel(rep, bundle, ds, list(relabel_teacher or ["convnet"]), dev, seed,
-                                  command)
+                bundle = _relabel(rep, bundle, ds, teachers, dev, seed, command)
             checksum = save_bundle(bundle, out, force=force, dtype=dtype)
         except (KeyboardInterrupt, Interrupted):  # the iterations are done, and checkpointed
             if not ckpt.exists():
@@ -530,7 +517,11 @@ def evaluate(
     world = env_world_size()
     with rank_errors(process_rank(world)):
         seed = _check_seed(seed)  # the command line's checks, before any work
-        models = _whole(models) if _whole(models) is not None else models
+        whole = _whole(models)
+        models = models if whole is None else whole
+        test, real, backbone_weights, out = (_path_arg(n, v, True) for n, v in (
+            ("test", test), ("real", real), ("backbone_weights", backbone_weights),
+            ("out", out)))
         bundle, protocol, device, verbose, epochs, baseline = _evaluate_args(
             bundle, protocol, device, verbose, epochs, baseline, test=test, real=real,
             backbone_weights=backbone_weights, out=out, force=force, inherit=inherit,
@@ -539,8 +530,6 @@ def evaluate(
         amp = _choice("amp", amp, AMPS)
         data_cache = _choice("data_cache", data_cache, CACHE_MODES)
         teacher = [_path_arg("teacher", t) for t in _as_list(teacher)]
-        test, real, backbone_weights, out = (_path_arg("", v) for v in (
-            test, real, backbone_weights, out))  # ("~/..." expanded: checked just above)
         if world > 1 and protocol.lower() == "linear-probe":
             raise InputError(f"the linear-probe protocol does not run under torchrun "
                              f"(WORLD_SIZE={world}); run it as one process")
@@ -548,7 +537,7 @@ def evaluate(
             raise InputError(f"{world} processes for {models} models: use at most one "
                              "process per model")
     args = {k: v for k, v in locals().items()
-            if k not in ("env_world_size", "world")}
+            if k not in ("env_world_size", "world", "whole")}
     if world == 1:
         with _own_torch_state():
             return _evaluate(**args, ctx=None)
@@ -568,9 +557,7 @@ def _evaluate_args(bundle, protocol, device, verbose, epochs, baseline, **others
                          "ddcli.save_bundle first")
     if bundle is None:
         raise InputError("bundle must be a path (a str or Path), got None")
-    bundle = _path_arg("bundle", bundle)
-    for name in ("test", "real", "backbone_weights", "out"):
-        _path_arg(name, others[name])
+    bundle = _path_arg("bundle", bundle)  # (its others: expanded by evaluate)
     for name in ("force", "inherit", "skip_bad"):
         typed_value(name, bool, others[name])
     for name in ("test_files", "real_files", "backbone"):

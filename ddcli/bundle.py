@@ -15,7 +15,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,13 @@ import torch
 
 from ddcli import __version__
 from ddcli.errors import BundleError, InputError, RunError
-from ddcli.io import check_writable, read_safetensors, regular_file, write_safetensors
+from ddcli.io import (
+    check_writable,
+    path_argument,
+    read_safetensors,
+    regular_file,
+    write_safetensors,
+)
 
 FORMAT = "ddcli.bundle"
 FORMAT_VERSION = 2
@@ -224,14 +229,6 @@ def value_problem(b: Bundle) -> str | None:
     return None
 
 
-def _path_argument(path: object) -> Path:
-    """A path argument of the Python API (a str or an os.PathLike; an int failed in
-    pathlib with a TypeError)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InputError(f"a bundle path must be a str or Path, got {path!r}")
-    return Path(path)
-
-
 # names that promise another format: a bundle written as ``x.npz`` (accepted before) was
 # read as an array shard by every tool, ddcli's own included
 _FOREIGN_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".pkl", ".pickle", ".png", ".jpg", ".jpeg",
@@ -260,7 +257,7 @@ def save_bundle(
     and format fields are set to the file's."""
     if not isinstance(bundle, Bundle):
         raise InputError(f"save_bundle writes a ddcli Bundle, got {type(bundle).__name__}")
-    path = _path_argument(path)
+    path = Path(path_argument("path", path))
     check_bundle_name(path)
     check_writable(path, force, "force=True")  # (the commands check theirs before)
     if dtype not in STORAGE_DTYPES:
@@ -489,7 +486,7 @@ def load_bundle(path: str | Path, *, verify: bool = True,
     ``Bundle.checksum_ok`` tells the result. With ``values``, non-finite images or soft labels
     that are not probabilities are an error (:func:`value_problem`). ``warn`` hears that an
     older bundle's metadata was not covered by its checksum."""
-    path = _path_argument(path)
+    path = Path(path_argument("path", path))
     for name, value in (("verify", verify), ("values", values)):
         if not isinstance(value, bool):  # ("no" is true: it verified)
             raise InputError(f"{name} must be True or False, got {value!r}")

@@ -276,6 +276,20 @@ def tree_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
+def path_argument(name: str, value: object, optional: bool = False
+                  ) -> str | os.PathLike | None:
+    """A path argument of the Python API: a str or an os.PathLike (an int failed deep in
+    pathlib), or None where ``optional``; ``~`` expanded as a shell would ("~/b.safetensors"
+    was "output folder ~ does not exist"). A str stays a str: ``Path`` drops the trailing "/"
+    of "runs/", which :func:`output_path` refuses."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{name} must be a path (a str or Path), got {value!r}")
+    expanded = os.path.expanduser(os.fspath(value))
+    return expanded if isinstance(value, str) else Path(expanded)
+
+
 def output_path(value: str | os.PathLike) -> Path:
     """An output file's path. A name that ends in a path separator (``-o runs/``) names a
     folder: refused (``Path`` drops the separator: such a run wrote a file named ``runs``)."""
