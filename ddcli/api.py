@@ -337,12 +337,14 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
 def _check_relabel(algo, relabel_teacher: list[str]) -> None:
     """``distill --relabel``'s options, before the distillation (they failed after it)."""
     from ddcli.catalog import TEACHER_ARCHS
+    from ddcli.teachers import check_distinct_archs
 
     bad = [a for a in relabel_teacher if a.lower() not in TEACHER_ARCHS]
     if bad:
         raise InputError(f"--relabel-teacher {bad[0]!r} is not one of "
                          f"{', '.join(TEACHER_ARCHS)}")
     relabel_teacher[:] = [a.lower() for a in relabel_teacher]
+    check_distinct_archs(relabel_teacher, "--relabel-teacher")
     if getattr(algo, "factor", 1) > 1:
         raise InputError("--relabel does not label multi-formation images (factor > 1); pass "
                          "--factor 1, or relabel the decoded export")
@@ -667,6 +669,11 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         raise InputError(f"--teacher changes nothing under the {proto.name} protocol (it "
                          "serves kd-online, and a --baseline random under kd or otm)")
     teachers = teachers_for(b, [Path(t) for t in teacher or []], dev) if needs_teachers else []
+    if (proto.loss == "kd-online" and teacher and step
+            and (temperature != 1.0 or step.get("calibrate")) and not proto.temperature):
+        rep.info(f"the --teacher outputs are softened at T {temperature:g}"
+                 + (" and calibrated (adsa)" if step.get("calibrate") else "")
+                 + " as the bundle's soft labels were")
     uses_soft = soft_protocol or proto.loss == "kd-online"
     if uses_soft:  # a hard-label protocol learns nothing from the teachers
         check_no_test_leak(b, teachers, test_ds)
@@ -714,6 +721,12 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         "used": soft_protocol, "temperature": temperature, "views": bool(views),
         "relabel": {k: step.get(k) for k in ("teachers", "lia", "calibrate")},
     } if step else None
+    # the KD temperature that ran (the protocol's, else the relabel step's, else 1): kd-online
+    # softens its teachers' outputs with it, and calibrates them as the relabel step did
+    report["temperature_used"] = (proto.temperature or temperature
+                                  if proto.loss in ("kd", "kd-online") else None)
+    if proto.loss == "kd-online":
+        report["teacher_calibration"] = (step or {}).get("calibrate")
     if teachers:  # the teachers this evaluation used (--teacher, or the relabel step's)
         source = "--teacher" if teacher else "relabel step"
         report["teachers"] = [{k: v for k, v in t.describe().items()

@@ -193,6 +193,7 @@ def _check_consistency(b: Bundle, where: str) -> None:
         raise BundleError(
             f"{where}: soft_labels must be ({n}, {k}), got {tuple(b.soft_labels.shape)}"
         )
+    _check_views(b, n, k, where)
     counts = b.dataset.get("class_counts")
     if counts is not None and len(counts) != k:
         raise BundleError(f"{where}: class_counts has {len(counts)} entries for {k} classes")
@@ -216,17 +217,78 @@ def _check_consistency(b: Bundle, where: str) -> None:
                           f"images' side), got {b.config.get('factor')!r}")
 
 
+#: the recorded augmentations of ``relabel --views K`` (extras): family (N, K) integers,
+#: parameter rows u (N, K, slots) in [0, 1], soft labels (N, K, classes)
+VIEW_KEYS = ("views.family", "views.u", "views.soft_labels")
+
+
+def _check_views(b: Bundle, n: int, k: int, where: str) -> None:
+    """The views' tensors: all three or none, of the images' count and the classes' width
+    (a mismatch failed evaluate with an internal IndexError)."""
+    from ddcli.augment import _SLOTS
+
+    have = [key for key in VIEW_KEYS if key in b.extras]
+    if not have:
+        return
+    if len(have) < len(VIEW_KEYS):
+        missing = next(key for key in VIEW_KEYS if key not in b.extras)
+        raise BundleError(f"{where}: extra.{missing} is missing beside extra.{have[0]}")
+    fam, u, soft = (b.extras[key] for key in VIEW_KEYS)
+    v = fam.shape[1] if fam.ndim == 2 else -1
+    want = {"views.family": (n, v), "views.u": (n, v, len(_SLOTS)),
+            "views.soft_labels": (n, v, k)}
+    for key, t in zip(VIEW_KEYS, (fam, u, soft), strict=True):
+        if v < 1 or tuple(t.shape) != want[key]:
+            raise BundleError(f"{where}: extra.{key} must be {want[key] if v >= 1 else '(N, K)'}"
+                              f" for {n} images and {k} classes, got {tuple(t.shape)}")
+    if fam.is_floating_point() or fam.dtype == torch.bool:
+        raise BundleError(f"{where}: extra.views.family must be integers")
+    if not (u.is_floating_point() and soft.is_floating_point()):
+        raise BundleError(f"{where}: extra.views.u and extra.views.soft_labels must be floating "
+                          "point")
+
+
+def _probabilities(p: torch.Tensor) -> bool:
+    """Finite, >= 0, summing to 1 along the last dimension."""
+    p = p.float()
+    return (bool(torch.isfinite(p).all()) and bool((p >= 0).all())
+            and bool(((p.sum(-1) - 1).abs() < 1e-3).all()))
+
+
+def _views_problem(b: Bundle) -> str | None:
+    """Values of the views: family indexes the strategy's families, u in [0, 1], soft labels
+    probabilities (out-of-range families trained unaugmented without a word)."""
+    from ddcli.augment import STANDARD_STRATEGY
+    from ddcli.protocols import parse_strategy
+    from ddcli.relabel import last_relabel_step
+
+    if VIEW_KEYS[0] not in b.extras:
+        return None
+    fam, u, soft = (b.extras[key] for key in VIEW_KEYS)
+    record = (last_relabel_step(b) or {}).get("views") or {}
+    try:
+        families = parse_strategy(str(record.get("strategy", STANDARD_STRATEGY)))
+    except ValueError as e:
+        return f"the views' recorded strategy: {e}"
+    if fam.numel() and (int(fam.min()) < 0 or int(fam.max()) >= len(families)):
+        return (f"extra.views.family lies outside the {len(families)} augmentation families "
+                f"({'_'.join(families)})")
+    uf = u.float()
+    if not (bool(torch.isfinite(uf).all()) and bool((uf >= 0).all()) and bool((uf <= 1).all())):
+        return "extra.views.u lies outside [0, 1]"
+    if not _probabilities(soft):
+        return "extra.views.soft_labels are not probabilities (finite, >= 0, summing to 1)"
+    return None
+
+
 def value_problem(b: Bundle) -> str | None:
     """What is wrong with values a bundle ddcli writes always has right (another tool's may
     not): finite images, soft labels that are probabilities; None when nothing is."""
     if not bool(torch.isfinite(b.images).all()):
         return "the images are not finite"
-    if b.soft_labels is not None:
-        p = b.soft_labels.float()
-        if not (bool(torch.isfinite(p).all()) and bool((p >= 0).all())
-                and bool(((p.sum(1) - 1).abs() < 1e-3).all())):
-            return "soft_labels are not probabilities (finite, >= 0, each row summing to 1)"
-    return None
+    if b.soft_labels is not None and not _probabilities(b.soft_labels):
+        return "soft_labels are not probabilities (finite, >= 0, each row summing to 1)"
+    return _views_problem(b)
 
 
 # names that promise another format: a bundle written as ``x.npz`` (accepted before) was
@@ -244,7 +306,7 @@ def check_bundle_name(path: str | Path) -> None:
             f"{path.name}: a bundle is a safetensors file, not {suffix[1:]}; name it "
             f"{path.stem}.safetensors"
             + (" (to get arrays or images, write the bundle, then 'ddcli inspect BUNDLE "
-               "--export DIR --format npz' or png)" if suffix in (".npz", ".npy", ".png",
+               "--export DIR --export-format npz' or png)" if suffix in (".npz", ".npy", ".png",
                                                                   ".jpg", ".jpeg") else ""))
 
 

@@ -123,9 +123,11 @@ def teachers_for(bundle: Bundle, files: list[Path], device: torch.device) -> lis
 def check_no_test_leak(bundle: Bundle, teachers: list[Teacher], test: Dataset) -> None:
     """Refuse soft labels or teachers that come from a teacher trained on the test data, or
     on a subset cut from it (``relabel --data TEST``: the teacher learns the bundle's subset of
-    it, whose fingerprint is not the test set's; the whole --data's is recorded beside)."""
-    recorded = [t for s in bundle.provenance if s.get("step") == "relabel"
-                for t in s.get("teachers", [])]
+    it, whose fingerprint is not the test set's; the whole --data's is recorded beside).
+    Only the last relabel step's teachers made the soft labels (and views) the bundle holds:
+    a relabel replaces them all, so an earlier step's teachers leave nothing behind."""
+    step = last_relabel_step(bundle)
+    recorded = list((step or {}).get("teachers", []))
     recorded += [t.describe() for t in teachers]
     for t in recorded:
         if t.get("data_fingerprint") == test.fingerprint:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ddcli import __version__, augment
-from ddcli.bundle import Bundle
+from ddcli.bundle import VIEW_KEYS, Bundle
 from ddcli.data import denormalize, normalize
 from ddcli.errors import InputError
 from ddcli.reporting import device_label
@@ -31,7 +31,6 @@ from ddcli.teachers import Teacher, check_teacher
 
 DEFAULT_LIA_SCHEDULE: tuple[tuple[int, int], ...] = ((10, 1), (20, 2), (50, 3))
 ADSA_GRID = tuple(round(0.05 * i, 2) for i in range(41))  # τ in 0, 0.05, ..., 2
-VIEW_KEYS = ("views.family", "views.u", "views.soft_labels")
 
 
 def parse_schedule(text: str) -> tuple[tuple[int, int], ...]:
@@ -118,14 +117,21 @@ class RelabelSettings:
 
         for key in ("temperature", "views", "num_teachers"):
             check_option_value("--" + key.replace("_", "-"), getattr(self, key))
-        if not self.temperature > 0:
-            raise InputError(f"--temperature must be > 0, got {self.temperature}")
+        if not TEMPERATURE_RANGE[0] <= self.temperature <= TEMPERATURE_RANGE[1]:
+            # beyond, logits / T overflow float32 (NaN soft labels, found only when written) or
+            # evaluate's T² KL does; within, the ends are already one-hot and uniform labels
+            raise InputError(f"--temperature must be from {TEMPERATURE_RANGE[0]:g} to "
+                             f"{TEMPERATURE_RANGE[1]:g}, got {self.temperature:g}")
         if self.calibrate not in (None, "adsa"):
             raise InputError(f"--calibrate must be adsa, got {self.calibrate!r}")
         if self.views < 0:
             raise InputError(f"--views must be >= 0, got {self.views}")
         if self.num_teachers is not None and self.num_teachers < 1:
             raise InputError(f"--num-teachers must be >= 1, got {self.num_teachers}")
+
+
+#: the soft labels' temperatures that stay finite in float32, kd's T² loss included
+TEMPERATURE_RANGE = (1e-4, 1e4)
 
 
 def views_storage_bytes(n: int, views: int, num_classes: int) -> int:

@@ -312,6 +312,28 @@ def check_teacher(t: Teacher, classes: list[str], channels: int) -> None:
                          f"bundle has {channels}")
 
 
+def check_distinct_archs(archs: list[str], flag: str) -> None:
+    """Refuse an architecture named twice: the same data and seed train the same teacher, so
+    the "ensemble" would average one model (before any teacher is trained)."""
+    seen = set()
+    for a in archs:
+        if a.lower() in seen:
+            raise InputError(f"{flag} {a} is given twice: the same data and seed train the same "
+                             "teacher, so both would be one model")
+        seen.add(a.lower())
+
+
+def check_distinct_teachers(teachers: list[Teacher]) -> None:
+    """Refuse the same teacher (equal checksums) given twice, as a file or trained."""
+    seen: dict[str, Teacher] = {}
+    for t in teachers:
+        if t.checksum in seen:
+            raise InputError(f"teacher {t.path or t.arch} is given twice (the same weights as "
+                             f"{seen[t.checksum].path or seen[t.checksum].arch}): an average "
+                             "of one model")
+        seen[t.checksum] = t
+
+
 def train_teachers(rep: Reporter, ds, archs: list[str], device: torch.device, seed: int,
                    epochs: int | None = None, source_fingerprint: str | None = None,
                    ) -> tuple[list, list[dict]]:

@@ -180,7 +180,11 @@ def test_options_that_change_nothing_are_refused(cli, tmp_path):
     r = cli("relabel", b, "--teacher", teacher, "--teacher-epochs", "0")
     assert_one_line_error(r, 2, "--teacher-epochs sets the training of --train-teacher")
     r = cli("relabel", b, "--teacher", teacher, "--data", data)
-    assert_one_line_error(r, 2, "--data is the real data --train-teacher teachers learn")
+    assert_one_line_error(r, 2, "--data is about the real data --train-teacher teachers learn")
+    # the real data's other options were ignored beside --teacher files alone
+    for extra in (("--train-files", "x*.npz"), ("--skip-bad",), ("--data-cache", "on")):
+        r = cli("relabel", b, "--teacher", teacher, *extra)
+        assert_one_line_error(r, 2, f"{extra[0]} is about the real data")
     r = cli("prior", data, "--prior-batch", "0", "--device", "cpu")
     assert_one_line_error(r, 2, "--prior-batch must be >= 1, got 0")
     assert "--ipc" not in r.stderr

@@ -220,6 +220,12 @@ def test_relabel_errors(cli, setup, tmp_path):
                               tmp_path / "x.safetensors"), 2, "do not match")
     assert_one_line_error(cli("relabel", b, "--teacher", b, "-o", tmp_path / "x.safetensors",
                               "--temperature", "0"), 2, "--temperature")
+    # T 1e-40 trained the teachers, then failed to write NaN labels (exit 1); T 1e30 wrote a
+    # bundle whose kd evaluation overflowed after training
+    for t in ("1e-40", "1e30"):
+        assert_one_line_error(cli("relabel", b, "--data", data, "--train-teacher", "convnet",
+                                  "-o", tmp_path / "x.safetensors", "--temperature", t), 2,
+                              "--temperature must be from 0.0001 to 10000")
     assert not (tmp_path / "x.safetensors").exists()
 
 
@@ -541,3 +547,131 @@ def test_kd_baseline_records_how_its_random_images_were_relabelled(cli, tmp_path
     assert r.json()["protocol"]["temperature"] is None  # the soft labels' T, shown in text
     r = cli("evaluate", s, "--test", data, "-p", "kd", "--epochs", "1", "--models", "1")
     assert r.code == 0 and "loss kd T 2" in r.stdout, r
+
+
+def test_kd_online_records_the_temperature_it_ran_at(cli, setup, tmp_path):
+    # kd-online softened its teachers at the relabel step's T (4) while the report said
+    # "used": false and the protocol's T null, and a bundle with no relabel step recorded no T
+    data, b = setup
+    s = tmp_path / "s.safetensors"
+    relabel(cli, data, b, s, "--temperature", "4")
+    teacher = load_bundle(s).provenance[-1]["teachers"][0]["path"]
+    args = ("-p", "kd-online", "--epochs", "1", "--models", "1", "--device", "cpu")
+    r = cli("evaluate", s, "--test", data, *args, "--json")
+    assert r.code == 0, r
+    rep = r.json()
+    assert rep["temperature_used"] == 4.0 and rep["teacher_calibration"] is None, rep
+    r = cli("evaluate", s, "--test", data, *args, "--teacher", teacher)
+    assert r.code == 0 and "T 4" in r.stdout and "softened at T 4" in r.stderr, r
+    r = cli("evaluate", b, "--test", data, *args, "--teacher", teacher, "--json")
+    assert r.code == 0 and r.json()["temperature_used"] == 1.0, r
+    r = cli("evaluate", s, "--test", data, "-p", "dm", "--epochs", "1", "--models", "1",
+            "--device", "cpu", "--json")
+    assert r.code == 0 and r.json()["temperature_used"] is None, r
+
+
+def test_a_clean_relabel_of_a_leaky_bundle_is_evaluated(cli, setup, tmp_path):
+    # the test-leak check read every relabel step, so a bundle whose leaky soft labels had
+    # been replaced by a clean teacher's was refused for good ("trained on the test data")
+    data, b = setup
+    leak = tmp_path / "leak.safetensors"
+    r = cli("relabel", b, "--data", data / "test.npz", "--train-teacher", "convnet",
+            "--teacher-epochs", "1", "--device", "cpu", "-o", leak)
+    assert r.code == 0, r
+    clean = tmp_path / "clean.safetensors"
+    relabel(cli, data, leak, clean)
+    args = ("--test", data, "-p", "kd", "--epochs", "1", "--models", "1", "--device", "cpu")
+    r = cli("evaluate", clean, *args)
+    assert r.code == 0, r
+    # and the other way round: a leaky relabel of a clean bundle is still refused
+    releak = tmp_path / "releak.safetensors"
+    r = cli("relabel", clean, "--data", data / "test.npz", "--train-teacher", "convnet",
+            "--teacher-epochs", "1", "--device", "cpu", "-o", releak)
+    assert r.code == 0, r
+    assert_one_line_error(cli("evaluate", releak, *args), 2, "trained on the test data")
+
+
+def test_teacher_files_are_checked_before_training_and_duplicates_refused(
+        cli, setup, tmp_path, monkeypatch):
+    # a --teacher file of other classes was refused only after the --train-teacher teachers
+    # had trained; a teacher given twice made an "ensemble" of one model
+    data, b = setup
+    s = tmp_path / "s.safetensors"
+    relabel(cli, data, b, s)
+    mine = load_bundle(s).provenance[-1]["teachers"][0]["path"]
+    other = write_shards(tmp_path / "o", classes=["ant", "bee", "cow"], n_train=8, n_test=2)
+    ob = tmp_path / "ob.safetensors"
+    assert cli("distill", other, "--ipc", "1", "--iterations", "1", "--width", "8", "-o", ob,
+               "--device", "cpu", "-q").code == 0
+    os_ = tmp_path / "os.safetensors"
+    relabel(cli, other, ob, os_)
+    foreign = load_bundle(os_).provenance[-1]["teachers"][0]["path"]
+    import ddcli.teachers
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before the --teacher files were checked")
+
+    monkeypatch.setattr(ddcli.teachers, "train_teacher", no_training)
+    base = ("relabel", b, "--data", data, "--device", "cpu", "-o", tmp_path / "x.safetensors")
+    r = cli(*base, "--teacher", foreign, "--train-teacher", "resnet18")
+    assert_one_line_error(r, 2, "trained on other classes")
+    r = cli(*base, "--train-teacher", "convnet", "--train-teacher", "ConvNet")
+    assert_one_line_error(r, 2, "--train-teacher ConvNet is given twice")
+    r = cli("relabel", b, "--teacher", mine, "--teacher", mine, "-o", tmp_path / "x.safetensors")
+    assert_one_line_error(r, 2, "is given twice")
+    monkeypatch.undo()
+    r = cli(*base, "--teacher", mine, "--train-teacher", "convnet", "--teacher-epochs", "2")
+    assert_one_line_error(r, 2, "is given twice")  # the file is the cached teacher
+    r = cli("distill", data, "--ipc", "1", "--iterations", "1", "--width", "8", "--relabel",
+            "--relabel-teacher", "convnet", "--relabel-teacher", "convnet", "-o",
+            tmp_path / "y.safetensors", "--device", "cpu")
+    assert_one_line_error(r, 2, "--relabel-teacher convnet is given twice")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_views_are_checked_when_written_and_read(cli, setup, tmp_path):
+    # bundles with fewer view soft labels than view parameters, out-of-range families or view
+    # labels that were not probabilities were written and verified; evaluate then failed with
+    # an internal IndexError or trained on them without a word
+    import copy
+
+    from safetensors.torch import load_file, safe_open, save_file
+
+    from ddcli.bundle import compute_checksum, save_bundle
+    from ddcli.errors import DDCliError
+
+    data, b = setup
+    s = tmp_path / "s.safetensors"
+    relabel(cli, data, b, s, "--views", "2")
+    good = load_bundle(s)
+    bad = {"short": lambda e: e | {"views.soft_labels": e["views.soft_labels"][:, :1]},
+           "family": lambda e: e | {"views.family": e["views.family"] + 7},
+           "u": lambda e: e | {"views.u": e["views.u"] * 3},
+           "soft": lambda e: e | {"views.soft_labels": e["views.soft_labels"] * 5},
+           "missing": lambda e: {k: v for k, v in e.items() if k != "views.u"},
+           "float-family": lambda e: e | {"views.family": e["views.family"].float()}}
+    for name, edit in bad.items():
+        x = copy.copy(good)
+        x.extras = edit(dict(good.extras))
+        with pytest.raises(DDCliError):
+            save_bundle(x, tmp_path / f"{name}.safetensors")
+        assert not (tmp_path / f"{name}.safetensors").exists(), name
+    # a file written by another tool: refused on reading, one line, exit 2
+    tensors = load_file(str(s))
+    with safe_open(str(s), "pt") as f:
+        meta = f.metadata()
+    tensors["extra.views.soft_labels"] = tensors["extra.views.soft_labels"][:, :1].contiguous()
+    meta["checksum"] = compute_checksum(tensors, meta)  # sealed as written, by another tool
+    save_file(tensors, str(tmp_path / "other.safetensors"), metadata=meta)
+    r = cli("evaluate", tmp_path / "other.safetensors", "--test", data, "-p", "kd", "--epochs",
+            "1", "--models", "1", "--device", "cpu")
+    assert_one_line_error(r, 2, "views.soft_labels must be")
+    tensors = load_file(str(s))
+    tensors["extra.views.family"] = tensors["extra.views.family"] + 7
+    meta["checksum"] = compute_checksum(tensors, meta)
+    save_file(tensors, str(tmp_path / "fam.safetensors"), metadata=meta)
+    r = cli("inspect", tmp_path / "fam.safetensors", "--verify")
+    assert r.code != 0 and "augmentation families" in r.stdout + r.stderr, r
+    r = cli("evaluate", tmp_path / "fam.safetensors", "--test", data, "-p", "kd", "--epochs",
+            "1", "--models", "1", "--device", "cpu")
+    assert_one_line_error(r, 2, "augmentation families")

@@ -37,8 +37,8 @@ def _render(report: dict) -> None:
     res = report.get("result") or {}
     # what ran where the record holds a rule: the soft labels' temperature (kd with T None),
     # the linear probe's batch-scaled lr and its batch
-    if p.get("temperature") is None and (report.get("soft_labels") or {}).get("used"):
-        p["temperature"] = report["soft_labels"]["temperature"]
+    if p.get("temperature") is None and report.get("temperature_used") is not None:
+        p["temperature"] = report["temperature_used"]
     p.update({k: res[k] for k in ("lr", "batch_size") if k in res})
     con.print(f"[bold]protocol[/] {p['name']}: {protocol_summary(p)}")
     if report.get("mode"):

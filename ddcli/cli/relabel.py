@@ -39,9 +39,12 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
     """Load ``--teacher`` files and train (or fetch cached) ``--train-teacher`` ones."""
     from ddcli.data import sample_dir
     from ddcli.evaluation import as_distilled, check_classes
-    from ddcli.teachers import load_teacher
+    from ddcli.teachers import check_distinct_teachers, check_teacher, load_teacher
 
     teachers = [load_teacher(f).to(device) for f in files]
+    for t in teachers:  # before any --train-teacher teacher trains
+        check_teacher(t, bundle.classes, int(bundle.images.shape[1]))
+    check_distinct_teachers(teachers)
     log = [{"teacher": str(f), "source": "file", "val_accuracy": t.val_accuracy}
            for f, t in zip(files, teachers, strict=True)]
     if archs:
@@ -67,6 +70,7 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
             source_fingerprint=source if source != ds.fingerprint else None)
         teachers += trained
         log += trained_log
+        check_distinct_teachers(teachers)  # a --teacher file that is a trained one's cache
     if not teachers:
         raise InputError("no teacher: pass --teacher FILE or --train-teacher ARCH")
     return teachers, log
@@ -141,6 +145,7 @@ def relabel(
         relabel_bundle,
         views_storage_bytes,
     )
+    from ddcli.teachers import check_distinct_archs
 
     rep = Reporter(quiet, json_out)
     dev = torch.device(resolve_device(device))
@@ -164,9 +169,16 @@ def relabel(
         if not train_teacher_arch:  # (it was ignored beside --teacher files)
             raise InputError("--teacher-epochs sets the training of --train-teacher teachers: "
                              "pass --train-teacher too")
-    if data is not None and not train_teacher_arch:
-        raise InputError("--data is the real data --train-teacher teachers learn: pass "
-                         "--train-teacher too (--teacher files are already trained)")
+    if not train_teacher_arch:  # the real data's options serve --train-teacher alone
+        for flag, given_ in (("--data", data is not None),
+                             ("--train-files", train_files is not None),
+                             ("--skip-bad", skip_bad),
+                             ("--data-cache", data_cache.lower() != "auto")):
+            if given_:
+                raise InputError(f"{flag} is about the real data --train-teacher teachers "
+                                 "learn: pass --train-teacher too (--teacher files are already "
+                                 "trained)")
+    check_distinct_archs(list(train_teacher_arch or []), "--train-teacher")
     check_bundle_name(out)
     check_writable(out, force)
     b = load_bundle(bundle, warn=rep.warn)
