@@ -295,9 +295,10 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
         if isinstance(overrides.get(name), str):
             overrides[name] = _int_tuple(overrides[name], "--" + name.replace("_", "-"),
                                          minimum=0)  # the config checks its own ranges
-    if overrides.get("backbone_weights"):  # recorded absolute: evaluate from anywhere finds it
-        overrides["backbone_weights"] = str(Path(overrides["backbone_weights"]).expanduser()
-                                            .absolute())
+    for name in ("backbone_weights", "prior"):  # recorded absolute: evaluate (and --resume)
+        # from anywhere finds them, and a relative path names one folder
+        if isinstance(overrides.get(name), str | Path) and str(overrides[name]):
+            overrides[name] = str(Path(overrides[name]).expanduser().absolute())
     out = output_path(out) if out is not None else None
     if out is not None:  # fail before a slow read
         check_out_not_data(out, {"DATA": data})  # (the more pressing of the two)

@@ -590,6 +590,17 @@ class OTGenConfig(MethodConfig):
                               "prior_channels": (16, 32), "sampling_steps": 10,
                               "real_per_class": 64}}
 
+    #: the options that train ddcli's own prior: nothing with ``--prior DIR``
+    PRIOR_TRAINING: ClassVar[tuple[str, ...]] = ("prior_steps", "prior_channels", "prior_batch",
+                                                 "prior_ema")
+
+    def check_given(self, given: set[str]) -> None:
+        if self.prior is not None:  # (they were ignored, and recorded as if they had run)
+            for name in self.PRIOR_TRAINING:
+                if name in given:
+                    raise InputError(f"{flag(name)} trains ddcli's own prior: it does nothing "
+                                     "with --prior DIR (an already trained prior)")
+
     def validate(self) -> None:
         for name in ("ipc", "sampling_steps", "real_per_class", "prior_batch"):  # (one message
             # named all four, where `ddcli prior` takes one of them)

@@ -43,11 +43,16 @@ def regular_file(path: str | Path, what: str) -> Path:
     except OSError as e:
         raise InputError(f"cannot read {what} {path}: {e.strerror or e}") from None
     if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{path} is a folder, not a {what} file")
+        raise InputError(f"{path} is a folder, not {_a(what)} file")
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{path} is not a regular file (a FIFO, device or socket); the "
                          f"{what} must be a file")
     return path
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article ("an expert trajectory")."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def read_safetensors(path: Path, what: str) -> tuple[dict, dict[str, str]]:
@@ -61,7 +66,7 @@ def read_safetensors(path: Path, what: str) -> tuple[dict, dict[str, str]]:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
-        raise InputError(f"{path} cannot be read as a {what} (safetensors): {e}") from None
+        raise InputError(f"{path} cannot be read as {_a(what)} (safetensors): {e}") from None
     return tensors, meta
 
 

@@ -31,7 +31,8 @@ def methods() -> list[dict]:
     for name in list_methods():
         cls = get_method(name)
         cfg = cls.Config
-        defaults = {f.name: _jsonable(f.default) for f in dataclasses.fields(cfg)}
+        defaults = {f.name: _jsonable(f.default) for f in dataclasses.fields(cfg)
+                    if f.name not in cfg.internal}  # (recorded, but no option sets them)
         docs = field_docs(cfg)
         own = (cfg.__dict__.get("__doc__") or "").strip()
         summary = own if own.lower().startswith(f"{name}:") else \

@@ -313,6 +313,7 @@ def test_influence_guidance_trains_a_surrogate_and_steers_the_samples(cli, tmp_p
             "--prior-channels", "8,16", "--ot-scale", "0", "--force", "--json"]
     r = cli(*base, "-o", tmp_path / "plain.safetensors")
     assert r.code == 0 and r.json()["config"]["surrogate_source"] is None and not scales, r
+    assert r.json()["config"]["guided_timesteps"] == []  # (the window was listed, unguided)
     r = cli(*base, "-o", tmp_path / "infl.safetensors", "--influence-scale", "3",
             "--surrogate-epochs", "2", "--surrogate-checkpoints", "0,2")
     assert r.code == 0, r
@@ -344,7 +345,10 @@ def test_bundle_records_how_its_prior_was_really_trained(cli, tmp_path):
             tmp_path / "o.safetensors", "--json")
     assert r.code == 0, r
     cfg = r.json()["config"]
-    assert cfg["prior_steps"] == 20000 and cfg["prior_ema"] is True  # the options, unused
+    # the options that train ddcli's own prior trained nothing: recorded as None (they were
+    # recorded with their defaults, as if they had run)
+    assert all(cfg[k] is None for k in ("prior_steps", "prior_channels", "prior_batch",
+                                        "prior_ema")), cfg
     trained = cfg["prior_trained"]
     assert trained["recipe"]["steps"] == 2 and trained["recipe"]["ema"] is False
     assert trained["recipe"]["channels"] == [8, 16] and trained["seed"] == 5
@@ -482,3 +486,47 @@ def test_a_resumed_prior_keeps_its_only_checkpoint_until_the_next_is_in_place(tm
     with pytest.raises(Killed):
         train_prior(ds, device=torch.device("cpu"), cache=tmp_path, recipe=recipe)
     assert (previous / "state.pt").exists() and (previous / "unet").is_dir()
+
+
+def test_resume_refuses_a_prior_folder_that_changed_and_prior_is_recorded_absolute(
+        cli, tmp_path, monkeypatch):
+    # a --prior folder retrained between a kill and --resume gave one bundle the samples of two
+    # priors, recorded as the second's; a relative --prior was recorded as typed, so the same
+    # folder named another way was "another run", and --prior-steps beside --prior was ignored
+    import signal
+
+    from ddcli.errors import Interrupted
+
+    monkeypatch.chdir(tmp_path)
+    data = write_shards(tmp_path / "d", n_train=8, n_test=4)
+    opts = ["--prior-channels", "8,16", "--prior-batch", "4", "--device", "cpu", "--force"]
+    assert cli("prior", data, "--prior-steps", "2", *opts, "-o", "p").code == 0
+    kw = {"prior": str(tmp_path / "p"), "sampling_steps": 3, "real_per_class": 4}
+
+    def stop(it, **_):
+        if it == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    ckpt = tmp_path / "k.safetensors"
+    ds = load_dataset_for(data)
+    with pytest.raises(Interrupted):
+        run_method(create_method("otgen", ipc=1, **kw), ds, seed=1, checkpoint=ckpt,
+                   progress=stop, log_every=1)
+    assert cli("prior", data, "--prior-steps", "3", *opts, "-o", "p").code == 0
+    with pytest.raises(InputError, match="the --prior folder's contents changed"):
+        run_method(create_method("otgen", ipc=1, **kw), ds, seed=1, checkpoint=ckpt,
+                   resume=True)
+    base = ["distill", data, "-m", "otgen", "--ipc", "1", "--sampling-steps", "2",
+            "--real-per-class", "4", "--device", "cpu", "--json"]
+    r = cli(*base, "--prior", "p", "-o", "o.safetensors")
+    assert r.code == 0 and r.json()["config"]["prior"] == str(tmp_path / "p"), r
+    r = cli(*base, "--prior", "p", "--prior-steps", "9", "-o", "x.safetensors")
+    assert r.code == 2 and "--prior-steps trains ddcli's own prior" in r.stderr, r
+    r = cli(*base, "--prior", "p", "--no-prior-ema", "-o", "x.safetensors")
+    assert r.code == 2 and "--prior-ema trains ddcli's own prior" in r.stderr, r
+
+
+def load_dataset_for(data):
+    from ddcli.data import load_dataset
+
+    return load_dataset(data, "train")

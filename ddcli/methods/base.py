@@ -220,6 +220,11 @@ class Method:
             return nullcontext(lambda *a, **k: None)
         return self.reporter.progress(description, total, **kw)
 
+    def run_inputs(self) -> dict[str, str]:
+        """What a run depends on beyond its config, data, seed and device (known after
+        :meth:`setup`): part of the checkpoint's key, so ``--resume`` refuses a change."""
+        return {}
+
     def recorded_config(self) -> dict[str, Any]:
         """The config as stored in the bundle: every field, with values chosen "by IPC" (or
         similar) made explicit."""
@@ -274,6 +279,7 @@ def _run_key(method: Method, data: Dataset, seed: int, device: torch.device) -> 
         "fingerprint": data.fingerprint,
         "seed": str(seed),
         "device_type": device.type,
+        **{f"input_{k}": v for k, v in method.run_inputs().items()},
     }
 
 
@@ -374,6 +380,8 @@ def _key_difference(key: str, theirs: str | None, ours: str) -> str:
                              f"{json.dumps(b.get(k))} here" for k in names[:3])
     if key == "fingerprint":
         return "other data"
+    if key == "input_prior_sha256":
+        return "the --prior folder's contents changed"
     return f"its {key.replace('_', ' ')} differs"
 
 

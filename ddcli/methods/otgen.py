@@ -263,7 +263,9 @@ class OTGen(Method):
     def recorded_config(self) -> dict:
         # prior_trained: how the prior was really trained (the prior_* options apply only when
         # ddcli trains it; with --prior DIR, the folder's own recipe, None for a foreign one)
-        return {**super().recorded_config(), "prior_source": self.prior_source,
+        given = ({k: None for k in self.config.PRIOR_TRAINING}  # (they trained nothing)
+                 if self.config.prior is not None else {})
+        return {**super().recorded_config(), **given, "prior_source": self.prior_source,
                 "prior_sha256": self.prior_sha256,
                 "prior_trained": self.prior.trained, "prior_kind": self.prior.kind,
                 "latent": self.prior.latent,
@@ -271,4 +273,15 @@ class OTGen(Method):
                 "null_class_id": self.prior.null_id,
                 "surrogate_source": self.surrogate_source,
                 "guided_timesteps": [int(t) for i, t in enumerate(self.scheduler.timesteps)
-                                     if i in self.guided]}
+                                     if i in self.guided] if self.guides else []}
+
+    @property
+    def guides(self) -> bool:
+        """Whether any guidance term is on (the window alone guides nothing)."""
+        cfg = self.config
+        return bool(self.ot_scale or cfg.dev_scale or cfg.influence_scale)
+
+    def run_inputs(self) -> dict[str, str]:
+        # what --prior DIR holds: a folder retrained between a kill and --resume mixed two
+        # priors' samples in one bundle
+        return {"prior_sha256": self.prior_sha256}
