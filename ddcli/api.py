@@ -442,7 +442,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
         )
         try:
             if relabel:  # the paper's pipeline in one command: LIA soft labels
-                bundle = _relabel(rep, bundle, ds, teachers, dev, seed, command)
+                bundle, teacher_log = _relabel(rep, bundle, ds, teachers, dev, seed, command)
             checksum = save_bundle(bundle, out, force=force, dtype=dtype)
         except (KeyboardInterrupt, Interrupted):  # the iterations are done, and checkpointed
             if not ckpt.exists():
@@ -462,18 +462,22 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
                 "content_checksum": bundle.content_checksum, "method": algo.name,
                 "config": recorded, "seed": seed, "device": bundle.device,
                 "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
-                "stats": stats}
+                "stats": stats,
+                # --relabel's step and teachers, as `relabel --json` reports them
+                **({"relabel": bundle.provenance[-1], "teachers": teacher_log}
+                   if relabel else {})}
 
 
 def _relabel(rep, bundle: Bundle, ds, archs: list[str], device: str, seed: int, command: str):
     from ddcli.relabel import RelabelSettings, relabel_bundle
     from ddcli.teachers import train_teachers
 
-    teachers, _ = train_teachers(rep, ds, archs, torch.device(device), seed)
+    teachers, log = train_teachers(rep, ds, archs, torch.device(device), seed)
     bundle.checksum = ""
     with rep.progress("labelling", None, unit="images") as update:
         return relabel_bundle(bundle, teachers, RelabelSettings(seed=seed),
-                              device=torch.device(device), command=command, progress=update)
+                              device=torch.device(device), command=command,
+                              progress=update), log
 
 
 # --------------------------------------------------------------------------------------------

@@ -259,12 +259,19 @@ def test_distill_then_relabel_in_one_command(cli, tmp_path):
     data = write_shards(tmp_path / "d", n_train=8, n_test=4)
     out = tmp_path / "r.safetensors"
     r = cli("distill", data, "--ipc", "1", "--iterations", "2", "--batch-real", "4", "--width",
-            "8", "--device", "cpu", "-o", out, "--relabel", "--relabel-teacher", "convnet")
+            "8", "--device", "cpu", "-o", out, "--relabel", "--relabel-teacher", "convnet",
+            "--json")
     assert r.code == 0, r
     b = load_bundle(out)
     assert [s["step"] for s in b.provenance] == ["distill", "relabel"]
     assert b.soft_labels.shape == (3, 3)
     assert b.provenance[-1]["teachers"][0]["arch"] == "convnet"
+    # --json reports the relabel step and its teachers, as `relabel --json` does (it had the
+    # distillation's alone)
+    rep = r.json()
+    assert rep["relabel"] == b.provenance[-1], rep
+    assert [t["arch"] for t in rep["teachers"]] == ["convnet"]
+    assert rep["teachers"][0]["source"] in ("trained", "cache")
 
 
 def test_teacher_shrinks_larger_images_as_the_data_loader_does():
