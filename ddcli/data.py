@@ -948,10 +948,22 @@ def _plan_image_folder(
     _fail_on_bad(errors, skip_bad, skip_flag)
     ok = [i for i, h in enumerate(heads) if h is not None]
     if ok and image_size is None:
-        image_size = Counter(heads[i][0] for i in ok).most_common(1)[0][0]
+        sizes = Counter(heads[i][0] for i in ok)
+        image_size = sizes.most_common(1)[0][0]
+        if len(sizes) > 1:  # (they were resized without a word)
+            other = len(ok) - sizes[image_size]
+            warn(f"{other} of {len(ok)} images in {root} are not {image_size[0]}x{image_size[1]}"
+                 f" px, the most common size ({len(sizes)} sizes): resized to it (--image-size "
+                 "chooses another)")
     if ok and channels is None:
         n_gray = sum(heads[i][1] == 1 for i in ok)
         channels = 1 if n_gray * 2 > len(ok) else 3
+        minority = n_gray if channels == 3 else len(ok) - n_gray
+        if minority:
+            warn(f"{minority} of {len(ok)} images in {root} are "
+                 f"{'greyscale' if channels == 3 else 'colour'}: converted to "
+                 f"{'RGB' if channels == 3 else 'greyscale'}, the majority's mode (--channels "
+                 "chooses)")
     return classes, [items[i] for i in ok], image_size, channels, errors
 
 

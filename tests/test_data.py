@@ -71,10 +71,18 @@ def test_mixed_sizes_and_modes_resolve_to_majority(tmp_path):
     root = write_image_folder(tmp_path / "d", n=3, size=8, mode="L")
     Image.new("RGB", (12, 10), (255, 0, 0)).save(root / "cat" / "odd.png")
     Image.new("RGBA", (8, 8), (0, 255, 0, 128)).save(root / "dog" / "alpha.png")
-    ds = load_dataset(root)
+    warnings = []
+    ds = load_dataset(root, warn=warnings.append)
     assert ds.channels == 1 and ds.image_size == (8, 8)  # 9 gray 8x8 vs 2 colour
-    rgb = load_dataset(root, channels=3, image_size=(16, 16))
+    # said, with counts (both were silent)
+    assert any("1 of 11 images" in w and "resized" in w and "8x8" in w for w in warnings), \
+        warnings
+    assert any("2 of 11 images" in w and "colour: converted to greyscale" in w
+               for w in warnings), warnings
+    warnings.clear()
+    rgb = load_dataset(root, channels=3, image_size=(16, 16), warn=warnings.append)
     assert rgb.images.shape == (11, 3, 16, 16)
+    assert not warnings  # chosen by the caller: nothing to say
 
 
 def test_unreadable_images_are_named_or_skipped(image_folder):
