@@ -37,6 +37,13 @@ FORMAT_VERSION = 2
 EXTRA_PREFIX = "extra."
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _JSON_KEYS = ("config", "dataset", "provenance")
+#: the floating types read for images and soft labels (another tool's bfloat16 or float64
+#: too); float8's have too few operations in torch to be checked or shown
+READ_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _read_dtype_names() -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in READ_DTYPES)
 
 
 @dataclass
@@ -174,10 +181,14 @@ def _check_consistency(b: Bundle, where: str) -> None:
     n = b.images.shape[0] if b.images.ndim == 4 else -1
     if b.images.ndim != 4:
         raise BundleError(f"{where}: images must be (N, C, H, W), got {tuple(b.images.shape)}")
-    if not b.images.is_floating_point():
-        raise BundleError(f"{where}: images must be floating point, got {b.images.dtype}")
+    if b.images.dtype not in READ_DTYPES:  # (float8 failed later, as internal errors)
+        raise BundleError(f"{where}: images must be {_read_dtype_names()}, got "
+                          f"{str(b.images.dtype).replace('torch.', '')}")
     if n == 0 or min(b.images.shape[1:]) < 1:
         raise BundleError(f"{where}: the bundle holds no images")
+    if b.images.shape[1] not in (1, 3):  # what ddcli's data, models' stems and exports take
+        raise BundleError(f"{where}: images must have 1 or 3 channels (greyscale or RGB), got "
+                          f"{b.images.shape[1]}")
     if b.labels.dtype != torch.int64 or b.labels.shape != (n,):
         raise BundleError(f"{where}: labels must be int64 ({n},), got "
                           f"{str(b.labels.dtype).replace('torch.', '')} "
@@ -187,8 +198,9 @@ def _check_consistency(b: Bundle, where: str) -> None:
         raise BundleError(f"{where}: the dataset metadata must list at least two classes")
     if n and (int(b.labels.min()) < 0 or int(b.labels.max()) >= k):
         raise BundleError(f"{where}: a label lies outside the {k} classes")
-    if b.soft_labels is not None and not b.soft_labels.is_floating_point():
-        raise BundleError(f"{where}: soft_labels must be floating point")
+    if b.soft_labels is not None and b.soft_labels.dtype not in READ_DTYPES:
+        raise BundleError(f"{where}: soft_labels must be {_read_dtype_names()}, got "
+                          f"{str(b.soft_labels.dtype).replace('torch.', '')}")
     if b.soft_labels is not None and tuple(b.soft_labels.shape) != (n, k):
         raise BundleError(
             f"{where}: soft_labels must be ({n}, {k}), got {tuple(b.soft_labels.shape)}"
@@ -315,8 +327,9 @@ def save_bundle(
 ) -> str:
     """Write ``bundle`` atomically; return its checksum. Refuses to overwrite without force,
     and refuses (before writing) anything :func:`load_bundle` would refuse to read back. The
-    caller's tensors are left as they are; its ``checksum``, ``content_checksum``, ``created``
-    and format fields are set to the file's."""
+    caller's tensors are left as they are; its ``checksum``, ``content_checksum``, ``created``,
+    ``ddcli_version`` and format fields are set to the file's (``created``: now; the version:
+    this ddcli's, the writer's)."""
     if not isinstance(bundle, Bundle):
         raise InputError(f"save_bundle writes a ddcli Bundle, got {type(bundle).__name__}")
     path = Path(path_argument("path", path))
@@ -335,7 +348,8 @@ def save_bundle(
         soft_labels=None if bundle.soft_labels is None
         else bundle.soft_labels.detach().cpu().float().contiguous(),
         extras={k: v.detach().cpu().contiguous() for k, v in bundle.extras.items()},
-        created=bundle.created or utc_now(),
+        # this file's: written now, by this ddcli (a re-saved bundle kept its first writer's)
+        created=utc_now(), ddcli_version=__version__,
         torch_version=bundle.torch_version or torch.__version__,
         format_version=FORMAT_VERSION, file_format_version=FORMAT_VERSION, checksum="",
     )
@@ -366,8 +380,8 @@ def save_bundle(
     tensors = stored.tensors()
     stored.checksum, stored.content_checksum = checksums(tensors, meta)
     write_safetensors(path, tensors, stored.metadata())
-    for name in ("checksum", "content_checksum", "created", "torch_version", "format_version",
-                 "file_format_version"):
+    for name in ("checksum", "content_checksum", "created", "torch_version", "ddcli_version",
+                 "format_version", "file_format_version"):
         setattr(bundle, name, getattr(stored, name))
     bundle.checksum_ok = True
     return bundle.checksum
@@ -516,6 +530,15 @@ def _parse_metadata(meta: dict[str, str], where: str) -> dict:
     classes = d.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise bad("classes", "a list of class names")
+    from ddcli.data import nfc
+
+    seen: dict[str, str] = {}
+    for c in classes:  # (as the data readers refuse: exports of such a bundle read back
+        # under other names, or not at all)
+        if nfc(c) in seen:
+            raise bad("classes", f"distinct names (it names {c!r} twice"
+                      + ("" if c == seen[nfc(c)] else ", once composed, once decomposed") + ")")
+        seen[nfc(c)] = c
     counts = d.get("class_counts")
     if counts is not None and not (isinstance(counts, list) and all(map(_is_count, counts))):
         raise bad("class_counts", "a list of counts")

@@ -169,3 +169,71 @@ def test_written_files_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) == 0o644
+
+
+def _sealed(tmp_path, name, edit):
+    """A bundle file edited as another tool would write it (and sealed: its checksum holds)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    src = tmp_path / "src.safetensors"
+    if not src.exists():
+        save_bundle(make_bundle(), src)
+    tensors = load_file(str(src))
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+    tensors, meta = edit(tensors, meta)
+    meta["checksum"] = compute_checksum(tensors, meta)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / name),
+              metadata=meta)
+    return tmp_path / name
+
+
+def test_odd_files_of_other_tools_are_refused_on_reading(tmp_path, cli):
+    # float8 images or soft labels, 5-channel images and duplicate class names loaded and
+    # verified, then failed inspect / export with internal errors or read back as other data
+    def classes(names):
+        def edit(t, m):
+            d = json.loads(m["dataset"])
+            return t, {**m, "dataset": json.dumps({**d, "classes": names})}
+        return edit
+
+    f8 = getattr(torch, "float8_e4m3fn", None)
+    cases = {
+        "ch5.safetensors": (lambda t, m: ({**t, "images": t["images"][:, :1].repeat(1, 5, 1, 1)},
+                                          {**m, "dataset": json.dumps(
+                                              {**json.loads(m["dataset"]), "channels": 5,
+                                               "mean": [0.5] * 5, "std": [0.2] * 5})}),
+                            "1 or 3 channels"),
+        "dup.safetensors": (classes(["a", "a", "c"]), "distinct names"),
+        "nfd.safetensors": (classes(["e\u0301", "\u00e9", "c"]), "once decomposed"),
+    }
+    if f8 is not None:
+        cases["f8.safetensors"] = (lambda t, m: ({**t, "images": t["images"].to(f8)}, m),
+                                   "images must be float32")
+        cases["f8soft.safetensors"] = (lambda t, m: ({**t, "soft_labels":
+                                                      t["soft_labels"].to(f8)}, m),
+                                       "soft_labels must be float32")
+    for name, (edit, message) in cases.items():
+        path = _sealed(tmp_path, name, edit)
+        with pytest.raises(BundleError, match=message):
+            load_bundle(path)
+        r = cli("inspect", path, "--json")
+        assert r.code == 2 and message in r.stderr and "internal" not in r.stderr, (name, r)
+    # bfloat16 and float64, which ddcli can show and check, are still read
+    for dt in (torch.bfloat16, torch.float64):
+        path = _sealed(tmp_path, f"{dt}.safetensors",
+                       lambda t, m, dt=dt: ({**t, "images": t["images"].to(dt)}, m))
+        assert load_bundle(path).images.dtype == dt
+
+
+def test_save_bundle_records_this_writer_and_time(tmp_path):
+    # a re-saved bundle kept its first writer's ddcli.version and creation time
+    b = make_bundle()
+    b.ddcli_version, b.created = "0.0.1", "2020-01-01T00:00:00+00:00"
+    save_bundle(b, tmp_path / "b.safetensors")
+    from ddcli import __version__
+
+    r = load_bundle(tmp_path / "b.safetensors")
+    assert r.ddcli_version == __version__ and not r.created.startswith("2020"), r.created
+    assert b.ddcli_version == __version__ and b.created == r.created
