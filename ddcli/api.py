@@ -43,6 +43,14 @@ def _reporter(verbose: bool | Any):
     return verbose
 
 
+def _other_rank_reporter():
+    """The Reporter of a rank other than 0 under torchrun: silent, warnings included (rank 0
+    says them once; 8 processes printed each 8 times)."""
+    from ddcli.reporting import Reporter
+
+    return Reporter(quiet=True, warnings=False)
+
+
 # --------------------------------------------------------------------------------------------
 # a bundle as a torch Dataset
 
@@ -242,7 +250,8 @@ def distill(
                         skip_bad=skip_bad, max_per_class=max_per_class,
                         imbalance_factor=imbalance_factor, relabel=relabel,
                         relabel_teacher=relabel_teacher, checkpoint_every=checkpoint_every,
-                        resume=resume, dtype=dtype, verbose=verbose if rank == 0 else False,
+                        resume=resume, dtype=dtype,
+                        verbose=verbose if rank == 0 else _other_rank_reporter(),
                         command=command, world=world, data_cache=data_cache, **options)
 
 
@@ -303,8 +312,10 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
     if out is not None:  # fail before a slow read
         check_out_not_data(out, {"DATA": data})  # (the more pressing of the two)
         check_bundle_name(out)
-        check_writable(out, force)
-        _check_checkpoint(out, resume, force)
+        if world <= 1 or process_rank(world) == 0:  # rank 0 alone writes: the others'
+            # file systems need not hold its output folder (nor lack its stale files)
+            check_writable(out, force)
+            _check_checkpoint(out, resume, force)
     builtin = data is None
     preset = "sample-cpu" if builtin else None
     algo = create_method(method.lower(), preset=preset, **overrides)  # before reading
@@ -369,7 +380,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
                  data_cache="auto") -> dict:
     from ddcli.data import sample_dir
     from ddcli.io import check_writable, output_lock
-    from ddcli.methods.base import checkpoint_notes, run_method
+    from ddcli.methods.base import checkpoint_notes, checkpoint_path_for, run_method
     from ddcli.reporting import device_label, load_dataset_reported
 
     dev = str(dev)
@@ -383,16 +394,20 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
         rep.info(f"real images read through the data cache {ds.mapped.path.parent}")
     if builtin:
         ds.subset["builtin_sample"] = True
+    if ctx is not None:  # (every rank distils its classes from its own copy)
+        ctx.check_same_data(ds, "the data")
     if ctx is not None and ds.num_classes < ctx.world_size:
         raise InputError(f"{ctx.world_size} processes for {ds.num_classes} classes: use at "
                          "most one process per class")
     cfg = algo.config
     if out is None:
         out = Path(f"{ds.name}-{algo.name}-ipc{getattr(cfg, 'ipc', 0)}.safetensors")
-    check_writable(out, force)  # again: the default name is known only now
+    writer = ctx is None or ctx.is_main  # (rank 0 alone writes, and checks, the output)
+    if writer:
+        check_writable(out, force)  # again: the default name is known only now
     # one run at a time writes an output (rank 0 alone under torchrun)
-    with output_lock(out) if ctx is None or ctx.is_main else nullcontext():
-        ckpt = _check_checkpoint(out, resume, force)
+    with output_lock(out) if writer else nullcontext():
+        ckpt = _check_checkpoint(out, resume, force) if writer else checkpoint_path_for(out)
         info = ds.info()
         rep.info(
             f"{algo.name} on {ds.name}: {len(ds)} images, {ds.num_classes} classes, "
@@ -463,6 +478,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
                 "config": recorded, "seed": seed, "device": bundle.device,
                 "dataset": {k: info[k] for k in ("name", "fingerprint", "num_images")},
                 "stats": stats,
+                **({"world_size": ctx.world_size} if ctx is not None else {}),
                 # --relabel's step and teachers, as `relabel --json` reports them
                 **({"relabel": bundle.provenance[-1], "teachers": teacher_log}
                    if relabel else {})}
@@ -553,7 +569,8 @@ def evaluate(
 
     with rank_errors(process_rank(world)), joined(resolve_device(device)) as ctx, \
             _own_torch_state():
-        return _evaluate(**{**args, "verbose": verbose if ctx.is_main else False}, ctx=ctx)
+        return _evaluate(**{**args, "verbose": verbose if ctx.is_main else
+                            _other_rank_reporter()}, ctx=ctx)
 
 
 def _evaluate_args(bundle, protocol, device, verbose, epochs, baseline, **others):
@@ -632,7 +649,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     if probe and (amp != "off" or compile == "on" or teacher):
         raise InputError("--amp, --compile on and --teacher apply to the ConvNet protocols, "
                          "not to linear-probe")
-    if out is not None:
+    if out is not None and (ctx is None or ctx.is_main):  # rank 0 alone writes the report
         check_writable(out, force)
     b = load_bundle(bundle, warn=rep.warn)
     ds_info = b.dataset
@@ -651,6 +668,8 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
                                     channels=chans, cache="off" if builtin else data_cache,
                                     skip_bad=skip_bad, skip_flag="--skip-bad")
     check_classes(b, test_ds)
+    if ctx is not None:  # (every rank tests its models on its own copy)
+        ctx.check_same_data(test_ds, "the test data")
     if is_long_tailed(ds_info.get("class_counts")) and imbalance_ratio(test_ds.class_counts) > 1.1:
         rep.warn("the test set is not balanced: long-tailed results assume a balanced test set")
     if test_ds.fingerprint == ds_info.get("fingerprint"):
@@ -717,7 +736,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     real_ds = None  # read (and checked) before any model trains: a bad --real fails first
     if baseline == "random":
         real_ds = _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache,
-                                      skip_bad)
+                                      skip_bad, ctx)
     result = run(images, labels, "bundle", soft_labels, views)
     report = _report_head(b, bundle, proto, models, seed, dev, test_ds)
     if resized_from:
@@ -797,7 +816,7 @@ def _report_head(b, bundle_path, proto, models, seed, dev, test_ds) -> dict:
 
 
 def _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_cache,
-                        skip_bad=False):
+                        skip_bad=False, ctx=None):
     """The real data a baseline draws from: the bundle's classes, and its recorded subset."""
     from ddcli.evaluation import as_distilled, check_classes
     from ddcli.reporting import load_dataset_reported
@@ -808,6 +827,8 @@ def _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_ca
                                     channels=chans, cache=data_cache, skip_bad=skip_bad,
                                     skip_flag="--skip-bad")
     check_classes(b, real_ds, "real")
+    if ctx is not None:
+        ctx.check_same_data(real_ds, "the --real data")
     return as_distilled(real_ds, b, rep.warn, "--real data")
 
 

@@ -185,6 +185,30 @@ class DistContext:
                    if self.device.type == "cuda" else None)
         return box[0]
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (pickled)."""
+        import torch.distributed as dist
+
+        box: list[Any] = [None] * self.world_size
+        self._call(dist.all_gather_object, box, obj)
+        return box
+
+    def check_same_data(self, ds, what: str) -> None:
+        """Refuse data that differs between ranks (a machine with another copy at the same
+        path): every rank learns which differ, rank 0 says it (a rank whose classes rank 0
+        lacked padded them with zeros, a rank with other test images changed the accuracy,
+        and both ended with exit 0)."""
+        mine = (ds.fingerprint, len(ds), ds.num_classes)
+        every = self.all_gather_object(mine)
+        other = [r for r, v in enumerate(every) if v != every[0]]
+        if other:
+            r = other[0]
+            raise InputError(
+                f"{what} differs between processes: rank {r} read {every[r][1]} images of "
+                f"{every[r][2]} classes (fingerprint {every[r][0][:12]}), rank 0 "
+                f"{every[0][1]} of {every[0][2]} ({every[0][0][:12]}); every process must "
+                "read the same data (the same files at the same path on every machine)")
+
     def barrier(self) -> None:
         import torch.distributed as dist
 

@@ -225,8 +225,11 @@ class Reporter:
     """
 
     def __init__(self, quiet: bool = False, json_out: bool = False,
-                 terminal: bool | None = None):
+                 terminal: bool | None = None, warnings: bool = True):
         self.quiet = quiet
+        #: off on the ranks other than 0 under torchrun: they read the same data (checked),
+        #: so their warnings are rank 0's, printed once per process
+        self.warnings = warnings
         self.messages = not (quiet or json_out)
         self.console = stderr_console()
         self.terminal = self.console.is_terminal if terminal is None else terminal
@@ -239,6 +242,8 @@ class Reporter:
     def warn(self, msg: str) -> None:
         # warnings show even with --quiet: they change how a result should be read; one line
         # each, the message taken literally (a path may hold [brackets])
+        if not self.warnings:
+            return
         self.console.print(f"[yellow]warning:[/] {escape(printable(msg))}", soft_wrap=True)
 
     def _plain(self, line: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, write_shards
+from conftest import assert_one_line_error, write_image_folder, write_shards
 
 from ddcli.bundle import load_bundle
 from ddcli.distributed import class_block
@@ -381,3 +381,42 @@ def test_an_error_of_rank_1_alone_is_said_by_rank_1(data5: Path, tmp_path: Path)
                                       tmp_path / "o.st"])
     assert r.returncode != 0
     assert "error: rank 1: only rank 1 cannot read shard X" in r.stderr, r.stderr
+
+
+# a launcher whose rank 1 reads $ALT where the command line says $MAIN (a second machine whose
+# copy at the same path differs)
+SWAPPER = """
+import os, sys
+if os.environ["RANK"] == "1":
+    sys.argv = [os.environ["ALT"] if a == os.environ["MAIN"] else a for a in sys.argv]
+from ddcli.__main__ import main
+main()
+"""
+
+
+def test_ranks_must_read_the_same_data_and_only_rank_0_checks_the_output(data5: Path,
+                                                                        tmp_path: Path):
+    # a rank with other data (other images, or a class fewer) gave exit 0 and a bundle of
+    # zero-padded or mixed classes recorded under rank 0's fingerprint; a rank whose machine
+    # lacked the output folder refused the run, though rank 0 alone writes
+    from PIL import Image
+
+    script = tmp_path / "swap.py"
+    script.write_text(SWAPPER)
+    other = write_shards(tmp_path / "other", n_train=13, classes=CLASSES5)
+    out = tmp_path / "o.safetensors"
+    r = _torchrun(2, [str(script)], [data5, *ARGS, "-o", out], MAIN=str(data5), ALT=str(other))
+    assert r.returncode != 0 and not out.exists()
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "the data differs between processes: rank 1" in errors[0], \
+        r.stderr
+    r = _torchrun(2, [str(script)], [data5, *ARGS, "-o", out], MAIN=str(out),
+                  ALT=str(tmp_path / "nowhere" / "o.safetensors"))
+    assert r.returncode == 0 and out.exists(), r.stderr
+    # a warning is said once, not once per process
+    imgs = write_image_folder(tmp_path / "imgs", n=6, classes=CLASSES5[:3])
+    Image.new("RGB", (12, 10)).save(imgs / "a" / "odd.png")
+    r = _torchrun(2, ["-m", "ddcli"], [imgs, *ARGS, "--json", "-o", tmp_path / "i.st"])
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning:") == 1 and "resized" in r.stderr, r.stderr
+    assert '"world_size": 2' in r.stdout
