@@ -22,7 +22,7 @@ from ddcli import __version__
 from ddcli.bundle import Bundle, check_bundle_name, load_bundle, save_bundle
 from ddcli.catalog import AMPS, CACHE_MODES, COMPILE_MODES, DTYPES, MAX_SEED
 from ddcli.configs import typed_value
-from ddcli.distributed import process_rank, rank_errors
+from ddcli.distributed import process_rank, rank_errors, under_torchrun
 from ddcli.errors import InputError, Interrupted
 from ddcli.io import path_argument as _path_arg
 
@@ -312,8 +312,10 @@ def _distill(data, *, method, out, seed, device, force, train_files, image_size,
     if out is not None:  # fail before a slow read
         check_out_not_data(out, {"DATA": data})  # (the more pressing of the two)
         check_bundle_name(out)
-        if world <= 1 or process_rank(world) == 0:  # rank 0 alone writes: the others'
-            # file systems need not hold its output folder (nor lack its stale files)
+        if world <= 1 or process_rank(world) == 0 or not under_torchrun():
+            # rank 0 alone writes: under torchrun (which stops the others when rank 0 exits)
+            # the others' file systems need not hold its output folder; under another
+            # launcher every process still says a refusal at once (none waits in the group)
             check_writable(out, force)
             _check_checkpoint(out, resume, force)
     builtin = data is None
@@ -667,9 +669,10 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     test_ds = load_dataset_reported(rep, Path(test), "test", files=test_files, image_size=size,
                                     channels=chans, cache="off" if builtin else data_cache,
                                     skip_bad=skip_bad, skip_flag="--skip-bad")
-    check_classes(b, test_ds)
-    if ctx is not None:  # (every rank tests its models on its own copy)
+    if ctx is not None:  # (every rank tests its models on its own copy; first, so that a
+        # copy with other classes is said once, by rank 0)
         ctx.check_same_data(test_ds, "the test data")
+    check_classes(b, test_ds)
     if is_long_tailed(ds_info.get("class_counts")) and imbalance_ratio(test_ds.class_counts) > 1.1:
         rep.warn("the test set is not balanced: long-tailed results assume a balanced test set")
     if test_ds.fingerprint == ds_info.get("fingerprint"):
@@ -826,9 +829,9 @@ def _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_ca
     real_ds = load_dataset_reported(rep, real, "train", files=real_files, image_size=size,
                                     channels=chans, cache=data_cache, skip_bad=skip_bad,
                                     skip_flag="--skip-bad")
-    check_classes(b, real_ds, "real")
     if ctx is not None:
         ctx.check_same_data(real_ds, "the --real data")
+    check_classes(b, real_ds, "real")
     return as_distilled(real_ds, b, rep.warn, "--real data")
 
 

@@ -462,8 +462,9 @@ def _read_classes(folder: Path) -> list[str]:
         raise DataError(f"{path} must hold a JSON list of class names")
     if len(classes) < 2:  # ([] read the labels as "outside the 0 classes (0 to -1)")
         raise DataError(f"{path} names {len(classes)} class(es); at least two needed")
-    twice = [c for c, n in Counter(classes).items() if n > 1]
-    if twice:  # two labels of one name: a bundle whose classes cannot be told apart
+    twice = [c for c, n in Counter(nfc(c) for c in classes).items() if n > 1]
+    if twice:  # two labels of one name: a bundle whose classes cannot be told apart (names
+        # equal but for their Unicode form too, as folder names and bundles are read)
         raise DataError(f"{path} names the class {twice[0]!r} more than once")
     return classes
 

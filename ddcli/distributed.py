@@ -64,6 +64,11 @@ def env_rank(world: int) -> tuple[int, int]:
     return values[0], values[1]
 
 
+def under_torchrun() -> bool:
+    """Whether torchrun launched this process (it stops the other ranks once one exits)."""
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID"))
+
+
 def leave_to_rank_0(error: DDCliError, rank: int | str) -> None:
     """On a rank other than 0, an error rank 0 meets as well (or sees as this rank's
     failure): rank 0 prints it. Wait for torchrun to stop this process (it does once rank 0
@@ -71,7 +76,7 @@ def leave_to_rank_0(error: DDCliError, rank: int | str) -> None:
     the rank."""
     if getattr(error, "rank_said", False):  # waited for already (an inner check's)
         raise error
-    if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun's: it stops us once rank 0 exits
+    if under_torchrun():  # torchrun's: it stops us once rank 0 exits
         try:  # (another launcher stops no one: say it at once)
             time.sleep(RANK_0_WAIT_S)
         except KeyboardInterrupt:  # rank 0 says "interrupted"

@@ -194,7 +194,9 @@ def test_class_names_must_be_two_or_more_and_distinct(tmp_path):
     from ddcli.data import load_dataset
 
     data = write_shards(tmp_path / "d", n_train=6, n_test=3)
+    # names equal but for their Unicode form: read, distilled, then refused by save_bundle
     for names, msg in ((["a", "a", "c"], "names the class 'a' more than once"),
+                       (["\u00e9", "e\u0301", "c"], "names the class '\u00e9' more than once"),
                        ([], "names 0 class")):
         (data / "classes.json").write_text(json.dumps(names))
         with pytest.raises(DataError, match=msg):

@@ -530,3 +530,20 @@ def load_dataset_for(data):
     from ddcli.data import load_dataset
 
     return load_dataset(data, "train")
+
+
+def test_old_checkpoints_and_ipc_1_deviation_are_described_as_they_are(tmp_path, monkeypatch):
+    # a checkpoint of an older ddcli (no prior hash in its key) was refused as "the --prior
+    # folder's contents changed"; the deviation term alone at IPC 1 guides nothing, yet the
+    # window was recorded as guided
+    from ddcli.methods.base import _key_difference
+
+    why = _key_difference("input_prior_sha256", None, "ab" * 32)
+    assert "older ddcli" in why and "contents changed" not in why
+    assert "contents changed" in _key_difference("input_prior_sha256", "cd" * 32, "ab" * 32)
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "c"))
+    ds = tiny_dataset(n=4, size=8)
+    for ipc, guided in ((1, False), (2, True)):
+        m = create_method("otgen", ipc=ipc, ot_scale=0.0, dev_scale=5.0, **TINY_PRIOR)
+        run_method(m, ds, seed=1)
+        assert bool(m.recorded_config()["guided_timesteps"]) is guided, ipc

@@ -380,6 +380,9 @@ def _key_difference(key: str, theirs: str | None, ours: str) -> str:
                              f"{json.dumps(b.get(k))} here" for k in names[:3])
     if key == "fingerprint":
         return "other data"
+    if key.startswith("input_") and theirs is None:
+        return (f"it was written by an older ddcli, which did not record the "
+                f"{key[len('input_'):].replace('_', ' ')}")
     if key == "input_prior_sha256":
         return "the --prior folder's contents changed"
     return f"its {key.replace('_', ' ')} differs"

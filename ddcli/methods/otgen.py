@@ -279,7 +279,8 @@ class OTGen(Method):
     def guides(self) -> bool:
         """Whether any guidance term is on (the window alone guides nothing)."""
         cfg = self.config
-        return bool(self.ot_scale or cfg.dev_scale or cfg.influence_scale)
+        # (the deviation term guides a class's second sample on: nothing at IPC 1)
+        return bool(self.ot_scale or (cfg.dev_scale and cfg.ipc > 1) or cfg.influence_scale)
 
     def run_inputs(self) -> dict[str, str]:
         # what --prior DIR holds: a folder retrained between a kill and --resume mixed two
