@@ -39,9 +39,17 @@ CONTRAST = 0.5
 
 # the uniform draws of one row, in order
 _SLOTS = ("bright", "sat", "contrast", "tx", "ty", "cx", "cy", "flip", "sx", "sy", "rot")
+#: the parameters of one row (``DSAParams.u``'s width; a bundle's ``views.u``)
+NUM_PARAMS = len(_SLOTS)
 
 
 STANDARD_STRATEGY = "crop_flip"  # "standard" augmentation: pad-4 random crop + flip, both
+
+
+def views_families(record: dict) -> tuple[str, ...]:
+    """The families of a relabel step's recorded views (its ``views`` record; ValueError on
+    an unknown one)."""
+    return parse_strategy(str(record.get("strategy", STANDARD_STRATEGY)))
 
 
 @dataclass

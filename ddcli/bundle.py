@@ -42,8 +42,13 @@ _JSON_KEYS = ("config", "dataset", "provenance")
 READ_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype as its users spell it: ``float32``, not ``torch.float32``."""
+    return str(dtype).replace("torch.", "")
+
+
 def _read_dtype_names() -> str:
-    return ", ".join(str(d).replace("torch.", "") for d in READ_DTYPES)
+    return ", ".join(map(dtype_name, READ_DTYPES))
 
 
 @dataclass
@@ -183,7 +188,7 @@ def _check_consistency(b: Bundle, where: str) -> None:
         raise BundleError(f"{where}: images must be (N, C, H, W), got {tuple(b.images.shape)}")
     if b.images.dtype not in READ_DTYPES:  # (float8 failed later, as internal errors)
         raise BundleError(f"{where}: images must be {_read_dtype_names()}, got "
-                          f"{str(b.images.dtype).replace('torch.', '')}")
+                          f"{dtype_name(b.images.dtype)}")
     if n == 0 or min(b.images.shape[1:]) < 1:
         raise BundleError(f"{where}: the bundle holds no images")
     if b.images.shape[1] not in (1, 3):  # what ddcli's data, models' stems and exports take
@@ -191,7 +196,7 @@ def _check_consistency(b: Bundle, where: str) -> None:
                           f"{b.images.shape[1]}")
     if b.labels.dtype != torch.int64 or b.labels.shape != (n,):
         raise BundleError(f"{where}: labels must be int64 ({n},), got "
-                          f"{str(b.labels.dtype).replace('torch.', '')} "
+                          f"{dtype_name(b.labels.dtype)} "
                           f"{tuple(b.labels.shape)}")
     k = b.num_classes
     if k < 2:
@@ -200,7 +205,7 @@ def _check_consistency(b: Bundle, where: str) -> None:
         raise BundleError(f"{where}: a label lies outside the {k} classes")
     if b.soft_labels is not None and b.soft_labels.dtype not in READ_DTYPES:
         raise BundleError(f"{where}: soft_labels must be {_read_dtype_names()}, got "
-                          f"{str(b.soft_labels.dtype).replace('torch.', '')}")
+                          f"{dtype_name(b.soft_labels.dtype)}")
     if b.soft_labels is not None and tuple(b.soft_labels.shape) != (n, k):
         raise BundleError(
             f"{where}: soft_labels must be ({n}, {k}), got {tuple(b.soft_labels.shape)}"
@@ -237,7 +242,7 @@ VIEW_KEYS = ("views.family", "views.u", "views.soft_labels")
 def _check_views(b: Bundle, n: int, k: int, where: str) -> None:
     """The views' tensors: all three or none, of the images' count and the classes' width
     (a mismatch failed evaluate with an internal IndexError)."""
-    from ddcli.augment import _SLOTS
+    from ddcli.augment import NUM_PARAMS
 
     have = [key for key in VIEW_KEYS if key in b.extras]
     if not have:
@@ -247,7 +252,7 @@ def _check_views(b: Bundle, n: int, k: int, where: str) -> None:
         raise BundleError(f"{where}: extra.{missing} is missing beside extra.{have[0]}")
     fam, u, soft = (b.extras[key] for key in VIEW_KEYS)
     v = fam.shape[1] if fam.ndim == 2 else -1
-    want = {"views.family": (n, v), "views.u": (n, v, len(_SLOTS)),
+    want = {"views.family": (n, v), "views.u": (n, v, NUM_PARAMS),
             "views.soft_labels": (n, v, k)}
     for key, t in zip(VIEW_KEYS, (fam, u, soft), strict=True):
         if v < 1 or tuple(t.shape) != want[key]:
@@ -270,8 +275,7 @@ def _probabilities(p: torch.Tensor) -> bool:
 def _views_problem(b: Bundle) -> str | None:
     """Values of the views: family indexes the strategy's families, u in [0, 1], soft labels
     probabilities (out-of-range families trained unaugmented without a word)."""
-    from ddcli.augment import STANDARD_STRATEGY
-    from ddcli.protocols import parse_strategy
+    from ddcli.augment import views_families
     from ddcli.relabel import last_relabel_step
 
     if VIEW_KEYS[0] not in b.extras:
@@ -279,7 +283,7 @@ def _views_problem(b: Bundle) -> str | None:
     fam, u, soft = (b.extras[key] for key in VIEW_KEYS)
     record = (last_relabel_step(b) or {}).get("views") or {}
     try:
-        families = parse_strategy(str(record.get("strategy", STANDARD_STRATEGY)))
+        families = views_families(record)
     except ValueError as e:
         return f"the views' recorded strategy: {e}"
     if fam.numel() and (int(fam.min()) < 0 or int(fam.max()) >= len(families)):
@@ -530,15 +534,14 @@ def _parse_metadata(meta: dict[str, str], where: str) -> dict:
     classes = d.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise bad("classes", "a list of class names")
-    from ddcli.data import nfc
+    from ddcli.data import nfc, nfc_duplicate
 
-    seen: dict[str, str] = {}
-    for c in classes:  # (as the data readers refuse: exports of such a bundle read back
-        # under other names, or not at all)
-        if nfc(c) in seen:
-            raise bad("classes", f"distinct names (it names {c!r} twice"
-                      + ("" if c == seen[nfc(c)] else ", once composed, once decomposed") + ")")
-        seen[nfc(c)] = c
+    twice = nfc_duplicate(classes)
+    if twice:  # (as the data readers refuse: exports of such a bundle read back under other
+        # names, or not at all)
+        spellings = {c for c in classes if nfc(c) == twice}
+        raise bad("classes", f"distinct names (it names {twice!r} twice"
+                  + ("" if len(spellings) == 1 else ", once composed, once decomposed") + ")")
     counts = d.get("class_counts")
     if counts is not None and not (isinstance(counts, list) and all(map(_is_count, counts))):
         raise bad("class_counts", "a list of counts")

@@ -462,10 +462,10 @@ def _read_classes(folder: Path) -> list[str]:
         raise DataError(f"{path} must hold a JSON list of class names")
     if len(classes) < 2:  # ([] read the labels as "outside the 0 classes (0 to -1)")
         raise DataError(f"{path} names {len(classes)} class(es); at least two needed")
-    twice = [c for c, n in Counter(nfc(c) for c in classes).items() if n > 1]
+    twice = nfc_duplicate(classes)
     if twice:  # two labels of one name: a bundle whose classes cannot be told apart (names
         # equal but for their Unicode form too, as folder names and bundles are read)
-        raise DataError(f"{path} names the class {twice[0]!r} more than once")
+        raise DataError(f"{path} names the class {twice!r} more than once")
     return classes
 
 
@@ -782,6 +782,13 @@ def nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def nfc_duplicate(names: list[str]) -> str | None:
+    """The first name (normalised) that ``names`` hold twice once normalised (:func:`nfc`:
+    "é" composed beside "é" decomposed), or None."""
+    twice = [n for n, k in Counter(nfc(c) for c in names).items() if k > 1]
+    return twice[0] if twice else None
+
+
 def _exported_names(root: Path, folders: list[str]) -> list[str] | None:
     """The real class names of a folder ddcli exported (its marker lists the folders it made
     of them: ``0_cat``), or None when ``root`` is not such a folder as ddcli wrote it."""
@@ -810,9 +817,9 @@ def _scan_image_folder(root: Path, warn: Callable[[str], None] | None = None,
     if len(class_dirs) < min_classes:
         raise DataError(f"{root} has a single class ({class_dirs[0].name}); at least two needed")
     names = [nfc(d.name) for d in class_dirs]
-    twice = [n for n, k in Counter(names).items() if k > 1]
+    twice = nfc_duplicate(names)
     if twice:  # "é" composed beside "é" decomposed: two labels that cannot be told apart
-        raise DataError(f"{root} has two class folders named {twice[0]!r} (spelt with composed "
+        raise DataError(f"{root} has two class folders named {twice!r} (spelt with composed "
                         "and with decomposed accents): rename or merge one")
     items: list[tuple[Path, int]] = []
     non_images: list[Path] = []

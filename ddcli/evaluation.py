@@ -144,9 +144,9 @@ def views_from(extras: dict[str, torch.Tensor], step: dict | None) -> Views | No
     if "views.u" not in extras:
         return None
     rec = (step or {}).get("views") or {}
-    fams = augment.parse_strategy(rec.get("strategy", augment.STANDARD_STRATEGY))
-    return Views(fams, bool(rec.get("all_families", True)), extras["views.family"],
-                 extras["views.u"].float(), extras["views.soft_labels"].float())
+    return Views(augment.views_families(rec), bool(rec.get("all_families", True)),
+                 extras["views.family"], extras["views.u"].float(),
+                 extras["views.soft_labels"].float())
 
 
 def bundle_views(bundle: Bundle) -> Views | None:

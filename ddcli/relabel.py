@@ -135,8 +135,9 @@ TEMPERATURE_RANGE = (1e-4, 1e4)
 
 
 def views_storage_bytes(n: int, views: int, num_classes: int) -> int:
-    """Extra bytes the views add to a bundle: family int64, 11 float32 params, K float32 probs."""
-    return n * views * (8 + 11 * 4 + num_classes * 4)
+    """Extra bytes the views add to a bundle: family int64, the float32 params, K float32
+    probs."""
+    return n * views * (8 + augment.NUM_PARAMS * 4 + num_classes * 4)
 
 
 def relabel_images(

@@ -42,6 +42,8 @@ def soft_label_stats(b: Bundle) -> dict | None:
 
 
 def summary(b: Bundle, path: Path) -> dict:
+    from ddcli.bundle import dtype_name
+
     d = b.dataset
     return {
         "path": str(path),
@@ -58,7 +60,7 @@ def summary(b: Bundle, path: Path) -> dict:
         "factor": b.factor,
         "images_per_class": b.images_per_class,
         "image_shape": list(b.images.shape[1:]),
-        "dtype": str(b.images.dtype).replace("torch.", ""),
+        "dtype": dtype_name(b.images.dtype),
         "pixel_range": [round(float(b.images.min()), 4), round(float(b.images.max()), 4)],
         "dataset": {
             "name": d.get("name"),

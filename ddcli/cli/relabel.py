@@ -134,7 +134,13 @@ def relabel(
     single_process("relabel")  # before any work: every rank would run it whole
     import torch
 
-    from ddcli.bundle import STORAGE_DTYPES, check_bundle_name, load_bundle, save_bundle
+    from ddcli.bundle import (
+        STORAGE_DTYPES,
+        check_bundle_name,
+        dtype_name,
+        load_bundle,
+        save_bundle,
+    )
     from ddcli.configs import check_option_value
     from ddcli.data import check_out_not_data
     from ddcli.io import check_writable
@@ -200,7 +206,7 @@ def relabel(
                              progress=update)
     relabel_s = time.perf_counter() - t1
     # the parent's storage dtype where ddcli writes it (another tool's bfloat16: float32)
-    dtype = str(b.images.dtype).replace("torch.", "")
+    dtype = dtype_name(b.images.dtype)
     save_bundle(new, out, force=force, dtype=dtype if dtype in STORAGE_DTYPES else "float32")
     step = new.provenance[-1]
     size = out.stat().st_size
