@@ -667,7 +667,8 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     size = tuple(ds_info.get("image_size") or b.images.shape[2:])
     chans = int(ds_info.get("channels") or b.images.shape[1])
     test_ds = load_dataset_reported(rep, Path(test), "test", files=test_files, image_size=size,
-                                    channels=chans, cache="off" if builtin else data_cache,
+                                    conform="the bundle's", channels=chans,
+                                    cache="off" if builtin else data_cache,
                                     skip_bad=skip_bad, skip_flag="--skip-bad")
     if ctx is not None:  # (every rank tests its models on its own copy; first, so that a
         # copy with other classes is said once, by rank 0)
@@ -827,8 +828,8 @@ def _baseline_real_data(rep, b, baseline, real, real_files, size, chans, data_ca
     if b.ipc is None:
         raise InputError(f"--baseline {baseline} needs a bundle with the same IPC in every class")
     real_ds = load_dataset_reported(rep, real, "train", files=real_files, image_size=size,
-                                    channels=chans, cache=data_cache, skip_bad=skip_bad,
-                                    skip_flag="--skip-bad")
+                                    conform="the bundle's", channels=chans, cache=data_cache,
+                                    skip_bad=skip_bad, skip_flag="--skip-bad")
     if ctx is not None:
         ctx.check_same_data(real_ds, "the --real data")
     check_classes(b, real_ds, "real")

@@ -928,6 +928,7 @@ def _plan_image_folder(
     warn: Callable[[str], None],
     pool: ThreadPoolExecutor,
     min_classes: int = 2,
+    conform: str | None = None,
 ) -> tuple[list[str], list[tuple[Path, int]], tuple[int, int] | None, int | None,
            list[tuple[Path, str]]]:
     """The headers pass over an image folder: (classes, the (path, label) of every image whose
@@ -935,7 +936,9 @@ def _plan_image_folder(
     majority mode —, the unreadable files with why). Non-image files are skipped with a
     warning; an unreadable image is an error unless ``skip_bad`` (naming ``skip_flag``, the
     caller's option that skips it). ``min_classes``: 1 for a test set, whose classes the
-    caller checks against a bundle's by name (which names the missing ones)."""
+    caller checks against a bundle's by name (which names the missing ones). ``conform``: whose
+    size and channels the given ones are (``"the bundle's"``): images that differ are counted
+    in a warning."""
     classes, items, non_images = _scan_image_folder(root, warn, min_classes)
     if non_images:  # a notes.txt beside the images: skipped, as torchvision's ImageFolder does
         names = sorted({p.suffix.lower() or p.name for p in non_images})
@@ -955,6 +958,9 @@ def _plan_image_folder(
     heads = list(pool.map(probe, range(len(items))))
     _fail_on_bad(errors, skip_bad, skip_flag)
     ok = [i for i, h in enumerate(heads) if h is not None]
+    if ok and conform:
+        _warn_conformed(warn, root, len(ok), image_size, channels, conform,
+                        Counter(heads[i][0] for i in ok), Counter(heads[i][1] for i in ok))
     if ok and image_size is None:
         sizes = Counter(heads[i][0] for i in ok)
         image_size = sizes.most_common(1)[0][0]
@@ -973,6 +979,43 @@ def _plan_image_folder(
                  f"{'RGB' if channels == 3 else 'greyscale'}, the majority's mode (--channels "
                  "chooses)")
     return classes, [items[i] for i in ok], image_size, channels, errors
+
+
+def _warn_conformed(warn: Callable[[str], None], source, total: int,
+                    image_size: tuple[int, int] | None, channels: int | None, conform: str,
+                    sizes: Counter, modes: Counter) -> None:
+    """Warn that images of ``source`` (``sizes``: (H, W) -> count; ``modes``: channels ->
+    count) are resized to ``image_size`` / converted to ``channels``, ``conform``'s (a caller
+    that matches data to a bundle: a test set of 28 px read for a 32 px bundle is upsampled)."""
+    if image_size is not None:
+        others = [f"{h}x{w}" for (h, w), _ in sizes.most_common() if (h, w) != tuple(image_size)]
+        if others:
+            n = total - sizes.get(tuple(image_size), 0)
+            warn(f"{n} of {total} images in {source} are not {image_size[0]}x{image_size[1]} px "
+                 f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): resized to "
+                 f"{conform} size")
+    if channels is not None:
+        other = total - modes.get(channels, 0)
+        if other:
+            warn(f"{other} of {total} images in {source} are "
+                 f"{'colour' if channels == 1 else 'greyscale'}: converted to "
+                 f"{'greyscale' if channels == 1 else 'RGB'}, {conform} mode")
+
+
+def _warn_conformed_shards(files: list[Path], source: str, image_size, channels, conform: str,
+                           warn: Callable[[str], None]) -> None:
+    """:func:`_warn_conformed` for shards, from their headers (one shape each)."""
+    sizes: Counter = Counter()
+    modes: Counter = Counter()
+    for f in files:
+        regular_file(f, "shard")
+        header = _npz_header(f)
+        _check_shard_header(f, header)
+        n, h, w, *c = header["images"].shape
+        sizes[(h, w)] += n
+        modes[1 if not c or c[0] == 1 else 3] += n
+    _warn_conformed(warn, source, sum(sizes.values()), image_size, channels, conform, sizes,
+                    modes)
 
 
 def _fail_on_bad(errors: list[tuple[Path, str]], skip_bad: bool, skip_flag: str | None) -> None:
@@ -1162,6 +1205,7 @@ def _load_dataset(
     progress: ProgressFn | None = None,
     warn: Callable[[str], None] = lambda msg: None,
     cache: str = "off",
+    conform: str | None = None,
 ) -> Dataset:
     """Read the ``split`` ("train" or "test") of a dataset folder, shard or image folder.
 
@@ -1176,6 +1220,9 @@ def _load_dataset(
             error on an unreadable image names.
         max_per_class: keep at most this many images per class (seeded, fixed).
         imbalance_factor: build the long-tailed subset with this factor (seeded, fixed).
+        conform: whose size and channels ``image_size`` and ``channels`` are (``"the
+            bundle's"``): the images that differ are counted in a warning (a test set of 28 px
+            read for a 32 px bundle is upsampled).
         cache: ``on``: read the images through the memory-mapped data cache
             (:mod:`ddcli.datacache`, built on first use); ``auto``: so for a set of at least
             :func:`ddcli.datacache.auto_min_bytes` of pixels; ``off``: into memory.
@@ -1217,6 +1264,8 @@ def _load_dataset(
     else:
         shard_files = None
     if shard_files is not None:
+        if conform:
+            _warn_conformed_shards(shard_files, source, image_size, channels, conform, warn)
         if cache != "off":
             src = _shard_source(shard_files, classes, name, source, image_size, channels)
         if src is None or (cache == "auto" and src.nbytes < auto_min_bytes()):
@@ -1233,7 +1282,7 @@ def _load_dataset(
         name, source = _name(root), str(split_root)
         with ThreadPoolExecutor(max_workers=_folder_workers()) as pool:  # the headers, once
             plan = _plan_image_folder(split_root, image_size, channels, skip_bad, skip_flag,
-                                      warn, pool, 2 if split == "train" else 1)
+                                      warn, pool, 2 if split == "train" else 1, conform)
         if cache != "off":
             src = _folder_source(split_root, name, plan, skip_bad, skip_flag)
             if cache == "auto" and src.nbytes < auto_min_bytes():

@@ -85,6 +85,36 @@ def test_mixed_sizes_and_modes_resolve_to_majority(tmp_path):
     assert not warnings  # chosen by the caller: nothing to say
 
 
+def test_data_read_to_match_a_bundle_says_what_it_resized_or_converted(tmp_path):
+    """A test set read at a bundle's size and mode (evaluate --test, --real, relabel --data)
+    was resized / converted without a word: a 28 px set judged a 32 px bundle upsampled."""
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "d", n=3, size=8)
+    Image.new("L", (12, 10), 7).save(root / "cat" / "odd.png")
+    said = []
+    load_dataset(root, image_size=(8, 8), channels=3, conform="the bundle's", warn=said.append)
+    assert any("1 of 10 images" in w and "10x12" in w and "resized to the bundle's size" in w
+               for w in said), said
+    assert any("1 of 10 images" in w and "greyscale: converted to RGB, the bundle's mode" in w
+               for w in said), said
+    said.clear()
+    load_dataset(root, image_size=(8, 8), channels=3, warn=said.append)
+    assert not said  # (without conform: the caller's own --image-size, nothing to say)
+    shards = write_shards(tmp_path / "s", size=8, channels=1)
+    for cache in ("off", "on"):
+        said.clear()
+        ds = load_dataset(shards, "test", image_size=(16, 16), channels=3, cache=cache,
+                          conform="the bundle's", warn=said.append)
+        assert ds.images.shape[1:] == (3, 16, 16)
+        assert any("18 of 18 images" in w and "(8x8)" in w and "resized" in w for w in said), said
+        assert any("18 of 18 images" in w and "greyscale" in w for w in said), said
+    said.clear()
+    load_dataset(shards, "test", image_size=(8, 8), channels=1, conform="the bundle's",
+                 warn=said.append)
+    assert not said
+
+
 def test_unreadable_images_are_named_or_skipped(image_folder):
     (image_folder / "cat" / "broken.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(DataError, match="cannot read image") as e:

@@ -166,6 +166,9 @@ def test_evaluate_refuses_mismatched_classes(cli, tmp_path):
     other = write_shards(tmp_path / "x", classes=["cat", "dog", "emu"])
     assert_one_line_error(cli("evaluate", b, "--test", other), 2, "do not match")
     assert_one_line_error(cli("evaluate", b), 2, "--test is required")
+    big = write_shards(tmp_path / "big", size=12)  # judged at the bundle's 8 px: said
+    r = cli("evaluate", b, "--test", big, "--epochs", "1", "--models", "1", "--device", "cpu")
+    assert r.code == 0 and "18 of 18 images" in r.stderr and "(12x12)" in r.stderr, r
     assert_one_line_error(cli("evaluate", b, "--test", shards, "--protocol", "zz"), 2,
                           "--protocol", "'zz' is not one of")
     assert_one_line_error(cli("evaluate", b, "--test", shards, "--baseline", "random"), 2,
