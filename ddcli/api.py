@@ -390,7 +390,7 @@ def _distill_run(rep, algo, data, builtin, preset, out, seed, dev, force, train_
     ds = load_dataset_reported(
         rep, path, "train", files=train_files, image_size=image_size, channels=channels,
         skip_bad=skip_bad, max_per_class=max_per_class, imbalance_factor=imbalance_factor,
-        cache="off" if builtin else data_cache,
+        cache=data_cache,
     )
     if ds.mapped is not None:
         rep.info(f"real images read through the data cache {ds.mapped.path.parent}")
@@ -668,7 +668,7 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
     chans = int(ds_info.get("channels") or b.images.shape[1])
     test_ds = load_dataset_reported(rep, Path(test), "test", files=test_files, image_size=size,
                                     conform="the bundle's", channels=chans,
-                                    cache="off" if builtin else data_cache,
+                                    cache=data_cache,
                                     skip_bad=skip_bad, skip_flag="--skip-bad")
     if ctx is not None:  # (every rank tests its models on its own copy; first, so that a
         # copy with other classes is said once, by rank 0)

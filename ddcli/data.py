@@ -391,6 +391,8 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     (rounded), float pixels stay float."""
     if tuple(images.shape[2:]) == tuple(size):
         return images
+    if not images.shape[0]:  # (an empty shard read through the data cache: torch.cat([]))
+        return images.new_empty((0, images.shape[1], *size))
     out = []
     pixels = images.shape[1] * max(images.shape[2] * images.shape[3], size[0] * size[1])
     chunk = max(1, min(4096, (256 << 20) // (4 * pixels)))  # ~256 MB of floats at a time
@@ -1167,7 +1169,7 @@ def _cached(src, progress: ProgressFn | None) -> tuple[Dataset, int]:
     from ddcli.runtime import cache_dir
 
     folder = ensure(src, cache_dir() / "data", progress=progress)
-    return open_dataset(folder, src.description), skipped(folder)
+    return open_dataset(folder, src.description, src.name), skipped(folder)
 
 
 # --------------------------------------------------------------------------------------------

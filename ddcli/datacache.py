@@ -200,8 +200,9 @@ def build(src: Source, folder: Path, workers: int | None = None,
     labels = src.labels.astype(np.int64)[keep]
     counts = np.bincount(labels, minlength=len(src.classes))
     order = np.argsort(labels, kind="stable")
-    np.save(folder / "labels.npy", labels)
-    np.save(folder / "class_index.npy", order.astype(np.int64))
+    _save_synced(folder / "labels.npy", labels)  # (on disk before meta.json says complete:
+    _save_synced(folder / "class_index.npy", order.astype(np.int64))  # a power loss left
+    # an empty labels.npy under a complete meta.json)
     digests = np.fromfile(folder / "digests.u8", dtype=np.uint8).reshape(src.n, 32)[keep]
     mean, std = mean_std_from_hist(np.asarray(hist).sum(axis=0))
     meta = {"version": CACHE_VERSION, "name": src.name, "source": src.description,
@@ -211,10 +212,21 @@ def build(src: Source, folder: Path, workers: int | None = None,
             "fingerprint": fingerprint_from_digests(digests, labels, src.classes, (c, h, w)),
             "mean": mean, "std": std, "key": src.key}
     tmp = folder / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(meta))
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(folder / "meta.json")
     if images_file != "images.u8":
         (folder / "images.u8").unlink()
+
+
+def _save_synced(path: Path, array: np.ndarray) -> None:
+    """``np.save``, then the file's data on disk."""
+    with open(path, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _copy_rows(src: Path, dst: Path, rows: np.ndarray, row: int, block: int = 64 << 20) -> None:
@@ -287,8 +299,10 @@ class MappedImages:
             os.close(self._fd)
 
 
-def open_dataset(folder: Path, source: str):
-    """The cached set as a :class:`~ddcli.data.Dataset` over the mapping."""
+def open_dataset(folder: Path, source: str, name: str | None = None):
+    """The cached set as a :class:`~ddcli.data.Dataset` over the mapping, named ``name`` (the
+    folder the caller read: an entry is shared by every folder that holds the same files, by
+    symbolic links, so the name it was built under may be another's) or the entry's."""
     from ddcli.data import Dataset
 
     try:  # a damaged entry failed with internal errors (exit 1) or a bare "No such file"
@@ -302,10 +316,11 @@ def open_dataset(folder: Path, source: str):
         if labels.shape != shape[:1]:
             raise ValueError(f"{len(labels)} labels for {shape[0]} images")
         mapped = MappedImages(images, shape)
-        ds = Dataset(mapped.tensor, labels, meta["classes"], name=meta["name"], source=source,
-                     mapped=mapped)
+        ds = Dataset(mapped.tensor, labels, meta["classes"], name=name or meta["name"],
+                     source=source, mapped=mapped)
         fingerprint, mean_std = meta["fingerprint"], (meta["mean"], meta["std"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as e:  # (np.load of an
+        # empty file raises EOFError, which click turned into "interrupted", exit 130)
         raise DataError(f"the data cache entry {folder} is damaged ({e}); run 'ddcli cache "
                         "clear data' (or delete that folder) and it is built again") from None
     ds.__dict__["fingerprint"] = fingerprint  # cached_property values, not recomputed

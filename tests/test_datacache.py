@@ -295,6 +295,7 @@ def test_a_damaged_entry_is_refused_with_its_remedy(tmp_path):
     saved = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     for damage in (lambda: (folder / "images.u8").write_bytes(saved["images.u8"][:100]),
                    lambda: (folder / "labels.npy").unlink(),
+                   lambda: (folder / "labels.npy").write_bytes(b""),  # (EOFError: "interrupted")
                    lambda: (folder / "meta.json").write_text("garbage")):
         damage()
         with pytest.raises(DataError, match="is damaged .*cache clear data"):
@@ -302,3 +303,69 @@ def test_a_damaged_entry_is_refused_with_its_remedy(tmp_path):
         for name, content in saved.items():  # mended: read again
             (folder / name).write_bytes(content)
         assert len(load_dataset(data, cache="on")) == len(first)
+
+
+def test_a_damaged_entry_is_one_error_line_not_an_interruption(cli, tmp_path, monkeypatch):
+    """An empty labels.npy (what a power loss left: it was not synced before meta.json said
+    the entry was complete) raised EOFError, which click reports as Ctrl-C: "error:
+    interrupted", exit 130."""
+    from conftest import assert_one_line_error
+
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "cache"))
+    data = write_shards(tmp_path / "d", n_train=20)
+    folder = load_dataset(data, cache="on").mapped.path.parent
+    (folder / "labels.npy").write_bytes(b"")
+    r = cli("distill", data, "--ipc", "1", "--iterations", "1", "--device", "cpu",
+            "--data-cache", "on", "-o", tmp_path / "b.safetensors")
+    assert_one_line_error(r, 2, "is damaged")
+
+
+def test_an_eof_error_is_an_internal_error_not_an_interruption(cli, monkeypatch):
+    from ddcli import api
+
+    def ends_early(*args, **kwargs):
+        raise EOFError("Ran out of input")
+
+    monkeypatch.setattr(api, "distill", ends_early)
+    r = cli("distill", "--iterations", "1")
+    assert r.code == 1 and "interrupted" not in r.stderr, r
+    assert "internal error" in r.stderr and "Ran out of input" in r.stderr, r
+
+
+def test_two_folders_of_the_same_files_keep_their_own_names(tmp_path):
+    """Folders whose shards are symbolic links to the same files share one cache entry; the
+    second was read under the first's name (in the bundle, and the default output name)."""
+    data = write_shards(tmp_path / "d", n_train=20)
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        for f in data.iterdir():
+            (tmp_path / name / f.name).symlink_to(f)
+    a = load_dataset(tmp_path / "one", cache="on")
+    b = load_dataset(tmp_path / "two", cache="on")
+    assert a.mapped.path == b.mapped.path  # one entry
+    assert (a.name, b.name) == ("one", "two")
+
+
+def test_an_empty_shard_resized_through_the_cache(tmp_path):
+    """An empty shard beside others, with --image-size, failed only through the cache
+    (torch.cat of no chunks: an internal error)."""
+    data = write_shards(tmp_path / "d", n_train=20)
+    np.savez(data / "train_3.npz", images=np.zeros((0, 8, 8, 3), np.uint8),
+             labels=np.zeros(0, np.int64))
+    on = load_dataset(data, image_size=(12, 12), cache="on")
+    off = load_dataset(data, image_size=(12, 12), cache="off")
+    assert torch.equal(on.images, off.images) and on.fingerprint == off.fingerprint
+
+
+def test_data_cache_on_is_honoured_for_the_built_in_sample(cli, tmp_path, monkeypatch):
+    """`--data-cache on` with no DATA (the built-in sample) was ignored by distill and by
+    evaluate's test set, and honoured by evaluate's implied --real set."""
+    monkeypatch.setenv("DDCLI_CACHE", str(tmp_path / "cache"))
+    r = cli("distill", "--ipc", "1", "--iterations", "1", "--data-cache", "on", "-o",
+            tmp_path / "b.safetensors")
+    assert r.code == 0, r
+    assert len(list((tmp_path / "cache" / "data").iterdir())) == 1  # the sample's train split
+    r = cli("evaluate", tmp_path / "b.safetensors", "--models", "1", "--epochs", "1",
+            "--data-cache", "on", "--quiet")
+    assert r.code == 0, r
+    assert len(list((tmp_path / "cache" / "data").iterdir())) == 2  # and its test split

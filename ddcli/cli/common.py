@@ -74,6 +74,10 @@ def _interrupted_message(e: BaseException | None) -> str:
     return str(e) if isinstance(e, Interrupted) and str(e) else "interrupted"
 
 
+
+class UnexpectedEOF(Exception):
+    """An ``EOFError`` out of a command, which click would report as a Ctrl-C."""
+
 class DDCliGroup(TyperGroup):
     """The root group: turns every failure into one line on stderr and a documented exit code."""
 
@@ -144,6 +148,9 @@ class DDCliGroup(TyperGroup):
         except Interrupted as e:  # typer turns it into the code 130 and drops it: its
             self._interrupt = e  # message says where the work was saved
             raise
+        except EOFError as e:  # click turns an EOFError into its Abort, which read as
+            # "interrupted" (exit 130): a file that ended early is an error, not a Ctrl-C
+            raise UnexpectedEOF(str(e) or "a file ended early") from e
 
     #: the options that set how much memory a run takes, named in an out-of-memory error
     #: where the command has them

@@ -55,7 +55,7 @@ def get_teachers(rep: Reporter, *, files: list[Path], archs: list[str], data: Pa
         chans = int(bundle.dataset.get("channels") or bundle.images.shape[1])
         ds = load_cli_dataset(rep, data or sample_dir(), "train", files=train_files,
                               image_size=size, conform="the bundle's", channels=chans,
-                              cache="off" if data is None else data_cache, skip_bad=skip_bad,
+                              cache=data_cache, skip_bad=skip_bad,
                               skip_flag="--skip-bad")
         check_classes(bundle, ds, "--data")
         source = ds.fingerprint
