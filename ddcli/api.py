@@ -631,8 +631,9 @@ def _evaluate(bundle, *, test, test_files, protocol, models, epochs, baseline, r
         check_option_value("--epochs", epochs)
     if out is not None and bundle.resolve() == out.resolve():  # (with --force it became JSON)
         raise InputError("--out is the bundle being evaluated: choose another file")
-    if out is not None:
-        check_out_not_data(out, {"--test": test, "--real": real})
+    if out is not None:  # (the defaults too: -o into the built-in sample replaced its shard)
+        check_out_not_data(out, {"--test": test if test is not None else sample_dir(),
+                                 "--real": real if real is not None else sample_dir()})
     if baseline not in (None, "random", "centroids"):
         raise InputError(f"--baseline must be random or centroids, got {baseline!r}")
     if baseline == "centroids" and protocol != "linear-probe":

@@ -166,6 +166,11 @@ def test_evaluate_refuses_mismatched_classes(cli, tmp_path):
     other = write_shards(tmp_path / "x", classes=["cat", "dog", "emu"])
     assert_one_line_error(cli("evaluate", b, "--test", other), 2, "do not match")
     assert_one_line_error(cli("evaluate", b), 2, "--test is required")
+    from ddcli.data import sample_dir
+    shard = sample_dir() / "test.npz"  # the default --test's shard: it was overwritten
+    before = shard.read_bytes()
+    assert_one_line_error(cli("evaluate", b, "-o", shard, "--force"), 2, "--test data")
+    assert shard.read_bytes() == before
     big = write_shards(tmp_path / "big", size=12)  # judged at the bundle's 8 px: said
     r = cli("evaluate", b, "--test", big, "--epochs", "1", "--models", "1", "--device", "cpu")
     assert r.code == 0 and "18 of 18 images" in r.stderr and "(12x12)" in r.stderr, r
