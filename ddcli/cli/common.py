@@ -74,9 +74,9 @@ def _interrupted_message(e: BaseException | None) -> str:
     return str(e) if isinstance(e, Interrupted) and str(e) else "interrupted"
 
 
-
 class UnexpectedEOF(Exception):
     """An ``EOFError`` out of a command, which click would report as a Ctrl-C."""
+
 
 class DDCliGroup(TyperGroup):
     """The root group: turns every failure into one line on stderr and a documented exit code."""
